@@ -1,0 +1,61 @@
+"""OpenVINO runner for an IR (.xml + .bin) or ONNX file, on CPU, GPU or NPU.
+
+On CPUs with BF16 (AVX-512 BF16, AMX) OpenVINO runs "fp32" models in bf16 unless told otherwise, so
+the precision hint is always set from the profile: an fp32 target really runs in fp32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import require
+from .base import RunnerSpec
+
+_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+
+
+def availability(device: str) -> str | None:
+    try:
+        import openvino as ov
+    except ImportError:
+        return "openvino is not installed (pip install 'edge-tl[openvino]')"
+    devices = ov.Core().available_devices
+    if not any(d.split(".")[0] == device.upper().split(".")[0] for d in devices):
+        return f"OpenVINO device {device} not present (have: {', '.join(devices)})"
+    return None
+
+
+class OpenVINORunner:
+    backend = "openvino"
+
+    def __init__(self, spec: RunnerSpec) -> None:
+        ov = require("openvino", "openvino")
+        core = ov.Core()
+        config = {
+            "INFERENCE_NUM_THREADS": spec.threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+        }
+        # INT8 graphs keep their float parts in fp32 too, so the comparison with ORT is like for like.
+        config["INFERENCE_PRECISION_HINT"] = _HINT.get(spec.precision, "f32")
+        device = spec.device.upper()
+        model = core.read_model(str(spec.model_path))
+        self.compiled = core.compile_model(model, device, config if device == "CPU" else {})
+        self.request = self.compiled.create_infer_request()
+        self.precision = spec.precision
+        try:
+            self.precision_hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        except Exception:  # noqa: BLE001 - not every device reports it
+            self.precision_hint = "unknown"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32)
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+
+def open(spec: RunnerSpec) -> OpenVINORunner:  # noqa: A001 - the backend table's entry point
+    return OpenVINORunner(spec)

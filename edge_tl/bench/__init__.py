@@ -1,0 +1,1 @@
+"""Measuring candidates against the reference: accuracy, latency, reports."""

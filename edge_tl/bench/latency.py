@@ -1,0 +1,53 @@
+"""Latency and throughput, timed the same way for every runner."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "p95": float(np.percentile(a, 95)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+        "min": float(a.min()),
+        "n": int(a.size),
+    }
+
+
+def measure_latency(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, warmup: int,
+                    iterations: int, max_seconds: float = 30.0) -> dict[str, float]:
+    """Per-call wall time in ms after ``warmup`` calls; stops early after ``max_seconds``.
+
+    ``fn`` must return only when its result is in host memory (runners guarantee this), so GPU work
+    is inside the timed region.
+    """
+    for _ in range(warmup):
+        fn(x)
+    samples: list[float] = []
+    deadline = time.perf_counter() + max_seconds
+    for _ in range(iterations):
+        t0 = time.perf_counter_ns()
+        fn(x)
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+        if time.perf_counter() > deadline and len(samples) >= 10:
+            break
+    return percentiles(samples) | {"samples": samples}
+
+
+def measure_throughput(fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, warmup: int = 3,
+                       seconds: float = 2.0, min_calls: int = 5) -> float:
+    """Images per second at ``len(batch)``."""
+    for _ in range(warmup):
+        fn(batch)
+    calls, t0 = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - t0 < seconds:
+        fn(batch)
+        calls += 1
+    return calls * len(batch) / (time.perf_counter() - t0)

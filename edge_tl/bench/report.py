@@ -1,0 +1,75 @@
+"""Report files: ``reports/<target>.json`` (the contract in design.md), ``.md`` and ``.html``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..manifest import write_bytes, write_json
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """A Markdown table of one report (reference vs candidate) plus its gates."""
+    ref, cand = report["reference"], report.get("candidate") or {}
+    if report.get("skipped"):
+        return f"# {report['target']}\n\nSkipped: {report['skipped']}\n"
+    rl, cl = ref.get("latency_ms") or {}, cand.get("latency_ms") or {}
+    rows = [
+        ("format / precision", f"{ref['format']} / {ref['precision']}", f"{cand['format']} / {cand['precision']}"),
+        ("top-1", _fmt(ref.get("top1")), _fmt(cand.get("top1"))),
+        ("top-1 drop (points)", "", _fmt(cand.get("top1_drop"), 2)),
+        ("agreement", "", _fmt(cand.get("agreement"), 4)),
+        ("p50 ms", _fmt(rl.get("p50"), 2), _fmt(cl.get("p50"), 2)),
+        ("p95 ms", _fmt(rl.get("p95"), 2), _fmt(cl.get("p95"), 2)),
+        ("p99 ms", _fmt(rl.get("p99"), 2), _fmt(cl.get("p99"), 2)),
+        ("throughput img/s", _fmt(ref.get("throughput_ips"), 1), _fmt(cand.get("throughput_ips"), 1)),
+        ("size MB", _fmt(ref.get("size_mb"), 2), _fmt(cand.get("size_mb"), 2)),
+    ]
+    lines = [f"# {report['target']}", "", "| | reference | candidate |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines += ["", f"**speedup** (reference p50 / candidate p50): {_fmt(report.get('speedup'), 2)}×", ""]
+    lines += ["| gate | limit | value | passed |", "|---|---|---|---|"]
+    lines += [f"| {g['name']} | {_fmt(g['limit'])} | {_fmt(g['value'])} | {'yes' if g['passed'] else '**NO**'} |"
+              for g in report["gates"]]
+    for note in report.get("notes", []):
+        lines.append(f"\n> {note}")
+    lines.append(f"\n**{'PASSED' if report['passed'] else 'FAILED'}**\n")
+    return "\n".join(lines)
+
+
+def summary_table(reports: list[dict[str, Any]]) -> str:
+    """One Markdown row per target, for ``bench --all-targets`` and the benchmark script."""
+    head = "| target | top-1 | drop | agreement | p50 ms | p95 ms | speedup | size MB | passed |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        c = r.get("candidate") or {}
+        lat = c.get("latency_ms") or {}
+        status = f"skipped: {r['skipped']}" if r.get("skipped") else ("yes" if r["passed"] else "NO")
+        lines.append(f"| {r['target']} | {_fmt(c.get('top1'))} | {_fmt(c.get('top1_drop'), 2)} | "
+                     f"{_fmt(c.get('agreement'), 4)} | {_fmt(lat.get('p50'), 2)} | {_fmt(lat.get('p95'), 2)} | "
+                     f"{_fmt(r.get('speedup'), 2)} | {_fmt(c.get('size_mb'), 2)} | {status} |")
+    return "\n".join(lines)
+
+
+def write_reports(report: dict[str, Any], reports_dir: Path, json_path: Path | None = None) -> Path:
+    """Write the JSON, Markdown and HTML reports atomically; returns the JSON path."""
+    name = report["target"]
+    dest = reports_dir / f"{name}.json"
+    write_json(dest, report)
+    if json_path is not None:
+        write_json(json_path, report)
+    write_bytes(reports_dir / f"{name}.md", markdown(report).encode())
+    try:
+        from .html import render_html
+    except ImportError:  # the HTML renderer is optional until it lands
+        return dest
+    write_bytes(reports_dir / f"{name}.html", render_html(report).encode())
+    return dest

@@ -1,0 +1,162 @@
+"""``edge-tl bench``: the reference and a candidate measured in one process, the same way.
+
+Accuracy comes from ``eval.npz`` (or ``--data``), so a device with no torch can bench too; then the
+reference column's latency is missing and the report says why. The candidate is measured before
+torch is loaded, so its peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends import RunnerSpec, availability, open_runner
+from ..errors import EdgeTLError
+from ..evalset import EvalSet, ensure_eval_set, eval_set_from_folder, load_eval_set
+from ..manifest import host_info, versions
+from ..rundir import RunDir
+from ..targets import Target, builtin_targets, get_target
+from .accuracy import agreement, classification_metrics
+from .latency import measure_latency, measure_throughput
+
+log = logging.getLogger("edge_tl")
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _size_mb(folder: Path, model_file: str) -> float:
+    path = folder / model_file
+    files = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
+    return sum(f.stat().st_size for f in files if f.exists()) / 1e6
+
+
+def measure(runner: Any, evalset: EvalSet, target: Target) -> dict[str, Any]:
+    """Accuracy over the whole eval set, batch-1 latency and batched throughput of one runner."""
+    bs = target.batch_size
+    logits = np.concatenate([runner.run(evalset.inputs[i:i + bs]) for i in range(0, len(evalset.inputs), bs)])
+    x1 = evalset.inputs[:1]
+    xb = np.repeat(evalset.inputs[:1], bs, axis=0) if len(evalset.inputs) < bs else evalset.inputs[:bs]
+    return {
+        "logits": logits,
+        "latency_ms": measure_latency(runner.run, x1, target.warmup, target.iterations),
+        "throughput_ips": measure_throughput(runner.run, xb),
+    }
+
+
+def _gates(target: Target, values: dict[str, float | None]) -> list[dict[str, Any]]:
+    out = []
+    for name, limit in target.gates.model_dump().items():
+        if limit is None:
+            continue
+        value = values.get(name)
+        passed = value is not None and (value >= limit if name.startswith("min_") else value <= limit)
+        out.append({"name": name, "limit": limit, "value": value, "passed": bool(passed)})
+    return out
+
+
+def _reference_device(target: Target) -> str:
+    return "cuda" if target.backend == "tensorrt" or target.device.startswith("cuda") else "cpu"
+
+
+def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = True) -> dict[str, Any]:
+    """Measure one target; returns the report (with ``skipped`` set when this host cannot run it)."""
+    base: dict[str, Any] = {"target": target.name, "profile": target.model_dump(), "eval_set": evalset.source,
+                            "n": len(evalset.labels), "classes": evalset.classes, "host": host_info(),
+                            "versions": versions(), "notes": []}
+    ref_metrics = classification_metrics(evalset.logits, evalset.labels, evalset.classes)
+    reference: dict[str, Any] = {"format": "torch", "precision": "fp32", "top1": ref_metrics["top1"],
+                                 "latency_ms": None, "throughput_ips": None, "size_mb": None}
+    folder = run.target(target.name)
+    reason = availability(target.backend, target.device)
+    if reason is None and not (folder / "manifest.json").is_file():
+        reason = f"not exported (run `edge-tl export {run.root} --target {target.name}`)"
+    if reason is not None:
+        return base | {"reference": reference, "candidate": None, "speedup": None, "gates": [],
+                       "passed": True, "skipped": reason}
+    from ..manifest import read_manifest
+
+    manifest = read_manifest(folder)
+    spec = RunnerSpec(folder / target.model_file, target.backend, target.device, target.precision,
+                      target.threads, target.batch_size)
+    runner = open_runner(spec)
+    try:
+        cand = measure(runner, evalset, target)
+        precision = getattr(runner, "precision", target.precision)
+    finally:
+        runner.close()
+    peak = _peak_rss_mb()
+    metrics = classification_metrics(cand["logits"], evalset.labels, evalset.classes)
+    candidate = {
+        "format": target.backend, "precision": precision, "top1": metrics["top1"],
+        "top1_drop": (ref_metrics["top1"] - metrics["top1"]) * 100.0,
+        "agreement": agreement(cand["logits"], evalset.logits),
+        "per_class_recall": metrics["per_class_recall"], "confusion": metrics["confusion"],
+        "latency_ms": cand["latency_ms"], "throughput_ips": cand["throughput_ips"],
+        "size_mb": _size_mb(folder, target.model_file), "peak_rss_mb": peak,
+        "source_stage": manifest.get("source_stage"), "float_layers": manifest.get("float_layers"),
+    }
+    # INT8 has to earn its place: time the float graph on the same backend in the same process.
+    if target.quantized and (folder / "float.onnx").is_file():
+        fspec = RunnerSpec(folder / "float.onnx", target.backend, target.device, "fp32", target.threads,
+                           target.batch_size)
+        frunner = open_runner(fspec)
+        try:
+            flat = measure_latency(frunner.run, evalset.inputs[:1], target.warmup, target.iterations)
+        finally:
+            frunner.close()
+        ratio = flat["p50"] / cand["latency_ms"]["p50"]
+        candidate["float_same_backend_p50_ms"] = flat["p50"]
+        candidate["int8_speedup_over_float"] = ratio
+        if ratio < 1.0:
+            base["notes"].append(f"INT8 is SLOWER than the float model on this host ({ratio:.2f}× of float "
+                                 "speed): ship the float target here")
+    if availability("torch", _reference_device(target)) is None:
+        ref_runner = open_runner(RunnerSpec(run.finetune, "torch", _reference_device(target), "fp32",
+                                            target.threads, target.batch_size))
+        try:
+            ref = measure(ref_runner, evalset, target)
+        finally:
+            ref_runner.close()
+        reference |= {"latency_ms": ref["latency_ms"], "throughput_ips": ref["throughput_ips"],
+                      "size_mb": (run.finetune / "model.pt").stat().st_size / 1e6}
+    else:
+        base["notes"].append("no torch on this host: reference accuracy comes from eval.npz, "
+                             "its latency was not measured")
+    speedup = reference["latency_ms"]["p50"] / candidate["latency_ms"]["p50"] if reference["latency_ms"] else None
+    gates = _gates(target, {"max_top1_drop": candidate["top1_drop"], "min_agreement": candidate["agreement"],
+                            "max_p95_ms": candidate["latency_ms"]["p95"]})
+    return base | {"reference": reference, "candidate": candidate, "speedup": speedup, "gates": gates,
+                   "passed": all(g["passed"] for g in gates), "skipped": None}
+
+
+def bench(run_dir: str | Path, targets: list[str] | None, data: str | None = None,
+          json_path: str | None = None, quiet: bool = True) -> list[dict[str, Any]]:
+    """Bench the named targets (or, with None, every built-in target) and write their reports."""
+    from .report import write_reports
+
+    run = RunDir(Path(run_dir))
+    if data is not None:
+        evalset = eval_set_from_folder(run, Path(data), quiet)
+    elif run.eval_npz.is_file():
+        evalset = load_eval_set(run.eval_npz)
+    else:
+        evalset = load_eval_set(ensure_eval_set(run, quiet))
+    if len(evalset.labels) == 0:
+        raise EdgeTLError("the evaluation set is empty")
+    chosen = [get_target(t) for t in targets] if targets else list(builtin_targets().values())
+    reports = []
+    for target in chosen:
+        report = bench_target(run, target, evalset, quiet)
+        if targets and len(targets) == 1 and report["skipped"]:
+            raise EdgeTLError(f"cannot bench {target.name} here: {report['skipped']}")
+        write_reports(report, run.reports, Path(json_path) if json_path and len(chosen) == 1 else None)
+        reports.append(report)
+    return reports

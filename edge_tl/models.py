@@ -1,0 +1,161 @@
+"""Backbone registry: how to build each torchvision architecture, replace its head, and freeze it.
+
+A registry entry says which torchvision builder and weights enum to use, where the classification
+head lives (a dotted module path) and what the "blocks" are for partial unfreezing. Adding an
+architecture is one entry; a duplicate name is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError, require
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from .preprocess import Preprocess
+
+
+@dataclass(frozen=True)
+class Arch:
+    """How to handle one backbone family member."""
+
+    name: str
+    weights_enum: str  # name in torchvision.models, e.g. "MobileNet_V2_Weights"
+    head: str  # dotted path of the final nn.Linear
+    blocks: Callable[[nn.Module], list[nn.Module]]  # ordered input -> output, head excluded
+
+
+def _features_blocks(model: nn.Module) -> list[nn.Module]:
+    return list(model.features.children())  # type: ignore[union-attr]
+
+
+def _resnet_blocks(model: nn.Module) -> list[nn.Module]:
+    import torch.nn as nn
+
+    stem = nn.ModuleList([model.conv1, model.bn1])  # type: ignore[union-attr]
+    return [stem, model.layer1, model.layer2, model.layer3, model.layer4]  # type: ignore[union-attr]
+
+
+_REGISTRY: dict[str, Arch] = {}
+
+
+def register(arch: Arch) -> Arch:
+    """Add an architecture; registering a name twice is an error."""
+    if arch.name in _REGISTRY:
+        raise ValueError(f"architecture {arch.name!r} is already registered")
+    _REGISTRY[arch.name] = arch
+    return arch
+
+
+for _a in (
+    Arch("mobilenet_v2", "MobileNet_V2_Weights", "classifier.1", _features_blocks),
+    Arch("mobilenet_v3_small", "MobileNet_V3_Small_Weights", "classifier.3", _features_blocks),
+    Arch("mobilenet_v3_large", "MobileNet_V3_Large_Weights", "classifier.3", _features_blocks),
+    Arch("resnet18", "ResNet18_Weights", "fc", _resnet_blocks),
+    Arch("resnet50", "ResNet50_Weights", "fc", _resnet_blocks),
+    Arch("efficientnet_b0", "EfficientNet_B0_Weights", "classifier.1", _features_blocks),
+):
+    register(_a)
+
+
+def architectures() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_arch(name: str) -> Arch:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown --arch {name!r}; choose one of {', '.join(architectures())}") from None
+
+
+def weights_enums(arch: str) -> list[Any]:
+    """torchvision's ImageNet weights for ``arch``: the ``DEFAULT`` entry first, then the others."""
+    tvm = require("torchvision.models", "train")
+    enum = getattr(tvm, get_arch(arch).weights_enum)
+    return [enum.DEFAULT, *(w for w in enum if w is not enum.DEFAULT)]
+
+
+def weights_enum(arch: str, name: str | None = None) -> Any:
+    """One weights entry by name (``IMAGENET1K_V1``), or the ``DEFAULT`` one."""
+    for w in weights_enums(arch):
+        if name is None or w.name == name:
+            return w
+    raise ConfigError(f"{arch} has no weights entry {name!r}")
+
+
+def preprocessing_for(arch: str, weights_name: str | None = None) -> Preprocess:
+    """The preprocessing the ImageNet weights expect, read from torchvision's transforms."""
+    from .preprocess import Preprocess
+
+    t = weights_enum(arch, weights_name).transforms()
+    interp = str(t.interpolation.value).lower()
+    return Preprocess(resize=int(t.resize_size[0]), crop=int(t.crop_size[0]), interpolation=interp,
+                      mean=tuple(float(v) for v in t.mean), std=tuple(float(v) for v in t.std))
+
+
+def get_submodule(model: nn.Module, path: str) -> nn.Module:
+    return model.get_submodule(path)
+
+
+def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, module)
+
+
+def build_model(arch: str, num_classes: int, backbone_state: dict | None = None) -> nn.Module:
+    """Build ``arch`` with ImageNet-shaped weights loaded (if given), then a new ``num_classes`` head."""
+    require("torch", "train")
+    import torch.nn as nn
+    import torchvision.models as tvm
+
+    spec = get_arch(arch)
+    model = getattr(tvm, arch)(weights=None)
+    if backbone_state is not None:
+        model.load_state_dict(backbone_state)
+    old = get_submodule(model, spec.head)
+    assert isinstance(old, nn.Linear)
+    set_submodule(model, spec.head, nn.Linear(old.in_features, num_classes))
+    return model
+
+
+def head_of(model: nn.Module, arch: str) -> nn.Linear:
+    return get_submodule(model, get_arch(arch).head)  # type: ignore[return-value]
+
+
+def freeze_for_mode(model: nn.Module, arch: str, mode: str, unfreeze: int = 0) -> list[nn.Module]:
+    """Set ``requires_grad`` for ``mode`` and return the modules that must stay in eval mode.
+
+    ``linear``: only the head trains. ``partial``: the last ``unfreeze`` blocks and the head.
+    ``full``: everything. Frozen modules keep their BatchNorm statistics: the caller puts every
+    returned module back into eval mode after each ``model.train()``.
+    """
+    spec = get_arch(arch)
+    head = get_submodule(model, spec.head)
+    blocks = spec.blocks(model)
+    if mode == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return []
+    if mode not in ("linear", "partial"):
+        raise ConfigError(f"unknown --mode {mode!r}; choose linear, partial or full")
+    n = 0 if mode == "linear" else unfreeze
+    if mode == "partial" and not 1 <= n <= len(blocks):
+        raise ConfigError(f"--unfreeze must be between 1 and {len(blocks)} for {arch}, got {n}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trainable = [head, *blocks[len(blocks) - n:]] if n else [head]
+    for m in trainable:
+        for p in m.parameters():
+            p.requires_grad_(True)
+    trainable_ids = {id(m) for t in trainable for m in t.modules()}
+    return [m for m in model.modules() if id(m) not in trainable_ids and not list(m.children())]
+
+
+def count_blocks(model: nn.Module, arch: str) -> int:
+    return len(get_arch(arch).blocks(model))

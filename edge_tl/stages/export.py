@@ -1,0 +1,134 @@
+"""``edge-tl export``: torch model -> ``RUN/targets/<target>/`` (ONNX, OpenVINO IR, or a QDQ graph).
+
+The exported model is checked against the torch model it came from on the held-out inputs
+(max |Δlogit|, argmax agreement); an fp32 export that changes any answer is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends import RunnerSpec, availability, open_runner
+from ..bench.accuracy import agreement, max_abs_diff
+from ..checkpoint import load_model
+from ..errors import ConfigError, EdgeTLError, require
+from ..evalset import ensure_eval_set, load_eval_set
+from ..manifest import read_manifest, staged_folder, write_manifest
+from ..rundir import RunDir
+from ..targets import Target, get_target
+
+log = logging.getLogger("edge_tl")
+FLOAT_ONNX = "float.onnx"
+
+
+def export_onnx(model: Any, path: Path, input_size: int, opset: int) -> None:
+    """Export with a dynamic batch axis (input ``input``, output ``logits``) and check the graph."""
+    torch = require("torch", "train")
+    onnx = require("onnx", "train")
+    import warnings
+
+    model = model.eval().cpu()
+    dummy = torch.zeros(1, 3, input_size, input_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=opset,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    onnx.checker.check_model(str(path))
+
+
+def torch_logits(model: Any, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return np.concatenate([model(torch.from_numpy(inputs[i:i + batch])).numpy()
+                               for i in range(0, len(inputs), batch)])
+
+
+def run_all(runner: Any, inputs: np.ndarray, batch: int) -> np.ndarray:
+    """Logits of ``runner`` over ``inputs`` in batches of ``batch``."""
+    return np.concatenate([runner.run(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
+
+
+def export(run_dir: str | Path, target_name: str, calibration: str | None = None,
+           source: str | None = None, quiet: bool = True) -> dict[str, Any]:
+    """Export the run's model for ``target_name``; returns the target manifest."""
+    target: Target = get_target(target_name)
+    run = RunDir(Path(run_dir))
+    src = run.source(source)
+    model, src_manifest = load_model(src)
+    crop = src_manifest["preprocessing"]["crop"]
+    if target.input_size is not None and target.input_size != crop:
+        raise ConfigError(f"target {target.name} wants input_size {target.input_size}, the model was "
+                          f"trained at {crop}; change the profile or fine-tune at that size")
+    if calibration is not None and not target.quantized:
+        log.warning("--calibration is ignored: %s is not an INT8 target", target.name)
+    evalset = load_eval_set(ensure_eval_set(run, quiet))
+    # The export is judged against the torch model it came from (pruned or not); the bench later
+    # judges it against the full model.
+    src_logits = evalset.logits if src == run.finetune else torch_logits(model, evalset.inputs)
+    started = time.perf_counter()
+    with staged_folder(run.target(target.name)) as tmp:
+        export_onnx(model, tmp / FLOAT_ONNX, crop, target.opset)
+        extra: dict[str, Any] = {}
+        if target.quantized:
+            from .quantize import quantize_for_target
+
+            files, extra = quantize_for_target(target, run, src, tmp / FLOAT_ONNX, tmp, calibration,
+                                               evalset, src_logits, quiet)
+        else:
+            from .convert import convert_float
+
+            files = convert_float(target, tmp / FLOAT_ONNX, tmp)
+        validation = validate(target, tmp, evalset.inputs, src_logits)
+        if target.precision == "fp32" and validation and validation["agreement"] < 1.0:
+            raise EdgeTLError(
+                f"fp32 export for {target.name} changed {validation['disagreements']} of "
+                f"{len(src_logits)} answers (max |Δlogit| {validation['max_abs_logit_diff']:.3g}); "
+                "nothing was written")
+        kept = [FLOAT_ONNX] if (tmp / FLOAT_ONNX).exists() else []
+        all_files = sorted({*files, *kept, *extra.pop("files", [])})
+        manifest = write_manifest(
+            tmp, "export", parent=src / "model.pt", files=all_files,
+            target=target.model_dump(), model_file=target.model_file, source_stage=src.name,
+            arch=src_manifest["arch"], classes=src_manifest["classes"],
+            preprocessing=src_manifest["preprocessing"], structure=src_manifest.get("structure"),
+            validation=validation, seconds=time.perf_counter() - started, **extra)
+    if validation is None:
+        log.warning("%s cannot run on this host (%s): the export is not validated here",
+                    target.name, availability(target.backend, target.device))
+    return manifest
+
+
+def validate(target: Target, folder: Path, inputs: np.ndarray, reference: np.ndarray) -> dict[str, Any] | None:
+    """Run the exported model where this host can; None when it cannot (e.g. TensorRT on a CPU box)."""
+    backend, device = target.backend, target.device
+    if backend == "tensorrt":
+        # The engine is built on the device; here the shipped ONNX graph is checked in ONNX Runtime.
+        backend, device = "onnxruntime", "cpu"
+    if availability(backend, device) is not None:
+        return None
+    runner = open_runner(RunnerSpec(folder / target.model_file, backend, device, target.precision,
+                                    target.threads, target.batch_size))
+    try:
+        logits = run_all(runner, inputs, target.batch_size)
+    finally:
+        runner.close()
+    agree = agreement(logits, reference)
+    return {"backend": backend, "device": device, "n": len(reference), "agreement": agree,
+            "disagreements": int(round((1 - agree) * len(reference))),
+            "max_abs_logit_diff": max_abs_diff(logits, reference)}
+
+
+def read_target(run: RunDir, target: Target) -> dict[str, Any]:
+    """The verified manifest of an exported target, or a clear error if it was not exported."""
+    folder = run.target(target.name)
+    if not (folder / "manifest.json").is_file():
+        raise EdgeTLError(f"{target.name} is not exported in {run.root}; run `edge-tl export {run.root} "
+                          f"--target {target.name}` first")
+    return read_manifest(folder)

@@ -1,0 +1,131 @@
+"""Target profiles: one TOML file per deployment target, validated strictly.
+
+Profiles live in the top-level ``targets/`` folder (shipped inside the wheel as ``edge_tl/_targets``);
+``--target`` also takes a path to a user's own file. Unknown keys and wrong types are errors that
+name the file and the key.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+Backend = Literal["torch", "onnxruntime", "openvino", "tensorrt"]
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Gates(_Strict):
+    """Pass/fail limits checked by ``edge-tl bench``; a missing gate is not checked."""
+
+    max_top1_drop: float | None = Field(None, ge=0, description="points of top-1 below the reference")
+    min_agreement: float | None = Field(None, ge=0, le=1, description="fraction of argmax equal to reference")
+    max_p95_ms: float | None = Field(None, gt=0, description="batch-1 latency budget, 95th percentile")
+
+
+class Quantizer(_Strict):
+    """How the INT8 graph for this target is made (ignored by float targets)."""
+
+    method: Literal["none", "onnx_qdq", "nncf"] = "none"
+    activations: Literal["uint8", "int8"] = "uint8"
+    weights: Literal["int8"] = "int8"
+    per_channel: bool = True
+    symmetric_activations: bool = False
+    calibration_size: int = Field(300, ge=1)
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    accuracy_fallback: bool = True
+
+
+class Target(_Strict):
+    """One deployment target."""
+
+    name: str
+    description: str = ""
+    backend: Backend
+    device: str = "cpu"  # onnxruntime: cpu|cuda|tensorrt ; openvino: CPU|GPU|NPU ; tensorrt: cuda:0
+    precision: Precision
+    batch_size: int = Field(8, ge=1)
+    threads: int = Field(2, ge=1)
+    input_size: int | None = Field(None, ge=16)
+    opset: int = Field(17, ge=13)
+    warmup: int = Field(20, ge=0)
+    iterations: int = Field(200, ge=1)
+    quantizer: Quantizer = Quantizer()
+    gates: Gates = Gates()
+    source: str = Field("", exclude=True)
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision == "int8"
+
+    @property
+    def model_file(self) -> str:
+        """The file in ``targets/<name>/`` that the runner opens (TensorRT builds its engine from it)."""
+        return MODEL_FILES[self.backend]
+
+
+MODEL_FILES = {"torch": "model.pt", "onnxruntime": "model.onnx", "openvino": "model.xml",
+               "tensorrt": "model.onnx"}
+
+
+def targets_dir() -> Path:
+    """Where the built-in profiles live: the installed copy, else the source tree's ``targets/``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_targets", here.parent / "targets"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError("built-in target profiles not found (edge_tl/_targets or ./targets)")
+
+
+def load_target_file(path: Path) -> Target:
+    """Parse and validate one profile file."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read profile: {exc}") from exc
+    raw.setdefault("name", path.stem)
+    try:
+        return Target.model_validate({**raw, "source": str(path)})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(file)"
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"{path}: key '{key}': {msg}{more}") from None
+
+
+def builtin_targets() -> dict[str, Target]:
+    """All built-in profiles by name."""
+    out: dict[str, Target] = {}
+    for path in sorted(targets_dir().glob("*.toml")):
+        t = load_target_file(path)
+        if t.name in out:
+            raise ConfigError(f"duplicate target name {t.name!r} in {path}")
+        out[t.name] = t
+    return out
+
+
+def get_target(name_or_path: str) -> Target:
+    """A built-in profile by name, or a user's profile by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"target profile not found: {path}")
+        return load_target_file(path)
+    targets = builtin_targets()
+    if name_or_path not in targets:
+        raise ConfigError(f"unknown target {name_or_path!r}; `edge-tl targets` lists: {', '.join(targets)}")
+    return targets[name_or_path]

@@ -1,0 +1,93 @@
+"""Shared fixtures: no network, small synthetic image folders, one small fine-tuned run."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self: socket.socket, address):  # noqa: ANN001
+    """Tests may talk to this machine (torchrun's gloo rendezvous) and nothing else."""
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise OSError(f"network access blocked in tests: {address}")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_network():
+    socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+    yield
+    socket.socket.connect = _real_connect  # type: ignore[method-assign]
+
+
+def make_image(kind: int, seed: int, size: int = 64) -> Image.Image:
+    """A small synthetic image whose class (kind) is visible: stripes one way or the other, or blobs."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    period = rng.uniform(6, 10)
+    phase = rng.uniform(0, 2 * np.pi)
+    if kind == 0:
+        base = np.sin(xx / period * 2 * np.pi + phase)
+    elif kind == 1:
+        base = np.sin(yy / period * 2 * np.pi + phase)
+    else:
+        base = np.sin(xx / period * 2 * np.pi + phase) * np.sin(yy / period * 2 * np.pi)
+    arr = (base * 90 + 128 + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(arr, "L").convert("RGB")
+
+
+def write_folder(root: Path, classes: tuple[str, ...] = ("horizontal", "vertical", "blobs"),
+                 per_class: int = 12, seed: int = 0) -> Path:
+    """An ImageFolder of synthetic PNG/JPEG images under ``root``."""
+    for k, name in enumerate(classes):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = make_image(k, seed * 1000 + k * 100 + i)
+            img.save(d / f"{name}_{i:03d}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three visibly different classes, 12 images each."""
+    return write_folder(tmp_path_factory.mktemp("data") / "folder")
+
+
+@pytest.fixture(scope="session")
+def finetuned_run(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> Path:
+    """mobilenet_v2 from the real ImageNet weights, linear mode, on the synthetic folder (read-only: copy it
+    before changing anything)."""
+    from edge_tl.stages.finetune import finetune
+    from edge_tl.training import TrainConfig
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    finetune(image_folder, out, arch="mobilenet_v2", weights="imagenet",
+             train_cfg=TrainConfig(mode="linear", epochs=15, seed=0, quiet=True, workers=0))
+    return out
+
+
+@pytest.fixture
+def run_copy(finetuned_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the fine-tuned run that a test may change."""
+    import shutil
+
+    dest = tmp_path / "run"
+    shutil.copytree(finetuned_run, dest)
+    return dest
