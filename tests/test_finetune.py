@@ -111,12 +111,13 @@ def test_interrupted_stage_leaves_previous_artifact(run_copy: Path) -> None:
 
 
 @pytest.mark.distributed
-def test_torchrun_two_processes_gloo(image_folder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("mode", "port"), [("partial", 29517), ("linear", 29518)])
+def test_torchrun_two_processes_gloo(image_folder: Path, tmp_path: Path, mode: str, port: int) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            "-m", "edge_tl", "finetune", str(image_folder), "--out", str(out), "--arch", "mobilenet_v3_small",
-           "--weights", "none", "--mode", "partial", "--unfreeze", "1", "--epochs", "1", "--batch-size", "8",
+           "--weights", "none", "--mode", mode, "--unfreeze", "1", "--epochs", "1", "--batch-size", "8",
            "--workers", "0", "--device", "cpu", "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -44,9 +44,13 @@ class OpenVINORunner:
         self.request = self.compiled.create_infer_request()
         self.precision = spec.precision
         try:
-            self.precision_hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+            hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+            self.precision_hint = hint.to_string() if hasattr(hint, "to_string") else str(hint)
         except Exception:  # noqa: BLE001 - not every device reports it
             self.precision_hint = "unknown"
+        if spec.precision == "fp32" and self.precision_hint in ("bf16", "f16"):
+            # Report what really runs: a device that ignored the f32 hint is not an fp32 target.
+            self.precision = {"bf16": "bf16", "f16": "fp16"}[self.precision_hint]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})

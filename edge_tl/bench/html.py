@@ -1,0 +1,451 @@
+"""Self-contained HTML reports: ``reports/<target>.html`` per target and ``reports/index.html`` per run.
+
+The plots are hand-written inline SVG on purpose: benches run on devices with the torch-free runtime,
+where no plotting library (matplotlib, plotly) is installed, and a report must open from a USB stick
+or a CI artifact with no network. So: stdlib only, no external CSS/JS/fonts/images, every piece of
+text from the report passes through ``html.escape``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from ..errors import ArtifactError
+from ..manifest import write_bytes
+
+# Okabe–Ito: distinguishable with the common colour-vision deficiencies, readable on white.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#8C6D31", "#000000"]
+REF_COLOR = "#8a8a8a"
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1f2328;
+ max-width:1200px;margin:20px auto;padding:0 16px;line-height:1.4}
+h1{margin:0 0 4px;font-size:26px}h2{margin:28px 0 8px;font-size:19px;border-bottom:1px solid #d0d7de}
+.sub{color:#57606a;font-size:13px}table{border-collapse:collapse;font-size:13.5px;margin:6px 0}
+th,td{padding:4px 10px;border-bottom:1px solid #e1e4e8;text-align:right;vertical-align:top}
+th{background:#f6f8fa}th:first-child,td:first-child{text-align:left}
+.pass{color:#1a7f37;font-weight:600}.fail{color:#cf222e;font-weight:600}.skip{color:#9a6700;font-weight:600}
+.badge{display:inline-block;padding:2px 10px;border-radius:12px;color:#fff;font-size:14px;vertical-align:middle}
+.b-pass{background:#1a7f37}.b-fail{background:#cf222e}.b-skip{background:#9a6700}
+.note{background:#fff8c5;border-left:4px solid #d4a72c;padding:6px 10px;margin:6px 0;font-size:14px}
+.grid{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}figure{margin:8px 0}
+figcaption{font-size:12.5px;color:#57606a;max-width:900px}svg{max-width:100%;height:auto}
+svg text{font-family:inherit}details{margin:6px 0}summary{cursor:pointer;color:#0969da}
+"""
+
+
+def _e(v: Any) -> str:
+    return escape(str(v), quote=True)
+
+
+def _f(v: Any, digits: int = 3, unit: str = "") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{v:.{digits}f}{unit}"
+    return _e(v)
+
+
+def _pct(v: Any, digits: int = 1) -> str:
+    return "–" if v is None else f"{100 * v:.{digits}f} %"
+
+
+class _Axis:
+    """Maps data to pixels, linear or log10, and picks 1-2-5 ticks."""
+
+    def __init__(self, lo: float, hi: float, a: float, b: float, log: bool = False):
+        self.lo, self.hi, self.a, self.b, self.log = lo, hi, a, b, log
+
+    def _t(self, v: float) -> float:
+        return math.log10(max(v, 1e-9)) if self.log else v
+
+    def __call__(self, v: float) -> float:
+        lo, hi = self._t(self.lo), self._t(self.hi)
+        return self.a + (self._t(v) - lo) / ((hi - lo) or 1.0) * (self.b - self.a)
+
+    def ticks(self) -> list[float]:
+        if self.log:
+            ks = range(math.floor(math.log10(self.lo)), math.ceil(math.log10(self.hi)) + 1)
+            return [m * 10.0**k for k in ks for m in (1, 2, 5) if self.lo <= m * 10.0**k <= self.hi]
+        raw = (self.hi - self.lo) / 5 or 1.0
+        self.step = min((m * 10.0 ** math.floor(math.log10(raw)) for m in (1, 2, 5, 10)),
+                        key=lambda s: abs(s - raw))
+        return [i * self.step for i in range(math.ceil(self.lo / self.step), math.floor(self.hi / self.step) + 1)]
+
+    def label(self, v: float) -> str:
+        """Tick text with as many decimals as the step needs (99.5, not 100)."""
+        if self.log:
+            return f"{v:g}"
+        return f"{v:.{max(0, -math.floor(math.log10(self.step) + 1e-9))}f}"
+
+
+def _axis(values: list[float], a: float, b: float, zero: bool = True) -> _Axis:
+    """Log scale when the values span more than 8×, so a 0.3 ms and a 30 ms target both stay readable."""
+    lo, hi = min(values), max(values)
+    if lo > 0 and hi / lo > 8:
+        return _Axis(lo / 1.15, hi * 1.15, a, b, log=True)
+    return _Axis(0.0 if zero else lo, hi * 1.08 or 1.0, a, b)
+
+
+def _svg(w: int, h: int, title: str, body: list[str]) -> str:
+    return (f'<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{_e(title)}" '
+            f'font-size="12"><title>{_e(title)}</title>'
+            f'<text x="{w / 2}" y="18" text-anchor="middle" font-size="14" font-weight="600">{_e(title)}</text>'
+            + "".join(body) + "</svg>")
+
+
+def _xgrid(ax: _Axis, top: float, bottom: float, label: str) -> list[str]:
+    out = [f'<line x1="{ax.a}" y1="{bottom}" x2="{ax.b}" y2="{bottom}" stroke="#444"/>']
+    for t in ax.ticks():
+        x = ax(t)
+        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" stroke="#e6e6e6"/>'
+                   f'<text x="{x:.1f}" y="{bottom + 15}" text-anchor="middle" fill="#444">{ax.label(t)}</text>')
+    scale = " (log scale)" if ax.log else ""
+    out.append(f'<text x="{(ax.a + ax.b) / 2}" y="{bottom + 34}" text-anchor="middle">{_e(label + scale)}</text>')
+    return out
+
+
+def _box_stats(lat: dict[str, Any]) -> dict[str, float] | None:
+    samples = [float(s) for s in lat.get("samples") or []]
+    st = {k: float(lat[k]) for k in ("p50", "p95", "p99", "min") if lat.get(k) is not None}
+    if len(samples) >= 2:
+        q = statistics.quantiles(samples, n=100, method="inclusive")  # same as numpy's default percentile
+        st = {"p50": q[49], "p95": q[94], "p99": q[98], "min": min(samples)} | st
+        st |= {"p25": q[24], "p75": q[74], "max": max(samples)}
+    return st if "p50" in st else None
+
+
+def latency_svg(rows: list[dict[str, Any]], title: str = "Latency per call, batch 1") -> str:
+    """Box + strip plot, one row per series: ``{label, latency (report's latency_ms), color, ref, limit}``."""
+    rows = [r | {"st": _box_stats(r["latency"] or {})} for r in rows]
+    rows = [r for r in rows if r["st"]]
+    if not rows:
+        return '<p class="sub">No latency was measured.</p>'
+    left = min(300, 24 + 7 * max(len(r["label"]) for r in rows))
+    w, rh, top = 920, 26, 34
+    bottom = top + rh * len(rows) + 6
+    vals = [v for r in rows for v in r["st"].values()] + [r["limit"] for r in rows if r.get("limit")]
+    ax = _axis(vals, left, w - 20)
+    body = _xgrid(ax, top, bottom, "latency per call [ms]")
+    rng = random.Random(0)  # fixed jitter: the same report renders to the same bytes
+    for i, r in enumerate(rows):
+        st, y, col = r["st"], top + rh * i + rh / 2, r["color"]
+        weight = ' fill="#666" font-style="italic"' if r.get("ref") else ""
+        body.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end"{weight}>{_e(r["label"])}</text>')
+        samples = r["latency"].get("samples") or []
+        for s in samples[:: max(1, len(samples) // 300)]:
+            body.append(f'<circle cx="{ax(s):.1f}" cy="{y + rng.uniform(-8, 8):.1f}" r="1.6" fill="{col}" '
+                        'fill-opacity="0.35"/>')
+        body.append(f'<line x1="{ax(st["min"]):.1f}" y1="{y}" x2="{ax(st["p99"]):.1f}" y2="{y}" '
+                    f'stroke="{col}" stroke-width="1.5"/>')
+        if "p25" in st:
+            x0, x1 = ax(st["p25"]), ax(st["p75"])
+            body.append(f'<rect x="{x0:.1f}" y="{y - 7}" width="{max(x1 - x0, 1):.1f}" height="14" '
+                        f'fill="{col}" fill-opacity="0.25" stroke="{col}"/>')
+        xm, x95 = ax(st["p50"]), ax(st["p95"])
+        body.append(f'<line x1="{xm:.1f}" y1="{y - 9}" x2="{xm:.1f}" y2="{y + 9}" stroke="{col}" stroke-width="3">'
+                    f'<title>{_e(r["label"])}: p50 {st["p50"]:.3f} ms, p95 {st["p95"]:.3f} ms</title></line>'
+                    f'<path d="M{x95:.1f},{y - 5}l4,5l-4,5l-4,-5z" fill="#fff" stroke="{col}" stroke-width="1.5"/>')
+        if r.get("limit"):
+            xl = ax(r["limit"])
+            body.append(f'<line x1="{xl:.1f}" y1="{y - 12}" x2="{xl:.1f}" y2="{y + 12}" stroke="#cf222e" '
+                        'stroke-width="2" stroke-dasharray="3,2"/>')
+    return _svg(w, int(bottom + 44), title, body)
+
+
+def _place_labels(pts: list[tuple[float, float, str]]) -> list[tuple[float, float]]:
+    """Greedy label placement so names of targets with equal accuracy don't print over each other."""
+    placed: list[tuple[float, float, float, float]] = []
+    out = []
+    for x, y, text in pts:
+        tw = 6.6 * len(text)
+        for dy in (-7, 13, -19, 25, -31, 37, -43, 49):
+            for dx in (7, -7 - tw):
+                box = (x + dx, y + dy - 10, x + dx + tw, y + dy + 2)
+                if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                    break
+            else:
+                continue
+            break
+        placed.append(box)
+        out.append((box[0], box[3] - 2))
+    return out
+
+
+def scatter_svg(points: list[dict[str, Any]], ref_top1: float | None,
+                title: str = "Accuracy vs latency") -> str:
+    """Top-1 (%) against p50 latency (ms); a bar runs to p95. Points: ``{label, p50, p95, top1, color, ref}``."""
+    pts = [p for p in points if p.get("p50") is not None and p.get("top1") is not None]
+    if not pts:
+        return '<p class="sub">No point has both an accuracy and a latency.</p>'
+    w, h, left, top, right, bottom = 920, 400, 70, 34, 200, 340
+    ax = _axis([p["p50"] for p in pts] + [p.get("p95") or p["p50"] for p in pts], left, w - right)
+    ys = [100 * p["top1"] for p in pts] + ([100 * ref_top1] if ref_top1 is not None else [])
+    pad = max((max(ys) - min(ys)) * 0.15, 1.0)
+    # Headroom above the top point so a 100 % marker isn't cut by the frame; no tick above 100 %.
+    ay = _Axis(max(0.0, min(ys) - pad), max(ys) + pad / 4, bottom, top)
+    body = _xgrid(ax, top, bottom, "p50 latency per call [ms] (bar to p95)")
+    body.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#444"/>')
+    for t in (t for t in ay.ticks() if t <= 100):
+        y = ay(t)
+        body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w - right}" y2="{y:.1f}" stroke="#eee"/>'
+                    f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#444">{ay.label(t)}</text>')
+    body.append(f'<text transform="translate(18,{(top + bottom) / 2}) rotate(-90)" text-anchor="middle">'
+                'top-1 accuracy [%]</text>')
+    if ref_top1 is not None:
+        y = ay(100 * ref_top1)
+        body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w - right}" y2="{y:.1f}" stroke="{REF_COLOR}" '
+                    f'stroke-dasharray="6,4"/><text x="{w - right + 6}" y="{y + 4:.1f}" fill="#666">'
+                    'reference top-1</text>')
+    pts.sort(key=lambda p: (p["p50"], -p["top1"]))
+    xy = [(ax(p["p50"]), ay(100 * p["top1"]), p["label"]) for p in pts]
+    for p, (x, y, _), (lx, ly) in zip(pts, xy, _place_labels(xy), strict=True):
+        tip = f'{p["label"]}: top-1 {100 * p["top1"]:.2f} %, p50 {p["p50"]:.3f} ms'
+        if p.get("p95"):
+            body.append(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{ax(p["p95"]):.1f}" y2="{y:.1f}" '
+                        f'stroke="{p["color"]}" stroke-width="2" stroke-opacity="0.6"/>')
+        shape = (f'<path d="M{x:.1f},{y - 7:.1f}l7,7l-7,7l-7,-7z"' if p.get("ref")
+                 else f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5.5"')
+        body.append(f'{shape} fill="{p["color"]}" stroke="#fff"><title>{_e(tip)}</title>'
+                    f'{"</path>" if p.get("ref") else "</circle>"}'
+                    f'<text x="{lx:.1f}" y="{ly:.1f}" fill="{p["color"]}">{_e(p["label"])}</text>')
+    return _svg(w, h, title, body)
+
+
+def _mix(color: str, f: float) -> str:
+    r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    return "#" + "".join(f"{round(255 + (c - 255) * f):02x}" for c in (r, g, b))
+
+
+def confusion_svg(matrix: list[list[int]], classes: list[str], title: str = "Confusion matrix") -> str:
+    """Heatmap with counts: rows are true classes, columns predicted; shade = share of the row."""
+    n = len(matrix)
+    if n == 0:
+        return '<p class="sub">No confusion matrix.</p>'
+    names = [str(c) for c in classes] if len(classes) == n else [str(i) for i in range(n)]
+    cell = max(14, min(46, 360 // n))
+    lab = min(160, 12 + 6.8 * max(len(c) for c in names))
+    left, top = lab + 26, 40 + lab
+    w, h = int(left + cell * n + 20), int(top + cell * n + 20)
+    body = [f'<text x="{left + cell * n / 2}" y="36" text-anchor="middle" fill="#444">predicted class</text>',
+            f'<text transform="translate(14,{top + cell * n / 2}) rotate(-90)" text-anchor="middle" '
+            'fill="#444">true class</text>']
+    for i, row in enumerate(matrix):
+        total = sum(row) or 1
+        y = top + i * cell
+        body.append(f'<text x="{left - 6}" y="{y + cell / 2 + 4}" text-anchor="end">{_e(names[i])}</text>')
+        for j, count in enumerate(row):
+            f = count / total
+            fill = _mix("#0b6e4f" if i == j else "#c0392b", 0.08 + 0.92 * f if count else 0.0)
+            x = left + j * cell
+            body.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{fill}" stroke="#fff">'
+                        f'<title>true {_e(names[i])} → predicted {_e(names[j])}: {count} ({100 * f:.1f} %)'
+                        '</title></rect>')
+            if n <= 30:
+                body.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}" text-anchor="middle" '
+                            f'font-size="{min(12, cell // 3)}" fill="{"#fff" if f > 0.5 else "#222"}">'
+                            f'{count}</text>')
+    for j, name in enumerate(names):
+        x = left + j * cell + cell / 2 + 4
+        body.append(f'<text transform="translate({x},{top - 6}) rotate(-60)">{_e(name)}</text>')
+    return _svg(w, h, title, body)
+
+
+def _status(r: dict[str, Any]) -> str:
+    if r.get("skipped"):
+        return f'<span class="skip">skipped</span>: {_e(r["skipped"])}'
+    return '<span class="pass">passed</span>' if r.get("passed") else '<span class="fail">FAILED</span>'
+
+
+def _badge(r: dict[str, Any]) -> str:
+    kind, text = (("skip", "SKIPPED") if r.get("skipped") else ("pass", "PASSED") if r.get("passed")
+                  else ("fail", "FAILED"))
+    return f'<span class="badge b-{kind}">{text}</span>'
+
+
+def _gate_value(name: str, v: Any) -> str:
+    if v is None:
+        return "–"
+    return (_f(v, 2, " points") if name.endswith("drop") else _f(v, 2, " ms") if name.endswith("_ms")
+            else _f(v, 4))
+
+
+def gates_table(reports: list[dict[str, Any]]) -> str:
+    """One row per gate of every report (target, gate, limit, value, verdict)."""
+    rows = [f'<tr><td>{_e(r["target"])}</td><td>{_e(g["name"])}</td><td>{_gate_value(g["name"], g.get("limit"))}'
+            f'</td><td>{_gate_value(g["name"], g.get("value"))}</td><td>'
+            f'{"<span class=pass>pass</span>" if g.get("passed") else "<span class=fail>FAIL</span>"}</td></tr>'
+            for r in reports for g in r.get("gates") or []]
+    if not rows:
+        return '<p class="sub">No gates were evaluated.</p>'
+    return ("<table><tr><th>target</th><th>gate</th><th>limit</th><th>value</th><th>result</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _lat_rows(r: dict[str, Any], color: str, label: str | None = None) -> list[dict[str, Any]]:
+    cand, ref = r.get("candidate") or {}, r.get("reference") or {}
+    limit = next((g.get("limit") for g in r.get("gates") or [] if g.get("name") == "max_p95_ms"), None)
+    if limit is None:
+        limit = ((r.get("profile") or {}).get("gates") or {}).get("max_p95_ms")
+    rows = [{"label": label or r["target"], "latency": cand.get("latency_ms"), "color": color, "limit": limit}]
+    if ref.get("latency_ms"):
+        rows.append({"label": "reference (torch fp32)" if label is None else f"{label} reference",
+                     "latency": ref["latency_ms"], "color": REF_COLOR, "ref": True})
+    return rows
+
+
+def _points(reports: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float | None]:
+    pts, ref_p50, ref_p95, ref_top1 = [], [], [], None
+    for i, r in enumerate(reports):
+        ref = r.get("reference") or {}
+        ref_top1 = ref.get("top1") if ref.get("top1") is not None else ref_top1
+        if ref.get("latency_ms"):
+            ref_p50.append(ref["latency_ms"]["p50"])
+            ref_p95.append(ref["latency_ms"].get("p95"))
+        lat = (r.get("candidate") or {}).get("latency_ms") or {}
+        pts.append({"label": r["target"], "p50": lat.get("p50"), "p95": lat.get("p95"),
+                    "top1": (r.get("candidate") or {}).get("top1"), "color": PALETTE[i % len(PALETTE)]})
+    if ref_p50:  # each bench times the reference again; plot it once, at the median of those timings
+        pts.append({"label": "reference (torch fp32)", "p50": statistics.median(ref_p50), "ref": True,
+                    "p95": statistics.median([v for v in ref_p95 if v is not None] or ref_p50),
+                    "top1": ref_top1, "color": REF_COLOR})
+    return pts, ref_top1
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{CSS}</style></head>'
+            f'<body>{body}</body></html>\n')
+
+
+def _kv(d: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><td>{_e(k)}</td><td style='text-align:left'>"
+                   f"{_e(json.dumps(v) if isinstance(v, (dict, list)) else v)}</td></tr>" for k, v in d.items())
+    return f"<table>{rows}</table>"
+
+
+def _notes(r: dict[str, Any]) -> str:
+    return "".join(f'<div class="note">{_e(n)}</div>' for n in r.get("notes") or [])
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """One target's page: reference vs candidate, latency, accuracy vs latency, confusion, gates."""
+    r, name = report, str(report.get("target", "?"))
+    ref, cand = r.get("reference") or {}, r.get("candidate") or {}
+    host, prof = r.get("host") or {}, r.get("profile") or {}
+    out = [f'<p class="sub"><a href="index.html">all targets of this run</a></p><h1>{_e(name)} {_badge(r)}</h1>',
+           f'<p class="sub">{_e(prof.get("description", ""))}<br>eval set: {_e(r.get("eval_set", "–"))} '
+           f'({_e(r.get("n", "–"))} images) · host: {_e(host.get("cpu", "–"))}, '
+           f'{_e(host.get("cpu_count", "–"))} cores</p>', _notes(r)]
+    if r.get("skipped"):
+        out.append(f'<p><b>Skipped:</b> {_e(r["skipped"])}</p><p>Reference top-1: {_pct(ref.get("top1"))}</p>')
+    else:
+        rl, cl = ref.get("latency_ms") or {}, cand.get("latency_ms") or {}
+        rows = [("format / precision", f'{_e(ref.get("format"))} / {_e(ref.get("precision"))}',
+                 f'{_e(cand.get("format"))} / {_e(cand.get("precision"))}'),
+                ("top-1", _pct(ref.get("top1"), 2), _pct(cand.get("top1"), 2)),
+                ("top-1 drop", "", _f(cand.get("top1_drop"), 2, " points")),
+                ("agreement with reference", "", _pct(cand.get("agreement"), 2)),
+                *((f"{k} latency", _f(rl.get(k), 2, " ms"), _f(cl.get(k), 2, " ms")) for k in ("p50", "p95", "p99")),
+                ("throughput (batch)", _f(ref.get("throughput_ips"), 1, " img/s"),
+                 _f(cand.get("throughput_ips"), 1, " img/s")),
+                ("model size", _f(ref.get("size_mb"), 2, " MB"), _f(cand.get("size_mb"), 2, " MB")),
+                ("peak RSS", "", _f(cand.get("peak_rss_mb"), 0, " MB"))]
+        if cand.get("int8_speedup_over_float") is not None:
+            rows.append(("INT8 speed-up over float, same backend", "", _f(cand["int8_speedup_over_float"], 2, "×")))
+        if cand.get("float_layers"):
+            fl = cand["float_layers"]
+            rows.append(("layers kept in float", "", _e(len(fl) if isinstance(fl, (list, dict)) else fl)))
+        out.append("<table><tr><th></th><th>reference</th><th>candidate</th></tr>"
+                   + "".join(f"<tr><td>{a}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in rows) + "</table>")
+        out.append(f'<p><b>Speed-up</b> (reference p50 / candidate p50): {_f(r.get("speedup"), 2, "×")}</p>')
+        out.append(f"<h2>Gates</h2>{gates_table([r])}")
+        pts, ref_top1 = _points([r])
+        out.append(f'<h2>Latency</h2><figure>{latency_svg(_lat_rows(r, PALETTE[0]))}<figcaption>{_LAT_CAPTION}'
+                   f'{"" if rl else " The reference latency was not measured on this host (no torch)."}'
+                   f'</figcaption></figure><figure>{scatter_svg(pts, ref_top1)}<figcaption>Dot: p50; bar: p50 to p95.'
+                   '</figcaption></figure>')
+        if cand.get("confusion"):
+            recall = cand.get("per_class_recall") or {}
+            out.append(f'<h2>Candidate confusion matrix</h2><div class="grid"><figure>'
+                       f'{confusion_svg(cand["confusion"], r.get("classes") or [], name)}</figure>'
+                       "<table><tr><th>class</th><th>recall</th></tr>"
+                       + "".join(f"<tr><td>{_e(c)}</td><td>{_pct(v, 1)}</td></tr>" for c, v in recall.items())
+                       + "</table></div>")
+    out.append("<h2>Details</h2>")
+    for label, d in (("host", host), ("versions", r.get("versions") or {}), ("target profile", prof)):
+        out.append(f"<details><summary>{label}</summary>{_kv(d)}</details>")
+    return _page(f"edge-tl bench: {name}", "".join(out))
+
+
+_LAT_CAPTION = ("Box: p25–p75; thick line: p50; ◇: p95; whisker: min–p99; dots: every timed call; red dashed "
+                "line: the target's max_p95_ms gate.")
+
+
+def render_index(reports: list[dict[str, Any]], title: str) -> str:
+    """The per-run page: every target in one table and in shared plots, then gates and confusion matrices."""
+    ran = [r for r in reports if not r.get("skipped") and r.get("candidate")]
+    head = ("<tr><th>target</th><th>format / precision</th><th>top-1</th><th>drop</th><th>agreement</th>"
+            "<th>p50</th><th>p95</th><th>speed-up</th><th>size</th><th>status</th></tr>")
+    rows = []
+    for r in reports:
+        c = r.get("candidate") or {}
+        lat = c.get("latency_ms") or {}
+        link = f'<a href="{_e(r["target"])}.html">{_e(r["target"])}</a>'
+        fmt = f'{_e(c["format"])} / {_e(c.get("precision"))}' if c.get("format") else "–"
+        rows.append(f"<tr><td>{link}</td><td>{fmt}</td><td>{_pct(c.get('top1'), 2)}</td>"
+                    f"<td>{_f(c.get('top1_drop'), 2, ' pts')}</td><td>{_pct(c.get('agreement'), 2)}</td>"
+                    f"<td>{_f(lat.get('p50'), 2, ' ms')}</td><td>{_f(lat.get('p95'), 2, ' ms')}</td>"
+                    f"<td>{_f(r.get('speedup'), 2, '×')}</td><td>{_f(c.get('size_mb'), 2, ' MB')}</td>"
+                    f"<td>{_status(r)}</td></tr>")
+    first = reports[0] if reports else {}
+    ref = first.get("reference") or {}
+    host = first.get("host") or {}
+    out = [f"<h1>{_e(title)}</h1><p class='sub'>{len(reports)} target(s), {len(ran)} measured · reference: "
+           f"full model, torch fp32, top-1 {_pct(ref.get('top1'), 2)} · host: {_e(host.get('cpu', '–'))}, "
+           f"{_e(host.get('cpu_count', '–'))} cores</p>",
+           f"<h2>Targets</h2><table>{head}{''.join(rows)}</table>",
+           "".join(f'<div class="note"><b>{_e(r["target"])}</b>: {_e(n)}</div>'
+                   for r in reports for n in r.get("notes") or [])]
+    if ran:
+        lat_rows = [row for i, r in enumerate(ran) for row in _lat_rows(r, PALETTE[i % len(PALETTE)], r["target"])]
+        pts, ref_top1 = _points(ran)
+        out.append(f"<h2>Latency distribution</h2><figure>{latency_svg(lat_rows)}<figcaption>{_LAT_CAPTION} "
+                   "Each target's grey row is the reference timed in the same bench run.</figcaption></figure>"
+                   f"<h2>Accuracy vs latency</h2><figure>{scatter_svg(pts, ref_top1)}<figcaption>The "
+                   "reference ◆ sits at the median of its timings across the benches.</figcaption></figure>")
+    out.append(f"<h2>Gates</h2>{gates_table(ran)}")
+    cms = [f"<figure>{confusion_svg(r['candidate']['confusion'], r.get('classes') or [], r['target'])}</figure>"
+           for r in ran if r["candidate"].get("confusion")]
+    if cms:
+        out.append('<h2>Candidate confusion matrices</h2><p class="sub">Rows: true class; columns: predicted '
+                   'class; shade: share of the row (green: correct, red: confused).</p>'
+                   f'<div class="grid">{"".join(cms)}</div>')
+    return _page(title, "".join(out))
+
+
+def load_reports(reports_dir: str | Path) -> list[dict[str, Any]]:
+    """Every bench report (``*.json`` holding a ``target``) in ``reports_dir``, sorted by file name."""
+    out = []
+    for path in sorted(Path(reports_dir).glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"cannot read report {path}: {exc}") from exc
+        if isinstance(data, dict) and "target" in data and "reference" in data:
+            out.append(data)
+    return out
+
+
+def write_index(reports_dir: str | Path, title: str | None = None) -> Path:
+    """(Re)write ``reports_dir/index.html`` from every report there; returns its path."""
+    reports_dir = Path(reports_dir)
+    dest = reports_dir / "index.html"
+    name = title or f"edge-tl bench: {reports_dir.resolve().parent.name}"
+    write_bytes(dest, render_index(load_reports(reports_dir), name).encode())
+    return dest

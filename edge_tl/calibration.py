@@ -1,0 +1,200 @@
+"""The INT8 calibration set: which images the quantiser sees, chosen so that the choice can be audited.
+
+Two recipes (``calibration/README.md``):
+
+* **training split** (default): images from ``split.json``'s ``train`` list only, class-balanced
+  (round-robin over the classes), in a seeded order, ``calibration_size`` of them (300 by default);
+* **a folder** (``--calibration DIR``): unlabelled images from the production camera, found
+  recursively, capped to ``calibration_size`` in a seeded order. A plain-text file with one image path
+  per line works too.
+
+In both recipes an image whose bytes equal a validation image is left out: the validation split is
+what the accuracy gates are measured on, so calibrating on it would flatter the INT8 model. Every
+image used is recorded (path + sha256) in the target's ``calibration.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import Sample, list_images, split_from_json
+from .errors import DataError
+from .manifest import read_json, sha256_file, write_json
+from .preprocess import IMAGE_SUFFIXES, Preprocess, load_image
+from .progress import progress
+from .rundir import RunDir
+
+log = logging.getLogger("edge_tl")
+
+DEFAULT_SEED = 0
+SOURCE_TRAIN = "train-split"
+SOURCE_FOLDER = "folder"
+SOURCE_LIST = "list"
+
+
+@dataclass
+class CalibrationSet:
+    """Preprocessed calibration inputs and the record of where each one came from."""
+
+    inputs: np.ndarray  # (N, 3, H, W) float32, the run's preprocessing
+    images: list[dict[str, Any]]  # {"path", "sha256", "class"} per row of ``inputs``
+    source: str  # SOURCE_TRAIN | SOURCE_FOLDER | SOURCE_LIST
+    root: str
+    requested: int
+    seed: int
+    classes: list[str] | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    excluded_validation: list[str] = field(default_factory=list)
+
+    @property
+    def per_class(self) -> dict[str, int] | None:
+        """Images per class (None for unlabelled folders)."""
+        if self.classes is None:
+            return None
+        counts = dict.fromkeys(self.classes, 0)
+        for im in self.images:
+            counts[im["class"]] += 1
+        return counts
+
+    def summary(self) -> dict[str, Any]:
+        """What the target manifest records (the per-image list is in calibration.json)."""
+        return {"source": self.source, "root": self.root, "n": len(self.images), "requested": self.requested,
+                "seed": self.seed, "per_class": self.per_class, "skipped": len(self.skipped),
+                "excluded_as_validation": len(self.excluded_validation)}
+
+    def to_json(self, **extra: Any) -> dict[str, Any]:
+        """The content of ``calibration.json``."""
+        return {**self.summary(), **extra, "images": self.images, "skipped_files": self.skipped,
+                "excluded_as_validation_files": self.excluded_validation}
+
+
+def balanced_order(samples: list[Sample], seed: int = DEFAULT_SEED) -> list[Sample]:
+    """All ``samples`` in a class-balanced, seeded order: one per class in turn, each class shuffled.
+
+    Taking the first N of this order gives every class N / n_classes images (a class with fewer
+    images gives all it has, the others fill in). The order depends only on the paths and the seed.
+    """
+    rng = random.Random(seed)
+    queues: dict[int, list[Sample]] = {}
+    for s in sorted(samples, key=lambda s: (s.label, s.path)):
+        queues.setdefault(s.label, []).append(s)
+    for label in sorted(queues):
+        rng.shuffle(queues[label])
+    order: list[Sample] = []
+    depth = max((len(q) for q in queues.values()), default=0)
+    for i in range(depth):
+        order.extend(queues[label][i] for label in sorted(queues) if i < len(queues[label]))
+    return order
+
+
+def _validation_hashes(run: RunDir) -> tuple[set[str], set[Path]]:
+    """sha256 and resolved paths of the validation images (what calibration must never use)."""
+    root, _train, val = split_from_json(read_json(run.finetune / "split.json"))
+    hashes, paths = set(), set()
+    for s in val:
+        p = root / s.path
+        paths.add(p.resolve())
+        if p.is_file():
+            hashes.add(sha256_file(p))
+    return hashes, paths
+
+
+def _user_candidates(source: Path) -> tuple[Path, list[Path], str]:
+    """(root, image files, kind) for ``--calibration``: a folder (recursive) or a list file."""
+    if not source.exists():
+        raise DataError(f"calibration folder not found: {source}")
+    if source.is_dir():
+        files = list_images(source)
+        if not files:
+            raise DataError(f"no images under calibration folder {source} (looked for "
+                            f"{', '.join(IMAGE_SUFFIXES)})")
+        return source, files, SOURCE_FOLDER
+    # A text file listing images, one per line (relative paths are relative to the file).
+    lines = [ln.strip() for ln in source.read_text(errors="replace").splitlines()]
+    files = [(source.parent / ln) if not Path(ln).is_absolute() else Path(ln)
+             for ln in lines if ln and not ln.startswith("#")]
+    if not files:
+        raise DataError(f"calibration list {source} names no images")
+    return source.parent, files, SOURCE_LIST
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def build_calibration_set(run: RunDir, pre: Preprocess, classes: list[str], size: int,
+                          user_source: str | Path | None = None, seed: int = DEFAULT_SEED,
+                          quiet: bool = True) -> CalibrationSet:
+    """Choose, decode and preprocess the calibration images for a run.
+
+    ``user_source`` None: the training split (class-balanced). Otherwise a folder of unlabelled images
+    (recursive) or a text file listing them. Undecodable files are skipped with a warning; images
+    identical to a validation image are left out with a warning. Raises DataError when nothing usable
+    is left.
+    """
+    if size < 1:
+        raise DataError(f"calibration size must be at least 1, got {size}")
+    val_hashes, val_paths = _validation_hashes(run)
+    if user_source is None:
+        split = read_json(run.finetune / "split.json")
+        root, train, val = split_from_json(split)
+        val_rel = {s.path for s in val}
+        # A corrupt split listing one image on both sides must not leak validation into calibration.
+        train = [s for s in train if s.path not in val_rel]
+        candidates = [(root / s.path, s.path, classes[s.label]) for s in balanced_order(train, seed)]
+        source, root_str, labelled = SOURCE_TRAIN, str(root), True
+    else:
+        root, files, source = _user_candidates(Path(user_source))
+        files = sorted(files)
+        # Seeded rather than alphabetical: the first N names of a camera folder are often one shift.
+        random.Random(seed).shuffle(files)
+        candidates = [(p, _rel(p, root), None) for p in files]
+        root_str, labelled = str(root), False
+
+    xs: list[np.ndarray] = []
+    images: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    excluded: list[str] = []
+    with progress(quiet) as bar:
+        task = bar.add_task("calibration", total=min(size, len(candidates)), info=source)
+        for path, rel, cls in candidates:
+            if len(images) >= size:
+                break
+            try:
+                digest = sha256_file(path)
+                if digest in val_hashes or path.resolve() in val_paths:
+                    excluded.append(rel)
+                    continue
+                xs.append(pre(load_image(path)))
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, never fatal
+                skipped.append({"path": rel, "reason": f"{type(exc).__name__}: {exc}".strip()})
+                continue
+            images.append({"path": rel, "sha256": digest, "class": cls})
+            bar.advance(task)
+    if skipped:
+        names = ", ".join(s["path"] for s in skipped[:10]) + (" …" if len(skipped) > 10 else "")
+        log.warning("calibration: skipped %d unreadable image(s): %s", len(skipped), names)
+    if excluded:
+        log.warning("calibration: left out %d image(s) identical to validation images (the gates are "
+                    "measured on those): %s", len(excluded), ", ".join(excluded[:5]))
+    if not images:
+        raise DataError(f"no usable calibration images in {root_str}")
+    if len(images) < size:
+        log.warning("calibration: %d image(s) available, %d requested", len(images), size)
+    return CalibrationSet(np.stack(xs).astype(np.float32, copy=False), images, source, root_str, size, seed,
+                          classes=list(classes) if labelled else None, skipped=skipped,
+                          excluded_validation=excluded)
+
+
+def write_calibration_json(path: str | Path, cset: CalibrationSet, **extra: Any) -> None:
+    """Write ``calibration.json`` (atomically): summary, method and every image's path and sha256."""
+    write_json(path, cset.to_json(**extra))

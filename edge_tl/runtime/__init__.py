@@ -1,0 +1,36 @@
+"""Torch-free inference for edge-tl bundles: numpy, Pillow and one backend.
+
+    from edge_tl.runtime import open_bundle
+
+    with open_bundle("bundle/") as rt:          # verifies every sha256, checks the golden images
+        p = rt.predict("part_0042.png")          # or a PIL image, or rt.predict(frame, color="BGR")
+        print(p.label, p.score, p.decision)      # decision: "ok" | "defect" | "review"
+        many = rt.predict_batch(paths)
+
+Installing ``edge-tl[runtime]`` (numpy, pillow, onnxruntime) is enough for ONNX Runtime bundles;
+OpenVINO bundles need ``openvino``, TensorRT bundles the system TensorRT (JetPack). Importing this
+package imports none of them, nor torch.
+"""
+
+from .bundlefile import BUNDLE_JSON, FORMAT_VERSION, SUMS, read_bundle
+from .core import InputError, Prediction, Runtime, engine_cache_dir, open_bundle, to_image
+from .policy import RULE, Policy, make_policy, policy_stats, softmax, tune_ok_threshold
+
+__all__ = [
+    "BUNDLE_JSON",
+    "FORMAT_VERSION",
+    "RULE",
+    "SUMS",
+    "InputError",
+    "Policy",
+    "Prediction",
+    "Runtime",
+    "engine_cache_dir",
+    "make_policy",
+    "open_bundle",
+    "policy_stats",
+    "read_bundle",
+    "softmax",
+    "to_image",
+    "tune_ok_threshold",
+]

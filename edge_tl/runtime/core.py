@@ -1,0 +1,256 @@
+"""``Runtime``: open a verified bundle and classify images with numpy, Pillow and one backend.
+
+Nothing here imports torch, torchvision or the training code; the backend (onnxruntime, openvino or
+tensorrt) is imported when a bundle that needs it is opened. Preprocessing is ``edge_tl.preprocess``,
+the same function training, evaluation and the bundle's golden expectations went through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata as md
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image
+
+from ..backends import RunnerSpec, availability, open_runner
+from ..errors import ArtifactError, EdgeTLError
+from ..preprocess import Preprocess, from_array, load_image, to_rgb
+from .bundlefile import read_bundle
+from .policy import Policy, softmax
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]  # noqa: UP007 - readable at runtime on 3.10
+
+# Backends whose model object may be called from several threads at once; the others get a lock
+# (an OpenVINO infer request or a TensorRT execution context serves one call at a time).
+_THREAD_SAFE = {"onnxruntime"}
+_BACKEND_DIST = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+
+
+class InputError(EdgeTLError, ValueError):
+    """An image the runtime cannot use (unreadable file, wrong array type, unstated colour order)."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One classified image: label, its softmax probability, the QC decision, and the time it took."""
+
+    label: str
+    index: int
+    score: float
+    decision: str  # "ok" | "defect" | "review"
+    ms: float  # preprocessing + inference, this image's share of its batch
+    logits: np.ndarray = field(repr=False, compare=False)
+    path: str | None = None
+
+    def to_dict(self, logits: bool = False) -> dict[str, Any]:
+        """JSON-ready fields: path, label, score, decision, ms (and the logits when asked)."""
+        out: dict[str, Any] = {"path": self.path, "label": self.label, "score": round(self.score, 6),
+                               "decision": self.decision, "ms": round(self.ms, 3)}
+        if logits:
+            out["logits"] = [float(v) for v in self.logits]
+        return out
+
+
+def to_image(item: ImageInput, color: str | None = None) -> Image.Image:
+    """An RGB PIL image from a path, a PIL image or a uint8 HxWxC array whose channel order is ``color``.
+
+    A colour array must come with its order (``"RGB"`` or ``"BGR"``, as the camera gives it): guessing
+    silently would swap red and blue. ``.npy`` files are raw arrays and follow the same rule.
+    """
+    if isinstance(item, (str, os.PathLike)):
+        path = Path(item)
+        try:
+            if path.suffix.lower() == ".npy":
+                return _from_array(np.load(path, allow_pickle=False), color, str(path))
+            return load_image(path)
+        except InputError:
+            raise
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise InputError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+    if isinstance(item, Image.Image):
+        return to_rgb(item)
+    if isinstance(item, np.ndarray):
+        return _from_array(item, color, "array")
+    raise InputError(f"cannot classify a {type(item).__name__}: give a path, a PIL image or a uint8 array")
+
+
+def _from_array(arr: np.ndarray, color: str | None, what: str) -> Image.Image:
+    if arr.dtype != np.uint8:
+        raise InputError(f"{what}: expected a uint8 array, got {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 3:
+        if color is None:
+            raise InputError(f"{what}: a colour array needs its channel order: pass color='RGB' or 'BGR'")
+        if color.upper() not in ("RGB", "BGR"):
+            raise InputError(f"color must be RGB or BGR, got {color!r}")
+    try:
+        return from_array(arr, color or "RGB")
+    except ValueError as exc:
+        raise InputError(f"{what}: {exc}") from None
+
+
+def engine_cache_dir() -> Path:
+    """Where TensorRT engines built from bundles are kept (``EDGE_TL_ENGINE_CACHE``, else ~/.cache)."""
+    env = os.environ.get("EDGE_TL_ENGINE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "edge-tl" / "engines"
+
+
+class Runtime:
+    """A bundle opened for inference. Thread-safe: one object may serve many threads.
+
+    ``Runtime(path)`` verifies every file's sha256 and the format version, opens the model on the
+    bundle's backend and (unless ``check_golden=False``) classifies the golden images, refusing to go
+    on if they do not reproduce the bundle's expected top-1 and logits within its stated tolerance.
+    """
+
+    def __init__(self, bundle: str | os.PathLike[str], *, device: str | None = None, threads: int | None = None,
+                 verify: bool = True, check_golden: bool = True, engine_cache: str | os.PathLike[str] | None = None
+                 ) -> None:
+        self.path = Path(bundle)
+        self.manifest = read_bundle(self.path, verify=verify)
+        m = self.manifest
+        self.classes: list[str] = list(m["classes"])
+        self.preprocess = Preprocess.from_dict(m["preprocessing"])
+        self.policy = Policy.from_dict(m["policy"], self.classes)
+        model = m["model"]
+        self.backend: str = model["backend"]
+        self.device: str = device or model["device"]
+        self.precision: str = model["precision"]
+        self.batch_size: int = int(model["batch_size"])
+        reason = availability(self.backend, self.device)
+        if reason is not None:
+            raise EdgeTLError(f"cannot run {self.path} ({self.backend} on {self.device}) here: {reason}")
+        options: dict[str, Any] = {}
+        if self.backend == "tensorrt":
+            # The bundle may be mounted read-only: the engine built from model.onnx lives in a cache.
+            options["engine_cache"] = str(Path(engine_cache) if engine_cache else engine_cache_dir())
+        spec = RunnerSpec(self.path / model["file"], self.backend, self.device, self.precision,
+                          int(threads or model["threads"]), self.batch_size, options or None)
+        try:
+            self._runner = open_runner(spec)
+        except EdgeTLError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any backend failure to load is one readable line
+            built = m.get("versions", {}).get(_BACKEND_DIST[self.backend], "?")
+            here = _dist_version(_BACKEND_DIST[self.backend])
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ArtifactError(f"{self.backend} {here} cannot load {spec.model_path} (bundle built with "
+                                f"{self.backend} {built}): {first}") from exc
+        self._lock: threading.Lock | contextlib.nullcontext[None] = (
+            contextlib.nullcontext() if self.backend in _THREAD_SAFE else threading.Lock())
+        self.golden_report: dict[str, Any] | None = None
+        if check_golden:
+            try:
+                self.golden_report = self.check_golden()
+            except BaseException:
+                self.close()
+                raise
+
+    # -- inference -------------------------------------------------------------------------------
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for an NCHW batch, in chunks of the bundle's batch size."""
+        if self._runner is None:
+            raise EdgeTLError(f"the runtime for {self.path} is closed")
+        outs = []
+        for i in range(0, len(batch), self.batch_size):
+            with self._lock:
+                outs.append(np.asarray(self._runner.run(batch[i:i + self.batch_size]), dtype=np.float32))
+        return np.concatenate(outs) if outs else np.zeros((0, len(self.classes)), np.float32)
+
+    def logits(self, images: Sequence[ImageInput], *, color: str | None = None) -> np.ndarray:
+        """(N, classes) float32 logits of ``images``."""
+        return self._infer(self.preprocess.batch([to_image(x, color) for x in images]))
+
+    def predict(self, image: ImageInput, *, color: str | None = None) -> Prediction:
+        """Classify one image (path, PIL image, or uint8 HxWxC array with ``color`` "RGB"/"BGR")."""
+        return self.predict_batch([image], color=color)[0]
+
+    def predict_batch(self, images: Sequence[ImageInput], *, color: str | None = None) -> list[Prediction]:
+        """Classify several images at once; same answers as one by one (within float rounding)."""
+        if not len(images):
+            return []
+        start = time.perf_counter()
+        logits = self.logits(images, color=color)
+        ms = (time.perf_counter() - start) * 1000.0 / len(images)
+        out = []
+        for item, row, (k, score, decision) in zip(images, logits, self.policy.decide_logits(logits)):
+            path = str(item) if isinstance(item, (str, os.PathLike)) else None
+            out.append(Prediction(self.classes[k], k, score, decision, ms, row, path))
+        return out
+
+    def probabilities(self, images: Sequence[ImageInput], *, color: str | None = None) -> np.ndarray:
+        """(N, classes) softmax probabilities."""
+        return softmax(self.logits(images, color=color)).astype(np.float32)
+
+    # -- checks ------------------------------------------------------------------------------------
+
+    def check_golden(self) -> dict[str, Any]:
+        """Classify the golden images; raise ArtifactError unless top-1 and logits match the bundle."""
+        golden = self.manifest["golden"]
+        tol = golden["tolerance"]
+        items = golden["images"]
+        if not items:
+            return {"n": 0, "passed": True, "max_abs_logit_diff": 0.0, "tolerance": tol}
+        got = self._infer(self.preprocess.batch([load_image(self.path / it["file"]) for it in items]))
+        expected = np.asarray([it["logits"] for it in items], dtype=np.float64)
+        diff = np.abs(got.astype(np.float64) - expected)
+        bound = tol["atol"] + tol["rtol"] * np.abs(expected)
+        for it, g, d, b in zip(items, got, diff, bound):
+            top1 = self.classes[int(np.argmax(g))]
+            problem = None
+            if top1 != it["top1"]:
+                problem = f"top-1 {top1!r}, expected {it['top1']!r}"
+            elif (d > b).any():
+                problem = f"max |Δlogit| {d.max():.3g} exceeds the stated tolerance (atol {tol['atol']}, rtol {tol['rtol']})"
+            if problem:
+                raise ArtifactError(
+                    f"golden image {self.path / it['file']}: {problem}; this runtime does not reproduce the "
+                    f"bundle ({self.backend} {_dist_version(_BACKEND_DIST[self.backend])} and Pillow "
+                    f"{_dist_version('pillow')} here; built with {self.manifest['versions'].get(self.backend, '?')} "
+                    f"and Pillow {self.manifest['versions'].get('pillow', '?')}); refusing to classify")
+        return {"n": len(items), "passed": True, "max_abs_logit_diff": float(diff.max()), "tolerance": tol}
+
+    def info(self) -> dict[str, Any]:
+        """A short description of the opened bundle."""
+        m = self.manifest
+        return {"bundle": str(self.path), "name": m.get("name"), "backend": self.backend, "device": self.device,
+                "precision": self.precision, "classes": self.classes, "policy": self.policy.to_dict(),
+                "golden": self.golden_report}
+
+    # -- lifetime ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the model."""
+        runner, self._runner = getattr(self, "_runner", None), None
+        if runner is not None:
+            runner.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_bundle(path: str | os.PathLike[str], **kwargs: Any) -> Runtime:
+    """Open a bundle for inference (see ``Runtime``)."""
+    return Runtime(path, **kwargs)
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return "not installed"

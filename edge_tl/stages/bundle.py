@@ -1,0 +1,235 @@
+"""``edge-tl bundle``: an exported target -> a self-checking deployment folder for the runtime.
+
+The bundle holds the target's model file(s) (for TensorRT the ONNX/QDQ graph the device builds its
+engine from), ``bundle.json`` (classes, the preprocessing contract, the QC decision policy, the target
+profile, versions, golden expectations) and the sha256 of every file (``SHA256SUMS``). Golden images
+are original validation image files, at least one per class, whose expected logits are computed
+here by the target's own backend through the runtime's preprocessing, and checked against the full
+torch model's logits in ``eval.npz``. The finished folder is opened with ``edge_tl.runtime`` before
+it replaces ``--out``, so a bundle that its own runtime would refuse is never written.
+See ``edge_tl/runtime/bundlefile.py`` for the layout and ``edge_tl/runtime/policy.py`` for the policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends import RunnerSpec, availability, open_runner
+from ..errors import ArtifactError, ConfigError
+from ..evalset import ensure_eval_set, load_eval_set
+from ..manifest import MANIFEST, read_json, read_manifest, sha256_file, staged_folder, versions, write_json
+from ..preprocess import Preprocess, load_image
+from ..rundir import RunDir
+from ..runtime.bundlefile import BUNDLE_JSON, FORMAT, FORMAT_VERSION, GOLDEN_DIR, SUMS, tolerance_for, write_sums
+from ..runtime.policy import make_policy, policy_stats, tune_ok_threshold
+from ..targets import Target, get_target
+
+log = logging.getLogger("edge_tl")
+
+DEFAULT_MAX_FALSE_REJECT = 0.01
+
+
+def model_files(target: Target) -> list[str]:
+    """The files of the target's model: model.onnx, or model.xml + model.bin."""
+    main = target.model_file
+    return [main, str(Path(main).with_suffix(".bin"))] if main.endswith(".xml") else [main]
+
+
+def golden_backend(target: Target) -> tuple[str, str]:
+    """Where the golden expectations are computed: the target's own backend, or for TensorRT (built
+    on the device) ONNX Runtime on the same graph."""
+    if target.backend == "tensorrt":
+        return "onnxruntime", "cpu"
+    return target.backend, target.device
+
+
+def pick_golden(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray, n: int, n_classes: int,
+                min_margin: float) -> list[int]:
+    """Indices of golden images: at least one per class, then round-robin up to ``n``.
+
+    Preferred: images that both the candidate and the reference classify correctly with a top-1 margin
+    of at least ``min_margin`` logits, most confident first, so a golden mismatch on a device means a
+    real difference (preprocessing, backend) and not a coin flip at a class boundary.
+    """
+    pred, ref_pred = candidate.argmax(1), reference.argmax(1)
+    top2 = np.sort(candidate, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    per_class: list[list[int]] = []
+    for c in range(n_classes):
+        mine = np.flatnonzero(labels == c)
+        good = [i for i in mine if pred[i] == c and ref_pred[i] == c]
+        pool = good or [i for i in mine if pred[i] == ref_pred[i]]
+        pool.sort(key=lambda i: (-margin[i], i))
+        strong = [i for i in pool if margin[i] >= min_margin]
+        per_class.append(strong or pool[:1])
+        if not pool:
+            log.warning("no usable golden image for class %d (every validation image disagrees with the "
+                        "reference)", c)
+        elif not strong:
+            log.warning("class %d has no golden candidate with a top-1 margin of %.2g logits; using the "
+                        "best one (margin %.3g)", c, min_margin, margin[pool[0]])
+    chosen: list[int] = []
+    n = max(n, sum(1 for p in per_class if p))
+    rank = 0
+    while len(chosen) < n and any(rank < len(p) for p in per_class):
+        for p in per_class:
+            if rank < len(p) and len(chosen) < n:
+                chosen.append(int(p[rank]))
+        rank += 1
+    return chosen
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not (out / BUNDLE_JSON).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not an edge-tl bundle; refusing to replace it (choose another --out)")
+
+
+def _run_chunks(runner: Any, x: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([np.asarray(runner.run(x[i:i + batch]), np.float32) for i in range(0, len(x), batch)])
+
+
+def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8, *,
+           ok_classes: list[str] | None = None, defect_classes: list[str] | None = None,
+           max_false_reject: float | None = None, ok_threshold: float | None = None,
+           defect_threshold: float = 0.5, quiet: bool = True) -> dict[str, Any]:
+    """Write the deployment bundle of ``run_dir``'s exported ``target`` to ``out``; returns bundle.json.
+
+    Policy: ``ok_classes``/``defect_classes`` split the classes (default: see ``make_policy``);
+    ``ok_threshold`` fixes the ok threshold, otherwise, when there is an ok class, it is tuned on the
+    validation set to ``max_false_reject`` (default 1%); ``defect_threshold`` is the confidence a defect
+    answer needs before it is acted on (below it: ``review``).
+    """
+    t = get_target(target)
+    run = RunDir(Path(run_dir))
+    out = Path(out)
+    folder = run.target(t.name)
+    if not (folder / MANIFEST).is_file():
+        raise ArtifactError(f"{t.name} is not exported in {run.root}; run `edge-tl export {run.root} "
+                            f"--target {t.name}` first")
+    if ok_threshold is not None and max_false_reject is not None:
+        raise ConfigError("give --ok-threshold or --max-false-reject, not both")
+    if n_golden < 1:
+        raise ConfigError(f"--golden must be at least 1, got {n_golden}")
+    _check_out(out)
+    tm = read_manifest(folder)
+    classes: list[str] = list(tm["classes"])
+    base_policy = make_policy(classes, ok_classes, defect_classes,
+                              0.5 if ok_threshold is None else ok_threshold, defect_threshold)
+    if max_false_reject is not None and not base_policy.ok_classes:
+        raise ConfigError("--max-false-reject needs an ok class (a false reject is a good part not passed); "
+                          "name it with --ok-class")
+    pre = Preprocess.from_dict(tm["preprocessing"])
+    files = model_files(t)
+    evalset = load_eval_set(ensure_eval_set(run, quiet))
+    if list(evalset.classes) != classes:
+        raise ArtifactError(f"{run.eval_npz} has classes {evalset.classes}, the export has {classes}")
+    backend, device = golden_backend(t)
+    reason = availability(backend, device)
+    if reason is not None:
+        raise ConfigError(f"cannot compute the golden outputs of {t.name} here ({backend} on {device}): {reason}")
+    tol = tolerance_for(t.precision)
+    split_root = Path(read_json(run.finetune / "split.json")["root"])
+    started = time.perf_counter()
+
+    runner = open_runner(RunnerSpec(folder / t.model_file, backend, device, t.precision, t.threads, t.batch_size))
+    try:
+        cand = _run_chunks(runner, evalset.inputs, t.batch_size)
+        picks = pick_golden(cand, evalset.logits, evalset.labels, n_golden, len(classes),
+                            min_margin=max(1.0, 4 * tol["atol"]))
+        policy, tuning = base_policy, None
+        if ok_threshold is None and base_policy.ok_classes:
+            target_fr = DEFAULT_MAX_FALSE_REJECT if max_false_reject is None else max_false_reject
+            policy, tuning = tune_ok_threshold(base_policy, cand, evalset.labels, target_fr)
+            if not tuning["target_met"]:
+                log.warning("false-reject target %.3g is out of reach: %d good image(s) are labelled a defect "
+                            "(rate %.3g); every ok answer passes", target_fr,
+                            tuning["ok_images_labelled_defect"], tuning["false_reject_rate"])
+        stats = policy_stats(policy, cand, evalset.labels)
+
+        with staged_folder(out) as tmp:
+            for name in files:
+                shutil.copyfile(folder / name, tmp / name)
+            (tmp / GOLDEN_DIR).mkdir()
+            golden_files = []
+            for k, i in enumerate(picks):
+                src = split_root / evalset.paths[i]
+                if not src.is_file():
+                    raise ArtifactError(f"golden image {src} (from the validation split) is missing")
+                rel = f"{GOLDEN_DIR}/{k:02d}-{classes[evalset.labels[i]]}-{src.name}"
+                shutil.copyfile(src, tmp / rel)  # the original bytes: the device decodes them itself
+                golden_files.append(rel)
+            x = pre.batch([load_image(tmp / rel) for rel in golden_files])
+            drift = float(np.abs(x - evalset.inputs[picks]).max()) if len(picks) else 0.0
+            if drift > 1e-4:
+                raise ArtifactError(f"golden images no longer preprocess to their eval.npz inputs (max diff "
+                                    f"{drift:.3g}): the images changed or Pillow differs from the one that built "
+                                    f"{run.eval_npz}; rebuild it")
+            expected = _run_chunks(runner, x, t.batch_size)
+            reference = evalset.logits[picks]
+            ref_diff = float(np.abs(expected - reference).max()) if len(picks) else 0.0
+            # An unpruned fp32 model must reproduce the torch reference itself within the fp32 tolerance.
+            if t.precision == "fp32" and tm.get("source_stage") == "finetune":
+                bound = tol["atol"] + tol["rtol"] * np.abs(reference)
+                if (np.abs(expected - reference) > bound).any():
+                    raise ArtifactError(f"{t.name} differs from the torch reference on golden images by "
+                                        f"{ref_diff:.3g} (> fp32 tolerance); re-export the target")
+            images = [{"file": rel, "class": classes[int(evalset.labels[i])], "top1": classes[int(e.argmax())],
+                       "logits": e.tolist(), "reference_logits": r.tolist(), "source": evalset.paths[i]}
+                      for rel, i, e, r in zip(golden_files, picks, expected, reference)]
+            all_files = [*files, *golden_files]
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "name": f"{run.root.name}-{t.name}",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "classes": classes,
+                "preprocessing": pre.to_dict(),
+                "input": {"name": "input", "layout": "NCHW", "dtype": "float32",
+                          "shape": [None, 3, pre.crop, pre.crop],
+                          "accepts": "image file, PIL image, or uint8 HxWxC array with its colour order (RGB/BGR)"},
+                "model": {"file": t.model_file, "files": files, "backend": t.backend, "device": t.device,
+                          "precision": t.precision, "batch_size": t.batch_size, "threads": t.threads,
+                          **({"engine": "built on the device from model.onnx on first open, then cached"}
+                             if t.backend == "tensorrt" else {})},
+                "policy": policy.to_dict() | {"tuning": tuning, "validation": stats},
+                "target": t.model_dump(),
+                "golden": {"expected_from": {"backend": backend, "device": device, "precision": t.precision},
+                           "tolerance": tol, "top1": "must equal",
+                           "reference": "full fine-tuned fp32 torch model (eval.npz)",
+                           "reference_max_abs_logit_diff": ref_diff, "images": images},
+                "source": {"run": str(run.root.resolve()), "arch": tm.get("arch"),
+                           "source_stage": tm.get("source_stage"),
+                           "target_manifest_sha256": sha256_file(folder / MANIFEST),
+                           "parent": tm.get("parent"), "export_validation": tm.get("validation")},
+                "versions": versions(),
+                "files": {name: sha256_file(tmp / name) for name in all_files},
+            }
+            write_json(tmp / BUNDLE_JSON, manifest)
+            write_sums(tmp, [*all_files, BUNDLE_JSON])
+            _self_check(tmp, t)
+    finally:
+        runner.close()
+    log.debug("bundle written in %.1f s", time.perf_counter() - started)
+    return manifest
+
+
+def _self_check(folder: Path, t: Target) -> None:
+    """Open the staged bundle with the runtime (hashes, format, golden images) where this host can."""
+    if availability(t.backend, t.device) is not None:
+        log.info("%s cannot run here: the bundle's golden images are checked on the device when it opens", t.name)
+        return
+    from ..runtime import Runtime
+
+    with Runtime(folder):
+        pass
+    # The runtime must also find every file the SHA256SUMS lists (nothing stray was left out).
+    listed = {line.split("  ", 1)[1] for line in (folder / SUMS).read_text().splitlines()}
+    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} - {SUMS}
+    if listed != present:
+        raise ArtifactError(f"bundle files and {SUMS} differ: {sorted(listed ^ present)}")

@@ -1,0 +1,384 @@
+"""``edge-tl prune``: remove whole channels from the fine-tuned model, recover, write ``RUN/prune/``.
+
+Channels are removed with torch-pruning's dependency graph, so every layer coupled to a pruned
+channel (BatchNorm, depthwise conv, the next conv's inputs, residual partners, the head's inputs)
+shrinks with it; the head's outputs (the classes) are never touched. Kept channel counts are
+multiples of 8, so the pruned convs stay SIMD / tensor-core friendly.
+
+Pruning runs in ``steps`` rounds; after each one the model recovers with the same fitting code the
+fine-tune used (``edge_tl.training.fit``), in the fine-tune's mode:
+
+* ``linear`` (frozen backbone): pruning changed what every layer after the first sees, so the
+  BatchNorm statistics and the head's cached features are stale. The BatchNorm statistics are
+  recomputed on the training images (no gradient, no weight change) and the head is retrained on
+  freshly computed features. The backbone's weights are only ever sliced, never trained.
+* ``partial`` / ``full``: BatchNorm statistics are recomputed the same way, then the model trains
+  end to end for a few epochs.
+
+The saved model is a plain state_dict; the manifest's ``structure`` (every layer's width) lets
+``checkpoint.load_model`` rebuild the architecture without pickled code.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..checkpoint import MODEL_FILE, describe_structure, load_model, save_state
+from ..data import Sample, split_from_json
+from ..errors import ArtifactError, ConfigError, require
+from ..manifest import read_json, staged_folder, write_manifest
+from ..models import head_of
+from ..preprocess import Preprocess
+from ..rundir import RunDir
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+log = logging.getLogger("edge_tl")
+
+ROUND_TO = 8
+IMPORTANCES = ("l2", "taylor")
+BN_CALIBRATION_IMAGES = 2048  # enough for stable statistics; a pass over more only costs time
+TAYLOR_IMAGES = 64  # images whose loss gradient ranks channels for Taylor importance
+
+
+def default_steps(ratio: float, mode: str, importance: str) -> int:
+    """Pruning rounds when ``--steps`` is not given.
+
+    One round per 10 % of channels removed (1 to 5), so each round removes a small share and the
+    model recovers in between. With a frozen backbone (``linear``) and L2 importance one round:
+    recovery only retrains the head, so the backbone weights that L2 ranks channels by do not move
+    between rounds and further rounds would choose (almost) the same channels for several times the
+    cost. Taylor importance depends on activations and the head, so it keeps the iterative default.
+    """
+    if mode == "linear" and importance == "l2":
+        return 1
+    return max(1, min(5, round(ratio / 0.1)))
+
+
+def default_recover_epochs(mode: str, finetune_epochs: int, steps: int) -> int:
+    """Recovery epochs per round when ``--recover-epochs`` is not given.
+
+    ``linear``: the fine-tune's own epoch count. Epochs on cached features take milliseconds; the
+    cost of a recovery round is the feature pass, which does not depend on the epoch count.
+    ``partial`` / ``full``: half the fine-tune's epochs spread over the rounds (at least 1 per
+    round): recovery starts from a trained model, not from a new head.
+    """
+    if mode == "linear":
+        return finetune_epochs
+    return max(1, math.ceil(finetune_epochs / (2 * steps)))
+
+
+def prune(run_dir: str | Path, ratio: float, recover_epochs: int | None = None, importance: str = "l2",
+          steps: int | None = None, quiet: bool = True, device: str = "auto") -> dict[str, Any]:
+    """Prune ``ratio`` of the channels of every prunable layer of RUN/finetune and write RUN/prune/.
+
+    ``ratio`` is per layer (0 < ratio < 1); each layer keeps ``(1 - ratio)`` of its output channels
+    rounded to the nearest multiple of 8 (at least 8; a layer that would keep all its channels is left
+    whole). ``importance``: ``l2`` (group L2 norm of the weights) or ``taylor`` (first-order Taylor
+    expansion of the loss on training images). ``steps`` and ``recover_epochs`` (per round; 0 skips
+    training, BatchNorm statistics are still recomputed) default per ``default_steps`` and
+    ``default_recover_epochs``. Returns the manifest written to RUN/prune/manifest.json.
+    """
+    torch = require("torch", "train")
+    tp = require("torch_pruning", "train")
+    from ..training import TrainConfig, fit, predict_logits, resolve_device
+
+    if not 0.0 < ratio < 1.0:
+        raise ConfigError(f"--ratio must be between 0 and 1 (exclusive), got {ratio}")
+    if importance not in IMPORTANCES:
+        raise ConfigError(f"--importance must be one of {', '.join(IMPORTANCES)}, got {importance!r}")
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {steps}")
+    if recover_epochs is not None and recover_epochs < 0:
+        raise ConfigError(f"--recover-epochs must be 0 or more, got {recover_epochs}")
+
+    run = RunDir(Path(run_dir))
+    ft = run.require_finetune()
+    model, ft_manifest = load_model(ft)
+    if ft_manifest.get("structure"):
+        raise ArtifactError(f"{ft} holds an already pruned model; prune the fine-tuned one")
+    arch, classes = ft_manifest["arch"], ft_manifest["classes"]
+    pre = Preprocess.from_dict(ft_manifest["preprocessing"])
+    root, train, val = split_from_json(read_json(ft / "split.json"))
+    base_cfg = _train_config(ft_manifest.get("train_config") or {}, TrainConfig)
+    mode = base_cfg.mode
+    steps = steps if steps is not None else default_steps(ratio, mode, importance)
+    if recover_epochs is None:
+        recover_epochs = default_recover_epochs(mode, base_cfg.resolved_epochs(), steps)
+    dev = resolve_device(device)
+    cfg = TrainConfig(**{**asdict(base_cfg), "epochs": max(recover_epochs, 1), "device": device,
+                         "quiet": quiet})
+
+    started = time.perf_counter()
+    example = torch.zeros(1, 3, pre.crop, pre.crop)
+    model.eval()
+    macs_before, params_before = (int(v) for v in tp.utils.count_ops_and_params(model, example))
+    original = copy.deepcopy(model)  # timed against the pruned model at the end, interleaved
+    channels_before = _conv_widths(model)
+    head = head_of(model, arch)
+    n_classes = head.out_features
+
+    # Tracing needs an autograd graph; the fine-tune may have left the backbone frozen.
+    for p in model.parameters():
+        p.requires_grad_(True)
+    layer_ratios, untouched = _layer_ratios(tp, model, example, head, ratio)
+    if not layer_ratios:
+        raise ConfigError(f"--ratio {ratio} removes no channel from any layer once kept counts are "
+                          f"rounded to multiples of {ROUND_TO}; use a larger ratio")
+    imp = tp.importance.MagnitudeImportance(p=2) if importance == "l2" else tp.importance.TaylorImportance()
+    pruner = tp.pruner.BasePruner(
+        model, example, importance=imp, pruning_ratio=ratio, pruning_ratio_dict=layer_ratios,
+        iterative_steps=steps, ignored_layers=[head, *untouched], round_to=ROUND_TO)
+
+    history: list[dict[str, Any]] = []
+    result = None
+    for step in range(1, steps + 1):
+        t0 = time.perf_counter()
+        if importance == "taylor":
+            _taylor_gradients(model, root, train, pre, dev, base_cfg.seed + step)
+        model.eval()
+        pruner.step()
+        model.zero_grad(set_to_none=True)
+        if head.out_features != n_classes or head_of(model, arch) is not head:
+            raise ArtifactError("pruning changed the classification head's outputs (a bug)")
+        bn_images = recalibrate_batchnorm(model, root, train, pre, dev, seed=base_cfg.seed,
+                                          batch_size=base_cfg.batch_size, quiet=quiet)
+        macs, params = (int(v) for v in tp.utils.count_ops_and_params(model, example))
+        entry: dict[str, Any] = {"step": step, "macs": macs, "params": params, "bn_images": bn_images}
+        if recover_epochs > 0:
+            result = fit(model, arch, root, classes, train, val, pre, cfg)
+            entry |= {"val_top1": result.val["top1"], "best_epoch": result.best_epoch,
+                      "epochs_run": len(result.history), "fit_seconds": result.seconds}
+        entry["seconds"] = time.perf_counter() - t0
+        history.append(entry)
+        if not quiet:
+            log.info("prune step %d/%d: %.1f M MACs%s", step, steps, macs / 1e6,
+                     f", val top-1 {entry['val_top1']:.4f}" if "val_top1" in entry else "")
+        for p in model.parameters():  # the next round's tracing-free step still needs Taylor grads
+            p.requires_grad_(True)
+
+    model.eval().cpu()
+    if result is not None:
+        val_after = result.val
+    else:
+        from ..bench.accuracy import classification_metrics
+
+        logits, labels, _bad = predict_logits(model, root, val, pre, dev, quiet=quiet, desc="validate")
+        model.cpu().eval()
+        val_after = classification_metrics(logits, labels, classes)
+    macs_after, params_after = (int(v) for v in tp.utils.count_ops_and_params(model, example))
+    latency_before, latency_after = _torch_latency_ms(original, model, example)
+    del original
+    channels_after = _conv_widths(model)
+    val_before = ft_manifest.get("metrics", {}).get("val_top1")
+    if latency_after["p50"] >= 0.95 * latency_before["p50"]:
+        log.warning("pruning did not cut torch CPU latency here (p50 %.2f -> %.2f ms); "
+                    "bench the exported targets to see what it does on the device",
+                    latency_before["p50"], latency_after["p50"])
+
+    with staged_folder(run.prune) as tmp:
+        save_state(model, tmp / MODEL_FILE)
+        manifest = write_manifest(
+            tmp, "prune", parent=ft / MODEL_FILE, files=[MODEL_FILE],
+            arch=arch, classes=classes, preprocessing=ft_manifest["preprocessing"],
+            structure=describe_structure(model), weights=ft_manifest.get("weights"),
+            mode=mode, ratio=ratio, importance=importance, steps=steps, round_to=ROUND_TO,
+            macs={"before": macs_before, "after": macs_after, "ratio": macs_after / macs_before},
+            params={"before": params_before, "after": params_after, "ratio": params_after / params_before},
+            metrics={"val_top1_before": val_before, "val_top1": val_after["top1"],
+                     "val_top1_drop": None if val_before is None else (val_before - val_after["top1"]) * 100,
+                     "per_class_recall": val_after["per_class_recall"], "confusion": val_after["confusion"]},
+            latency_ms={"backend": "torch-eager-fp32", "batch": 1, "device": "cpu",
+                        "before": latency_before, "after": latency_after,
+                        "speedup": latency_before["p50"] / latency_after["p50"],
+                        "note": "indicative, measured on the pruning host; the bench measures targets"},
+            channels={name: [channels_before[name], channels_after[name]] for name in channels_before},
+            untouched_layers=sorted(_names(model, untouched)),
+            recovery={"mode": mode, "epochs_per_step": recover_epochs, "train_config": asdict(cfg),
+                      "batchnorm": "recomputed on training images after every step",
+                      "history": history},
+            timings={"seconds": time.perf_counter() - started, "device": dev},
+        )
+        # The folder must rebuild from the manifest alone; check before it replaces anything.
+        rebuilt, _ = load_model(tmp)
+        with torch.inference_mode():
+            x = torch.randn(2, 3, pre.crop, pre.crop, generator=torch.Generator().manual_seed(0))
+            if not torch.allclose(rebuilt(x), model(x), atol=1e-5, rtol=1e-4):
+                raise ArtifactError("the saved pruned model does not rebuild identically (a bug); "
+                                    "nothing was written")
+    return manifest
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def _train_config(saved: dict[str, Any], cls: type) -> Any:
+    """The fine-tune's TrainConfig, tolerant of keys this version does not know."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in saved.items() if k in known}
+    if "aug_scale" in kwargs:
+        kwargs["aug_scale"] = tuple(kwargs["aug_scale"])
+    return cls(**kwargs)
+
+
+def _layer_ratios(tp: Any, model: nn.Module, example: Any, head: nn.Module,
+                  ratio: float) -> tuple[dict[nn.Module, float], list[nn.Module]]:
+    """Per-layer ratios that make torch-pruning keep ``(1 - ratio)`` of each group's channels rounded
+    to the *nearest* multiple of 8 (its own ``round_to`` rounds down, which halves 16- and 32-channel
+    layers at ratio 0.3), and the group roots to leave whole (nothing to remove after rounding)."""
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    ratios: dict[nn.Module, float] = {}
+    untouched: list[nn.Module] = []
+    for group in dg.get_all_groups(ignored_layers=list(head.modules()),
+                                   root_module_types=[tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR]):
+        root = group[0][0].target.module
+        channels = dg.get_out_channels(root)
+        keep = max(ROUND_TO, ROUND_TO * math.floor(channels * (1 - ratio) / ROUND_TO + 0.5))
+        if keep >= channels:
+            untouched.append(root)
+            continue
+        # +0.5: torch-pruning keeps int(channels * (1 - r)); land on ``keep`` despite float error.
+        layer_ratio = 1 - (keep + 0.5) / channels
+        for dep, _idxs in group:
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                ratios[dep.target.module] = layer_ratio
+    return ratios, untouched
+
+
+def _names(model: nn.Module, modules: list[nn.Module]) -> list[str]:
+    ids = {id(m) for m in modules}
+    return [name for name, m in model.named_modules() if id(m) in ids]
+
+
+def _conv_widths(model: nn.Module) -> dict[str, int]:
+    import torch.nn as nn
+
+    return {name: m.out_channels for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def _subset(samples: list[Sample], n: int, seed: int) -> list[Sample]:
+    if len(samples) <= n:
+        return list(samples)
+    return random.Random(seed).sample(samples, n)
+
+
+def _batches(root: Path, samples: list[Sample], pre: Preprocess, batch_size: int) -> Any:
+    """Eval-preprocessed image batches (unreadable files dropped)."""
+    from torch.utils.data import DataLoader
+
+    from ..training import ImageDataset, collate
+
+    loader = DataLoader(ImageDataset(root, samples, pre, train=False), batch_size=batch_size,
+                        shuffle=False, num_workers=0, collate_fn=collate)
+    for x, y, _i, _bad in loader:
+        if len(x):
+            yield x, y
+
+
+def recalibrate_batchnorm(model: nn.Module, root: Path, samples: list[Sample], pre: Preprocess,
+                          device: str = "cpu", *, limit: int = BN_CALIBRATION_IMAGES, seed: int = 0,
+                          batch_size: int = 32, quiet: bool = True) -> int:
+    """Recompute every BatchNorm's running mean/variance from ``samples``; returns the images used.
+
+    Weights do not change: the model runs without gradients, in eval mode except for the BatchNorm
+    layers, whose statistics become the plain average over all batches (momentum ``None``). The model
+    is left in eval mode on the CPU.
+    """
+    import torch
+
+    from ..progress import progress
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    chosen = _subset(samples, limit, seed)
+    momenta = [m.momentum for m in bns]
+    model.to(device).eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    seen = 0
+    try:
+        with torch.no_grad(), progress(quiet) as bar:
+            task = bar.add_task("BatchNorm statistics", total=len(chosen), info="")
+            for x, _y in _batches(root, chosen, pre, batch_size):
+                model(x.to(device))
+                seen += len(x)
+                bar.advance(task, len(x))
+    finally:
+        for m, momentum in zip(bns, momenta, strict=True):
+            m.momentum = momentum
+        model.eval().cpu()
+    if not seen:
+        raise ArtifactError(f"none of the training images under {root} can be read any more")
+    return seen
+
+
+def _taylor_gradients(model: nn.Module, root: Path, samples: list[Sample], pre: Preprocess, device: str,
+                      seed: int) -> None:
+    """Leave d(loss)/d(weight) in every parameter's ``.grad`` for TaylorImportance (eval mode: the
+    BatchNorm statistics do not move)."""
+    import torch
+
+    model.to(device).eval()
+    model.zero_grad(set_to_none=True)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    crit = torch.nn.CrossEntropyLoss()
+    chosen = _subset(samples, TAYLOR_IMAGES, seed)
+    for x, y in _batches(root, chosen, pre, 32):
+        loss = crit(model(x.to(device)), y.to(device)) * len(x) / len(chosen)
+        loss.backward()
+    model.cpu()
+
+
+def _torch_latency_ms(before: nn.Module, after: nn.Module, example: Any, pairs: int = 20,
+                     max_seconds: float = 10.0) -> tuple[dict[str, float], dict[str, float]]:
+    """Batch-1 eager CPU latency of two models, timed in alternation so that load from other
+    processes hits both alike. A quick indication for the manifest, not the bench's measurement."""
+    import torch
+
+    from ..bench.latency import percentiles
+
+    models = (before.eval().cpu(), after.eval().cpu())
+    samples: tuple[list[float], list[float]] = ([], [])
+    deadline = time.perf_counter() + max_seconds
+    with torch.inference_mode():
+        for m in models:
+            for _ in range(3):
+                m(example)
+        for _ in range(pairs):
+            for m, out in zip(models, samples, strict=True):
+                t0 = time.perf_counter_ns()
+                m(example)
+                out.append((time.perf_counter_ns() - t0) / 1e6)
+            if time.perf_counter() > deadline and len(samples[0]) >= 5:
+                break
+    return percentiles(samples[0]), percentiles(samples[1])
+
+
+def describe(manifest: dict[str, Any]) -> str:
+    """One line for the CLI: MACs/params and validation top-1 before -> after, and the latency change."""
+    m, p, met, lat = manifest["macs"], manifest["params"], manifest["metrics"], manifest["latency_ms"]
+    before = "?" if met["val_top1_before"] is None else f"{met['val_top1_before']:.4f}"
+    faster = lat["speedup"]
+    verdict = f"{faster:.2f}x faster" if faster >= 1.05 else f"NOT faster ({faster:.2f}x)"
+    return (f"pruned {manifest['arch']} by {manifest['ratio']:g} ({manifest['importance']}, "
+            f"{manifest['steps']} step(s)): MACs {m['before'] / 1e6:.1f}M -> {m['after'] / 1e6:.1f}M, "
+            f"params {p['before'] / 1e6:.2f}M -> {p['after'] / 1e6:.2f}M, val top-1 {before} -> "
+            f"{met['val_top1']:.4f}, torch CPU p50 {lat['before']['p50']:.1f} -> "
+            f"{lat['after']['p50']:.1f} ms ({verdict})")
+
+
+__all__ = ["default_recover_epochs", "default_steps", "describe", "prune", "recalibrate_batchnorm"]
