@@ -1,0 +1,41 @@
+"""``run`` (a whole pipeline from one file) and ``dataset`` (import public demo data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ..errors import ConfigError
+from ._app import app, state
+
+
+@app.command("run")
+def run_cmd(pipeline: Path = typer.Argument(..., help="Pipeline TOML (see examples/)."),
+            quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Run finetune -> prune -> export -> bench -> bundle as one file describes."""
+    from ..bench.report import summary_table
+    from ..errors import GateFailed
+    from ..pipeline import run_pipeline
+
+    reports = run_pipeline(pipeline, quiet=quiet or state.quiet)
+    if reports:
+        print(summary_table(reports))
+    failed = [r["target"] for r in reports if not r["passed"]]
+    if failed:
+        raise GateFailed(", ".join(failed))
+
+
+@app.command()
+def dataset(name: str = typer.Argument(..., help="elpv (solar cells; pip install elpv-dataset)."),
+            out: Path = typer.Option(..., "--out", help="ImageFolder to create."),
+            threshold: float = typer.Option(0.5, help="elpv: defect probability at or above which a cell is "
+                                            "'defect'.")) -> None:
+    """Import a public defect data set as an ImageFolder."""
+    if name != "elpv":
+        raise ConfigError(f"unknown data set {name!r}; available: elpv")
+    from ..datasets import import_elpv
+
+    counts = import_elpv(out, threshold)
+    Console(stderr=True).print(f"[green]imported[/] elpv -> {out}: {counts}")

@@ -1,0 +1,47 @@
+"""Importers that turn public defect data sets into an ImageFolder for the demo and benchmarks."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from .errors import DataError
+from .manifest import staged_folder, write_json
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def import_elpv(dest: str | Path, threshold: float = 0.5) -> dict[str, int]:
+    """The elpv solar-cell set (``pip install elpv-dataset``) as ``dest/{defect,ok}/``.
+
+    A cell whose annotated defect probability is ≥ ``threshold`` is ``defect``, else ``ok``.
+    """
+    spec = importlib.util.find_spec("elpv_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the elpv data set is not installed: pip install elpv-dataset")
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    rows = []
+    with open(data / "labels.csv") as f:
+        for line in csv.reader(f, delimiter=" ", skipinitialspace=True):
+            if line:
+                rows.append((line[0], float(line[1]), line[2]))
+    counts = {"defect": 0, "ok": 0}
+    with staged_folder(Path(dest)) as tmp:
+        for name in counts:
+            (tmp / name).mkdir()
+        for rel, prob, cell_type in rows:
+            label = "defect" if prob >= threshold else "ok"
+            src = data / rel
+            _link_or_copy(src, tmp / label / f"{cell_type}_{src.name}")
+            counts[label] += 1
+        write_json(tmp / "SOURCE.json", {"dataset": "elpv (Buerhop-Lutz et al.), CC BY-NC-SA 4.0",
+                                         "threshold": threshold, "counts": counts})
+    return counts

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up .venv and run the default test suite (offline; slow real-data checks: add -m slow).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+exec .venv/bin/python -m pytest "$@"
