@@ -88,7 +88,7 @@ def scan_image_folder(root: str | os.PathLike[str], classes: list[str] | None = 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         reasons = list(pool.map(_check, [p for p, _ in files]))
     samples, skipped = [], []
-    for (path, label), reason in zip(files, reasons):
+    for (path, label), reason in zip(files, reasons, strict=True):
         rel = str(path.relative_to(root))
         if reason is None:
             samples.append(Sample(rel, label))
@@ -98,7 +98,7 @@ def scan_image_folder(root: str | os.PathLike[str], classes: list[str] | None = 
         names = ", ".join(s["path"] for s in skipped[:10]) + (" …" if len(skipped) > 10 else "")
         log.warning("skipped %d unreadable image(s): %s", len(skipped), names)
     counts = np.bincount([s.label for s in samples], minlength=len(classes))
-    empty = [c for c, n in zip(classes, counts) if n == 0]
+    empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
     if empty:
         raise DataError(f"class folder(s) with no usable image: {', '.join(empty)} under {root}")
     return ImageFolder(root, list(classes), samples, skipped)

@@ -28,7 +28,7 @@ class MissingExtraError(EdgeTLError):
         self.extra = extra
 
 
-class GateFailed(Exception):  # noqa: N818 - it is an outcome, not a bug
+class GateFailed(Exception):
     """A benchmark gate failed (exit code 1)."""
 
 

@@ -42,7 +42,7 @@ def preprocess_samples(root: Path, samples: list[Sample], pre: Preprocess,
                 xs.append(pre(load_image(root / s.path)))
                 ys.append(s.label)
                 paths.append(s.path)
-            except Exception:  # noqa: BLE001, S112 - skipped at scan time already, or changed since
+            except Exception:  # noqa: BLE001 - skipped at scan time already, or changed since
                 pass
             bar.advance(task)
     shape = (0, 3, pre.crop, pre.crop)

@@ -221,15 +221,14 @@ def fit(model: nn.Module, arch: str, root: Path, classes: list[str], train: list
         model.to(memory_format=torch.channels_last)
     start = time.perf_counter()
     if cfg.mode == "linear":
-        history, best_epoch, skipped = _fit_linear(model, arch, root, train, val, pre, cfg, device, ddp)
+        history, stop, skipped = _fit_linear(model, arch, root, train, val, pre, cfg, device, ddp)
     else:
-        history, best_epoch, skipped = _fit_end_to_end(model, arch, root, train, val, pre, cfg, device, ddp)
+        history, stop, skipped = _fit_end_to_end(model, arch, root, train, val, pre, cfg, device, ddp)
     seconds = time.perf_counter() - start
-    logits, labels, bad = predict_logits(model, root, val, pre, device, ddp=ddp, quiet=True)
-    skipped += [{"path": b.split(":", 1)[0], "reason": b.split(":", 1)[1].strip()} for b in bad]
     model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     epochs_run = max(len(history), 1)
-    return FitResult(history, best_epoch, classification_metrics(logits, labels, classes), device,
+    logits, labels = stop.val_logits, stop.val_labels
+    return FitResult(history, stop.best_epoch, classification_metrics(logits, labels, classes), device,
                      ddp.world, seconds, seconds / epochs_run, skipped)
 
 
@@ -246,21 +245,26 @@ def _schedule(opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_sc
 
 
 class _EarlyStop:
-    """Tracks the best epoch by validation top-1 (ties broken by loss) and when to stop."""
+    """Tracks the best epoch by validation top-1 (ties broken by loss), its weights and validation
+    logits (so no extra pass is needed at the end), and when to stop."""
 
-    def __init__(self, patience: int) -> None:
+    def __init__(self, patience: int, val_labels: np.ndarray | None = None) -> None:
         self.patience, self.best, self.best_epoch, self.state = patience, (-1.0, math.inf), -1, None
+        self.val_logits = np.zeros((0, 0), np.float32)
+        self.val_labels = val_labels if val_labels is not None else np.zeros(0, np.int64)
 
-    def update(self, epoch: int, acc: float, loss: float, module: nn.Module) -> bool:
+    def update(self, epoch: int, acc: float, loss: float, module: nn.Module, logits: np.ndarray,
+               labels: np.ndarray) -> bool:
         if (acc, -loss) > (self.best[0], -self.best[1]):
             self.best, self.best_epoch = (acc, loss), epoch
             self.state = copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})
+            self.val_logits, self.val_labels = logits, labels
         return epoch - self.best_epoch >= self.patience
 
 
 def _fit_linear(model: nn.Module, arch: str, root: Path, train: list[Sample], val: list[Sample],
                 pre: Preprocess, cfg: TrainConfig, device: str,
-                ddp: Dist) -> tuple[list[dict[str, float]], int, list[dict[str, str]]]:
+                ddp: Dist) -> tuple[list[dict[str, float]], _EarlyStop, list[dict[str, str]]]:
     freeze_for_mode(model, arch, "linear")
     head = head_of(model, arch)
     head_path = get_arch(arch).head
@@ -305,15 +309,15 @@ def _fit_linear(model: nn.Module, arch: str, root: Path, train: list[Sample], va
             history.append({"epoch": epoch, "train_loss": total / max(1, len(xtr)), "val_loss": vloss,
                             "val_top1": vacc})
             bar.update(task, advance=1, info=f"val top-1 {vacc:.3f}")
-            if stop.update(epoch, vacc, vloss, head):
+            if stop.update(epoch, vacc, vloss, head, out.float().cpu().numpy(), yva):
                 break
     head.load_state_dict(stop.state)
-    return history, stop.best_epoch, skipped
+    return history, stop, skipped
 
 
 def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample], val: list[Sample],
                     pre: Preprocess, cfg: TrainConfig, device: str,
-                    ddp: Dist) -> tuple[list[dict[str, float]], int, list[dict[str, str]]]:
+                    ddp: Dist) -> tuple[list[dict[str, float]], _EarlyStop, list[dict[str, str]]]:
     from torch.utils.data.distributed import DistributedSampler
 
     cuda = device.startswith("cuda")
@@ -375,7 +379,7 @@ def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample]
             history.append({"epoch": epoch, "train_loss": total / max(1, seen), "val_loss": vloss,
                             "val_top1": vacc, "seconds": time.perf_counter() - t0})
             bar.update(task, info=f"epoch {epoch + 1}/{epochs} val top-1 {vacc:.3f}")
-            if stop.update(epoch, vacc, vloss, model):
+            if stop.update(epoch, vacc, vloss, model, logits, labels):
                 break
     model.load_state_dict(stop.state)
-    return history, stop.best_epoch, skipped
+    return history, stop, skipped

@@ -51,7 +51,7 @@ def _load(path: Path) -> dict[str, Any]:
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure is "this file is not usable weights"
+    except Exception as exc:
         raise ConfigError(f"cannot load weights from {path}: {exc}") from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
@@ -89,7 +89,7 @@ def resolve_weights(arch: str, weights: str) -> tuple[dict[str, Any] | None, dic
     entry, filename = candidates[0]
     try:
         state = weights_enums(arch)[0].get_state_dict(progress=False, check_hash=True)
-    except Exception as exc:  # noqa: BLE001 - offline machines fail here in many ways
+    except Exception as exc:
         wanted = " or ".join(f for _, f in candidates)
         raise ConfigError(
             f"ImageNet weights for {arch} not found offline and download failed ({type(exc).__name__}); "

@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 _real_connect = socket.socket.connect
 
 
-def _guarded_connect(self: socket.socket, address):  # noqa: ANN001
+def _guarded_connect(self: socket.socket, address):
     """Tests may talk to this machine (torchrun's gloo rendezvous) and nothing else."""
     if self.family in (socket.AF_INET, socket.AF_INET6):
         host = address[0]

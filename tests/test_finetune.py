@@ -91,7 +91,7 @@ def test_missing_weights_name_the_expected_file(tmp_path: Path, monkeypatch: pyt
 
 
 def test_weights_dir_file_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    state, src = resolve_weights("mobilenet_v2", "imagenet")
+    _, src = resolve_weights("mobilenet_v2", "imagenet")
     wdir = tmp_path / "w"
     wdir.mkdir()
     shutil.copyfile(src["path"], wdir / Path(src["path"]).name)

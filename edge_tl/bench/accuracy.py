@@ -24,7 +24,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list
         "top1": float((preds == labels).mean()) if len(labels) else 0.0,
         "per_class_recall": recall,
         "confusion": cm.tolist(),
-        "n": int(len(labels)),
+        "n": len(labels),
     }
 
 

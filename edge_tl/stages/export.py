@@ -121,7 +121,7 @@ def validate(target: Target, folder: Path, inputs: np.ndarray, reference: np.nda
         runner.close()
     agree = agreement(logits, reference)
     return {"backend": backend, "device": device, "n": len(reference), "agreement": agree,
-            "disagreements": int(round((1 - agree) * len(reference))),
+            "disagreements": round((1 - agree) * len(reference)),
             "max_abs_logit_diff": max_abs_diff(logits, reference)}
 
 
