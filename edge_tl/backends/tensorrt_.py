@@ -472,8 +472,9 @@ class TensorRTRunner:
     backend = "tensorrt"
 
     def __init__(self, engine_path: str | os.PathLike[str], device_index: int = 0,
-                 precision: str = "fp16") -> None:
+                 precision: str = "fp16", build_info: dict[str, Any] | None = None) -> None:
         trt = require("tensorrt", "tensorrt")
+        self.build_info = build_info  # the engine's sidecar, for reports
         rt = _cudart()
         if rt is None:
             raise MissingExtraError("cuda-python", "tensorrt")
@@ -533,7 +534,7 @@ class TensorRTRunner:
         self._runtime = None
 
 
-def open(spec: RunnerSpec) -> TensorRTRunner:  # the backend table's entry point
+def open(spec: RunnerSpec) -> TensorRTRunner:  # noqa: A001 - the backend table's entry point
     """Open ``spec.model_path`` (the target's ``model.onnx``, or an ``.engine``) on this GPU.
 
     The engine beside the ONNX is built here on first use (minutes on a Jetson); an existing one is
@@ -553,11 +554,11 @@ def open(spec: RunnerSpec) -> TensorRTRunner:  # the backend table's entry point
     if opts.get("rebuild") or not engine.is_file():
         log.warning("building the TensorRT engine %s on this device (first use: this can take minutes)",
                     engine)
-        build_engine(onnx_path, engine, spec.precision, spec.max_batch,
-                     timing_cache_path=opts.get("timing_cache"),
-                     workspace_mb=int(opts.get("workspace_mb", DEFAULT_WORKSPACE_MB)),
-                     opt_batch=int(opts.get("opt_batch", 1)), device_index=index)
+        info = build_engine(onnx_path, engine, spec.precision, spec.max_batch,
+                            timing_cache_path=opts.get("timing_cache"),
+                            workspace_mb=int(opts.get("workspace_mb", DEFAULT_WORKSPACE_MB)),
+                            opt_batch=int(opts.get("opt_batch", 1)), device_index=index)
     else:
-        check_sidecar(engine, onnx_path=onnx_path if onnx_path.is_file() else None, precision=spec.precision,
-                      max_batch=spec.max_batch, device_index=index)
-    return TensorRTRunner(engine, index, spec.precision)
+        info = check_sidecar(engine, onnx_path=onnx_path if onnx_path.is_file() else None,
+                             precision=spec.precision, max_batch=spec.max_batch, device_index=index)
+    return TensorRTRunner(engine, index, spec.precision, build_info=info)

@@ -34,6 +34,8 @@ def _peak_rss_mb() -> float:
 
 def _size_mb(folder: Path, model_file: str) -> float:
     path = folder / model_file
+    if (folder / "model.engine").is_file() and path.suffix == ".onnx":
+        path = folder / "model.engine"  # what a TensorRT device actually loads
     files = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
     return sum(f.stat().st_size for f in files if f.exists()) / 1e6
 
@@ -90,6 +92,7 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
     try:
         cand = measure(runner, evalset, target)
         precision = getattr(runner, "precision", target.precision)
+        engine = getattr(runner, "build_info", None)
     finally:
         runner.close()
     peak = _peak_rss_mb()
@@ -102,10 +105,13 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
         "latency_ms": cand["latency_ms"], "throughput_ips": cand["throughput_ips"],
         "size_mb": _size_mb(folder, target.model_file), "peak_rss_mb": peak,
         "source_stage": manifest.get("source_stage"), "float_layers": manifest.get("float_layers"),
+        "engine": engine,
     }
     # INT8 has to earn its place: time the float graph on the same backend in the same process.
     if target.quantized and (folder / "float.onnx").is_file():
-        fspec = RunnerSpec(folder / "float.onnx", target.backend, target.device, "fp32", target.threads,
+        # TensorRT's float baseline is fp16 (an fp32 engine would cost another long build on a Jetson).
+        float_precision = "fp16" if target.backend == "tensorrt" else "fp32"
+        fspec = RunnerSpec(folder / "float.onnx", target.backend, target.device, float_precision, target.threads,
                            target.batch_size)
         frunner = open_runner(fspec)
         try:

@@ -85,6 +85,8 @@ def export(run_dir: str | Path, target_name: str, calibration: str | None = None
             from .convert import convert_float
 
             files = convert_float(target, tmp / FLOAT_ONNX, tmp)
+        if target.backend == "tensorrt":
+            extra |= _tensorrt_graph(target, tmp)
         validation = validate(target, tmp, evalset.inputs, src_logits)
         if target.precision == "fp32" and validation and validation["agreement"] < 1.0:
             raise EdgeTLError(
@@ -105,11 +107,31 @@ def export(run_dir: str | Path, target_name: str, calibration: str | None = None
     return manifest
 
 
+def _tensorrt_graph(target: Target, folder: Path) -> dict[str, Any]:
+    """Refuse a graph TensorRT would reject; on a device with TensorRT, build its engine now.
+
+    The engine and its sidecar are not listed in the manifest's files: the device may rebuild them.
+    """
+    from ..trt_ready import summary as trt_summary
+
+    graph = trt_summary(folder / target.model_file, max_batch=target.batch_size, require_quantized=target.quantized)
+    if graph["problems"]:
+        raise EdgeTLError(f"{target.name}: the graph is not TensorRT-ready: {'; '.join(graph['problems'])}; "
+                          "nothing was written")
+    out: dict[str, Any] = {"tensorrt_graph": graph}
+    if availability("tensorrt", target.device) is None:
+        from ..backends.tensorrt_ import build_engine
+
+        out["engine"] = build_engine(folder / target.model_file, folder / "model.engine", target.precision,
+                                     target.batch_size)
+    return out
+
+
 def validate(target: Target, folder: Path, inputs: np.ndarray, reference: np.ndarray) -> dict[str, Any] | None:
     """Run the exported model where this host can; None when it cannot (e.g. TensorRT on a CPU box)."""
     backend, device = target.backend, target.device
-    if backend == "tensorrt":
-        # The engine is built on the device; here the shipped ONNX graph is checked in ONNX Runtime.
+    if backend == "tensorrt" and availability("tensorrt", device) is not None:
+        # Without TensorRT here, the shipped ONNX graph is checked in ONNX Runtime instead.
         backend, device = "onnxruntime", "cpu"
     if availability(backend, device) is not None:
         return None
