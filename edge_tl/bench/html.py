@@ -28,9 +28,11 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-se
 h1{margin:0 0 4px;font-size:26px}h2{margin:28px 0 8px;font-size:19px;border-bottom:1px solid #d0d7de}
 .sub{color:#57606a;font-size:13px}table{border-collapse:collapse;font-size:13.5px;margin:6px 0}
 th,td{padding:4px 10px;border-bottom:1px solid #e1e4e8;text-align:right;vertical-align:top}
-th{background:#f6f8fa}th:first-child,td:first-child{text-align:left}
+th{background:#f6f8fa}th:first-child,td:first-child{text-align:left}td{white-space:nowrap}
+td.st{white-space:normal;text-align:left;max-width:360px}
 .pass{color:#1a7f37;font-weight:600}.fail{color:#cf222e;font-weight:600}.skip{color:#9a6700;font-weight:600}
-.badge{display:inline-block;padding:2px 10px;border-radius:12px;color:#fff;font-size:14px;vertical-align:middle}
+.badge{display:inline-block;padding:2px 10px;border-radius:12px;color:#fff;font-size:14px;
+ vertical-align:middle}
 .b-pass{background:#1a7f37}.b-fail{background:#cf222e}.b-skip{background:#9a6700}
 .note{background:#fff8c5;border-left:4px solid #d4a72c;padding:6px 10px;margin:6px 0;font-size:14px}
 .grid{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}figure{margin:8px 0}
@@ -75,7 +77,8 @@ class _Axis:
         raw = (self.hi - self.lo) / 5 or 1.0
         self.step = min((m * 10.0 ** math.floor(math.log10(raw)) for m in (1, 2, 5, 10)),
                         key=lambda s: abs(s - raw))
-        return [i * self.step for i in range(math.ceil(self.lo / self.step), math.floor(self.hi / self.step) + 1)]
+        first, last = math.ceil(self.lo / self.step), math.floor(self.hi / self.step)
+        return [i * self.step for i in range(first, last + 1)]
 
     def label(self, v: float) -> str:
         """Tick text with as many decimals as the step needs (99.5, not 100)."""
@@ -95,7 +98,8 @@ def _axis(values: list[float], a: float, b: float, zero: bool = True) -> _Axis:
 def _svg(w: int, h: int, title: str, body: list[str]) -> str:
     return (f'<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{_e(title)}" '
             f'font-size="12"><title>{_e(title)}</title>'
-            f'<text x="{w / 2}" y="18" text-anchor="middle" font-size="14" font-weight="600">{_e(title)}</text>'
+            f'<text x="{w / 2}" y="18" text-anchor="middle" font-size="14" font-weight="600">'
+            f'{_e(title)}</text>'
             + "".join(body) + "</svg>")
 
 
@@ -104,9 +108,11 @@ def _xgrid(ax: _Axis, top: float, bottom: float, label: str) -> list[str]:
     for t in ax.ticks():
         x = ax(t)
         out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" stroke="#e6e6e6"/>'
-                   f'<text x="{x:.1f}" y="{bottom + 15}" text-anchor="middle" fill="#444">{ax.label(t)}</text>')
+                   f'<text x="{x:.1f}" y="{bottom + 15}" text-anchor="middle" fill="#444">'
+                   f'{ax.label(t)}</text>')
     scale = " (log scale)" if ax.log else ""
-    out.append(f'<text x="{(ax.a + ax.b) / 2}" y="{bottom + 34}" text-anchor="middle">{_e(label + scale)}</text>')
+    out.append(f'<text x="{(ax.a + ax.b) / 2}" y="{bottom + 34}" text-anchor="middle">'
+               f'{_e(label + scale)}</text>')
     return out
 
 
@@ -148,9 +154,10 @@ def latency_svg(rows: list[dict[str, Any]], title: str = "Latency per call, batc
             body.append(f'<rect x="{x0:.1f}" y="{y - 7}" width="{max(x1 - x0, 1):.1f}" height="14" '
                         f'fill="{col}" fill-opacity="0.25" stroke="{col}"/>')
         xm, x95 = ax(st["p50"]), ax(st["p95"])
-        body.append(f'<line x1="{xm:.1f}" y1="{y - 9}" x2="{xm:.1f}" y2="{y + 9}" stroke="{col}" stroke-width="3">'
-                    f'<title>{_e(r["label"])}: p50 {st["p50"]:.3f} ms, p95 {st["p95"]:.3f} ms</title></line>'
-                    f'<path d="M{x95:.1f},{y - 5}l4,5l-4,5l-4,-5z" fill="#fff" stroke="{col}" stroke-width="1.5"/>')
+        body.append(f'<line x1="{xm:.1f}" y1="{y - 9}" x2="{xm:.1f}" y2="{y + 9}" stroke="{col}" '
+                    f'stroke-width="3"><title>{_e(r["label"])}: p50 {st["p50"]:.3f} ms, '
+                    f'p95 {st["p95"]:.3f} ms</title></line><path d="M{x95:.1f},{y - 5}l4,5l-4,5l-4,-5z" '
+                    f'fill="#fff" stroke="{col}" stroke-width="1.5"/>')
         if r.get("limit"):
             xl = ax(r["limit"])
             body.append(f'<line x1="{xl:.1f}" y1="{y - 12}" x2="{xl:.1f}" y2="{y + 12}" stroke="#cf222e" '
@@ -158,20 +165,22 @@ def latency_svg(rows: list[dict[str, Any]], title: str = "Latency per call, batc
     return _svg(w, int(bottom + 44), title, body)
 
 
-def _place_labels(pts: list[tuple[float, float, str]]) -> list[tuple[float, float]]:
+Box = tuple[float, float, float, float]
+
+
+def _place_labels(pts: list[tuple[float, float, str]], bounds: Box, obstacles: list[Box]) -> list[tuple[float, float]]:
     """Greedy label placement so names of targets with equal accuracy don't print over each other."""
-    placed: list[tuple[float, float, float, float]] = []
+    # every marker is an obstacle too, and boxes keep a 4 px gap so neighbours don't read as one name
+    placed = obstacles + [(x - 6, y - 6, x + 6, y + 6) for x, y, _ in pts]
     out = []
     for x, y, text in pts:
-        tw = 6.6 * len(text)
-        for dy in (-7, 13, -19, 25, -31, 37, -43, 49):
-            for dx in (7, -7 - tw):
-                box = (x + dx, y + dy - 10, x + dx + tw, y + dy + 2)
-                if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
-                    break
-            else:
-                continue
-            break
+        tw = 6.6 * len(text) + 4
+        tries = [(x + dx, y + dy - 10, x + dx + tw, y + dy + 2)
+                 for dy in (-7, 13, -19, 25, -31, 37, -43, 49) for dx in (7, -7 - tw)]
+        fits = [b for b in tries if bounds[0] <= b[0] and bounds[1] <= b[1] and b[2] <= bounds[2]
+                and b[3] <= bounds[3]]
+        box = next((b for b in fits if not any(b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3]
+                                               for o in placed)), (fits or tries)[0])
         placed.append(box)
         out.append((box[0], box[3] - 2))
     return out
@@ -179,11 +188,11 @@ def _place_labels(pts: list[tuple[float, float, str]]) -> list[tuple[float, floa
 
 def scatter_svg(points: list[dict[str, Any]], ref_top1: float | None,
                 title: str = "Accuracy vs latency") -> str:
-    """Top-1 (%) against p50 latency (ms); a bar runs to p95. Points: ``{label, p50, p95, top1, color, ref}``."""
+    """Top-1 (%) against p50 latency (ms), a bar to p95; points: ``{label, p50, p95, top1, color, ref}``."""
     pts = [p for p in points if p.get("p50") is not None and p.get("top1") is not None]
     if not pts:
         return '<p class="sub">No point has both an accuracy and a latency.</p>'
-    w, h, left, top, right, bottom = 920, 400, 70, 34, 200, 340
+    w, h, left, top, right, bottom = 920, 390, 70, 40, 200, 346
     ax = _axis([p["p50"] for p in pts] + [p.get("p95") or p["p50"] for p in pts], left, w - right)
     ys = [100 * p["top1"] for p in pts] + ([100 * ref_top1] if ref_top1 is not None else [])
     pad = max((max(ys) - min(ys)) * 0.15, 1.0)
@@ -194,17 +203,20 @@ def scatter_svg(points: list[dict[str, Any]], ref_top1: float | None,
     for t in (t for t in ay.ticks() if t <= 100):
         y = ay(t)
         body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w - right}" y2="{y:.1f}" stroke="#eee"/>'
-                    f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#444">{ay.label(t)}</text>')
+                    f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#444">'
+                    f'{ay.label(t)}</text>')
     body.append(f'<text transform="translate(18,{(top + bottom) / 2}) rotate(-90)" text-anchor="middle">'
                 'top-1 accuracy [%]</text>')
+    obstacles: list[Box] = []
     if ref_top1 is not None:
         y = ay(100 * ref_top1)
+        obstacles.append((w - right + 4, y - 8, w - right + 100, y + 6))
         body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w - right}" y2="{y:.1f}" stroke="{REF_COLOR}" '
                     f'stroke-dasharray="6,4"/><text x="{w - right + 6}" y="{y + 4:.1f}" fill="#666">'
                     'reference top-1</text>')
     pts.sort(key=lambda p: (p["p50"], -p["top1"]))
     xy = [(ax(p["p50"]), ay(100 * p["top1"]), p["label"]) for p in pts]
-    for p, (x, y, _), (lx, ly) in zip(pts, xy, _place_labels(xy), strict=True):
+    for p, (x, y, _), (lx, ly) in zip(pts, xy, _place_labels(xy, (2, top - 8, w - 2, h - 4), obstacles), strict=True):
         tip = f'{p["label"]}: top-1 {100 * p["top1"]:.2f} %, p50 {p["p50"]:.3f} ms'
         if p.get("p95"):
             body.append(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{ax(p["p95"]):.1f}" y2="{y:.1f}" '
@@ -227,24 +239,27 @@ def confusion_svg(matrix: list[list[int]], classes: list[str], title: str = "Con
     n = len(matrix)
     if n == 0:
         return '<p class="sub">No confusion matrix.</p>'
-    names = [str(c) for c in classes] if len(classes) == n else [str(i) for i in range(n)]
+    full = [str(c) for c in classes] if len(classes) == n else [str(i) for i in range(n)]
+    names = [c if len(c) <= 18 else c[:17] + "…" for c in full]  # full names stay in the tooltips
     cell = max(14, min(46, 360 // n))
-    lab = min(160, 12 + 6.8 * max(len(c) for c in names))
-    left, top = lab + 26, 40 + lab
-    w, h = int(left + cell * n + 20), int(top + cell * n + 20)
+    lab = 12 + 6.8 * max(len(c) for c in names)
+    left, top = lab + 26, 40 + 0.87 * lab  # column labels are rotated 60°
+    w, h = int(left + cell * n + 0.5 * lab), int(top + cell * n + 20)
     body = [f'<text x="{left + cell * n / 2}" y="36" text-anchor="middle" fill="#444">predicted class</text>',
             f'<text transform="translate(14,{top + cell * n / 2}) rotate(-90)" text-anchor="middle" '
             'fill="#444">true class</text>']
     for i, row in enumerate(matrix):
         total = sum(row) or 1
         y = top + i * cell
-        body.append(f'<text x="{left - 6}" y="{y + cell / 2 + 4}" text-anchor="end">{_e(names[i])}</text>')
+        body.append(f'<text x="{left - 6}" y="{y + cell / 2 + 4}" text-anchor="end">{_e(names[i])}'
+                    f'<title>{_e(full[i])}</title></text>')
         for j, count in enumerate(row):
             f = count / total
-            fill = _mix("#0b6e4f" if i == j else "#c0392b", 0.08 + 0.92 * f if count else 0.0)
+            # any non-zero cell gets a visible tint: one confused image is worth seeing
+            fill = _mix("#0b6e4f" if i == j else "#c0392b", 0.15 + 0.85 * f if count else 0.0)
             x = left + j * cell
             body.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{fill}" stroke="#fff">'
-                        f'<title>true {_e(names[i])} → predicted {_e(names[j])}: {count} ({100 * f:.1f} %)'
+                        f'<title>true {_e(full[i])} → predicted {_e(full[j])}: {count} ({100 * f:.1f} %)'
                         '</title></rect>')
             if n <= 30:
                 body.append(f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}" text-anchor="middle" '
@@ -252,7 +267,8 @@ def confusion_svg(matrix: list[list[int]], classes: list[str], title: str = "Con
                             f'{count}</text>')
     for j, name in enumerate(names):
         x = left + j * cell + cell / 2 + 4
-        body.append(f'<text transform="translate({x},{top - 6}) rotate(-60)">{_e(name)}</text>')
+        body.append(f'<text transform="translate({x},{top - 6}) rotate(-60)">{_e(name)}'
+                    f'<title>{_e(full[j])}</title></text>')
     return _svg(w, h, title, body)
 
 
@@ -275,16 +291,20 @@ def _gate_value(name: str, v: Any) -> str:
             else _f(v, 4))
 
 
-def gates_table(reports: list[dict[str, Any]]) -> str:
-    """One row per gate of every report (target, gate, limit, value, verdict)."""
-    rows = [f'<tr><td>{_e(r["target"])}</td><td>{_e(g["name"])}</td><td>{_gate_value(g["name"], g.get("limit"))}'
-            f'</td><td>{_gate_value(g["name"], g.get("value"))}</td><td>'
-            f'{"<span class=pass>pass</span>" if g.get("passed") else "<span class=fail>FAIL</span>"}</td></tr>'
-            for r in reports for g in r.get("gates") or []]
+def gates_table(reports: list[dict[str, Any]], with_target: bool = True) -> str:
+    """One row per gate of every report: (target,) gate, limit, value, verdict."""
+    rows = []
+    for r in reports:
+        for g in r.get("gates") or []:
+            ok = g.get("passed")
+            verdict = f'<span class="{"pass" if ok else "fail"}">{"pass" if ok else "FAIL"}</span>'
+            rows.append("<tr>" + (f'<td>{_e(r["target"])}</td>' if with_target else "")
+                        + f'<td>{_e(g["name"])}</td><td>{_gate_value(g["name"], g.get("limit"))}</td>'
+                        f'<td>{_gate_value(g["name"], g.get("value"))}</td><td>{verdict}</td></tr>')
     if not rows:
         return '<p class="sub">No gates were evaluated.</p>'
-    return ("<table><tr><th>target</th><th>gate</th><th>limit</th><th>value</th><th>result</th></tr>"
-            + "".join(rows) + "</table>")
+    return ("<table><tr>" + ("<th>target</th>" if with_target else "")
+            + "<th>gate</th><th>limit</th><th>value</th><th>result</th></tr>" + "".join(rows) + "</table>")
 
 
 def _lat_rows(r: dict[str, Any], color: str, label: str | None = None) -> list[dict[str, Any]]:
@@ -292,7 +312,8 @@ def _lat_rows(r: dict[str, Any], color: str, label: str | None = None) -> list[d
     limit = next((g.get("limit") for g in r.get("gates") or [] if g.get("name") == "max_p95_ms"), None)
     if limit is None:
         limit = ((r.get("profile") or {}).get("gates") or {}).get("max_p95_ms")
-    rows = [{"label": label or r["target"], "latency": cand.get("latency_ms"), "color": color, "limit": limit}]
+    rows = [{"label": label or r["target"], "latency": cand.get("latency_ms"), "color": color,
+             "limit": limit}]
     if ref.get("latency_ms"):
         rows.append({"label": "reference (torch fp32)" if label is None else f"{label} reference",
                      "latency": ref["latency_ms"], "color": REF_COLOR, "ref": True})
@@ -325,8 +346,17 @@ def _page(title: str, body: str) -> str:
 
 def _kv(d: dict[str, Any]) -> str:
     rows = "".join(f"<tr><td>{_e(k)}</td><td style='text-align:left'>"
-                   f"{_e(json.dumps(v) if isinstance(v, (dict, list)) else v)}</td></tr>" for k, v in d.items())
+                   f"{_e(json.dumps(v) if isinstance(v, (dict, list)) else v)}</td></tr>"
+                   for k, v in d.items())
     return f"<table>{rows}</table>"
+
+
+def _host(host: dict[str, Any]) -> str:
+    if not host.get("cpu"):
+        return ""
+    name = f' {_e(host["hostname"])}' if host.get("hostname") else ""
+    cores = f', {_e(host["cpu_count"])} cores' if host.get("cpu_count") else ""
+    return f"host{name}: {_e(host['cpu'])}{cores}"
 
 
 def _notes(r: dict[str, Any]) -> str:
@@ -338,12 +368,15 @@ def render_html(report: dict[str, Any]) -> str:
     r, name = report, str(report.get("target", "?"))
     ref, cand = r.get("reference") or {}, r.get("candidate") or {}
     host, prof = r.get("host") or {}, r.get("profile") or {}
-    out = [f'<p class="sub"><a href="index.html">all targets of this run</a></p><h1>{_e(name)} {_badge(r)}</h1>',
-           f'<p class="sub">{_e(prof.get("description", ""))}<br>eval set: {_e(r.get("eval_set", "–"))} '
-           f'({_e(r.get("n", "–"))} images) · host: {_e(host.get("cpu", "–"))}, '
-           f'{_e(host.get("cpu_count", "–"))} cores</p>', _notes(r)]
+    facts = [_e(prof["description"]) if prof.get("description") else "",
+             f'eval set: {_e(r["eval_set"])} ({_e(r.get("n", "?"))} images)' if r.get("eval_set") else "",
+             _host(host)]
+    out = ['<p class="sub"><a href="index.html">all targets of this run</a></p>',
+           f'<h1>{_e(name)} {_badge(r)}</h1><p class="sub">{"<br>".join(f for f in facts if f)}</p>',
+           _notes(r)]
     if r.get("skipped"):
-        out.append(f'<p><b>Skipped:</b> {_e(r["skipped"])}</p><p>Reference top-1: {_pct(ref.get("top1"))}</p>')
+        out.append(f'<p><b>Skipped:</b> {_e(r["skipped"])}</p>'
+                   f'<p>Reference top-1: {_pct(ref.get("top1"), 2)}</p>')
     else:
         rl, cl = ref.get("latency_ms") or {}, cand.get("latency_ms") or {}
         rows = [("format / precision", f'{_e(ref.get("format"))} / {_e(ref.get("precision"))}',
@@ -351,25 +384,28 @@ def render_html(report: dict[str, Any]) -> str:
                 ("top-1", _pct(ref.get("top1"), 2), _pct(cand.get("top1"), 2)),
                 ("top-1 drop", "", _f(cand.get("top1_drop"), 2, " points")),
                 ("agreement with reference", "", _pct(cand.get("agreement"), 2)),
-                *((f"{k} latency", _f(rl.get(k), 2, " ms"), _f(cl.get(k), 2, " ms")) for k in ("p50", "p95", "p99")),
+                *((f"{k} latency", _f(rl.get(k), 2, " ms"), _f(cl.get(k), 2, " ms"))
+                  for k in ("p50", "p95", "p99")),
                 ("throughput (batch)", _f(ref.get("throughput_ips"), 1, " img/s"),
                  _f(cand.get("throughput_ips"), 1, " img/s")),
                 ("model size", _f(ref.get("size_mb"), 2, " MB"), _f(cand.get("size_mb"), 2, " MB")),
                 ("peak RSS", "", _f(cand.get("peak_rss_mb"), 0, " MB"))]
         if cand.get("int8_speedup_over_float") is not None:
-            rows.append(("INT8 speed-up over float, same backend", "", _f(cand["int8_speedup_over_float"], 2, "×")))
+            rows.append(("INT8 speed-up over float, same backend", "",
+                         _f(cand["int8_speedup_over_float"], 2, "×")))
         if cand.get("float_layers"):
             fl = cand["float_layers"]
             rows.append(("layers kept in float", "", _e(len(fl) if isinstance(fl, (list, dict)) else fl)))
-        out.append("<table><tr><th></th><th>reference</th><th>candidate</th></tr>"
-                   + "".join(f"<tr><td>{a}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in rows) + "</table>")
+        body = "".join(f"<tr><td>{a}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in rows)
+        out.append(f"<table><tr><th></th><th>reference</th><th>candidate</th></tr>{body}</table>")
         out.append(f'<p><b>Speed-up</b> (reference p50 / candidate p50): {_f(r.get("speedup"), 2, "×")}</p>')
-        out.append(f"<h2>Gates</h2>{gates_table([r])}")
+        out.append(f"<h2>Gates</h2>{gates_table([r], with_target=False)}")
         pts, ref_top1 = _points([r])
-        out.append(f'<h2>Latency</h2><figure>{latency_svg(_lat_rows(r, PALETTE[0]))}<figcaption>{_LAT_CAPTION}'
-                   f'{"" if rl else " The reference latency was not measured on this host (no torch)."}'
-                   f'</figcaption></figure><figure>{scatter_svg(pts, ref_top1)}<figcaption>Dot: p50; bar: p50 to p95.'
-                   '</figcaption></figure>')
+        no_ref = "" if rl else " The reference latency was not measured on this host (no torch)."
+        out.append(f"<h2>Latency</h2><figure>{latency_svg(_lat_rows(r, PALETTE[0]))}"
+                   f"<figcaption>{_LAT_CAPTION}{no_ref}</figcaption></figure>"
+                   f"<figure>{scatter_svg(pts, ref_top1)}<figcaption>Dot: p50; bar: p50 to p95."
+                   "</figcaption></figure>")
         if cand.get("confusion"):
             recall = cand.get("per_class_recall") or {}
             out.append(f'<h2>Candidate confusion matrix</h2><div class="grid"><figure>'
@@ -377,9 +413,10 @@ def render_html(report: dict[str, Any]) -> str:
                        "<table><tr><th>class</th><th>recall</th></tr>"
                        + "".join(f"<tr><td>{_e(c)}</td><td>{_pct(v, 1)}</td></tr>" for c, v in recall.items())
                        + "</table></div>")
-    out.append("<h2>Details</h2>")
-    for label, d in (("host", host), ("versions", r.get("versions") or {}), ("target profile", prof)):
-        out.append(f"<details><summary>{label}</summary>{_kv(d)}</details>")
+    sections = (("host", host), ("versions", r.get("versions")), ("target profile", prof))
+    details = [f"<details><summary>{label}</summary>{_kv(d)}</details>" for label, d in sections if d]
+    if details:
+        out.append("<h2>Details</h2>" + "".join(details))
     return _page(f"edge-tl bench: {name}", "".join(out))
 
 
@@ -391,7 +428,8 @@ def render_index(reports: list[dict[str, Any]], title: str) -> str:
     """The per-run page: every target in one table and in shared plots, then gates and confusion matrices."""
     ran = [r for r in reports if not r.get("skipped") and r.get("candidate")]
     head = ("<tr><th>target</th><th>format / precision</th><th>top-1</th><th>drop</th><th>agreement</th>"
-            "<th>p50</th><th>p95</th><th>speed-up</th><th>size</th><th>status</th></tr>")
+            "<th>p50</th><th>p95</th><th>speed-up</th><th>size</th>"
+            "<th style='text-align:left'>status</th></tr>")
     rows = []
     for r in reports:
         c = r.get("candidate") or {}
@@ -402,26 +440,28 @@ def render_index(reports: list[dict[str, Any]], title: str) -> str:
                     f"<td>{_f(c.get('top1_drop'), 2, ' pts')}</td><td>{_pct(c.get('agreement'), 2)}</td>"
                     f"<td>{_f(lat.get('p50'), 2, ' ms')}</td><td>{_f(lat.get('p95'), 2, ' ms')}</td>"
                     f"<td>{_f(r.get('speedup'), 2, '×')}</td><td>{_f(c.get('size_mb'), 2, ' MB')}</td>"
-                    f"<td>{_status(r)}</td></tr>")
+                    f"<td class=st>{_status(r)}</td></tr>")
     first = reports[0] if reports else {}
     ref = first.get("reference") or {}
-    host = first.get("host") or {}
-    out = [f"<h1>{_e(title)}</h1><p class='sub'>{len(reports)} target(s), {len(ran)} measured · reference: "
-           f"full model, torch fp32, top-1 {_pct(ref.get('top1'), 2)} · host: {_e(host.get('cpu', '–'))}, "
-           f"{_e(host.get('cpu_count', '–'))} cores</p>",
+    facts = [f"{len(reports)} target(s), {len(ran)} measured",
+             f"reference: full model, torch fp32, top-1 {_pct(ref.get('top1'), 2)}",
+             _host(first.get("host") or {})]
+    out = [f"<h1>{_e(title)}</h1><p class='sub'>{' · '.join(f for f in facts if f)}</p>",
            f"<h2>Targets</h2><table>{head}{''.join(rows)}</table>",
            "".join(f'<div class="note"><b>{_e(r["target"])}</b>: {_e(n)}</div>'
                    for r in reports for n in r.get("notes") or [])]
     if ran:
-        lat_rows = [row for i, r in enumerate(ran) for row in _lat_rows(r, PALETTE[i % len(PALETTE)], r["target"])]
+        lat_rows = [row for i, r in enumerate(ran)
+                    for row in _lat_rows(r, PALETTE[i % len(PALETTE)], r["target"])]
         pts, ref_top1 = _points(ran)
         out.append(f"<h2>Latency distribution</h2><figure>{latency_svg(lat_rows)}<figcaption>{_LAT_CAPTION} "
-                   "Each target's grey row is the reference timed in the same bench run.</figcaption></figure>"
+                   "Each target's grey row is the reference timed in the same bench run."
+                   "</figcaption></figure>"
                    f"<h2>Accuracy vs latency</h2><figure>{scatter_svg(pts, ref_top1)}<figcaption>The "
                    "reference ◆ sits at the median of its timings across the benches.</figcaption></figure>")
     out.append(f"<h2>Gates</h2>{gates_table(ran)}")
-    cms = [f"<figure>{confusion_svg(r['candidate']['confusion'], r.get('classes') or [], r['target'])}</figure>"
-           for r in ran if r["candidate"].get("confusion")]
+    cms = [f"<figure>{confusion_svg(r['candidate']['confusion'], r.get('classes') or [], r['target'])}"
+           "</figure>" for r in ran if r["candidate"].get("confusion")]
     if cms:
         out.append('<h2>Candidate confusion matrices</h2><p class="sub">Rows: true class; columns: predicted '
                    'class; shade: share of the row (green: correct, red: confused).</p>'

@@ -67,9 +67,8 @@ def write_reports(report: dict[str, Any], reports_dir: Path, json_path: Path | N
     if json_path is not None:
         write_json(json_path, report)
     write_bytes(reports_dir / f"{name}.md", markdown(report).encode())
-    try:
-        from .html import render_html
-    except ImportError:  # the HTML renderer is optional until it lands
-        return dest
+    from .html import render_html, write_index
+
     write_bytes(reports_dir / f"{name}.html", render_html(report).encode())
+    write_index(reports_dir)  # the run's page, rebuilt from every reports/*.json
     return dest
