@@ -95,8 +95,8 @@ def read_bundle(path: str | Path, verify: bool = True) -> dict[str, Any]:
         raise ArtifactError(f"{folder / BUNDLE_JSON} is not an edge-tl bundle manifest")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ArtifactError(f"{folder} is bundle format {version}; this edge-tl reads format {FORMAT_VERSION} "
-                            f"and older: upgrade edge-tl on this device")
+        raise ArtifactError(f"{folder} is bundle format {version}; this edge-tl reads format "
+                            f"{FORMAT_VERSION} and older: upgrade edge-tl on this device")
     if verify:
         for name, digest in manifest.get("files", {}).items():
             if sums.get(name) != digest:

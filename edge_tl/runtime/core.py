@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata as md
+import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -22,9 +24,12 @@ from PIL import Image
 
 from ..backends import RunnerSpec, availability, open_runner
 from ..errors import ArtifactError, EdgeTLError
+from ..manifest import atomic_path, sha256_file
 from ..preprocess import Preprocess, from_array, load_image, to_rgb
 from .bundlefile import read_bundle
 from .policy import Policy, softmax
+
+log = logging.getLogger("edge_tl")
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]  # noqa: UP007 - readable at runtime on 3.10
 
@@ -114,9 +119,9 @@ class Runtime:
     on if they do not reproduce the bundle's expected top-1 and logits within its stated tolerance.
     """
 
-    def __init__(self, bundle: str | os.PathLike[str], *, device: str | None = None, threads: int | None = None,
-                 verify: bool = True, check_golden: bool = True, engine_cache: str | os.PathLike[str] | None = None
-                 ) -> None:
+    def __init__(self, bundle: str | os.PathLike[str], *, device: str | None = None,
+                 threads: int | None = None, verify: bool = True, check_golden: bool = True,
+                 engine_cache: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(bundle)
         self.manifest = read_bundle(self.path, verify=verify)
         m = self.manifest
@@ -131,17 +136,16 @@ class Runtime:
         reason = availability(self.backend, self.device)
         if reason is not None:
             raise EdgeTLError(f"cannot run {self.path} ({self.backend} on {self.device}) here: {reason}")
-        options: dict[str, Any] = {}
+        model_path = self.path / model["file"]
         if self.backend == "tensorrt":
-            # The bundle may be mounted read-only: the engine built from model.onnx lives in a cache.
-            options["engine_cache"] = str(Path(engine_cache) if engine_cache else engine_cache_dir())
-        spec = RunnerSpec(self.path / model["file"], self.backend, self.device, self.precision,
-                          int(threads or model["threads"]), self.batch_size, options or None)
+            model_path = self._engine_source(model_path, Path(engine_cache) if engine_cache else engine_cache_dir())
+        spec = RunnerSpec(model_path, self.backend, self.device, self.precision,
+                          int(threads or model["threads"]), self.batch_size)
         try:
-            self._runner = open_runner(spec)
+            self._runner = self._open(spec)
         except EdgeTLError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any backend failure to load is one readable line
+        except Exception as exc:  # any backend failure to load is one readable line
             built = m.get("versions", {}).get(_BACKEND_DIST[self.backend], "?")
             here = _dist_version(_BACKEND_DIST[self.backend])
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -156,6 +160,35 @@ class Runtime:
             except BaseException:
                 self.close()
                 raise
+
+    def _engine_source(self, onnx: Path, cache: Path) -> Path:
+        """Where the TensorRT runner builds and finds the engine: a copy of the bundle's ONNX in the cache.
+
+        The bundle may be mounted read-only and is hashed as shipped, so the engine (built on the
+        first open, minutes on a Jetson) lives in ``cache/<onnx sha256>-<precision>-b<batch>/`` beside
+        its own copy of the graph; the runner's sidecar ties it to this TensorRT version and GPU.
+        """
+        digest = self.manifest["files"][onnx.name]
+        dest = cache / f"{digest[:16]}-{self.precision}-b{self.batch_size}" / onnx.name
+        if not dest.is_file() or sha256_file(dest) != digest:
+            try:
+                with atomic_path(dest) as tmp:
+                    shutil.copyfile(onnx, tmp)
+            except OSError as exc:
+                raise EdgeTLError(f"cannot write the TensorRT engine cache {cache} ({exc.strerror}); set "
+                                  "EDGE_TL_ENGINE_CACHE to a writable folder") from None
+        return dest
+
+    def _open(self, spec: RunnerSpec) -> Any:
+        if self.backend != "tensorrt":
+            return open_runner(spec)
+        try:
+            return open_runner(spec)
+        except ArtifactError as exc:
+            # A cached engine from another TensorRT or GPU (JetPack upgrade, moved SD card): the cache
+            # is ours to refresh, so build again rather than stop the line.
+            log.warning("rebuilding the cached TensorRT engine for %s: %s", self.path, exc)
+            return open_runner(replace(spec, options={"rebuild": True}))
 
     # -- inference -------------------------------------------------------------------------------
 
@@ -185,7 +218,8 @@ class Runtime:
         logits = self.logits(images, color=color)
         ms = (time.perf_counter() - start) * 1000.0 / len(images)
         out = []
-        for item, row, (k, score, decision) in zip(images, logits, self.policy.decide_logits(logits)):
+        decided = self.policy.decide_logits(logits)
+        for item, row, (k, score, decision) in zip(images, logits, decided, strict=True):
             path = str(item) if isinstance(item, (str, os.PathLike)) else None
             out.append(Prediction(self.classes[k], k, score, decision, ms, row, path))
         return out
@@ -207,26 +241,29 @@ class Runtime:
         expected = np.asarray([it["logits"] for it in items], dtype=np.float64)
         diff = np.abs(got.astype(np.float64) - expected)
         bound = tol["atol"] + tol["rtol"] * np.abs(expected)
-        for it, g, d, b in zip(items, got, diff, bound):
+        for it, g, d, b in zip(items, got, diff, bound, strict=True):
             top1 = self.classes[int(np.argmax(g))]
             problem = None
             if top1 != it["top1"]:
                 problem = f"top-1 {top1!r}, expected {it['top1']!r}"
             elif (d > b).any():
-                problem = f"max |Δlogit| {d.max():.3g} exceeds the stated tolerance (atol {tol['atol']}, rtol {tol['rtol']})"
+                problem = (f"max |Δlogit| {d.max():.3g} exceeds the stated tolerance "
+                           f"(atol {tol['atol']}, rtol {tol['rtol']})")
             if problem:
+                built = self.manifest.get("versions", {})
                 raise ArtifactError(
                     f"golden image {self.path / it['file']}: {problem}; this runtime does not reproduce the "
                     f"bundle ({self.backend} {_dist_version(_BACKEND_DIST[self.backend])} and Pillow "
-                    f"{_dist_version('pillow')} here; built with {self.manifest['versions'].get(self.backend, '?')} "
-                    f"and Pillow {self.manifest['versions'].get('pillow', '?')}); refusing to classify")
+                    f"{_dist_version('pillow')} here; built with {built.get(self.backend, '?')} and Pillow "
+                    f"{built.get('pillow', '?')}); refusing to classify")
         return {"n": len(items), "passed": True, "max_abs_logit_diff": float(diff.max()), "tolerance": tol}
 
     def info(self) -> dict[str, Any]:
         """A short description of the opened bundle."""
         m = self.manifest
-        return {"bundle": str(self.path), "name": m.get("name"), "backend": self.backend, "device": self.device,
-                "precision": self.precision, "classes": self.classes, "policy": self.policy.to_dict(),
+        return {"bundle": str(self.path), "name": m.get("name"), "backend": self.backend,
+                "device": self.device, "precision": self.precision, "classes": self.classes,
+                "policy": self.policy.to_dict(),
                 "golden": self.golden_report}
 
     # -- lifetime ----------------------------------------------------------------------------------

@@ -90,8 +90,9 @@ class Policy:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": RULE, "ok_classes": list(self.ok_classes), "defect_classes": list(self.defect_classes),
-                "ok_threshold": float(self.ok_threshold), "defect_threshold": float(self.defect_threshold)}
+        return {"rule": RULE, "ok_classes": list(self.ok_classes),
+                "defect_classes": list(self.defect_classes), "ok_threshold": float(self.ok_threshold),
+                "defect_threshold": float(self.defect_threshold)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], classes: Sequence[str]) -> Policy:
@@ -107,7 +108,8 @@ def make_policy(classes: Sequence[str], ok_classes: Sequence[str] | None = None,
     for given in (ok_classes or ()), (defect_classes or ()):
         unknown = [c for c in given if c not in classes]
         if unknown:
-            raise ConfigError(f"unknown class(es) {', '.join(unknown)}; the model's classes are {', '.join(classes)}")
+            raise ConfigError(f"unknown class(es) {', '.join(unknown)}; the model's classes are "
+                              f"{', '.join(classes)}")
     if ok_classes and defect_classes:
         ok, defect = tuple(ok_classes), tuple(defect_classes)
     elif ok_classes:
@@ -178,7 +180,8 @@ def tune_ok_threshold(policy: Policy, logits: np.ndarray, labels: np.ndarray,
     else:
         # Reject the `allowed` least confident good parts: those strictly below scores[allowed].
         threshold, met = (float(scores[allowed]) if allowed < len(scores) else 1.0), True
-    tuned = Policy(policy.classes, policy.ok_classes, policy.defect_classes, threshold, policy.defect_threshold)
+    tuned = Policy(policy.classes, policy.ok_classes, policy.defect_classes, threshold,
+                   policy.defect_threshold)
     record = {"target_false_reject": max_false_reject, "target_met": met, "n_ok": n_ok,
               "ok_images_labelled_defect": forced, **policy_stats(tuned, logits, labels)}
     return tuned, record

@@ -26,7 +26,15 @@ from ..evalset import ensure_eval_set, load_eval_set
 from ..manifest import MANIFEST, read_json, read_manifest, sha256_file, staged_folder, versions, write_json
 from ..preprocess import Preprocess, load_image
 from ..rundir import RunDir
-from ..runtime.bundlefile import BUNDLE_JSON, FORMAT, FORMAT_VERSION, GOLDEN_DIR, SUMS, tolerance_for, write_sums
+from ..runtime.bundlefile import (
+    BUNDLE_JSON,
+    FORMAT,
+    FORMAT_VERSION,
+    GOLDEN_DIR,
+    SUMS,
+    tolerance_for,
+    write_sums,
+)
 from ..runtime.policy import make_policy, policy_stats, tune_ok_threshold
 from ..targets import Target, get_target
 
@@ -87,11 +95,13 @@ def pick_golden(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray
 
 def _check_out(out: Path) -> None:
     if out.exists() and not (out / BUNDLE_JSON).is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists and is not an edge-tl bundle; refusing to replace it (choose another --out)")
+        raise ConfigError(f"{out} exists and is not an edge-tl bundle; refusing to replace it "
+                          "(choose another --out)")
 
 
 def _run_chunks(runner: Any, x: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([np.asarray(runner.run(x[i:i + batch]), np.float32) for i in range(0, len(x), batch)])
+    return np.concatenate([np.asarray(runner.run(x[i:i + batch]), np.float32)
+                           for i in range(0, len(x), batch)])
 
 
 def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8, *,
@@ -132,12 +142,14 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
     backend, device = golden_backend(t)
     reason = availability(backend, device)
     if reason is not None:
-        raise ConfigError(f"cannot compute the golden outputs of {t.name} here ({backend} on {device}): {reason}")
+        raise ConfigError(f"cannot compute the golden outputs of {t.name} here ({backend} on {device}): "
+                          f"{reason}")
     tol = tolerance_for(t.precision)
     split_root = Path(read_json(run.finetune / "split.json")["root"])
     started = time.perf_counter()
 
-    runner = open_runner(RunnerSpec(folder / t.model_file, backend, device, t.precision, t.threads, t.batch_size))
+    runner = open_runner(RunnerSpec(folder / t.model_file, backend, device, t.precision, t.threads,
+                                    t.batch_size))
     try:
         cand = _run_chunks(runner, evalset.inputs, t.batch_size)
         picks = pick_golden(cand, evalset.logits, evalset.labels, n_golden, len(classes),
@@ -147,8 +159,8 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
             target_fr = DEFAULT_MAX_FALSE_REJECT if max_false_reject is None else max_false_reject
             policy, tuning = tune_ok_threshold(base_policy, cand, evalset.labels, target_fr)
             if not tuning["target_met"]:
-                log.warning("false-reject target %.3g is out of reach: %d good image(s) are labelled a defect "
-                            "(rate %.3g); every ok answer passes", target_fr,
+                log.warning("false-reject target %.3g is out of reach: %d good image(s) are labelled a "
+                            "defect (rate %.3g); every ok answer passes", target_fr,
                             tuning["ok_images_labelled_defect"], tuning["false_reject_rate"])
         stats = policy_stats(policy, cand, evalset.labels)
 
@@ -167,9 +179,9 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
             x = pre.batch([load_image(tmp / rel) for rel in golden_files])
             drift = float(np.abs(x - evalset.inputs[picks]).max()) if len(picks) else 0.0
             if drift > 1e-4:
-                raise ArtifactError(f"golden images no longer preprocess to their eval.npz inputs (max diff "
-                                    f"{drift:.3g}): the images changed or Pillow differs from the one that built "
-                                    f"{run.eval_npz}; rebuild it")
+                raise ArtifactError(f"golden images no longer preprocess to their eval.npz inputs (max "
+                                    f"diff {drift:.3g}): the images changed or Pillow differs from the one "
+                                    f"that built {run.eval_npz}; rebuild it")
             expected = _run_chunks(runner, x, t.batch_size)
             reference = evalset.logits[picks]
             ref_diff = float(np.abs(expected - reference).max()) if len(picks) else 0.0
@@ -179,9 +191,10 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
                 if (np.abs(expected - reference) > bound).any():
                     raise ArtifactError(f"{t.name} differs from the torch reference on golden images by "
                                         f"{ref_diff:.3g} (> fp32 tolerance); re-export the target")
-            images = [{"file": rel, "class": classes[int(evalset.labels[i])], "top1": classes[int(e.argmax())],
-                       "logits": e.tolist(), "reference_logits": r.tolist(), "source": evalset.paths[i]}
-                      for rel, i, e, r in zip(golden_files, picks, expected, reference)]
+            images = [{"file": rel, "class": classes[int(evalset.labels[i])],
+                       "top1": classes[int(e.argmax())], "logits": e.tolist(),
+                       "reference_logits": r.tolist(), "source": evalset.paths[i]}
+                      for rel, i, e, r in zip(golden_files, picks, expected, reference, strict=True)]
             all_files = [*files, *golden_files]
             manifest = {
                 "format": FORMAT,
@@ -192,7 +205,8 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
                 "preprocessing": pre.to_dict(),
                 "input": {"name": "input", "layout": "NCHW", "dtype": "float32",
                           "shape": [None, 3, pre.crop, pre.crop],
-                          "accepts": "image file, PIL image, or uint8 HxWxC array with its colour order (RGB/BGR)"},
+                          "accepts": "image file, PIL image, or uint8 HxWxC array with its colour order "
+                                     "(RGB/BGR)"},
                 "model": {"file": t.model_file, "files": files, "backend": t.backend, "device": t.device,
                           "precision": t.precision, "batch_size": t.batch_size, "threads": t.threads,
                           **({"engine": "built on the device from model.onnx on first open, then cached"}
@@ -222,7 +236,8 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
 def _self_check(folder: Path, t: Target) -> None:
     """Open the staged bundle with the runtime (hashes, format, golden images) where this host can."""
     if availability(t.backend, t.device) is not None:
-        log.info("%s cannot run here: the bundle's golden images are checked on the device when it opens", t.name)
+        log.info("%s cannot run here: the bundle's golden images are checked on the device when it opens",
+                 t.name)
         return
     from ..runtime import Runtime
 

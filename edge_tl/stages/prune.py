@@ -45,7 +45,7 @@ log = logging.getLogger("edge_tl")
 
 ROUND_TO = 8
 IMPORTANCES = ("l2", "taylor")
-BN_CALIBRATION_IMAGES = 2048  # enough for stable statistics; a pass over more only costs time
+BN_CALIBRATION_IMAGES = 512  # stable statistics (x every pixel); a pass over more only costs time
 TAYLOR_IMAGES = 64  # images whose loss gradient ranks channels for Taylor importance
 
 
@@ -78,6 +78,13 @@ def default_recover_epochs(mode: str, finetune_epochs: int, steps: int) -> int:
 
 def prune(run_dir: str | Path, ratio: float, recover_epochs: int | None = None, importance: str = "l2",
           steps: int | None = None, quiet: bool = True, device: str = "auto") -> dict[str, Any]:
+    """Prune RUN/finetune's model and write RUN/prune/; returns its manifest (see ``prune_run``)."""
+    return prune_run(run_dir, ratio, recover_epochs, importance, steps, quiet, device)[1]
+
+
+def prune_run(run_dir: str | Path, ratio: float, recover_epochs: int | None = None, importance: str = "l2",
+              steps: int | None = None, quiet: bool = True,
+              device: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
     """Prune ``ratio`` of the channels of every prunable layer of RUN/finetune and write RUN/prune/.
 
     ``ratio`` is per layer (0 < ratio < 1); each layer keeps ``(1 - ratio)`` of its output channels
@@ -85,7 +92,8 @@ def prune(run_dir: str | Path, ratio: float, recover_epochs: int | None = None, 
     whole). ``importance``: ``l2`` (group L2 norm of the weights) or ``taylor`` (first-order Taylor
     expansion of the loss on training images). ``steps`` and ``recover_epochs`` (per round; 0 skips
     training, BatchNorm statistics are still recomputed) default per ``default_steps`` and
-    ``default_recover_epochs``. Returns the manifest written to RUN/prune/manifest.json.
+    ``default_recover_epochs``. Returns the pruned model (eval mode, CPU) and the manifest written to
+    RUN/prune/manifest.json.
     """
     torch = require("torch", "train")
     tp = require("torch_pruning", "train")
@@ -129,7 +137,7 @@ def prune(run_dir: str | Path, ratio: float, recover_epochs: int | None = None, 
     # Tracing needs an autograd graph; the fine-tune may have left the backbone frozen.
     for p in model.parameters():
         p.requires_grad_(True)
-    layer_ratios, untouched = _layer_ratios(tp, model, example, head, ratio)
+    layer_ratios, untouched = _layer_ratios(model, head, ratio)
     if not layer_ratios:
         raise ConfigError(f"--ratio {ratio} removes no channel from any layer once kept counts are "
                           f"rounded to multiples of {ROUND_TO}; use a larger ratio")
@@ -162,8 +170,6 @@ def prune(run_dir: str | Path, ratio: float, recover_epochs: int | None = None, 
         if not quiet:
             log.info("prune step %d/%d: %.1f M MACs%s", step, steps, macs / 1e6,
                      f", val top-1 {entry['val_top1']:.4f}" if "val_top1" in entry else "")
-        for p in model.parameters():  # the next round's tracing-free step still needs Taylor grads
-            p.requires_grad_(True)
 
     model.eval().cpu()
     if result is not None:
@@ -171,16 +177,17 @@ def prune(run_dir: str | Path, ratio: float, recover_epochs: int | None = None, 
     else:
         from ..bench.accuracy import classification_metrics
 
+        model.to(dev)
         logits, labels, _bad = predict_logits(model, root, val, pre, dev, quiet=quiet, desc="validate")
         model.cpu().eval()
         val_after = classification_metrics(logits, labels, classes)
-    macs_after, params_after = (int(v) for v in tp.utils.count_ops_and_params(model, example))
+    macs_after, params_after = history[-1]["macs"], history[-1]["params"]  # recovery keeps the shapes
     latency_before, latency_after = _torch_latency_ms(original, model, example)
     del original
     channels_after = _conv_widths(model)
     val_before = ft_manifest.get("metrics", {}).get("val_top1")
     if latency_after["p50"] >= 0.95 * latency_before["p50"]:
-        log.warning("pruning did not cut torch CPU latency here (p50 %.2f -> %.2f ms); "
+        log.warning("pruning did not cut single-thread torch CPU latency here (p50 %.2f -> %.2f ms); "
                     "bench the exported targets to see what it does on the device",
                     latency_before["p50"], latency_after["p50"])
 
@@ -196,7 +203,7 @@ def prune(run_dir: str | Path, ratio: float, recover_epochs: int | None = None, 
             metrics={"val_top1_before": val_before, "val_top1": val_after["top1"],
                      "val_top1_drop": None if val_before is None else (val_before - val_after["top1"]) * 100,
                      "per_class_recall": val_after["per_class_recall"], "confusion": val_after["confusion"]},
-            latency_ms={"backend": "torch-eager-fp32", "batch": 1, "device": "cpu",
+            latency_ms={"backend": "torch-eager-fp32", "batch": 1, "device": "cpu", "threads": 1,
                         "before": latency_before, "after": latency_after,
                         "speedup": latency_before["p50"] / latency_after["p50"],
                         "note": "indicative, measured on the pruning host; the bench measures targets"},
@@ -214,7 +221,7 @@ def prune(run_dir: str | Path, ratio: float, recover_epochs: int | None = None, 
             if not torch.allclose(rebuilt(x), model(x), atol=1e-5, rtol=1e-4):
                 raise ArtifactError("the saved pruned model does not rebuild identically (a bug); "
                                     "nothing was written")
-    return manifest
+    return model, manifest
 
 
 # ---------------------------------------------------------------- pieces
@@ -231,27 +238,30 @@ def _train_config(saved: dict[str, Any], cls: type) -> Any:
     return cls(**kwargs)
 
 
-def _layer_ratios(tp: Any, model: nn.Module, example: Any, head: nn.Module,
+def _layer_ratios(model: nn.Module, head: nn.Module,
                   ratio: float) -> tuple[dict[nn.Module, float], list[nn.Module]]:
-    """Per-layer ratios that make torch-pruning keep ``(1 - ratio)`` of each group's channels rounded
-    to the *nearest* multiple of 8 (its own ``round_to`` rounds down, which halves 16- and 32-channel
-    layers at ratio 0.3), and the group roots to leave whole (nothing to remove after rounding)."""
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    """Per-layer ratios that make torch-pruning keep ``(1 - ratio)`` of each layer's output channels
+    rounded to the *nearest* multiple of 8, at least 8 (its own ``round_to`` rounds down, which halves
+    32-channel layers at ratio 0.3), and the layers to leave whole (nothing to remove after rounding).
+
+    Layers coupled by the dependency graph (a conv, its depthwise partner, residual partners) have the
+    same width, so they get the same ratio, and leaving one whole leaves its whole group whole.
+    """
+    import torch.nn as nn
+
     ratios: dict[nn.Module, float] = {}
     untouched: list[nn.Module] = []
-    for group in dg.get_all_groups(ignored_layers=list(head.modules()),
-                                   root_module_types=[tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR]):
-        root = group[0][0].target.module
-        channels = dg.get_out_channels(root)
+    head_ids = {id(m) for m in head.modules()}
+    for m in model.modules():
+        if id(m) in head_ids or not isinstance(m, nn.Conv2d | nn.Linear):
+            continue
+        channels = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
         keep = max(ROUND_TO, ROUND_TO * math.floor(channels * (1 - ratio) / ROUND_TO + 0.5))
         if keep >= channels:
-            untouched.append(root)
-            continue
-        # +0.5: torch-pruning keeps int(channels * (1 - r)); land on ``keep`` despite float error.
-        layer_ratio = 1 - (keep + 0.5) / channels
-        for dep, _idxs in group:
-            if dg.is_out_channel_pruning_fn(dep.handler):
-                ratios[dep.target.module] = layer_ratio
+            untouched.append(m)
+        else:
+            # +0.5: torch-pruning keeps int(channels * (1 - r)); land on ``keep`` despite float error.
+            ratios[m] = 1 - (keep + 0.5) / channels
     return ratios, untouched
 
 
@@ -345,26 +355,32 @@ def _taylor_gradients(model: nn.Module, root: Path, samples: list[Sample], pre: 
 
 def _torch_latency_ms(before: nn.Module, after: nn.Module, example: Any, pairs: int = 20,
                      max_seconds: float = 10.0) -> tuple[dict[str, float], dict[str, float]]:
-    """Batch-1 eager CPU latency of two models, timed in alternation so that load from other
-    processes hits both alike. A quick indication for the manifest, not the bench's measurement."""
+    """Batch-1, single-thread eager CPU latency of two models, timed in alternation so that load
+    from other processes hits both alike. A quick indication for the manifest, not the bench's measurement."""
     import torch
 
     from ..bench.latency import percentiles
 
     models = (before.eval().cpu(), after.eval().cpu())
+    # One thread: with other processes on the cores, multi-threaded timings swing by orders of magnitude.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     samples: tuple[list[float], list[float]] = ([], [])
     deadline = time.perf_counter() + max_seconds
-    with torch.inference_mode():
-        for m in models:
-            for _ in range(3):
-                m(example)
-        for _ in range(pairs):
-            for m, out in zip(models, samples, strict=True):
-                t0 = time.perf_counter_ns()
-                m(example)
-                out.append((time.perf_counter_ns() - t0) / 1e6)
-            if time.perf_counter() > deadline and len(samples[0]) >= 5:
-                break
+    try:
+        with torch.inference_mode():
+            for m in models:
+                for _ in range(3):
+                    m(example)
+            for _ in range(pairs):
+                for m, out in zip(models, samples, strict=True):
+                    t0 = time.perf_counter_ns()
+                    m(example)
+                    out.append((time.perf_counter_ns() - t0) / 1e6)
+                if time.perf_counter() > deadline and len(samples[0]) >= 5:
+                    break
+    finally:
+        torch.set_num_threads(threads)
     return percentiles(samples[0]), percentiles(samples[1])
 
 
@@ -377,8 +393,9 @@ def describe(manifest: dict[str, Any]) -> str:
     return (f"pruned {manifest['arch']} by {manifest['ratio']:g} ({manifest['importance']}, "
             f"{manifest['steps']} step(s)): MACs {m['before'] / 1e6:.1f}M -> {m['after'] / 1e6:.1f}M, "
             f"params {p['before'] / 1e6:.2f}M -> {p['after'] / 1e6:.2f}M, val top-1 {before} -> "
-            f"{met['val_top1']:.4f}, torch CPU p50 {lat['before']['p50']:.1f} -> "
+            f"{met['val_top1']:.4f}, torch CPU 1-thread p50 {lat['before']['p50']:.1f} -> "
             f"{lat['after']['p50']:.1f} ms ({verdict})")
 
 
-__all__ = ["default_recover_epochs", "default_steps", "describe", "prune", "recalibrate_batchnorm"]
+__all__ = ["default_recover_epochs", "default_steps", "describe", "prune", "prune_run",
+           "recalibrate_batchnorm"]

@@ -1,0 +1,345 @@
+"""Watch a camera's drop folder: classify each new image exactly once, append results to a log.
+
+Guarantees and how they are kept:
+
+* **The log is the only state.** A result line is appended (one ``write`` of whole lines, then
+  ``fsync``) before anything else happens to the image. An image is identified by (file name, size,
+  mtime in ns), so a camera that reuses a name for a new picture gets the new picture classified.
+* **Restart-safe, exactly once.** Killed after classifying but before logging: the image is not in
+  the log and is classified again on restart (the first answer was never recorded). Killed in the
+  middle of a log write: the partial last line is cut off on restart and the image is classified
+  again. Killed after logging: the image is in the log and is not classified again. With
+  ``move_to``, an image logged but not yet moved is moved on restart, without a second line.
+* **Bounded memory.** Only files that are still in the folder are remembered (the set is pruned on
+  every poll and rebuilt on restart by streaming the log, keeping just the names present); nothing
+  grows with the number of images ever processed. With ``move_to`` the folder itself stays small,
+  which is the mode to use for a line that runs for months.
+* **No half-written images.** A file is taken only once its mtime is ``settle`` seconds old; a
+  settled file that still does not decode is logged once with ``decision: "error"``.
+* One watcher per log: a second one on the same log is refused (an advisory lock on ``LOG.lock``).
+
+Log formats: JSON lines (``.jsonl``, default) or CSV (``.csv``) with the columns of ``FIELDS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, EdgeTLError
+from ..preprocess import IMAGE_SUFFIXES
+from .core import InputError, Runtime, to_image
+
+log = logging.getLogger("edge_tl")
+
+FIELDS = ["time", "path", "file", "size", "mtime_ns", "label", "score", "decision", "ms", "error", "moved_to"]
+DEFAULT_LOG = "edge-tl-results.jsonl"
+WATCHED_SUFFIXES = (*IMAGE_SUFFIXES, ".npy")
+
+Key = tuple[str, int, int]  # (file name, size, mtime_ns)
+
+
+class ResultLog:
+    """An append-only result log (JSONL or CSV) whose every append is durable before it returns."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        suffix = path.suffix.lower()
+        if suffix not in (".jsonl", ".json", ".csv", ".log", ".ndjson"):
+            raise ConfigError(f"--log must end in .jsonl or .csv, got {path.name}")
+        self.csv = suffix == ".csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = None
+
+    def repair(self) -> int:
+        """Cut a partial last line (a write interrupted by a kill); returns the bytes dropped."""
+        if not self.path.exists():
+            return 0
+        size = self.path.stat().st_size
+        if size == 0:
+            return 0
+        with open(self.path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return 0
+            # Walk back to the last newline in blocks (the partial line is short).
+            pos, keep = size, 0
+            while pos > 0:
+                step = min(65536, pos)
+                pos -= step
+                f.seek(pos)
+                block = f.read(step)
+                nl = block.rfind(b"\n")
+                if nl >= 0:
+                    keep = pos + nl + 1
+                    break
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+        return size - keep
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Stream the complete records already in the log."""
+        if not self.path.exists():
+            return
+        with open(self.path, newline="", encoding="utf-8") as f:
+            if self.csv:
+                yield from csv.DictReader(f)
+                return
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    log.warning("%s line %d is not valid JSON; ignored", self.path, n)
+
+    def _open(self) -> int:
+        if self._fd is None:
+            new = not self.path.exists()
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if self.csv and os.fstat(self._fd).st_size == 0:
+                self._write(self._csv_lines([{f: f for f in FIELDS}]))
+            if new:  # make the new directory entry durable too
+                dfd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        return self._fd
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        os.fsync(self._fd)
+
+    def _csv_lines(self, records: list[dict[str, Any]]) -> bytes:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n", extrasaction="ignore")
+        for r in records:
+            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in FIELDS})
+        return buf.getvalue().encode()
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        """Append whole lines in one write, then fsync."""
+        if not records:
+            return
+        self._open()
+        if self.csv:
+            data = self._csv_lines(records)
+        else:
+            data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+        self._write(data)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _key(rec: dict[str, Any]) -> Key | None:
+    try:
+        return str(rec["file"]), int(rec["size"]), int(rec["mtime_ns"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class Watcher:
+    """Classify the images that appear in ``folder`` with ``runtime``; see the module docstring."""
+
+    def __init__(self, runtime: Runtime, folder: str | os.PathLike[str],
+                 log_path: str | os.PathLike[str] | None = None, *,
+                 move_to: str | os.PathLike[str] | None = None, settle: float = 0.5, batch: int | None = None,
+                 color: str | None = None) -> None:
+        self.runtime = runtime
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise ConfigError(f"watch folder not found: {self.folder}")
+        self.log = ResultLog(Path(log_path) if log_path else self.folder / DEFAULT_LOG)
+        self.move_to = Path(move_to) if move_to else None
+        self.settle = settle
+        self.batch = batch or runtime.batch_size
+        self.color = color
+        self.counts: Counter[str] = Counter()
+        self._seen: set[Key] = set()
+        self._lock_fd = self._take_lock()
+        try:
+            self._recover()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- state -------------------------------------------------------------------------------------
+
+    def _take_lock(self) -> int:
+        import fcntl
+
+        lock_path = self.log.path.with_name(self.log.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise EdgeTLError(f"another `edge-tl watch` is writing {self.log.path} (lock {lock_path} "
+                              "is held)") from None
+        return fd
+
+    def _listing(self) -> dict[str, tuple[Key, float]]:
+        """Candidate files directly in the folder: name -> (key, mtime in seconds)."""
+        out = {}
+        skip = {self.log.path.name, self.log.path.name + ".lock"}
+        with os.scandir(self.folder) as it:
+            for entry in it:
+                name = entry.name
+                if name.startswith(".") or name in skip or not name.lower().endswith(WATCHED_SUFFIXES):
+                    continue
+                try:
+                    if not entry.is_file():
+                        continue
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue
+                out[name] = ((name, st.st_size, st.st_mtime_ns), st.st_mtime)
+        return out
+
+    def _recover(self) -> None:
+        dropped = self.log.repair()
+        if dropped:
+            log.warning("%s: dropped a partial last line (%d bytes) left by an interrupted write; its image "
+                        "is classified again", self.log.path, dropped)
+        current = {key for key, _ in self._listing().values()}
+        unmoved: dict[Key, str | None] = {}
+        for rec in self.log.records():
+            key = _key(rec)
+            if key is not None and key in current:
+                self._seen.add(key)
+                unmoved[key] = rec.get("moved_to") or None
+        if self.move_to is not None:
+            for key, dest in unmoved.items():  # logged before a kill, never moved: finish the move
+                self._move(key, Path(dest) if dest else self._destination(key[0], set()))
+
+    @property
+    def tracked(self) -> int:
+        """How many already-logged files are remembered (only those still in the folder)."""
+        return len(self._seen)
+
+    # -- work --------------------------------------------------------------------------------------
+
+    def ready(self) -> list[Key]:
+        """Files not yet logged whose writing has settled, oldest first."""
+        listing = self._listing()
+        present = {key for key, _ in listing.values()}
+        self._seen &= present  # forget files that left the folder: memory follows the folder, not history
+        now = time.time()
+        todo = [(mtime, key) for key, mtime in listing.values()
+                if key not in self._seen and now - mtime >= self.settle]
+        return [key for _, key in sorted(todo, key=lambda t: (t[1][2], t[1][0]))]
+
+    def poll(self, stop: threading.Event | None = None) -> int:
+        """Classify and log everything ready now (until ``stop`` is set); returns images logged."""
+        keys = self.ready()
+        done = 0
+        for i in range(0, len(keys), self.batch):
+            if stop is not None and stop.is_set():
+                break
+            done += self._process(keys[i:i + self.batch])
+        return done
+
+    def _destination(self, name: str, taken: set[Path]) -> Path:
+        assert self.move_to is not None
+        dest = self.move_to / name
+        n = 1
+        while dest.exists() or dest in taken:
+            dest = self.move_to / f"{Path(name).stem}.{n}{Path(name).suffix}"
+            n += 1
+        return dest
+
+    def _move(self, key: Key, dest: Path) -> None:
+        src = self.folder / key[0]
+        try:
+            st = src.stat()
+        except FileNotFoundError:
+            return
+        if (st.st_size, st.st_mtime_ns) != key[1:]:
+            return  # a new picture under the same name: it is not the one logged; classify it next poll
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            dest = self._destination(key[0], set())
+        shutil.move(src, dest)
+
+    def _process(self, keys: list[Key]) -> int:
+        start = time.perf_counter()
+        images, good, records = [], [], []
+        for key in keys:
+            path = self.folder / key[0]
+            try:
+                images.append(to_image(path, self.color))
+                good.append(key)
+            except InputError as exc:
+                if not path.exists():
+                    continue  # removed before we got to it: nothing to classify
+                records.append((key, {"label": None, "score": None, "decision": "error", "error": str(exc)}))
+        preds = self.runtime.predict_batch(images) if images else []
+        for key, p in zip(good, preds, strict=True):
+            records.append((key, {"label": p.label, "score": round(p.score, 6), "decision": p.decision,
+                                  "error": None}))
+        if not records:
+            return 0
+        ms = (time.perf_counter() - start) * 1000.0 / len(records)
+        stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        taken: set[Path] = set()
+        lines = []
+        for key, fields in sorted(records, key=lambda r: (r[0][2], r[0][0])):
+            dest = None
+            if self.move_to is not None:
+                dest = self._destination(key[0], taken)
+                taken.add(dest)
+            lines.append({"time": stamp, "path": str(self.folder / key[0]), "file": key[0], "size": key[1],
+                          "mtime_ns": key[2], **fields, "ms": round(ms, 3),
+                          "moved_to": str(dest) if dest else None})
+        self.log.append(lines)  # durable before the images are moved or remembered
+        for rec in lines:
+            key = (rec["file"], rec["size"], rec["mtime_ns"])
+            self._seen.add(key)
+            self.counts[rec["decision"]] += 1
+            if rec["moved_to"]:
+                self._move(key, Path(rec["moved_to"]))
+        return len(lines)
+
+    def run(self, poll_s: float = 1.0, once: bool = False, stop: threading.Event | None = None) -> int:
+        """Poll until ``stop`` is set (or, with ``once``, a single pass); returns images logged."""
+        stop = stop or threading.Event()
+        total = 0
+        while True:
+            total += self.poll(stop)
+            if once or stop.wait(poll_s):
+                return total
+
+    def close(self) -> None:
+        """Close the log and release the lock."""
+        self.log.close()
+        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
