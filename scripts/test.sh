@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"  # tools the tests call (hadolint, shellcheck, edge-tl)
 exec .venv/bin/python -m pytest "$@"
