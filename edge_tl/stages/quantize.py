@@ -1,0 +1,767 @@
+"""INT8 per target: calibration, quantisation in the form each runtime wants, accuracy-aware fallback.
+
+Called by ``export`` for every int8 target. One fp32 ONNX graph goes in; what comes out depends on
+the runtime (design.md):
+
+* ``onnx_qdq`` (ONNX Runtime, TensorRT): a static QDQ graph from ``onnxruntime.quantization``.
+  Activation type, symmetry and per-channel weights come from the profile: x86 gets unsigned 8-bit
+  activations with signed per-channel weights (the u8s8 VNNI kernels), ARM64 signed activations (its
+  SDOT kernels are s8s8), TensorRT symmetric int8 with zero point 0 everywhere (the only QDQ form its
+  explicit-precision mode accepts).
+* ``nncf`` (OpenVINO): NNCF post-training quantisation of the OpenVINO model with full bias correction.
+
+Then the gates: if the INT8 model misses the target's ``max_top1_drop`` / ``min_agreement`` on the
+validation set (against the full model's reference logits), the layers most sensitive to
+quantisation are kept in float, as few as the gate allows. ONNX Runtime: each quantised layer is
+kept in float alone and the logit error it removes is measured on the calibration images; layers are
+then excluded in that order, searching for the smallest count that passes (the calibration ranges
+are computed once and cached). OpenVINO: ``nncf.quantize_with_accuracy_control`` does the same job
+on the OpenVINO graph. Either way the manifest lists the layers left in float and why, and says
+plainly when no choice of layers can pass.
+
+Last, INT8 has to pay: the float and INT8 graphs are timed in this process on the target's backend;
+when INT8 is slower, ``export`` warns (and ``bench`` says so again on the device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bench.accuracy import agreement
+from ..calibration import CalibrationSet, build_calibration_set, write_calibration_json
+from ..errors import ConfigError, require
+from ..evalset import EvalSet
+from ..manifest import read_manifest
+from ..preprocess import Preprocess
+from ..rundir import RunDir
+from ..targets import Gates, Target
+
+log = logging.getLogger("edge_tl")
+
+CALIBRATION_JSON = "calibration.json"
+CAL_BATCH = 8  # images per calibration inference (ranges are min/max over all of them anyway)
+SENSITIVITY_IMAGES = 64  # calibration images the per-layer sensitivity is measured on
+EVAL_BATCH = 32
+_EPS = 1e-9
+
+
+# --------------------------------------------------------------------------------------------------
+# Gates
+
+
+def gate_values(logits: np.ndarray, evalset: EvalSet, gates: Gates) -> dict[str, Any]:
+    """top-1, top-1 drop (points) and agreement of ``logits`` against the reference, and the verdict."""
+    labels = evalset.labels
+    ref_top1 = float((evalset.logits.argmax(1) == labels).mean()) if len(labels) else 0.0
+    top1 = float((logits.argmax(1) == labels).mean()) if len(labels) else 0.0
+    drop = (ref_top1 - top1) * 100.0
+    agree = agreement(logits, evalset.logits)
+    failed = []
+    if gates.max_top1_drop is not None and drop > gates.max_top1_drop + _EPS:
+        failed.append(f"top-1 drop {drop:.2f} > {gates.max_top1_drop:g} points")
+    if gates.min_agreement is not None and agree < gates.min_agreement - _EPS:
+        failed.append(f"agreement {agree:.4f} < {gates.min_agreement:g}")
+    return {"top1": top1, "reference_top1": ref_top1, "top1_drop": drop, "agreement": agree,
+            "passed": not failed, "failed": failed}
+
+
+def gate_margin(values: dict[str, Any], gates: Gates) -> float:
+    """How far inside both gates a result is, on one scale (>= 0 means it passes both).
+
+    Agreement is a fraction and top-1 drop is in points, so the drop's slack is divided by 100: both
+    then count "answers out of one". This is the single metric NNCF's accuracy control steers by.
+    """
+    slack = [1.0]
+    if gates.min_agreement is not None:
+        slack.append(values["agreement"] - gates.min_agreement)
+    if gates.max_top1_drop is not None:
+        slack.append((gates.max_top1_drop - values["top1_drop"]) / 100.0)
+    return float(min(slack))
+
+
+def _has_gates(gates: Gates) -> bool:
+    return gates.max_top1_drop is not None or gates.min_agreement is not None
+
+
+def _short(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: values[k] for k in ("top1", "top1_drop", "agreement", "passed", "failed")}
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path, out_dir: Path,
+                        calibration: str | None, evalset: EvalSet, src_logits: np.ndarray,
+                        quiet: bool = True) -> tuple[list[str], dict[str, Any]]:
+    """Write ``target.model_file`` (INT8) and ``calibration.json`` into ``out_dir``.
+
+    Returns the files written (relative to ``out_dir``) and the fields merged into the target
+    manifest: ``calibration``, ``quantizer``, ``float_layers``, ``fallback``, ``speed_check`` and
+    ``int8_speedup_over_float``. ``float_onnx`` is left in place (bench times it against the INT8 model).
+    """
+    q = target.quantizer
+    if q.method == "none":
+        raise ConfigError(f"{target.name}: precision is int8 but quantizer.method is 'none' "
+                          "(use onnx_qdq or nncf)")
+    if q.method == "nncf" and target.backend != "openvino":
+        raise ConfigError(f"{target.name}: quantizer.method 'nncf' makes an OpenVINO model; "
+                          f"backend {target.backend} needs onnx_qdq")
+    if q.method == "onnx_qdq" and target.backend not in ("onnxruntime", "tensorrt"):
+        raise ConfigError(f"{target.name}: quantizer.method 'onnx_qdq' needs backend onnxruntime or "
+                          f"tensorrt, not {target.backend}")
+    settings = ort_settings(target) if q.method == "onnx_qdq" else None  # bad combinations fail early
+    src_manifest = read_manifest(src, verify=False)
+    pre = Preprocess.from_dict(src_manifest["preprocessing"])
+    cset = build_calibration_set(run, pre, src_manifest["classes"], q.calibration_size,
+                                 user_source=calibration, quiet=quiet)
+    float_values = gate_values(src_logits, evalset, target.gates) if len(evalset.labels) else None
+
+    if q.method == "nncf":
+        files, info = _quantize_openvino(target, float_onnx, out_dir, cset, evalset, float_values)
+    else:
+        files, info = _quantize_onnx(target, settings or {}, float_onnx, out_dir, cset, evalset, float_values)
+
+    speed = speed_check(target, float_onnx, out_dir / target.model_file)
+    info["speed_check"] = speed
+    info["int8_speedup_over_float"] = speed.get("speedup")
+    calibration_summary = cset.summary() | {"method": q.calibration_method if q.method == "onnx_qdq"
+                                            else "nncf (min/max statistics, bias correction)"}
+    write_calibration_json(out_dir / CALIBRATION_JSON, cset, method=calibration_summary["method"],
+                           target=target.name, preprocessing=pre.to_dict())
+    info["calibration"] = calibration_summary
+    _report_fallback(target, info["fallback"])
+    return [*files, CALIBRATION_JSON], info
+
+
+def _report_fallback(target: Target, fb: dict[str, Any]) -> None:
+    status = fb["status"]
+    kept, total = len(fb.get("float_layers", [])), fb.get("candidates") or 0
+    if status == "passed":
+        log.info("%s: %d layer(s) kept in float to pass the gates (%s)", target.name, kept,
+                 ", ".join(fb.get("float_layers", [])[:5]))
+        if total and kept > total / 2:
+            # Past half the layers, the graph is mostly float with Q/DQ hops in between: rarely faster.
+            fb["note"] = (f"{kept} of {total} quantised layers stayed float to pass the gate: this is mostly a "
+                          "float model; INT8 is unlikely to pay on this target (compare with the float target)")
+            log.warning("%s: %s", target.name, fb["note"])
+    elif status in ("cannot pass", "disabled"):
+        log.warning("%s: %s", target.name, fb["message"])
+
+
+# --------------------------------------------------------------------------------------------------
+# ONNX Runtime QDQ
+
+
+class _Reader:
+    """ONNX Runtime CalibrationDataReader over preprocessed images (duck-typed: get_next/rewind)."""
+
+    def __init__(self, input_name: str, inputs: np.ndarray, batch: int = CAL_BATCH) -> None:
+        self.input_name = input_name
+        self.batches = [inputs[i:i + batch] for i in range(0, len(inputs), batch)]
+        self.start, self.end = 0, len(self.batches)
+        self.pos = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.pos >= self.end:
+            return None
+        self.pos += 1
+        return {self.input_name: self.batches[self.pos - 1]}
+
+    def rewind(self) -> None:
+        self.pos = self.start
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end = start_index, min(end_index, len(self.batches))
+        self.pos = start_index
+
+
+def ort_settings(target: Target) -> dict[str, Any]:
+    """The quantize_static arguments for this target's QDQ form (and a readable summary)."""
+    q = target.quantizer
+    if target.backend == "tensorrt" and (q.activations != "int8" or not q.symmetric_activations):
+        raise ConfigError(f"{target.name}: TensorRT needs symmetric int8 activations (zero point 0); set "
+                          "quantizer.activations = 'int8' and quantizer.symmetric_activations = true")
+    if target.backend == "tensorrt" and not q.per_channel:
+        log.warning("%s: TensorRT runs per-channel weight scales best; per_channel is off", target.name)
+    if target.backend == "tensorrt":
+        form = "TensorRT explicit precision: symmetric int8 activations and weights, zero point 0"
+    elif q.activations == "uint8":
+        form = "x86 u8s8: unsigned activations, signed weights (VNNI / AVX2 kernels)"
+    else:
+        form = "s8s8: signed activations and weights (ARM64 SDOT / I8MM kernels)"
+    return {
+        "activations": q.activations, "weights": q.weights, "per_channel": q.per_channel,
+        "activation_symmetric": q.symmetric_activations, "weight_symmetric": True,
+        # reduce_range (7-bit weights) only helps x86 CPUs without VNNI; the dev hosts have VNNI and
+        # ARM/TensorRT never need it.
+        "reduce_range": False, "calibration_method": q.calibration_method, "form": form,
+        # TensorRT takes int8 Q/DQ only and adds biases in float itself; an int32 bias DQ is rejected
+        # (onnx-tensorrt#850). The CPU kernels want the int32 bias (it folds into QLinearConv).
+        "quantize_bias": target.backend != "tensorrt",
+    }
+
+
+def _calibrate_method(name: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
+@contextlib.contextmanager
+def _quiet_library_logging() -> Iterator[None]:
+    """onnxruntime.quantization and NNCF log advice on the root/nncf loggers; keep the CLI readable."""
+    root = logging.getLogger()
+    nncf_logger = logging.getLogger("nncf")
+    saved = root.level, nncf_logger.level
+    root.setLevel(logging.ERROR)
+    nncf_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(saved[0])
+        nncf_logger.setLevel(saved[1])
+
+
+def _qdq(pre_path: Path, out_path: Path, settings: dict[str, Any], cache: Path,
+         reader: _Reader | None = None, exclude: list[str] | tuple[str, ...] = ()) -> None:
+    """One quantize_static call; ranges come from ``cache`` (computed from ``reader`` the first time)."""
+    qz = require("onnxruntime.quantization", "runtime")
+    qtype = {"uint8": qz.QuantType.QUInt8, "int8": qz.QuantType.QInt8}
+    extra: dict[str, Any] = {"ActivationSymmetric": settings["activation_symmetric"],
+                             "WeightSymmetric": settings["weight_symmetric"],
+                             "QuantizeBias": settings["quantize_bias"]}
+    method = _calibrate_method(settings["calibration_method"])
+    if reader is not None and settings["calibration_method"] != "minmax":
+        # Histogram calibrators keep every activation of a collect pass in memory: collect in chunks.
+        n = len(reader)
+        extra["CalibStridedMinMax"] = max(d for d in range(1, 5) if n % d == 0)
+    with _quiet_library_logging():
+        qz.quantize_static(str(pre_path), str(out_path), reader, quant_format=qz.QuantFormat.QDQ,
+                           per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
+                           activation_type=qtype[settings["activations"]],
+                           weight_type=qtype[settings["weights"]], nodes_to_exclude=list(exclude),
+                           calibrate_method=method, extra_options=extra, calibration_cache_path=str(cache))
+
+
+def _ort_session(model: str | bytes, threads: int = 2) -> Any:
+    ort = require("onnxruntime", "runtime")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def _ort_logits(model: str | bytes, inputs: np.ndarray, threads: int = 2, batch: int = EVAL_BATCH) -> np.ndarray:
+    sess = _ort_session(model, threads)
+    name = sess.get_inputs()[0].name
+    return np.concatenate([np.asarray(sess.run(None, {name: inputs[i:i + batch]})[0], np.float32)
+                           for i in range(0, len(inputs), batch)])
+
+
+def _preprocess_graph(float_onnx: Path, dest: Path) -> None:
+    """ORT's quantisation pre-processing: shape inference and the basic (standard-op) graph optimisations."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with _quiet_library_logging():
+        try:
+            quant_pre_process(str(float_onnx), str(dest))
+        except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs
+            quant_pre_process(str(float_onnx), str(dest), skip_symbolic_shape=True)
+
+
+def quantized_nodes(model: Any) -> list[str]:
+    """Names of the compute nodes of a QDQ graph that read a DequantizeLinear output, in graph order."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") or not n.name:
+            continue
+        if any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input):
+            out.append(n.name)
+    return out
+
+
+_FOLDED_ACTIVATIONS = ("Relu", "Clip")
+
+
+def keep_float(qmodel: Any, names: list[str] | tuple[str, ...], float_model: Any) -> Any:
+    """A copy of QDQ graph ``qmodel`` in which the nodes ``names`` compute in float.
+
+    Mirrors what quantize_static does with ``nodes_to_exclude``: their quantised initialisers
+    (weights, bias) become the float originals, and an activation input leaves its Q/DQ pair only
+    when nothing else keeps that tensor quantised (a quantised producer quantises its outputs). Made
+    in milliseconds instead of a re-quantisation, it is used to *measure* and *search*; the shipped
+    graph is always made, and re-checked, by quantize_static.
+    """
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(qmodel)
+    g = m.graph
+    producers = {o: n for n in g.node for o in n.output}
+    f_producers = {o: n for n in float_model.graph.node for o in n.output}
+    f_nodes = {n.name: n for n in float_model.graph.node}
+    f_inits = {i.name: i for i in float_model.graph.initializer}
+    # The quantiser reuses some original names (a bias DQ's output keeps the bias name): ours get a suffix.
+    defined = {i.name for i in g.initializer} | {i.name for i in g.input} | set(producers)
+    new_nodes: list[tuple[Any, Any]] = []  # (insert after this node, node)
+
+    def float_initializer(name: str) -> str:
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(f_inits[name])
+        tensor.name = f"{name}__float"
+        if tensor.name not in defined:
+            g.initializer.append(tensor)
+            defined.add(tensor.name)
+        return tensor.name
+
+    def float_activation(tensor: str) -> str:
+        """The float value of ``tensor``: where the quantiser folded a Relu/Clip into the Q range, the
+        producer's raw output is unclipped, so the activation is put back for the float reader."""
+        act, made_by = f_producers.get(tensor), producers.get(tensor)
+        if act is None or act.op_type not in _FOLDED_ACTIVATIONS or made_by is None or made_by.op_type == act.op_type:
+            return tensor
+        out = f"{tensor}__float"
+        if out not in defined:
+            node = onnx.NodeProto()
+            node.CopyFrom(act)
+            node.name = f"{act.name}__float"
+            node.input[0] = tensor
+            for i in range(1, len(node.input)):
+                if node.input[i] in f_inits:
+                    node.input[i] = float_initializer(node.input[i])
+            node.output[0] = out
+            new_nodes.append((made_by, node))
+            defined.add(out)
+        return out
+
+    wanted = set(names)
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def stays_quantized(q: Any) -> bool:
+        """Whether quantize_static would still quantize tensor ``q.input[0]`` with ``names`` excluded:
+        its producer is quantized (outputs of quantized nodes get Q/DQ) or another reader wants it."""
+        made_by = producers.get(q.input[0])
+        if made_by is not None and made_by.name not in wanted:
+            return True
+        readers = [c for dq in consumers.get(q.output[0], []) for c in consumers.get(dq.output[0], [])]
+        return any(r.name not in wanted for r in readers)
+
+    for node in g.node:
+        if node.name not in wanted:
+            continue
+        fnode = f_nodes.get(node.name)
+        for idx, inp in enumerate(list(node.input)):
+            dq = producers.get(inp)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producers.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                if not stays_quantized(q):
+                    node.input[idx] = float_activation(q.input[0])
+            elif fnode is not None and idx < len(fnode.input) and fnode.input[idx] in f_inits:
+                node.input[idx] = float_initializer(fnode.input[idx])
+    for after, node in new_nodes:  # keep the node list topologically sorted
+        pos = next(i for i, n in enumerate(g.node) if n is after or n.name == after.name)
+        g.node.insert(pos + 1, node)
+    return m
+
+
+def _rel_error(approx: np.ndarray, ref: np.ndarray) -> float:
+    """Mean squared logit error relative to the logits' mean square (scale-free)."""
+    a, r = approx.astype(np.float64), ref.astype(np.float64)
+    return float(np.mean((a - r) ** 2) / max(float(np.mean(r ** 2)), 1e-12))
+
+
+def layer_sensitivity(pre_path: Path, q_path: Path, inputs: np.ndarray, threads: int = 2,
+                      ) -> tuple[float, list[dict[str, Any]]]:
+    """Each quantised node kept in float alone: how much of the INT8 logit error it removes.
+
+    Returns the all-INT8 relative logit error and one row per node (``name``, ``op_type``,
+    ``sensitivity`` = error removed, ``error_if_float``), most sensitive first.
+    """
+    import onnx
+
+    float_model = onnx.load(str(pre_path))
+    qmodel = onnx.load(str(q_path))
+    ops = {n.name: n.op_type for n in qmodel.graph.node}
+    ref = _ort_logits(str(pre_path), inputs, threads)
+    base = _rel_error(_ort_logits(str(q_path), inputs, threads), ref)
+    rows = []
+    for name in quantized_nodes(qmodel):
+        variant = keep_float(qmodel, [name], float_model).SerializeToString()
+        err = _rel_error(_ort_logits(variant, inputs, threads), ref)
+        rows.append({"name": name, "op_type": ops[name], "sensitivity": base - err, "error_if_float": err})
+    rows.sort(key=lambda r: (-r["sensitivity"], r["name"]))
+    return base, rows
+
+
+def search_fewest(n: int, trial: Callable[[int], dict[str, Any]], failing: int = 0) -> int | None:
+    """The smallest k in failing+1..n whose ``trial(k)`` passes, assuming more float layers never hurt.
+
+    Steps k up by doubling strides until a pass, then bisects between the last failure and the first
+    pass: about 2·log2(n) trials instead of n. ``failing`` is a count already known to fail. None
+    when even k = n fails.
+    """
+    lo, step = failing, 1
+    while True:
+        k = min(lo + step, n)
+        if k <= lo:
+            return None
+        if trial(k)["passed"]:
+            hi = k
+            break
+        lo = k
+        step *= 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if trial(mid)["passed"]:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _quantize_onnx(target: Target, settings: dict[str, Any], float_onnx: Path, out_dir: Path,
+                   cset: CalibrationSet, evalset: EvalSet, float_values: dict[str, Any] | None
+                   ) -> tuple[list[str], dict[str, Any]]:
+    import onnx
+
+    ort = require("onnxruntime", "runtime")
+    dest = out_dir / target.model_file
+    # TensorRT's threads setting means nothing to ONNX Runtime on this host: use a few cores.
+    threads = target.threads if target.backend == "onnxruntime" else min(4, os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory(prefix="edge-tl-quant-") as work_str:
+        work = Path(work_str)
+        pre_path, cache = work / "pre.onnx", work / "ranges.json"
+        _preprocess_graph(float_onnx, pre_path)
+        input_name = onnx.load(str(pre_path), load_external_data=False).graph.input[0].name
+        t0 = time.perf_counter()
+        _qdq(pre_path, work / "q-0.onnx", settings, cache, reader=_Reader(input_name, cset.inputs))
+        calib_seconds = time.perf_counter() - t0
+
+        trials: dict[int, dict[str, Any]] = {}  # graphs made by quantize_static (what ships)
+        approx: dict[int, dict[str, Any]] = {}  # keep_float approximations (for the search)
+        ranked: list[dict[str, Any]] = []
+        models: dict[str, Any] = {}
+
+        def evaluate(model: str | bytes, k: int) -> dict[str, Any]:
+            # The batch size export's validation and bench use: near-ties can depend on it.
+            values = gate_values(_ort_logits(model, evalset.inputs, threads, target.batch_size), evalset,
+                                 target.gates)
+            return values | {"k": k, "margin": gate_margin(values, target.gates)}
+
+        def real(k: int) -> dict[str, Any]:
+            if k not in trials:
+                path = work / f"q-{k}.onnx"
+                if not path.exists():
+                    _qdq(pre_path, path, settings, cache, exclude=[r["name"] for r in ranked[:k]])
+                trials[k] = evaluate(str(path), k)
+            return trials[k]
+
+        def approximate(k: int) -> dict[str, Any]:
+            if k not in approx:
+                variant = keep_float(models["q"], [r["name"] for r in ranked[:k]], models["float"])
+                approx[k] = evaluate(variant.SerializeToString(), k)
+            return approx[k]
+
+        fallback: dict[str, Any]
+        chosen = 0
+        if not len(evalset.labels) or not _has_gates(target.gates):
+            fallback = {"status": "no gates", "message": "no accuracy gate to check"}
+        else:
+            before = real(0)
+            fallback = {"before": _short(before), "measured_on": f"{len(evalset.labels)} validation images "
+                        "(ONNX Runtime CPU on this host)"}
+            if before["passed"]:
+                fallback["status"] = "not needed"
+            elif not target.quantizer.accuracy_fallback:
+                fallback |= {"status": "disabled", "message": (
+                    f"INT8 misses the gate ({'; '.join(before['failed'])}) and quantizer.accuracy_fallback "
+                    "is off: shipping the all-INT8 graph; bench will fail this target")}
+            elif float_values is not None and not float_values["passed"]:
+                fallback |= {"status": "cannot pass", "message": _float_fails_message(float_values)}
+            else:
+                n_sens = min(SENSITIVITY_IMAGES, len(cset.inputs))
+                base_err, ranked = layer_sensitivity(pre_path, work / "q-0.onnx", cset.inputs[:n_sens],
+                                                     threads)
+                models["q"], models["float"] = onnx.load(str(work / "q-0.onnx")), onnx.load(str(pre_path))
+                n = len(ranked)
+                # Search on fast approximations, then confirm on real quantize_static graphs from the
+                # guess upwards (usually one re-quantisation).
+                guess = search_fewest(n, approximate)
+                found = search_fewest(n, real, failing=(guess if guess is not None else n) - 1)
+                fallback |= {"candidates": n, "int8_logit_error": base_err,
+                             "sensitivity_measured_on": f"{n_sens} calibration images ({cset.source}), "
+                             "logit error vs the float graph, one layer kept in float at a time"}
+                if found is not None:
+                    chosen = found
+                    fallback["status"] = "passed"
+                else:
+                    # Nothing passes: ship the best of what was tried, and say so.
+                    chosen = max(trials.values(), key=lambda t: (t["margin"], -t["k"]))["k"]
+                    fallback |= {"status": "cannot pass", "message": (
+                        f"INT8 cannot pass the gate even with all {n} quantised layers in float "
+                        f"(best tried: {chosen} in float, {'; '.join(trials[chosen]['failed'])}); "
+                        "use the fp32 target or calibrate on images closer to production (--calibration)")}
+            fallback["after"] = _short(real(chosen))
+            fallback["trials"] = [
+                {"float_layers": t["k"], "graph": graph, "top1_drop": t["top1_drop"],
+                 "agreement": t["agreement"], "passed": t["passed"]}
+                for graph, table in (("approximate", approx), ("quantize_static", trials))
+                for _, t in sorted(table.items())]
+        shutil.copyfile(work / f"q-{chosen}.onnx", dest)
+
+    float_layers = [
+        {"name": r["name"], "op_type": r["op_type"], "sensitivity": r["sensitivity"], "rank": i + 1,
+         "reason": _float_reason(fallback, i, len(ranked))}
+        for i, r in enumerate(ranked[:chosen])
+    ]
+    fallback["float_layers"] = [r["name"] for r in float_layers]
+    model = onnx.load(str(dest), load_external_data=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if target.backend == "tensorrt" and (opset is None or opset < 13):
+        raise ConfigError(f"{target.name}: the QDQ graph has opset {opset}; TensorRT's per-channel QDQ "
+                          "needs opset >= 13 (raise the profile's opset)")
+    quantizer = {"method": "onnx_qdq", "library": f"onnxruntime {ort.__version__}", "format": "QDQ",
+                 "opset": opset, "calibration_seconds": calib_seconds, **settings}
+    return [dest.name], {"quantizer": quantizer, "float_layers": float_layers, "fallback": fallback}
+
+
+def _float_reason(fallback: dict[str, Any], index: int, total: int) -> str:
+    failed = "; ".join(fallback.get("before", {}).get("failed", [])) or "the gate failed"
+    return (f"accuracy fallback: all-INT8 missed the gate ({failed}); ranked {index + 1} of {total} by "
+            "sensitivity (INT8 logit error removed when this layer alone stays float)")
+
+
+def _float_fails_message(float_values: dict[str, Any]) -> str:
+    return ("the float model itself misses the gate against the reference "
+            f"({'; '.join(float_values['failed'])}), so no choice of float layers can pass: shipping the "
+            "all-INT8 graph; bench will fail this target")
+
+
+# --------------------------------------------------------------------------------------------------
+# OpenVINO + NNCF
+
+
+def _ov_config(threads: int) -> dict[str, Any]:
+    # Same settings as the OpenVINO runner: the float parts of an INT8 graph stay f32 (not bf16).
+    return {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+            "INFERENCE_PRECISION_HINT": "f32"}
+
+
+def _ov_logits(model: Any, inputs: np.ndarray, threads: int, batch: int = EVAL_BATCH) -> np.ndarray:
+    ov = require("openvino", "openvino")
+    compiled = ov.Core().compile_model(model, "CPU", _ov_config(threads))
+    return np.concatenate([np.asarray(compiled(inputs[i:i + batch])[0], np.float32)
+                           for i in range(0, len(inputs), batch)])
+
+
+def _nncf_device(device: str) -> Any:
+    nncf = require("nncf", "openvino")
+    return {"CPU": nncf.TargetDevice.CPU, "GPU": nncf.TargetDevice.GPU,
+            "NPU": nncf.TargetDevice.NPU}.get(device.upper().split(".")[0], nncf.TargetDevice.ANY)
+
+
+_OV_SKIP = {"Constant", "Parameter", "Result", "FakeQuantize", "Convert"}
+
+
+def ov_quantized_ops(model: Any) -> dict[str, str]:
+    """Ops of an NNCF-quantised OpenVINO model that read a FakeQuantize output: {name: type}."""
+    out = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in _OV_SKIP:
+            continue
+        for inp in op.inputs():
+            if inp.get_source_output().get_node().get_type_name() == "FakeQuantize":
+                out[op.get_friendly_name()] = op.get_type_name()
+                break
+    return out
+
+
+def _quantize_openvino(target: Target, float_onnx: Path, out_dir: Path, cset: CalibrationSet,
+                       evalset: EvalSet, float_values: dict[str, Any] | None
+                       ) -> tuple[list[str], dict[str, Any]]:
+    ov = require("openvino", "openvino")
+    nncf = require("nncf", "openvino")
+    if target.quantizer.calibration_method != "minmax":
+        log.warning("%s: calibration_method %r is for ONNX Runtime targets; NNCF uses its own range "
+                    "estimators", target.name, target.quantizer.calibration_method)
+    model = ov.convert_model(str(float_onnx))
+    n = len(cset.inputs)
+    calib = nncf.Dataset([cset.inputs[i:i + 1] for i in range(n)])
+    common = {"subset_size": n, "fast_bias_correction": False, "target_device": _nncf_device(target.device),
+              "preset": nncf.QuantizationPreset.PERFORMANCE}
+    t0 = time.perf_counter()
+    with _quiet_library_logging():
+        qmodel = nncf.quantize(model, calib, **common)
+    calib_seconds = time.perf_counter() - t0
+    quantizer: dict[str, Any] = {
+        "method": "nncf", "library": f"nncf {nncf.__version__}, openvino {ov.__version__}",
+        "algorithm": "post-training quantisation, min/max statistics, full bias correction",
+        "fast_bias_correction": False, "preset": "performance (symmetric int8 weights and activations)",
+        "target_device": str(common["target_device"].value), "subset_size": n,
+        "calibration_seconds": calib_seconds,
+    }
+    float_layers: list[dict[str, Any]] = []
+    fallback: dict[str, Any]
+    if not len(evalset.labels) or not _has_gates(target.gates):
+        fallback = {"status": "no gates", "message": "no accuracy gate to check"}
+    else:
+        bs = target.batch_size  # as export's validation and bench run it
+        before = gate_values(_ov_logits(qmodel, evalset.inputs, target.threads, bs), evalset, target.gates)
+        fallback = {"before": _short(before), "measured_on": f"{len(evalset.labels)} validation images "
+                    "(OpenVINO CPU on this host)"}
+        after = before
+        if before["passed"]:
+            fallback["status"] = "not needed"
+        elif not target.quantizer.accuracy_fallback:
+            fallback |= {"status": "disabled", "message": (
+                f"INT8 misses the gate ({'; '.join(before['failed'])}) and quantizer.accuracy_fallback is "
+                "off: shipping the all-INT8 model; bench will fail this target")}
+        elif float_values is not None and not float_values["passed"]:
+            fallback |= {"status": "cannot pass", "message": _float_fails_message(float_values)}
+        else:
+            restored = _nncf_accuracy_control(model, calib, evalset, target, common)
+            after = gate_values(_ov_logits(restored, evalset.inputs, target.threads, bs), evalset, target.gates)
+            reverted = sorted(set(ov_quantized_ops(qmodel).items()) - set(ov_quantized_ops(restored).items()))
+            float_layers = [{"name": name, "op_type": kind, "sensitivity": None,
+                             "reason": "accuracy fallback: all-INT8 missed the gate "
+                             f"({'; '.join(before['failed'])}); reverted to float by NNCF accuracy control "
+                             "(ranked by normalised logit MSE on the validation set)"}
+                            for name, kind in reverted]
+            fallback |= {"method": "nncf.quantize_with_accuracy_control", "candidates":
+                         len(ov_quantized_ops(qmodel))}
+            if after["passed"]:
+                fallback["status"] = "passed"
+                qmodel = restored
+            else:
+                fallback |= {"status": "cannot pass", "message": (
+                    f"NNCF accuracy control could not reach the gate ({'; '.join(after['failed'])} with "
+                    f"{len(reverted)} op(s) in float): shipping the all-INT8 model; use the fp32 target or "
+                    "calibrate on images closer to production (--calibration)")}
+                float_layers = []
+                after = before
+        fallback["after"] = _short(after)
+        fallback["float_layers"] = [r["name"] for r in float_layers]
+    xml = out_dir / "model.xml"
+    ov.save_model(qmodel, str(xml), compress_to_fp16=False)
+    return [xml.name, xml.with_suffix(".bin").name], {"quantizer": quantizer, "float_layers": float_layers,
+                                                      "fallback": fallback}
+
+
+def _nncf_accuracy_control(model: Any, calib: Any, evalset: EvalSet, target: Target,
+                           common: dict[str, Any]) -> Any:
+    """nncf.quantize_with_accuracy_control steered by the gate margin (>= 0 means both gates pass)."""
+    nncf = require("nncf", "openvino")
+    gates = target.gates
+    items = [(evalset.inputs[i:i + 1], i) for i in range(len(evalset.labels))]
+
+    def validate(compiled: Any, data: Any) -> tuple[float, list[list[np.ndarray]]]:
+        outs, idx = [], []
+        for x, i in data:
+            outs.append(np.asarray(compiled(x)[0], np.float32))
+            idx.append(i)
+        logits = np.concatenate(outs)
+        sub = EvalSet(evalset.inputs[:0], evalset.labels[idx], evalset.logits[idx], evalset.classes, [], "")
+        # Per-item logits (not per-item metrics) make NNCF rank layers by logit error: a finer signal
+        # than counting flipped answers.
+        # 1 + margin: NNCF divides by the float model's metric (for its relative drop), so keep it > 0.
+        return 1.0 + gate_margin(gate_values(logits, sub, gates), gates), [[o] for o in outs]
+
+    val = nncf.Dataset(items, lambda item: item[0])
+    # NNCF compares its own float model's metric with the INT8 one: allow exactly the float margin to
+    # be used up, so "drop <= max_drop" means "INT8 margin >= 0", i.e. both gates pass.
+    float_margin = validate(require("openvino", "openvino").Core().compile_model(
+        model, "CPU", _ov_config(target.threads)), items)[0] - 1.0
+    with _quiet_library_logging():
+        return nncf.quantize_with_accuracy_control(
+            model, calib, val, validate, max_drop=max(float_margin, 0.0),
+            drop_type=nncf.DropType.ABSOLUTE, **common)
+
+
+# --------------------------------------------------------------------------------------------------
+# Precision that pays
+
+
+def _target_arch(target: Target) -> str | None:
+    if target.backend == "tensorrt":
+        return None
+    if re.search(r"arm64|aarch64", target.name, re.IGNORECASE):
+        return "aarch64"
+    return platform.machine().lower()
+
+
+def speed_check(target: Target, float_model: Path, int8_model: Path, warmup: int = 3,
+                iterations: int = 20, rounds: int = 2, max_seconds: float = 2.0) -> dict[str, Any]:
+    """Batch-1 latency of the float and INT8 models on the target's backend, in this process.
+
+    Alternates the two (``rounds`` times) and keeps each one's best p50, so a noisy neighbour hurts
+    both alike. Warns when INT8 is slower. TensorRT engines are built on the device: not timed here.
+    """
+    from ..backends import RunnerSpec, availability, open_runner
+    from ..bench.latency import measure_latency
+
+    host = platform.machine().lower()
+    arch = _target_arch(target)
+    if arch is None or availability(target.backend, target.device) is not None:
+        return {"measured": False, "speedup": None,
+                "note": f"{target.backend} on {target.device} cannot run here: bench times it on the device"}
+    specs = {"float": RunnerSpec(float_model, target.backend, target.device, "fp32", target.threads, 1),
+             "int8": RunnerSpec(int8_model, target.backend, target.device, "int8", target.threads, 1)}
+    best: dict[str, float] = {}
+    samples = 0
+    runners = {k: open_runner(s) for k, s in specs.items()}
+    try:
+        shape = _input_shape(float_model)
+        x = np.random.default_rng(0).standard_normal((1, 3, shape, shape)).astype(np.float32)
+        for _ in range(rounds):
+            for kind, runner in runners.items():
+                lat = measure_latency(runner.run, x, warmup, iterations, max_seconds=max_seconds)
+                best[kind] = min(best.get(kind, float("inf")), lat["p50"])
+                samples += lat["n"]
+    finally:
+        for r in runners.values():
+            r.close()
+    speedup = best["float"] / best["int8"]
+    out = {"measured": True, "backend": target.backend, "device": target.device, "host_machine": host,
+           "float_p50_ms": best["float"], "int8_p50_ms": best["int8"], "speedup": speedup,
+           "threads": target.threads, "timed_calls": samples, "rounds": rounds}
+    if arch != host:
+        out["note"] = (f"timed on this {host} host, not on the target's {arch} CPU: bench on the device "
+                       "decides whether INT8 pays there")
+    elif speedup < 1.0:
+        out["note"] = "INT8 is slower than float on this host"
+        log.warning("%s: the INT8 model is SLOWER than the float model on this host (%.2f ms vs %.2f ms at "
+                    "batch 1, %.2f× float speed): ship the fp32 target here, or bench on the device",
+                    target.name, best["int8"], best["float"], speedup)
+    return out
+
+
+def _input_shape(onnx_path: Path) -> int:
+    """Spatial size of the model's input (static in our exports), from the ONNX graph."""
+    import onnx
+
+    dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return int(dims[-1].dim_value) or 224

@@ -1,0 +1,322 @@
+"""INT8 per target: the QDQ form each runtime wants, NNCF for OpenVINO, the accuracy-aware fallback."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_tl.errors import ConfigError
+from edge_tl.rundir import RunDir
+from edge_tl.stages.export import export
+from edge_tl.stages.quantize import ort_settings, search_fewest, speed_check
+from edge_tl.targets import get_target
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def profile(tmp_path: Path, builtin: str, quantizer: dict | None = None, gates: dict | None = None) -> str:
+    """A built-in profile (same name) with small calibration and any quantizer/gate changes, as a file."""
+    d = get_target(builtin).model_dump()
+    d["quantizer"] |= {"calibration_size": 6} | (quantizer or {})
+    d["gates"] |= gates or {}
+    lines, tables = [], []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        elif v is not None:
+            lines.append(f"{k} = {_toml_value(v)}")
+    for name, table in tables:
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+    path = tmp_path / f"{builtin}-test.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def zero_points(model: onnx.ModelProto) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray, int]]]:
+    """Activation zero points (QuantizeLinear) and conv-weight (weights, scales, axis) of a QDQ graph."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    acts = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    weights = []
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4:
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            weights.append((inits[n.input[0]], inits[n.input[1]], axis, inits[n.input[2]]))
+    return acts, weights
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory, finetuned_run: Path) -> dict[str, Any]:
+    """A private copy of the tiny run with its eval set and one exported float.onnx, shared by the
+    tests that call the quantiser directly (exporting the float graph is the slow, common part)."""
+    import shutil
+
+    from edge_tl.checkpoint import load_model
+    from edge_tl.evalset import ensure_eval_set, load_eval_set
+    from edge_tl.stages.export import export_onnx
+
+    root = tmp_path_factory.mktemp("quant") / "run"
+    shutil.copytree(finetuned_run, root)
+    run = RunDir(root)
+    evalset = load_eval_set(ensure_eval_set(run))
+    model, manifest = load_model(run.finetune)
+    float_onnx = root / "float.onnx"
+    export_onnx(model, float_onnx, manifest["preprocessing"]["crop"], 17)
+    return {"run": run, "evalset": evalset, "float_onnx": float_onnx}
+
+
+def quantize(prepared: dict[str, Any], target_path: str, out: Path, calibration: str | None = None,
+             evalset: Any = None) -> tuple[list[str], dict[str, Any]]:
+    """quantize_for_target into ``out`` with the float graph copied there, as export does."""
+    import shutil
+
+    from edge_tl.stages.quantize import quantize_for_target
+
+    out.mkdir(parents=True, exist_ok=True)
+    float_onnx = out / "float.onnx"
+    shutil.copyfile(prepared["float_onnx"], float_onnx)
+    es = evalset or prepared["evalset"]
+    run = prepared["run"]
+    return quantize_for_target(get_target(target_path), run, run.finetune, float_onnx, out, calibration, es,
+                               es.logits, quiet=True)
+
+
+@pytest.mark.parametrize(("builtin", "act_dtype", "symmetric"), [
+    ("cpu-onnxruntime-int8", np.uint8, False),
+    ("arm64-onnxruntime-int8", np.int8, False),
+    ("gpu-tensorrt-int8", np.int8, True),
+])
+def test_qdq_form_per_target(prepared: dict[str, Any], tmp_path: Path, builtin: str, act_dtype: type,
+                             symmetric: bool) -> None:
+    calibration = None
+    if builtin == "gpu-tensorrt-int8":  # also: calibrate on a user's (production camera) folder
+        from PIL import Image
+
+        cam = tmp_path / "camera" / "line1"
+        cam.mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(cam / f"f{i}.png")
+        calibration = str(tmp_path / "camera")
+    out = tmp_path / "target"
+    files, m = quantize(prepared, profile(tmp_path, builtin), out, calibration)
+    assert set(files) == {"model.onnx", "calibration.json"}
+    model = onnx.load(str(out / "model.onnx"))
+    acts, weights = zero_points(model)
+    assert acts and weights
+    assert {z.dtype for z in acts} == {np.dtype(act_dtype)}
+    if symmetric:
+        assert all((z == 0).all() for z in acts)  # TensorRT: zero point 0 everywhere
+    else:
+        assert any((z != 0).any() for z in acts)  # asymmetric: the input's range is not centred on 0
+    for w, scale, axis, zp in weights:
+        assert w.dtype == np.int8 and (zp == 0).all()  # signed, symmetric weights
+        assert axis == 0 and scale.shape == (w.shape[0],)  # per output channel
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset >= 13
+    assert m["quantizer"]["activations"] == np.dtype(act_dtype).name
+    assert m["float_layers"] == [] and m["fallback"]["status"] == "not needed"
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal["n"] == len(cal["images"]) and all(len(im["sha256"]) == 64 for im in cal["images"])
+    if builtin == "gpu-tensorrt-int8":
+        from edge_tl.trt_ready import check_tensorrt_ready
+
+        assert check_tensorrt_ready(out / "model.onnx", max_batch=8, require_quantized=True) == []
+        assert m["quantizer"]["quantize_bias"] is False  # TensorRT adds biases in float
+    if calibration:
+        assert cal["source"] == "folder" and cal["n"] == 4 and m["calibration"]["per_class"] is None
+        assert m["speed_check"]["measured"] is False  # TensorRT is timed on the device
+    else:
+        assert cal["source"] == "train-split" and cal["n"] == 6
+        assert m["speed_check"]["measured"] is True and m["int8_speedup_over_float"] > 0
+
+
+def test_openvino_int8_ir_is_quantized(prepared: dict[str, Any], tmp_path: Path) -> None:
+    import openvino as ov
+
+    out = tmp_path / "target"
+    files, m = quantize(prepared, profile(tmp_path, "cpu-openvino-int8"), out)
+    assert set(files) == {"model.xml", "model.bin", "calibration.json"}
+    ir = ov.Core().read_model(str(out / "model.xml"))
+    kinds = {op.get_type_name() for op in ir.get_ops()}
+    assert "FakeQuantize" in kinds
+    int8_consts = [op for op in ir.get_ops() if op.get_type_name() == "Constant"
+                   and op.get_element_type() == ov.Type.i8]
+    assert int8_consts, "weights should be stored as int8"
+    assert m["quantizer"]["method"] == "nncf" and m["quantizer"]["fast_bias_correction"] is False
+    assert m["calibration"]["n"] == 6
+    assert m["fallback"]["status"] in ("not needed", "passed")
+    assert m["speed_check"]["measured"] is True
+
+
+def _write_eval(run_dir: Path, inputs: np.ndarray, logits: np.ndarray, labels: np.ndarray,
+                classes: list[str]) -> None:
+    with open(run_dir / "eval.npz", "wb") as f:
+        np.savez(f, inputs=inputs, labels=labels, logits=logits.astype(np.float32),
+                 classes=np.asarray(classes), paths=np.asarray([f"mix{i}" for i in range(len(inputs))]))
+
+
+def near_tie_eval(run_dir: Path, n: int = 24) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Inputs on the model's decision boundaries (blends of two validation images of different
+    classes) with the model's own logits: the kind of input INT8 noise flips."""
+    from edge_tl.checkpoint import load_model
+    from edge_tl.evalset import ensure_eval_set, load_eval_set
+    from edge_tl.stages.export import torch_logits
+
+    run = RunDir(run_dir)
+    es = load_eval_set(ensure_eval_set(run))
+    model, _ = load_model(run.finetune)
+    pairs = [(i, j) for i in range(len(es.labels)) for j in range(i + 1, len(es.labels))
+             if es.labels[i] != es.labels[j]][:6]
+    alphas = np.linspace(0.0, 1.0, 17, dtype=np.float32)
+    x = np.stack([a * es.inputs[i] + (1 - a) * es.inputs[j] for i, j in pairs for a in alphas])
+    logits = torch_logits(model, x)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    # Close to a tie, but not so close that float rounding (ORT vs torch) could flip it.
+    order = np.argsort(np.where(margin >= 1e-3, margin, np.inf))[:n]
+    return x[order], logits[order], es.classes
+
+
+def test_fallback_keeps_layers_float_when_the_gate_is_tight(run_copy: Path, tmp_path: Path) -> None:
+    x, logits, classes = near_tie_eval(run_copy)
+    _write_eval(run_copy, x, logits, logits.argmax(1), classes)
+    tight = profile(tmp_path, "cpu-onnxruntime-int8", gates={"max_top1_drop": 0.0, "min_agreement": 1.0})
+    m = export(run_copy, tight)
+    fb = m["fallback"]
+    assert fb["before"]["agreement"] < 1.0, "precondition: all-INT8 must flip some near-tie answers"
+    assert fb["status"] == "passed"
+    assert fb["after"]["agreement"] == 1.0 and fb["after"]["top1_drop"] == 0.0
+    layers = m["float_layers"]
+    assert len(layers) >= 1
+    assert fb["float_layers"] == [layer["name"] for layer in layers]
+    for layer in layers:
+        assert layer["name"] and "accuracy fallback" in layer["reason"]
+        assert isinstance(layer["sensitivity"], float)
+    # Those layers really are float in the shipped graph: their weights are float initialisers
+    # (ONNX Runtime still feeds them 8-bit activations where a quantised neighbour produces them).
+    model = onnx.load(str(RunDir(run_copy).target("cpu-onnxruntime-int8") / "model.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = {node.name: node for node in model.graph.node}
+    weighted = [layer for layer in layers if layer["op_type"] in ("Conv", "Gemm")]
+    for layer in weighted:
+        weight = inits[nodes[layer["name"]].input[1]]
+        assert weight.data_type == TensorProto.FLOAT, layer["name"]
+    assert m["validation"]["agreement"] == 1.0
+
+
+@pytest.mark.slow
+def test_openvino_fallback_uses_nncf_accuracy_control(prepared: dict[str, Any], tmp_path: Path,
+                                                      run_copy: Path) -> None:
+    """Slow (two NNCF runs with bias correction, then NNCF's ranking): run with ``-m slow``."""
+    from edge_tl.evalset import EvalSet
+
+    x, logits, classes = near_tie_eval(run_copy, n=64)  # NNCF's INT8 is closer: more ties to flip
+    es = EvalSet(x, logits.argmax(1), logits, classes, [], "near-ties")
+    tight = profile(tmp_path, "cpu-openvino-int8", gates={"max_top1_drop": 0.0, "min_agreement": 1.0})
+    out = tmp_path / "target"
+    _, m = quantize(prepared, tight, out, evalset=es)
+    fb = m["fallback"]
+    assert fb["before"]["agreement"] < 1.0, "precondition: all-INT8 must flip some near-tie answers"
+    assert fb["status"] in ("passed", "cannot pass")
+    if fb["status"] == "passed":
+        assert fb["after"]["passed"] and m["float_layers"]
+        assert all(layer["name"] and "NNCF accuracy control" in layer["reason"] for layer in m["float_layers"])
+    else:
+        assert "NNCF accuracy control could not reach the gate" in fb["message"]
+
+
+def test_an_impossible_gate_is_reported_clearly(prepared: dict[str, Any], tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    from edge_tl.evalset import EvalSet
+
+    es = prepared["evalset"]
+    # A reference the model itself disagrees with everywhere: no INT8/float mix can match it.
+    wrong = np.roll(es.logits, 1, axis=1)
+    bad = EvalSet(es.inputs, wrong.argmax(1), wrong, es.classes, es.paths, "rolled")
+    tight = profile(tmp_path, "cpu-onnxruntime-int8", gates={"max_top1_drop": 0.0, "min_agreement": 1.0})
+    from edge_tl.stages.quantize import quantize_for_target
+
+    out = tmp_path / "target"
+    out.mkdir()
+    float_onnx = out / "float.onnx"
+    float_onnx.write_bytes(prepared["float_onnx"].read_bytes())
+    run = prepared["run"]
+    with caplog.at_level(logging.WARNING, logger="edge_tl"):
+        # src_logits: the model's own answers, which miss this reference entirely.
+        _, m = quantize_for_target(get_target(tight), run, run.finetune, float_onnx, out, None, bad,
+                                   es.logits, quiet=True)
+    fb = m["fallback"]
+    assert fb["status"] == "cannot pass"
+    assert "float model itself misses the gate" in fb["message"]
+    assert m["float_layers"] == [] and fb["after"]["passed"] is False
+    assert "cpu-onnxruntime-int8" in caplog.text and "float model itself misses the gate" in caplog.text
+
+
+def _conv_model(path: Path, channels: int, layers: int) -> None:
+    """A plain float ONNX model: ``layers`` 3x3 convolutions at 224², then a 3-class head."""
+    rng = np.random.default_rng(0)
+    nodes, inits, prev, cin = [], [], "input", 3
+    for i in range(layers):
+        w = numpy_helper.from_array((rng.standard_normal((channels, cin, 3, 3)) * 0.1).astype(np.float32), f"w{i}")
+        inits.append(w)
+        nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
+        prev, cin = f"c{i}", channels
+    nodes += [helper.make_node("GlobalAveragePool", [prev], ["gap"]),
+              helper.make_node("Flatten", ["gap"], ["flat"])]
+    inits.append(numpy_helper.from_array(np.ones((3, cin), np.float32), "head"))
+    nodes.append(helper.make_node("Gemm", ["flat", "head"], ["logits"], transB=1))
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                           ["batch", 3, 224, 224])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_export_warns_when_int8_is_slower(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Stand-ins with a known order of speed: a "float" graph far cheaper than the "INT8" one.
+    fast, slow = tmp_path / "fast.onnx", tmp_path / "slow.onnx"
+    _conv_model(fast, channels=4, layers=1)
+    _conv_model(slow, channels=32, layers=4)
+    target = get_target("cpu-onnxruntime-int8")
+    with caplog.at_level(logging.WARNING, logger="edge_tl"):
+        out = speed_check(target, fast, slow, warmup=2, iterations=8, rounds=1)
+    assert out["measured"] and out["speedup"] < 1.0
+    assert "SLOWER" in caplog.text and "cpu-onnxruntime-int8" in caplog.text
+
+
+def test_search_fewest_finds_the_smallest_passing_count() -> None:
+    calls: list[int] = []
+
+    def trial_at(threshold: int):
+        def trial(k: int) -> dict:
+            calls.append(k)
+            return {"passed": k >= threshold}
+        return trial
+
+    for threshold in (1, 2, 3, 5, 13, 40):
+        calls.clear()
+        assert search_fewest(40, trial_at(threshold)) == threshold
+        assert len(calls) <= 2 * 6 + 1
+    assert search_fewest(10, trial_at(11)) is None
+
+
+def test_tensorrt_needs_symmetric_int8_activations(tmp_path: Path) -> None:
+    bad = get_target(profile(tmp_path, "gpu-tensorrt-int8", quantizer={"activations": "uint8",
+                                                                       "symmetric_activations": False}))
+    with pytest.raises(ConfigError, match="zero point 0"):
+        ort_settings(bad)
+    arm = ort_settings(get_target("arm64-onnxruntime-int8"))
+    assert arm["activations"] == "int8" and "ARM64" in arm["form"]
