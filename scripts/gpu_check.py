@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_tl.backends.torch_ import TorchRunner
 from edge_tl.backends.base import RunnerSpec
+from edge_tl.backends.torch_ import TorchRunner
 from edge_tl.bench.latency import measure_latency, measure_throughput
 from edge_tl.stages.finetune import finetune
 from edge_tl.training import TrainConfig
@@ -45,7 +45,8 @@ def main(data: str, out: str) -> None:
         r = TorchRunner(RunnerSpec(out_dir / "neu-linear" / "finetune", "torch", "cuda", precision, 16, 32))
         lat = measure_latency(r.run, x1, warmup=50, iterations=300)
         lat.pop("samples")
-        results[f"reference_gpu_{precision}"] = {"latency_ms": lat, "throughput_ips_b32": measure_throughput(r.run, x32)}
+        results[f"reference_gpu_{precision}"] = {"latency_ms": lat,
+                                                 "throughput_ips_b32": measure_throughput(r.run, x32)}
         print(precision, results[f"reference_gpu_{precision}"], flush=True)
     (out_dir / "gpu.json").write_text(json.dumps(results, indent=2))
 
