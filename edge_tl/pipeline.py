@@ -39,6 +39,7 @@ class FinetuneStep(_Strict):
 
 class PruneStep(_Strict):
     ratio: float = Field(gt=0, lt=1)
+    recover: Literal["auto", "full", "partial", "head"] = "auto"
     recover_epochs: int | None = None
 
 
@@ -102,7 +103,8 @@ def run_pipeline(path: Path, quiet: bool = False) -> list[dict[str, Any]]:
     if p.prune is not None:
         from .stages.prune import prune
 
-        prune(run, p.prune.ratio, recover_epochs=p.prune.recover_epochs, quiet=quiet)
+        prune(run, p.prune.ratio, recover_epochs=p.prune.recover_epochs, quiet=quiet, recover=p.prune.recover,
+              device=ft.device)
     exported: list[str] = []
     if p.export is not None:
         for t in p.export.targets:

@@ -54,6 +54,9 @@ class TrainConfig:
     workers: int = 2
     quiet: bool = False
     aug_scale: tuple[float, float] = (0.6, 1.0)
+    # Pretrained layers move this much more gently than the new head; pruning recovery sets 1 (the
+    # pruned backbone is what needs to move).
+    backbone_lr_scale: float = 0.1
 
     def resolved_epochs(self) -> int:
         return self.epochs if self.epochs is not None else DEFAULT_EPOCHS[self.mode]
@@ -207,8 +210,13 @@ def _to(x: torch.Tensor, device: str) -> torch.Tensor:
 
 
 def fit(model: nn.Module, arch: str, root: Path, classes: list[str], train: list[Sample],
-        val: list[Sample], pre: Preprocess, cfg: TrainConfig) -> FitResult:
-    """Fine-tune ``model`` in place per ``cfg``; on return it holds the best validation weights."""
+        val: list[Sample], pre: Preprocess, cfg: TrainConfig, teacher: nn.Module | None = None) -> FitResult:
+    """Fine-tune ``model`` in place per ``cfg``; on return it holds the best validation weights.
+
+    ``teacher`` (``partial`` / ``full`` only): a model whose logits on the same augmented batch the
+    student also learns to match (knowledge distillation, see ``distillation_loss``). Pruning recovery
+    uses the unpruned model, so the pruned one learns the full model's answers, not only the labels.
+    """
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     ddp = init_distributed("cuda" if cfg.device.startswith("cuda") or (
@@ -221,9 +229,11 @@ def fit(model: nn.Module, arch: str, root: Path, classes: list[str], train: list
         model.to(memory_format=torch.channels_last)
     start = time.perf_counter()
     if cfg.mode == "linear":
+        if teacher is not None:
+            raise ConfigError("distillation needs end-to-end training (mode partial or full), not linear")
         history, stop, skipped = _fit_linear(model, arch, root, train, val, pre, cfg, device, ddp)
     else:
-        history, stop, skipped = _fit_end_to_end(model, arch, root, train, val, pre, cfg, device, ddp)
+        history, stop, skipped = _fit_end_to_end(model, arch, root, train, val, pre, cfg, device, ddp, teacher)
     seconds = time.perf_counter() - start
     model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     epochs_run = max(len(history), 1)
@@ -315,19 +325,35 @@ def _fit_linear(model: nn.Module, arch: str, root: Path, train: list[Sample], va
     return history, stop, skipped
 
 
+DISTILL_TEMPERATURE = 2.0
+DISTILL_WEIGHT = 0.7  # share of the loss that matches the teacher; the rest is the labels' cross-entropy
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+                      label_loss: nn.Module) -> torch.Tensor:
+    """Hinton et al.'s loss: KL divergence between temperature-softened distributions (scaled by T²
+    so its gradients keep their size) blended with the ordinary label loss."""
+    t = DISTILL_TEMPERATURE
+    kd = nn.functional.kl_div(nn.functional.log_softmax(student.float() / t, dim=1),
+                              nn.functional.log_softmax(teacher.float() / t, dim=1),
+                              reduction="batchmean", log_target=True) * t * t
+    return DISTILL_WEIGHT * kd + (1 - DISTILL_WEIGHT) * label_loss(student, labels)
+
+
 def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample], val: list[Sample],
-                    pre: Preprocess, cfg: TrainConfig, device: str,
-                    ddp: Dist) -> tuple[list[dict[str, float]], _EarlyStop, list[dict[str, str]]]:
+                    pre: Preprocess, cfg: TrainConfig, device: str, ddp: Dist,
+                    teacher: nn.Module | None = None) -> tuple[list[dict[str, float]], _EarlyStop,
+                                                                list[dict[str, str]]]:
     from torch.utils.data.distributed import DistributedSampler
 
     cuda = device.startswith("cuda")
     unfreeze_at = (lambda e: min(cfg.unfreeze, e + 1)) if cfg.progressive else (lambda e: cfg.unfreeze)
     frozen = freeze_for_mode(model, arch, cfg.mode, unfreeze_at(0))
     head_ids = {id(p) for p in head_of(model, arch).parameters()}
-    # The new head learns from scratch; pretrained layers move ten times more gently.
     groups = [
         {"params": [p for p in model.parameters() if id(p) in head_ids], "lr": cfg.resolved_lr()},
-        {"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": cfg.resolved_lr() / 10},
+        {"params": [p for p in model.parameters() if id(p) not in head_ids],
+         "lr": cfg.resolved_lr() * cfg.backbone_lr_scale},
     ]
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     net: nn.Module = model
@@ -343,6 +369,10 @@ def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample]
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
+    if teacher is not None:
+        teacher.to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     stop, history, skipped = _EarlyStop(cfg.patience), [], []
     with progress(cfg.quiet or not ddp.main) as bar:
         task = bar.add_task(f"train ({cfg.mode})", total=epochs * len(loader), info="")
@@ -361,8 +391,15 @@ def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample]
                     log.warning("skipped unreadable image during training: %s", b)
                     skipped.append({"path": b.split(":", 1)[0], "reason": b.split(":", 1)[1].strip()})
                 if len(x):
+                    xb, yb = _to(x, device), y.to(device)
                     with torch.autocast("cuda", dtype=amp_dtype, enabled=cuda):
-                        loss = crit(net(_to(x, device)), y.to(device))
+                        out = net(xb)
+                        if teacher is None:
+                            loss = crit(out, yb)
+                        else:
+                            with torch.no_grad():
+                                target = teacher(xb)
+                            loss = distillation_loss(out, target, yb, crit)
                     opt.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.step(opt)
@@ -382,4 +419,6 @@ def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample]
             if stop.update(epoch, vacc, vloss, model, logits, labels):
                 break
     model.load_state_dict(stop.state)
+    if teacher is not None:
+        teacher.cpu()
     return history, stop, skipped

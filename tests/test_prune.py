@@ -25,10 +25,11 @@ N_CLASSES = 3
 @pytest.fixture(scope="module")
 def pruned(finetuned_run: Path,
            tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module, dict]:
-    """The tiny linear run pruned by 0.3 in two rounds, each followed by recovery (shared, read-only)."""
+    """The tiny linear run pruned by 0.3 in two rounds, each followed by the default recovery (end to end,
+    distilled from the unpruned model) (shared, read-only)."""
     run = tmp_path_factory.mktemp("pruned") / "run"
     shutil.copytree(finetuned_run, run)
-    model, manifest = prune_run(run, 0.3, recover_epochs=3, importance="l2", steps=2, device="cpu")
+    model, manifest = prune_run(run, 0.3, recover_epochs=2, importance="l2", steps=2, device="cpu")
     return run, model, manifest
 
 
@@ -59,24 +60,41 @@ def test_channel_counts_are_multiples_of_8(pruned: tuple[Path, torch.nn.Module, 
             assert m.out_channels == changed[name][1]
 
 
-def test_linear_recovery_leaves_backbone_weights_and_recomputes_batchnorm(
+def _kept_filters(pruned_w: torch.Tensor, full_w: torch.Tensor) -> torch.Tensor:
+    """[kept, original] bool: which original filter each pruned filter is an exact copy of."""
+    return (pruned_w.flatten(1)[:, None, :] == full_w.flatten(1)[None, :, :]).all(dim=2)
+
+
+def test_linear_run_recovers_end_to_end_distilled_from_the_unpruned_model(
         pruned: tuple[Path, torch.nn.Module, dict]) -> None:
     run, model, manifest = pruned
     full, _ = load_model(run / "finetune")
-    # The frozen backbone is only sliced: each kept filter of the stem is one of the original filters.
-    w_full, w_pruned = full.features[0][0].weight.flatten(1), model.features[0][0].weight.flatten(1)
-    same = (w_pruned[:, None, :] == w_full[None, :, :]).all(dim=2)  # [kept, original]
+    # A frozen backbone cannot win back lost channels: recovery trains it (no stem filter is a plain slice).
+    same = _kept_filters(model.features[0][0].weight, full.features[0][0].weight)
+    assert not same.any(dim=1).all()
+    rec = manifest["recovery"]
+    assert rec["mode"] == "full" and rec["finetune_mode"] == "linear" and rec["epochs_per_step"] == 2
+    assert rec["distillation"]["teacher"] == "the unpruned fine-tuned model"
+    assert rec["train_config"]["backbone_lr_scale"] == 1.0
+    assert manifest["steps"] == 2 and [h["step"] for h in rec["history"]] == [1, 2]
+    assert all(h["bn_images"] > 0 and "val_top1" in h for h in rec["history"])
+    assert rec["history"][0]["macs"] > rec["history"][1]["macs"] == manifest["macs"]["after"]
+    assert manifest["metrics"]["val_top1_before"] == pytest.approx(1.0)
+    assert manifest["metrics"]["val_top1"] >= 2 / 3
+
+
+def test_head_recovery_leaves_backbone_weights_and_recomputes_batchnorm(run_copy: Path) -> None:
+    model, manifest = prune_run(run_copy, 0.3, recover_epochs=3, recover="head", device="cpu")
+    full, _ = load_model(run_copy / "finetune")
+    # The backbone is only sliced: each kept filter of the stem is one of the original filters...
+    same = _kept_filters(model.features[0][0].weight, full.features[0][0].weight)
     assert same.any(dim=1).all()
     kept = same.int().argmax(dim=1)
     # ...while its BatchNorm statistics were recomputed on the training images.
     assert not torch.allclose(model.features[0][1].running_mean, full.features[0][1].running_mean[kept])
     rec = manifest["recovery"]
-    assert manifest["steps"] == 2 and rec["mode"] == "linear" and rec["epochs_per_step"] == 3
-    assert [h["step"] for h in rec["history"]] == [1, 2]
-    assert all(h["bn_images"] > 0 and "val_top1" in h for h in rec["history"])
-    assert rec["history"][0]["macs"] > rec["history"][1]["macs"] == manifest["macs"]["after"]
-    assert manifest["metrics"]["val_top1_before"] == pytest.approx(1.0)
-    assert manifest["metrics"]["val_top1"] >= 2 / 3
+    assert rec["mode"] == "head" and rec["distillation"] is None and manifest["steps"] == 1  # l2 + head: 1 round
+    assert "val_top1" in rec["history"][0] and rec["epochs_per_step"] == 3
 
 
 def test_pruned_model_reloads_in_a_new_process_without_pickle(
@@ -138,7 +156,8 @@ def test_cli_taylor_one_shot_without_recovery(run_copy: Path, capsys: pytest.Cap
 
 
 @pytest.mark.parametrize("args", [["--ratio", "1.5"], ["--ratio", "0"], ["--ratio", "-0.2"],
-                                  ["--importance", "l7"], ["--steps", "0"], ["--ratio", "0.001"]])
+                                  ["--importance", "l7"], ["--steps", "0"], ["--ratio", "0.001"],
+                                  ["--recover", "sideways"]])
 def test_bad_options_exit_2_and_write_nothing(run_copy: Path, args: list[str],
                                               capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["prune", str(run_copy), *args, "--quiet"]) == 2
@@ -164,3 +183,23 @@ def test_recalibrate_batchnorm_gives_the_statistics_of_the_data(image_folder: Pa
         y = conv(x).transpose(0, 1).flatten(1)
     torch.testing.assert_close(bn.running_mean, y.mean(1), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(bn.running_var, y.var(1), atol=1e-5, rtol=1e-4)
+
+
+def test_recalibration_shuffles_class_ordered_samples(image_folder: Path) -> None:
+    """Image folders list samples class by class; one-class batches would miss the between-class variance."""
+    folder = scan_image_folder(image_folder)
+    assert [s.label for s in folder.samples] == sorted(s.label for s in folder.samples)  # precondition
+    pre = Preprocess(resize=40, crop=32)
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)
+    model = torch.nn.Sequential(conv, bn)
+    per_class = len(folder.samples) // N_CLASSES
+    recalibrate_batchnorm(model, folder.root, folder.samples, pre, batch_size=per_class // 2)
+    x = torch.from_numpy(pre.batch([load_image(folder.root / s.path) for s in folder.samples]))
+    with torch.no_grad():
+        y = conv(x).transpose(0, 1).flatten(1)
+    within = torch.stack([conv(x[c * per_class:(c + 1) * per_class]).detach().transpose(0, 1).flatten(1).var(1)
+                          for c in range(N_CLASSES)]).mean(0)
+    assert (y.var(1) > 1.5 * within).any(), "precondition: the classes differ"
+    # Mixed batches: the average batch variance is near the whole set's, not the within-class one.
+    torch.testing.assert_close(bn.running_var, y.var(1), rtol=0.35, atol=1e-3)

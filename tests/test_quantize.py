@@ -169,7 +169,7 @@ def _write_eval(run_dir: Path, inputs: np.ndarray, logits: np.ndarray, labels: n
                  classes=np.asarray(classes), paths=np.asarray([f"mix{i}" for i in range(len(inputs))]))
 
 
-def near_tie_eval(run_dir: Path, n: int = 24) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def near_tie_eval(run_dir: Path, n: int = 24, min_margin: float = 1e-3) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Inputs on the model's decision boundaries (blends of two validation images of different
     classes) with the model's own logits: the kind of input INT8 noise flips."""
     from edge_tl.checkpoint import load_model
@@ -187,7 +187,7 @@ def near_tie_eval(run_dir: Path, n: int = 24) -> tuple[np.ndarray, np.ndarray, l
     top2 = np.sort(logits, axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
     # Close to a tie, but not so close that float rounding (ORT vs torch) could flip it.
-    order = np.argsort(np.where(margin >= 1e-3, margin, np.inf))[:n]
+    order = np.argsort(np.where(margin >= min_margin, margin, np.inf))[:n]
     return x[order], logits[order], es.classes
 
 
@@ -218,25 +218,31 @@ def test_fallback_keeps_layers_float_when_the_gate_is_tight(run_copy: Path, tmp_
     assert m["validation"]["agreement"] == 1.0
 
 
-@pytest.mark.slow
-def test_openvino_fallback_uses_nncf_accuracy_control(prepared: dict[str, Any], tmp_path: Path,
-                                                      run_copy: Path) -> None:
-    """Slow (two NNCF runs with bias correction, then NNCF's ranking): run with ``-m slow``."""
+def test_openvino_fallback_bypasses_the_most_sensitive_activation_quantisers(
+        prepared: dict[str, Any], tmp_path: Path, run_copy: Path) -> None:
+    import openvino as ov
+
     from edge_tl.evalset import EvalSet
 
-    x, logits, classes = near_tie_eval(run_copy, n=64)  # NNCF's INT8 is closer: more ties to flip
+    # NNCF's INT8 is closer: more ties to flip. Bypassed quantisers leave their ops on int8 weights and
+    # (on BF16 CPUs) bf16 arithmetic, whose logit noise flips ties closer than a few hundredths.
+    x, logits, classes = near_tie_eval(run_copy, n=64, min_margin=0.05)
     es = EvalSet(x, logits.argmax(1), logits, classes, [], "near-ties")
     tight = profile(tmp_path, "cpu-openvino-int8", gates={"max_top1_drop": 0.0, "min_agreement": 1.0})
     out = tmp_path / "target"
     _, m = quantize(prepared, tight, out, evalset=es)
     fb = m["fallback"]
     assert fb["before"]["agreement"] < 1.0, "precondition: all-INT8 must flip some near-tie answers"
-    assert fb["status"] in ("passed", "cannot pass")
-    if fb["status"] == "passed":
-        assert fb["after"]["passed"] and m["float_layers"]
-        assert all(layer["name"] and "NNCF accuracy control" in layer["reason"] for layer in m["float_layers"])
-    else:
-        assert "NNCF accuracy control could not reach the gate" in fb["message"]
+    assert fb["status"] == "passed" and fb["after"]["passed"]
+    layers = m["float_layers"]
+    assert 1 <= len(layers) < fb["candidates"]
+    assert fb["float_layers"] == [layer["name"] for layer in layers]
+    assert [layer["rank"] for layer in layers] == list(range(1, len(layers) + 1))
+    assert all("accuracy fallback" in layer["reason"] and layer["reads_it"] for layer in layers)
+    # Shipped as chosen: those quantisers are gone from the IR, the others are still there.
+    ir = ov.Core().read_model(str(out / "model.xml"))
+    fq = {op.get_friendly_name() for op in ir.get_ops() if op.get_type_name() == "FakeQuantize"}
+    assert fq and not fq & set(fb["float_layers"])
 
 
 def test_a_float_source_that_misses_the_gate_is_the_quantisation_reference(prepared: dict[str, Any], tmp_path: Path,

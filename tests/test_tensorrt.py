@@ -116,6 +116,44 @@ def test_symmetric_qdq_graph_is_tensorrt_ready(tiny: dict[str, Path], name: str)
     assert s["activation_qdq"] > 0
 
 
+def _qdq_params(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Activation QuantizeLinear name -> (scale, zero point)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    return {n.name: (inits[n.input[1]], inits[n.input[2]]) for n in m.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+
+
+def test_nncf_unsigned_activations_become_signed_on_the_same_range(tiny: dict[str, Path], tmp_path: Path) -> None:
+    from edge_tl.stages.quantize import nncf_quantize_onnx
+    from edge_tl.trt_ready import check_tensorrt_ready
+
+    calib = np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    nncf_quantize_onnx(tiny["float"], tmp_path / "u.onnx", calib, signed=False)
+    info = nncf_quantize_onnx(tiny["float"], tmp_path / "s.onnx", calib, signed=True)
+    unsigned, signed = _qdq_params(tmp_path / "u.onnx"), _qdq_params(tmp_path / "s.onnx")
+    assert "uint8 Q/DQ: TensorRT needs signed int8" in " ".join(check_tensorrt_ready(tmp_path / "u.onnx"))
+    assert check_tensorrt_ready(tmp_path / "s.onnx", require_quantized=True) == []
+    assert unsigned.keys() == signed.keys()
+    made_signed = 0
+    for name, (scale, zp) in unsigned.items():
+        s_scale, s_zp = signed[name]
+        assert s_zp.dtype == np.int8 and not s_zp.any()
+        if zp.dtype == np.uint8:  # the top of the range is kept: 255 unsigned steps = 127 signed steps
+            made_signed += 1
+            np.testing.assert_allclose(s_scale * 127, scale * 255, rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(s_scale, scale)
+    assert made_signed == info["activation_quantizers_made_signed"] > 0
+    x = calib[:8]
+    ref = _ort(tiny["float"], x)
+    for graph in ("u.onnx", "s.onnx"):  # both stay close to the float graph
+        assert np.abs(_ort(tmp_path / graph, x) - ref).max() < 0.1 * np.abs(ref).max()
+
+
 def test_uint8_asymmetric_graph_is_flagged(tiny: dict[str, Path]) -> None:
     from edge_tl.trt_ready import check_tensorrt_ready
 
@@ -194,13 +232,16 @@ def test_symmetric_qdq_and_fp16_graphs_keep_the_answers_in_onnxruntime(finetuned
     from edge_tl.checkpoint import load_model
     from edge_tl.preprocess import Preprocess
     from edge_tl.stages.export import export_onnx
+    from edge_tl.stages.quantize import nncf_quantize_onnx
     from edge_tl.trt_ready import check_tensorrt_ready, float_type, summary, to_fp16
 
     model, manifest = load_model(finetuned_run / "finetune")
     pre = Preprocess.from_dict(manifest["preprocessing"])
     export_onnx(model, tmp_path / "float.onnx", pre.crop, 17)
-    calib = list(_images(pre, range(900, 908)))  # 24 images, none of them in the test set
-    qdq = _quantize(tmp_path / "float.onnx", tmp_path / "model.onnx", calib, extra=SYMMETRIC)
+    calib = _images(pre, range(900, 908))  # 24 images, none of them in the test set
+    qdq = tmp_path / "model.onnx"
+    info = nncf_quantize_onnx(tmp_path / "float.onnx", qdq, calib, signed=True)  # what TensorRT targets ship
+    assert info["activation_quantizers_made_signed"] > 0  # NNCF made unsigned ones; TensorRT needs int8
     assert check_tensorrt_ready(qdq, max_batch=32, require_quantized=True) == []
     s = summary(qdq)
     assert s["per_channel_weights"] == s["weight_dq"] == 53  # 52 convs + the classifier's Gemm

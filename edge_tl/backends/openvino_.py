@@ -1,7 +1,11 @@
 """OpenVINO runner for an IR (.xml + .bin) or ONNX file, on CPU, GPU or NPU.
 
 On CPUs with BF16 (AVX-512 BF16, AMX) OpenVINO runs "fp32" models in bf16 unless told otherwise, so
-the precision hint is always set from the profile: an fp32 target really runs in fp32.
+a float target's precision hint is set from the profile: an fp32 target really runs in fp32. An INT8
+graph keeps OpenVINO's own choice for the layers it left in float (bf16 where the CPU has it): that
+is what a user of the IR gets, it is 20-25 % faster than forcing f32 on this repo's Zen 4 machines
+(mobilenet_v2 p50 2.4 vs 3.2 ms), and the bench's agreement gate measures its accuracy. The runner
+reports the float part's precision (``float_precision``) so the report says what ran.
 """
 
 from __future__ import annotations
@@ -25,22 +29,24 @@ def availability(device: str) -> str | None:
     return None
 
 
+def cpu_config(threads: int, precision: str) -> dict[str, object]:
+    """The compile settings every OpenVINO CPU measurement uses (runner, export validation)."""
+    config: dict[str, object] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    if precision in _HINT:
+        config["INFERENCE_PRECISION_HINT"] = _HINT[precision]
+    return config
+
+
 class OpenVINORunner:
     backend = "openvino"
 
     def __init__(self, spec: RunnerSpec) -> None:
         ov = require("openvino", "openvino")
         core = ov.Core()
-        config = {
-            "INFERENCE_NUM_THREADS": spec.threads,
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1,
-        }
-        # INT8 graphs keep their float parts in fp32 too, so the comparison with ORT is like for like.
-        config["INFERENCE_PRECISION_HINT"] = _HINT.get(spec.precision, "f32")
         device = spec.device.upper()
         model = core.read_model(str(spec.model_path))
-        self.compiled = core.compile_model(model, device, config if device == "CPU" else {})
+        config = cpu_config(spec.threads, spec.precision) if device == "CPU" else {}
+        self.compiled = core.compile_model(model, device, config)
         self.request = self.compiled.create_infer_request()
         self.precision = spec.precision
         try:
@@ -48,6 +54,7 @@ class OpenVINORunner:
             self.precision_hint = hint.to_string() if hasattr(hint, "to_string") else str(hint)
         except Exception:  # noqa: BLE001 - not every device reports it
             self.precision_hint = "unknown"
+        self.float_precision = self.precision_hint
         if spec.precision == "fp32" and self.precision_hint in ("bf16", "f16"):
             # Report what really runs: a device that ignored the f32 hint is not an fp32 target.
             self.precision = {"bf16": "bf16", "f16": "fp16"}[self.precision_hint]

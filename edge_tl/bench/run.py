@@ -92,6 +92,7 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
     try:
         cand = measure(runner, evalset, target)
         precision = getattr(runner, "precision", target.precision)
+        float_parts = getattr(runner, "float_precision", None)
         engine = getattr(runner, "build_info", None)
     finally:
         runner.close()
@@ -105,7 +106,7 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
         "latency_ms": cand["latency_ms"], "throughput_ips": cand["throughput_ips"],
         "size_mb": _size_mb(folder, target.model_file), "peak_rss_mb": peak,
         "source_stage": manifest.get("source_stage"), "float_layers": manifest.get("float_layers"),
-        "engine": engine,
+        "engine": engine, "float_parts_precision": float_parts,
     }
     # INT8 has to earn its place: time the float graph on the same backend in the same process.
     if target.quantized and (folder / "float.onnx").is_file():

@@ -15,13 +15,17 @@ def prune(
     run: Path = typer.Argument(..., help="Run directory holding finetune/ (writes RUN/prune/)."),
     ratio: float = typer.Option(0.3, help="Share of each layer's channels to remove (0 < ratio < 1); "
                                 "kept counts are rounded to multiples of 8."),
+    recover: str = typer.Option("auto", help="How the pruned model recovers: full | partial (train end to "
+                                "end on the labels and the unpruned model's logits) | head (retrain the head "
+                                "only: fast, keeps most of the loss) | auto (full for a linear fine-tune, "
+                                "else the fine-tune's mode)."),
     recover_epochs: int = typer.Option(None, help="Recovery epochs after each pruning step; 0: only "
-                                       "recompute BatchNorm statistics (default: the fine-tune's epochs "
-                                       "for linear, fewer for partial/full)."),
+                                       "recompute BatchNorm statistics (default: 30 for head, else half "
+                                       "the end-to-end epochs spread over the steps)."),
     importance: str = typer.Option("l2", help="Channel ranking: l2 (weight magnitude) | taylor "
                                    "(loss gradient x weight on training images)."),
     steps: int = typer.Option(None, help="Pruning rounds, each followed by recovery (default: 1 for "
-                              "linear + l2, else one per 10 % of ratio, up to 5)."),
+                              "head recovery + l2, else one per 10 % of ratio, up to 5)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda (recovery and calibration)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -30,5 +34,5 @@ def prune(
     from ..stages.prune import prune as run_prune
 
     manifest = run_prune(run, ratio, recover_epochs=recover_epochs, importance=importance, steps=steps,
-                         quiet=quiet or state.quiet, device=device)
+                         quiet=quiet or state.quiet, device=device, recover=recover)
     Console(stderr=True).print(f"[green]{describe(manifest)}[/] -> {run / 'prune'}", highlight=False)

@@ -8,15 +8,22 @@ the runtime (design.md):
   activations with signed per-channel weights (the u8s8 VNNI kernels), ARM64 signed activations (its
   SDOT kernels are s8s8), TensorRT symmetric int8 with zero point 0 everywhere (the only QDQ form its
   explicit-precision mode accepts).
-* ``nncf`` (OpenVINO): NNCF post-training quantisation of the OpenVINO model with full bias correction.
+* ``nncf``: NNCF post-training quantisation with full bias correction. OpenVINO: of the OpenVINO
+  model. TensorRT (and ONNX Runtime on request): of the ONNX graph, with per-tensor activations and,
+  for int8 activations, NNCF's unsigned quantisers turned into signed zero-point-0 ones
+  (``signed_activations``). On the NEU model bias correction is what keeps the symmetric TensorRT
+  graph within the gate: ORT's min/max symmetric QDQ flips 7 of 360 answers, NNCF's 1.
 
 Then the gates: if the INT8 model misses the target's ``max_top1_drop`` / ``min_agreement`` on the
 validation set (against the full model's reference logits), the layers most sensitive to
 quantisation are kept in float, as few as the gate allows. ONNX Runtime: each quantised layer is
 kept in float alone and the logit error it removes is measured on the calibration images; layers are
 then excluded in that order, searching for the smallest count that passes (the calibration ranges
-are computed once and cached). OpenVINO: ``nncf.quantize_with_accuracy_control`` does the same job
-on the OpenVINO graph. Either way the manifest lists the layers left in float and why, and says
+are computed once and cached). OpenVINO: the same ranking over NNCF's activation FakeQuantize ops,
+each bypassed alone (``ov_sensitivity``), then the fewest bypassed that pass. (NNCF's own
+``quantize_with_accuracy_control`` was tried first: on the pruned NEU model, 2 answers off the gate,
+it reverted all 64 quantised ops in 10 minutes; bypassing the one input quantiser the ranking puts
+first passes, in about a minute.) Either way the manifest lists the layers left in float and why, and says
 plainly when no choice of layers can pass.
 
 Last, INT8 has to pay: the float and INT8 graphs are timed in this process on the target's backend;
@@ -44,7 +51,7 @@ from ..bench.accuracy import agreement
 from ..calibration import CalibrationSet, build_calibration_set, write_calibration_json
 from ..errors import ConfigError, require
 from ..evalset import EvalSet
-from ..manifest import read_manifest
+from ..manifest import atomic_path, read_manifest
 from ..preprocess import Preprocess
 from ..rundir import RunDir
 from ..targets import Gates, Target
@@ -82,7 +89,7 @@ def gate_margin(values: dict[str, Any], gates: Gates) -> float:
     """How far inside both gates a result is, on one scale (>= 0 means it passes both).
 
     Agreement is a fraction and top-1 drop is in points, so the drop's slack is divided by 100: both
-    then count "answers out of one". This is the single metric NNCF's accuracy control steers by.
+    then count "answers out of one". The fallback search records it to pick the best failing trial.
     """
     slack = [1.0]
     if gates.min_agreement is not None:
@@ -98,6 +105,29 @@ def _has_gates(gates: Gates) -> bool:
 
 def _short(values: dict[str, Any]) -> dict[str, Any]:
     return {k: values[k] for k in ("top1", "top1_drop", "agreement", "passed", "failed")}
+
+
+def _fallback_start(target: Target, evalset: EvalSet, float_values: dict[str, Any] | None, where: str,
+                    int8_values: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The fallback record of the all-INT8 graph: its gate values (``int8_values()``, only called when
+    there are gates) and a ``status``: ``no gates``, ``not needed``, ``disabled``, ``cannot pass`` (the
+    float model already misses) or ``needed`` (the caller searches for layers to keep in float)."""
+    if not len(evalset.labels) or not _has_gates(target.gates):
+        return {"status": "no gates", "message": "no accuracy gate to check"}
+    before = int8_values()
+    fallback: dict[str, Any] = {"before": _short(before),
+                                "measured_on": f"{len(evalset.labels)} validation images ({where} on this host)"}
+    if before["passed"]:
+        fallback["status"] = "not needed"
+    elif not target.quantizer.accuracy_fallback:
+        fallback |= {"status": "disabled", "message": (
+            f"INT8 misses the gate ({'; '.join(before['failed'])}) and quantizer.accuracy_fallback is off: "
+            "shipping the all-INT8 graph; bench will fail this target")}
+    elif float_values is not None and not float_values["passed"]:
+        fallback |= {"status": "cannot pass", "message": _float_fails_message(float_values)}
+    else:
+        fallback["status"] = "needed"
+    return fallback
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,13 +147,11 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
     if q.method == "none":
         raise ConfigError(f"{target.name}: precision is int8 but quantizer.method is 'none' "
                           "(use onnx_qdq or nncf)")
-    if q.method == "nncf" and target.backend != "openvino":
-        raise ConfigError(f"{target.name}: quantizer.method 'nncf' makes an OpenVINO model; "
-                          f"backend {target.backend} needs onnx_qdq")
     if q.method == "onnx_qdq" and target.backend not in ("onnxruntime", "tensorrt"):
         raise ConfigError(f"{target.name}: quantizer.method 'onnx_qdq' needs backend onnxruntime or "
                           f"tensorrt, not {target.backend}")
-    settings = ort_settings(target) if q.method == "onnx_qdq" else None  # bad combinations fail early
+    # Bad combinations fail early (ONNX graphs: the QDQ form the runtime accepts).
+    settings = ort_settings(target) if target.backend != "openvino" else None
     src_manifest = read_manifest(src, verify=False)
     pre = Preprocess.from_dict(src_manifest["preprocessing"])
     cset = build_calibration_set(run, pre, src_manifest["classes"], q.calibration_size,
@@ -141,8 +169,15 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
         float_values = gate_values(src_logits, evalset, target.gates)
         gate_reference = f"float {src.name} model (it misses the gate against the full model)"
 
-    if q.method == "nncf":
+    if q.method == "nncf" and target.backend == "openvino":
         files, info = _quantize_openvino(target, float_onnx, out_dir, cset, evalset, float_values)
+    elif q.method == "nncf":
+        files, info = _quantize_nncf_onnx(target, float_onnx, out_dir, cset, evalset)
+        if info["fallback"]["status"] == "needed":
+            # NNCF's graph misses the gate: the QDQ path below can keep chosen layers in float.
+            first = info["fallback"]
+            files, info = _quantize_onnx(target, settings or {}, float_onnx, out_dir, cset, evalset, float_values)
+            info["fallback"]["first_try"] = first | {"status": "missed the gate; replaced by onnx_qdq with fallback"}
     else:
         files, info = _quantize_onnx(target, settings or {}, float_onnx, out_dir, cset, evalset, float_values)
 
@@ -150,7 +185,7 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
     info["speed_check"] = speed
     info["gate_reference"] = gate_reference
     info["int8_speedup_over_float"] = speed.get("speedup")
-    calibration_summary = cset.summary() | {"method": q.calibration_method if q.method == "onnx_qdq"
+    calibration_summary = cset.summary() | {"method": q.calibration_method if info["quantizer"]["method"] == "onnx_qdq"
                                             else "nncf (min/max statistics, bias correction)"}
     write_calibration_json(out_dir / CALIBRATION_JSON, cset, method=calibration_summary["method"],
                            target=target.name, preprocessing=pre.to_dict())
@@ -471,7 +506,9 @@ def _quantize_onnx(target: Target, settings: dict[str, Any], float_onnx: Path, o
         _preprocess_graph(float_onnx, pre_path)
         input_name = onnx.load(str(pre_path), load_external_data=False).graph.input[0].name
         t0 = time.perf_counter()
-        _qdq(pre_path, work / "q-0.onnx", settings, cache, reader=_Reader(input_name, cset.inputs))
+        # Histogram calibrators stack a chunk's activations into one array: equal batches (one image) only.
+        cal_batch = CAL_BATCH if settings["calibration_method"] == "minmax" else 1
+        _qdq(pre_path, work / "q-0.onnx", settings, cache, reader=_Reader(input_name, cset.inputs, cal_batch))
         calib_seconds = time.perf_counter() - t0
 
         trials: dict[int, dict[str, Any]] = {}  # graphs made by quantize_static (what ships)
@@ -499,23 +536,10 @@ def _quantize_onnx(target: Target, settings: dict[str, Any], float_onnx: Path, o
                 approx[k] = evaluate(variant.SerializeToString(), k)
             return approx[k]
 
-        fallback: dict[str, Any]
         chosen = 0
-        if not len(evalset.labels) or not _has_gates(target.gates):
-            fallback = {"status": "no gates", "message": "no accuracy gate to check"}
-        else:
-            before = real(0)
-            fallback = {"before": _short(before), "measured_on": f"{len(evalset.labels)} validation images "
-                        "(ONNX Runtime CPU on this host)"}
-            if before["passed"]:
-                fallback["status"] = "not needed"
-            elif not target.quantizer.accuracy_fallback:
-                fallback |= {"status": "disabled", "message": (
-                    f"INT8 misses the gate ({'; '.join(before['failed'])}) and quantizer.accuracy_fallback "
-                    "is off: shipping the all-INT8 graph; bench will fail this target")}
-            elif float_values is not None and not float_values["passed"]:
-                fallback |= {"status": "cannot pass", "message": _float_fails_message(float_values)}
-            else:
+        fallback = _fallback_start(target, evalset, float_values, "ONNX Runtime CPU", lambda: real(0))
+        if fallback["status"] != "no gates":
+            if fallback["status"] == "needed":
                 n_sens = min(SENSITIVITY_IMAGES, len(cset.inputs))
                 base_err, ranked = layer_sensitivity(pre_path, work / "q-0.onnx", cset.inputs[:n_sens],
                                                      threads)
@@ -575,18 +599,109 @@ def _float_fails_message(float_values: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# NNCF on the ONNX graph (TensorRT, or ONNX Runtime on request)
+
+
+def signed_activations(model: Any) -> int:
+    """Turn NNCF's unsigned activation Q/DQ (uint8, zero point 0, for tensors it saw non-negative) into
+    signed symmetric int8 over the same top of range, in place; returns how many were changed.
+
+    TensorRT's explicit quantisation takes only int8 with zero point 0 (ARM's s8s8 kernels want the
+    same), and NNCF's ``signedness_to_force`` is rejected by its own hardware configs, so this is done
+    here: ``[0, 255 s]`` becomes ``[-127 s', 127 s']`` with ``s' = 255 s / 127``, which is exactly the
+    grid a symmetric int8 calibration of that tensor would choose. Weights are already signed.
+    """
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    changed: set[str] = set()
+    outputs: set[str] = set()
+    for n in g.node:
+        if n.op_type != "QuantizeLinear" or len(n.input) < 3 or n.input[2] not in inits:
+            continue
+        outputs.add(n.output[0])
+        zp_name, scale_name = n.input[2], n.input[1]
+        zp = numpy_helper.to_array(inits[zp_name])
+        if zp.dtype != np.uint8 or zp_name in changed:
+            continue
+        if np.any(zp != 0):
+            raise ConfigError(f"NNCF made an asymmetric quantiser ({n.name}); signed int8 needs zero point 0")
+        scale = numpy_helper.to_array(inits[scale_name])
+        inits[scale_name].CopyFrom(numpy_helper.from_array((scale * 255.0 / 127.0).astype(scale.dtype), scale_name))
+        inits[zp_name].CopyFrom(numpy_helper.from_array(np.zeros_like(zp, dtype=np.int8), zp_name))
+        changed.add(zp_name)
+    # Shape inference recorded the old element types of the quantised tensors.
+    keep = [v for v in g.value_info if v.name not in outputs]
+    del g.value_info[:]
+    g.value_info.extend(keep)
+    return len(changed)
+
+
+def nncf_quantize_onnx(float_onnx: Path, dest: Path, inputs: np.ndarray, signed: bool) -> dict[str, Any]:
+    """NNCF post-training quantisation of an ONNX graph into QDQ ``dest``: min/max ranges over ``inputs``
+    (NCHW float32 calibration images) plus full bias correction, symmetric per-channel int8 weights,
+    symmetric per-tensor activations (TensorRT takes nothing else), made signed int8 with ``signed``.
+    Returns the manifest's ``quantizer`` description."""
+    import onnx
+
+    nncf = require("nncf", "openvino")
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    with tempfile.TemporaryDirectory(prefix="edge-tl-quant-") as work_str:
+        pre_path = Path(work_str) / "pre.onnx"
+        _preprocess_graph(float_onnx, pre_path)
+        model = onnx.load(str(pre_path))
+    input_name = model.graph.input[0].name
+    n = len(inputs)
+    calib = nncf.Dataset([inputs[i:i + 1] for i in range(n)], lambda x: {input_name: x})
+    t0 = time.perf_counter()
+    with _quiet_library_logging():
+        qmodel = nncf.quantize(
+            model, calib, subset_size=n, fast_bias_correction=False, target_device=nncf.TargetDevice.CPU,
+            preset=nncf.QuantizationPreset.PERFORMANCE,
+            advanced_parameters=AdvancedQuantizationParameters(
+                activations_quantization_params=QuantizationParameters(per_channel=False)))
+    calib_seconds = time.perf_counter() - t0
+    converted = signed_activations(qmodel) if signed else 0
+    with atomic_path(dest) as tmp:
+        onnx.save(qmodel, str(tmp))
+    opset = next((o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {
+        "method": "nncf", "library": f"nncf {nncf.__version__} (ONNX backend)", "format": "QDQ", "opset": opset,
+        "algorithm": "post-training quantisation, min/max statistics, full bias correction",
+        "preset": "performance (symmetric weights and activations)", "per_channel": True,
+        "weights": "int8", "activations": "int8" if signed else "uint8 or int8 (NNCF's choice per tensor)",
+        "activation_symmetric": True, "activation_scales": "per tensor", "quantize_bias": False,
+        "activation_quantizers_made_signed": converted, "subset_size": n, "calibration_seconds": calib_seconds,
+    }
+
+
+def _quantize_nncf_onnx(target: Target, float_onnx: Path, out_dir: Path, cset: CalibrationSet,
+                        evalset: EvalSet) -> tuple[list[str], dict[str, Any]]:
+    """``nncf_quantize_onnx`` for a target, then its gates: ``fallback.status`` is ``needed`` when they
+    fail (the caller then takes the layer-fallback path)."""
+    dest = out_dir / target.model_file
+    threads = target.threads if target.backend == "onnxruntime" else min(4, os.cpu_count() or 1)
+    quantizer = nncf_quantize_onnx(float_onnx, dest, cset.inputs, signed=target.quantizer.activations == "int8")
+    fallback = _fallback_start(target, evalset, None, "ONNX Runtime CPU", lambda: gate_values(
+        _ort_logits(str(dest), evalset.inputs, threads, target.batch_size), evalset, target.gates))
+    if "before" in fallback:
+        fallback["after"] = fallback["before"]
+    fallback["float_layers"] = []
+    return [dest.name], {"quantizer": quantizer, "float_layers": [], "fallback": fallback}
+
+
+# --------------------------------------------------------------------------------------------------
 # OpenVINO + NNCF
 
 
-def _ov_config(threads: int) -> dict[str, Any]:
-    # Same settings as the OpenVINO runner: the float parts of an INT8 graph stay f32 (not bf16).
-    return {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-            "INFERENCE_PRECISION_HINT": "f32"}
-
-
 def _ov_logits(model: Any, inputs: np.ndarray, threads: int, batch: int = EVAL_BATCH) -> np.ndarray:
+    from ..backends.openvino_ import cpu_config
+
     ov = require("openvino", "openvino")
-    compiled = ov.Core().compile_model(model, "CPU", _ov_config(threads))
+    # Compiled as the bench's runner compiles the INT8 graph, so the gate sees the same numbers.
+    compiled = ov.Core().compile_model(model, "CPU", cpu_config(threads, "int8"))
     return np.concatenate([np.asarray(compiled(inputs[i:i + batch])[0], np.float32)
                            for i in range(0, len(inputs), batch)])
 
@@ -595,22 +710,6 @@ def _nncf_device(device: str) -> Any:
     nncf = require("nncf", "openvino")
     return {"CPU": nncf.TargetDevice.CPU, "GPU": nncf.TargetDevice.GPU,
             "NPU": nncf.TargetDevice.NPU}.get(device.upper().split(".")[0], nncf.TargetDevice.ANY)
-
-
-_OV_SKIP = {"Constant", "Parameter", "Result", "FakeQuantize", "Convert"}
-
-
-def ov_quantized_ops(model: Any) -> dict[str, str]:
-    """Ops of an NNCF-quantised OpenVINO model that read a FakeQuantize output: {name: type}."""
-    out = {}
-    for op in model.get_ordered_ops():
-        if op.get_type_name() in _OV_SKIP:
-            continue
-        for inp in op.inputs():
-            if inp.get_source_output().get_node().get_type_name() == "FakeQuantize":
-                out[op.get_friendly_name()] = op.get_type_name()
-                break
-    return out
 
 
 def _quantize_openvino(target: Target, float_onnx: Path, out_dir: Path, cset: CalibrationSet,
@@ -638,44 +737,46 @@ def _quantize_openvino(target: Target, float_onnx: Path, out_dir: Path, cset: Ca
         "calibration_seconds": calib_seconds,
     }
     float_layers: list[dict[str, Any]] = []
-    fallback: dict[str, Any]
-    if not len(evalset.labels) or not _has_gates(target.gates):
-        fallback = {"status": "no gates", "message": "no accuracy gate to check"}
-    else:
-        bs = target.batch_size  # as export's validation and bench run it
-        before = gate_values(_ov_logits(qmodel, evalset.inputs, target.threads, bs), evalset, target.gates)
-        fallback = {"before": _short(before), "measured_on": f"{len(evalset.labels)} validation images "
-                    "(OpenVINO CPU on this host)"}
-        after = before
-        if before["passed"]:
-            fallback["status"] = "not needed"
-        elif not target.quantizer.accuracy_fallback:
-            fallback |= {"status": "disabled", "message": (
-                f"INT8 misses the gate ({'; '.join(before['failed'])}) and quantizer.accuracy_fallback is "
-                "off: shipping the all-INT8 model; bench will fail this target")}
-        elif float_values is not None and not float_values["passed"]:
-            fallback |= {"status": "cannot pass", "message": _float_fails_message(float_values)}
-        else:
-            restored = _nncf_accuracy_control(model, calib, evalset, target, common)
-            after = gate_values(_ov_logits(restored, evalset.inputs, target.threads, bs), evalset, target.gates)
-            reverted = sorted(set(ov_quantized_ops(qmodel).items()) - set(ov_quantized_ops(restored).items()))
-            float_layers = [{"name": name, "op_type": kind, "sensitivity": None,
-                             "reason": "accuracy fallback: all-INT8 missed the gate "
-                             f"({'; '.join(before['failed'])}); reverted to float by NNCF accuracy control "
-                             "(ranked by normalised logit MSE on the validation set)"}
-                            for name, kind in reverted]
-            fallback |= {"method": "nncf.quantize_with_accuracy_control", "candidates":
-                         len(ov_quantized_ops(qmodel))}
-            if after["passed"]:
+    bs = target.batch_size  # as export's validation and bench run it
+    fallback = _fallback_start(target, evalset, float_values, "OpenVINO CPU", lambda: gate_values(
+        _ov_logits(qmodel, evalset.inputs, target.threads, bs), evalset, target.gates))
+    if fallback["status"] != "no gates":
+        before = after = fallback["before"]
+        if fallback["status"] == "needed":
+            n_sens = min(SENSITIVITY_IMAGES, n)
+            base_err, ranked = ov_sensitivity(qmodel, model, cset.inputs[:n_sens], target.threads)
+
+            def trial(k: int) -> dict[str, Any]:
+                if k not in trials:
+                    variant = ov_without(qmodel, [r["name"] for r in ranked[:k]])
+                    trials[k] = gate_values(_ov_logits(variant, evalset.inputs, target.threads, bs), evalset,
+                                            target.gates)
+                return trials[k]
+
+            trials: dict[int, dict[str, Any]] = {}
+            found = search_fewest(len(ranked), trial)
+            fallback |= {"method": "activation quantisers removed, most sensitive first", "candidates": len(ranked),
+                         "int8_logit_error": base_err, "sensitivity_measured_on":
+                         f"{n_sens} calibration images ({cset.source}), logit error vs the float model, one "
+                         "activation quantiser removed at a time",
+                         "trials": [{"float_inputs": k, "top1_drop": t["top1_drop"], "agreement": t["agreement"],
+                                     "passed": t["passed"]} for k, t in sorted(trials.items())]}
+            if found is not None:
                 fallback["status"] = "passed"
-                qmodel = restored
+                qmodel, after = ov_without(qmodel, [r["name"] for r in ranked[:found]]), trials[found]
+                float_layers = [
+                    {"name": r["name"], "op_type": "FakeQuantize", "reads_it": r["consumers"],
+                     "sensitivity": r["sensitivity"], "rank": i + 1,
+                     "reason": "accuracy fallback: all-INT8 missed the gate "
+                     f"({'; '.join(before['failed'])}); this activation quantiser was removed, so "
+                     f"{', '.join(r['consumers'])} read(s) it in float (ranked {i + 1} of {len(ranked)} by "
+                     "logit error removed)"}
+                    for i, r in enumerate(ranked[:found])]
             else:
                 fallback |= {"status": "cannot pass", "message": (
-                    f"NNCF accuracy control could not reach the gate ({'; '.join(after['failed'])} with "
-                    f"{len(reverted)} op(s) in float): shipping the all-INT8 model; use the fp32 target or "
-                    "calibrate on images closer to production (--calibration)")}
-                float_layers = []
-                after = before
+                    "INT8 cannot pass the gate even with every activation quantiser removed: shipping the "
+                    "all-INT8 model; use the fp32 target or calibrate on images closer to production "
+                    "(--calibration)")}
         fallback["after"] = _short(after)
         fallback["float_layers"] = [r["name"] for r in float_layers]
     xml = out_dir / "model.xml"
@@ -684,34 +785,38 @@ def _quantize_openvino(target: Target, float_onnx: Path, out_dir: Path, cset: Ca
                                                       "fallback": fallback}
 
 
-def _nncf_accuracy_control(model: Any, calib: Any, evalset: EvalSet, target: Target,
-                           common: dict[str, Any]) -> Any:
-    """nncf.quantize_with_accuracy_control steered by the gate margin (>= 0 means both gates pass)."""
-    nncf = require("nncf", "openvino")
-    gates = target.gates
-    items = [(evalset.inputs[i:i + 1], i) for i in range(len(evalset.labels))]
+def ov_without(qmodel: Any, names: list[str] | tuple[str, ...]) -> Any:
+    """A copy of NNCF's OpenVINO model in which the activation FakeQuantize ops ``names`` are bypassed,
+    so the ops reading them compute on float inputs (their weights stay int8). Milliseconds, and
+    exactly the graph that ships; a re-quantisation with an ignored scope would also redo the bias
+    correction around the layer and land elsewhere."""
+    model = qmodel.clone()
+    wanted = set(names)
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "FakeQuantize" and op.get_friendly_name() in wanted:
+            op.output(0).replace(op.input_value(0))
+    return model
 
-    def validate(compiled: Any, data: Any) -> tuple[float, list[list[np.ndarray]]]:
-        outs, idx = [], []
-        for x, i in data:
-            outs.append(np.asarray(compiled(x)[0], np.float32))
-            idx.append(i)
-        logits = np.concatenate(outs)
-        sub = EvalSet(evalset.inputs[:0], evalset.labels[idx], evalset.logits[idx], evalset.classes, [], "")
-        # Per-item logits (not per-item metrics) make NNCF rank layers by logit error: a finer signal
-        # than counting flipped answers.
-        # 1 + margin: NNCF divides by the float model's metric (for its relative drop), so keep it > 0.
-        return 1.0 + gate_margin(gate_values(logits, sub, gates), gates), [[o] for o in outs]
 
-    val = nncf.Dataset(items, lambda item: item[0])
-    # NNCF compares its own float model's metric with the INT8 one: allow exactly the float margin to
-    # be used up, so "drop <= max_drop" means "INT8 margin >= 0", i.e. both gates pass.
-    float_margin = validate(require("openvino", "openvino").Core().compile_model(
-        model, "CPU", _ov_config(target.threads)), items)[0] - 1.0
-    with _quiet_library_logging():
-        return nncf.quantize_with_accuracy_control(
-            model, calib, val, validate, max_drop=max(float_margin, 0.0),
-            drop_type=nncf.DropType.ABSOLUTE, **common)
+def ov_sensitivity(qmodel: Any, float_model: Any, inputs: np.ndarray, threads: int = 2,
+                   ) -> tuple[float, list[dict[str, Any]]]:
+    """Each activation FakeQuantize of ``qmodel`` bypassed alone: how much of the INT8 logit error it
+    removes, most sensitive first (rows: ``name``, ``consumers``, ``sensitivity``, ``error_if_float``)."""
+    from ..backends.openvino_ import cpu_config
+
+    ov = require("openvino", "openvino")
+    ref = np.asarray(ov.Core().compile_model(float_model, "CPU", cpu_config(threads, "fp32"))(inputs)[0], np.float32)
+    base = _rel_error(_ov_logits(qmodel, inputs, threads), ref)
+    rows = []
+    for op in qmodel.get_ordered_ops():
+        if op.get_type_name() != "FakeQuantize" or op.input_value(0).get_node().get_type_name() == "Constant":
+            continue  # weights stay int8: their error is small per channel, and int8 weights are the size win
+        name = op.get_friendly_name()
+        consumers = sorted({t.get_node().get_friendly_name() for t in op.output(0).get_target_inputs()})
+        err = _rel_error(_ov_logits(ov_without(qmodel, [name]), inputs, threads), ref)
+        rows.append({"name": name, "consumers": consumers, "sensitivity": base - err, "error_if_float": err})
+    rows.sort(key=lambda r: (-r["sensitivity"], r["name"]))
+    return base, rows
 
 
 # --------------------------------------------------------------------------------------------------
