@@ -224,8 +224,8 @@ def test_openvino_fallback_bypasses_the_most_sensitive_activation_quantisers(
 
     from edge_tl.evalset import EvalSet
 
-    # NNCF's INT8 is closer: more ties to flip. Bypassed quantisers leave their ops on int8 weights and
-    # (on BF16 CPUs) bf16 arithmetic, whose logit noise flips ties closer than a few hundredths.
+    # NNCF's INT8 is closer: more ties to flip. Bypassed quantisers leave their ops on int8 weights,
+    # whose logit noise can flip ties closer than a few hundredths whatever stays float.
     x, logits, classes = near_tie_eval(run_copy, n=64, min_margin=0.05)
     es = EvalSet(x, logits.argmax(1), logits, classes, [], "near-ties")
     tight = profile(tmp_path, "cpu-openvino-int8", gates={"max_top1_drop": 0.0, "min_agreement": 1.0})
