@@ -2,11 +2,11 @@
 
 On CPUs with BF16 (AVX-512 BF16, AMX) OpenVINO runs "fp32" models in bf16 unless told otherwise, so
 the precision hint is always set: an fp32 target really runs in fp32, and an INT8 graph's float parts
-run in fp32 too. For INT8 that costs nothing measurable here (mobilenet_v2, interleaved on the Zen 4
-dev machine: p50 3.76 ms with f32 vs 3.65 ms with OpenVINO's bf16 default; pruned 2.76 vs 2.81 ms),
-and it keeps the answers the same on every x86 CPU, with or without BF16, so the accuracy measured at
-export is the accuracy on the device. (On that machine OpenVINO 2026.4 reported f32 as its default for
-the INT8 graph anyway; the hint matters on CPUs where it would pick bf16.) The runner reports what ran (``precision``, ``float_precision``).
+run in fp32 too, so the answers are the same on every x86 CPU, with or without BF16, and the
+accuracy measured at export is the accuracy on the device. On the Zen 4 dev machine OpenVINO 2026.4
+reported f32 as its own default for the INT8 graph, and interleaved timing showed no difference
+(mobilenet_v2 INT8 p50 3.76 vs 3.65 ms); the hint matters on CPUs where OpenVINO would pick bf16.
+The runner reports what ran (``precision``, ``float_precision``).
 """
 
 from __future__ import annotations
