@@ -158,6 +158,25 @@ def test_openvino_int8_ir_is_quantized(prepared: dict[str, Any], tmp_path: Path)
     assert int8_consts, "weights should be stored as int8"
     assert m["quantizer"]["method"] == "nncf" and m["quantizer"]["fast_bias_correction"] is False
     assert m["calibration"]["n"] == 6
+
+    # The input is quantised on the pixels' own grid: nothing quantises the normalised input, and the
+    # one quantiser on the restored pixels maps every preprocessed image onto itself.
+    fqs = [op for op in ir.get_ops() if op.get_type_name() == "FakeQuantize"]
+    source = {op.get_friendly_name(): op.input_value(0).get_node() for op in fqs}
+    assert not [n for n, src in source.items() if src.get_type_name() in ("Parameter", "Pad", "Multiply")]
+    info = m["quantizer"]["input"]
+    pinned = next(op for op in fqs if op.get_friendly_name() == info["quantizer"])
+    assert source[info["quantizer"]].get_friendly_name() == info["restored_tensor"]
+    assert pinned.get_levels() == 256
+    low, high = (float(np.ravel(pinned.input_value(i).get_node().get_data())[0]) for i in (1, 2))
+    assert (low, high) == (0.0, 1.0)
+    from edge_tl.manifest import read_manifest
+
+    pre = read_manifest(prepared["run"].finetune, verify=False)["preprocessing"]
+    std, mean = (np.asarray(pre[k], np.float32).reshape(1, 3, 1, 1) for k in ("std", "mean"))
+    pixels = prepared["evalset"].inputs[:4] * std + mean
+    on_grid = np.round((pixels - low) / (high - low) * 255) / 255 * (high - low) + low
+    assert np.abs(on_grid - pixels).max() < 1e-5
     assert m["fallback"]["status"] in ("not needed", "passed")
     assert m["speed_check"]["measured"] is True
 

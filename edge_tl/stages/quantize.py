@@ -55,6 +55,7 @@ from ..manifest import atomic_path, read_manifest
 from ..preprocess import Preprocess
 from ..rundir import RunDir
 from ..targets import Gates, Target
+from .pixel_grid import PixelInput, pin_pixel_quantizer, restore_pixels
 
 log = logging.getLogger("edge_tl")
 
@@ -170,7 +171,7 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
         gate_reference = f"float {src.name} model (it misses the gate against the full model)"
 
     if q.method == "nncf" and target.backend == "openvino":
-        files, info = _quantize_openvino(target, float_onnx, out_dir, cset, evalset, float_values)
+        files, info = _quantize_openvino(target, float_onnx, out_dir, cset, evalset, float_values, pre)
     elif q.method == "nncf":
         files, info = _quantize_nncf_onnx(target, float_onnx, out_dir, cset, evalset)
         if info["fallback"]["status"] == "needed":
@@ -712,22 +713,43 @@ def _nncf_device(device: str) -> Any:
             "NPU": nncf.TargetDevice.NPU}.get(device.upper().split(".")[0], nncf.TargetDevice.ANY)
 
 
+def _pixel_model(float_onnx: Path, pre: Preprocess) -> tuple[Any, PixelInput | None]:
+    """The OpenVINO model NNCF quantises: ``float_onnx`` with its input restored to pixels
+    (``pixel_grid``) when the graph allows, else as exported."""
+    import onnx
+
+    ov = require("openvino", "openvino")
+    graph = onnx.load(str(float_onnx))
+    pixels = restore_pixels(graph, pre)
+    if pixels is None:
+        return ov.convert_model(str(float_onnx)), None
+    with tempfile.TemporaryDirectory(prefix="edge-tl-pixels-") as work:
+        path = Path(work) / "pixels.onnx"
+        onnx.save(graph, str(path))
+        # share_weights=False: the model must outlive the temporary file it was read from.
+        return ov.convert_model(str(path), share_weights=False), pixels
+
+
 def _quantize_openvino(target: Target, float_onnx: Path, out_dir: Path, cset: CalibrationSet,
-                       evalset: EvalSet, float_values: dict[str, Any] | None
+                       evalset: EvalSet, float_values: dict[str, Any] | None, pre: Preprocess,
                        ) -> tuple[list[str], dict[str, Any]]:
     ov = require("openvino", "openvino")
     nncf = require("nncf", "openvino")
     if target.quantizer.calibration_method != "minmax":
         log.warning("%s: calibration_method %r is for ONNX Runtime targets; NNCF uses its own range "
                     "estimators", target.name, target.quantizer.calibration_method)
-    model = ov.convert_model(str(float_onnx))
+    model, pixels = _pixel_model(float_onnx, pre)
     n = len(cset.inputs)
     calib = nncf.Dataset([cset.inputs[i:i + 1] for i in range(n)])
     common = {"subset_size": n, "fast_bias_correction": False, "target_device": _nncf_device(target.device),
               "preset": nncf.QuantizationPreset.PERFORMANCE}
+    if pixels is not None:
+        # Quantisers in front of the restoring ops would round the normalised input again.
+        common["ignored_scope"] = nncf.IgnoredScope(names=list(pixels.float_ops))
     t0 = time.perf_counter()
     with _quiet_library_logging():
         qmodel = nncf.quantize(model, calib, **common)
+        pinned = pin_pixel_quantizer(qmodel, pixels) if pixels is not None else None
     calib_seconds = time.perf_counter() - t0
     quantizer: dict[str, Any] = {
         "method": "nncf", "library": f"nncf {nncf.__version__}, openvino {ov.__version__}",
@@ -735,6 +757,8 @@ def _quantize_openvino(target: Target, float_onnx: Path, out_dir: Path, cset: Ca
         "fast_bias_correction": False, "preset": "performance (symmetric int8 weights and activations)",
         "target_device": str(common["target_device"].value), "subset_size": n,
         "calibration_seconds": calib_seconds,
+        "input": (pixels.describe() | {"quantizer": pinned}) if pixels is not None
+        else "normalised input quantised per tensor (the graph does not start with a plain convolution)",
     }
     float_layers: list[dict[str, Any]] = []
     bs = target.batch_size  # as export's validation and bench run it
