@@ -62,6 +62,8 @@ def test_export_fp32_matches_torch_and_bench_passes(run_copy: Path, capsys: pyte
         assert report[side]["latency_ms"]["p50"] > 0
     assert report["speedup"] == pytest.approx(
         report["reference"]["latency_ms"]["p50"] / report["candidate"]["latency_ms"]["p50"])
+    assert "alternating blocks" in report["timing"]
+    assert report["reference"]["latency_ms"]["n"] == report["candidate"]["latency_ms"]["n"] == 200
     assert set(report["candidate"]["per_class_recall"]) == {"blobs", "horizontal", "vertical"}
     assert report["candidate"]["size_mb"] > 1 and report["candidate"]["peak_rss_mb"] > 10
     assert (run_copy / "reports" / "cpu-onnxruntime-fp32.md").read_text().count("|") > 20
@@ -142,3 +144,30 @@ def test_eval_npz_holds_reference_logits(run_copy: Path) -> None:
 def test_export_without_finetune_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", str(tmp_path / "nothing"), "--target", "cpu-onnxruntime-fp32"]) == 2
     assert "edge-tl finetune" in capsys.readouterr().err
+
+
+def test_paired_timing_alternates_blocks_so_both_see_every_period() -> None:
+    import itertools
+    import time
+
+    from edge_tl.bench.latency import measure_paired
+
+    calls: list[str] = []
+
+    def runner(name: str, ms: float):  # a stand-in runner: only the timing helper is under test
+        def run(x: np.ndarray) -> np.ndarray:
+            calls.append(name)
+            time.sleep(ms / 1000)
+            return x
+        return run
+
+    ref, cand = measure_paired(runner("ref", 4.0), runner("cand", 1.0), np.zeros(1), warmup=2, iterations=40,
+                               rounds=10)
+    assert ref["n"] == cand["n"] == 40
+    timed = calls[4:]  # after the warm-up calls
+    # Ten blocks of each, alternating: every quarter of the measurement holds calls of both.
+    switches = sum(a != b for a, b in itertools.pairwise(timed))
+    assert switches == 19
+    for part in np.array_split(np.asarray(timed), 4):
+        assert {"ref", "cand"} <= set(part.tolist())
+    assert 2.0 < ref["p50"] / cand["p50"] < 5.0

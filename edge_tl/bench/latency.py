@@ -41,6 +41,32 @@ def measure_latency(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, warmu
     return percentiles(samples) | {"samples": samples}
 
 
+def measure_paired(ref_fn: Callable[[np.ndarray], np.ndarray], cand_fn: Callable[[np.ndarray], np.ndarray],
+                   x: np.ndarray, warmup: int, iterations: int, rounds: int = 20,
+                   ) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-call wall time in ms of two runners, timed in alternating blocks (``rounds`` of each,
+    ``iterations`` calls each in all) after ``warmup`` calls of each.
+
+    A shared host slows down for seconds at a time (other tenants, thermal limits); timed one after the
+    other, a fast candidate and a slow reference can land in different periods and their ratio moves
+    by 1.5x. Alternating blocks put both in every period. Each block starts with one untimed call,
+    because the other runner has just evicted the caches. Returns (reference, candidate) statistics.
+    """
+    for _ in range(warmup):
+        ref_fn(x)
+        cand_fn(x)
+    per_block = max(1, -(-iterations // rounds))
+    samples: tuple[list[float], list[float]] = ([], [])
+    while len(samples[0]) < iterations:
+        for fn, out in ((ref_fn, samples[0]), (cand_fn, samples[1])):
+            fn(x)
+            for _ in range(per_block):
+                t0 = time.perf_counter_ns()
+                fn(x)
+                out.append((time.perf_counter_ns() - t0) / 1e6)
+    return (percentiles(samples[0]) | {"samples": samples[0]}, percentiles(samples[1]) | {"samples": samples[1]})
+
+
 def measure_throughput(fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, warmup: int = 3,
                        seconds: float = 2.0, min_calls: int = 5) -> float:
     """Images per second at ``len(batch)``."""

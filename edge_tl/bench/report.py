@@ -36,6 +36,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# {report['target']}", "", "| | reference | candidate |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines += ["", f"**speedup** (reference p50 / candidate p50): {_fmt(report.get('speedup'), 2)}×", ""]
+    if report.get("timing"):
+        lines += [f"Timing: {report['timing']}.", ""]
     lines += ["| gate | limit | value | passed |", "|---|---|---|---|"]
     lines += [f"| {g['name']} | {_fmt(g['limit'])} | {_fmt(g['value'])} | {'yes' if g['passed'] else '**NO**'} |"
               for g in report["gates"]]

@@ -2,7 +2,8 @@
 
 Accuracy comes from ``eval.npz`` (or ``--data``), so a device with no torch can bench too; then the
 reference column's latency is missing and the report says why. The candidate is measured before
-torch is loaded, so its peak RSS is its own.
+any other model is loaded, so its peak RSS is its own. Ratios (speedup over torch, INT8 over float)
+come from timings taken side by side in alternating blocks, not one after the other.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..manifest import host_info, versions
 from ..rundir import RunDir
 from ..targets import Target, builtin_targets, get_target
 from .accuracy import agreement, classification_metrics
-from .latency import measure_latency, measure_throughput
+from .latency import measure_latency, measure_paired, measure_throughput
 
 log = logging.getLogger("edge_tl")
 
@@ -40,15 +41,16 @@ def _size_mb(folder: Path, model_file: str) -> float:
     return sum(f.stat().st_size for f in files if f.exists()) / 1e6
 
 
-def measure(runner: Any, evalset: EvalSet, target: Target) -> dict[str, Any]:
-    """Accuracy over the whole eval set, batch-1 latency and batched throughput of one runner."""
+def measure(runner: Any, evalset: EvalSet, target: Target, latency: bool = True) -> dict[str, Any]:
+    """Accuracy over the whole eval set, batch-1 latency (unless ``latency`` is False) and batched
+    throughput of one runner."""
     bs = target.batch_size
     logits = np.concatenate([runner.run(evalset.inputs[i:i + bs]) for i in range(0, len(evalset.inputs), bs)])
     x1 = evalset.inputs[:1]
     xb = np.repeat(evalset.inputs[:1], bs, axis=0) if len(evalset.inputs) < bs else evalset.inputs[:bs]
     return {
         "logits": logits,
-        "latency_ms": measure_latency(runner.run, x1, target.warmup, target.iterations),
+        "latency_ms": measure_latency(runner.run, x1, target.warmup, target.iterations) if latency else None,
         "throughput_ips": measure_throughput(runner.run, xb),
     }
 
@@ -91,12 +93,35 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
     runner = open_runner(spec)
     try:
         cand = measure(runner, evalset, target)
+        peak = _peak_rss_mb()  # before any other model is loaded
         precision = getattr(runner, "precision", target.precision)
         float_parts = getattr(runner, "float_precision", None)
         engine = getattr(runner, "build_info", None)
+        x1 = evalset.inputs[:1]
+        flat = None
+        if target.quantized and (folder / "float.onnx").is_file():
+            # INT8 has to earn its place: the float graph on the same backend, timed alongside.
+            # TensorRT's float baseline is fp16 (an fp32 engine would cost another long build on a Jetson).
+            float_precision = "fp16" if target.backend == "tensorrt" else "fp32"
+            frunner = open_runner(RunnerSpec(folder / "float.onnx", target.backend, target.device, float_precision,
+                                             target.threads, target.batch_size))
+            try:
+                flat, int8_lat = measure_paired(frunner.run, runner.run, x1, target.warmup, target.iterations)
+            finally:
+                frunner.close()
+        ref = None
+        if availability("torch", _reference_device(target)) is None:
+            ref_runner = open_runner(RunnerSpec(run.finetune, "torch", _reference_device(target), "fp32",
+                                                target.threads, target.batch_size))
+            try:
+                ref = measure(ref_runner, evalset, target, latency=False)
+                # The speedup is a ratio of two timings: take them side by side (measure_paired).
+                ref["latency_ms"], cand["latency_ms"] = measure_paired(ref_runner.run, runner.run, x1,
+                                                                       target.warmup, target.iterations)
+            finally:
+                ref_runner.close()
     finally:
         runner.close()
-    peak = _peak_rss_mb()
     metrics = classification_metrics(cand["logits"], evalset.labels, evalset.classes)
     candidate = {
         "format": target.backend, "precision": precision, "top1": metrics["top1"],
@@ -108,32 +133,19 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
         "source_stage": manifest.get("source_stage"), "float_layers": manifest.get("float_layers"),
         "engine": engine, "float_parts_precision": float_parts,
     }
-    # INT8 has to earn its place: time the float graph on the same backend in the same process.
-    if target.quantized and (folder / "float.onnx").is_file():
-        # TensorRT's float baseline is fp16 (an fp32 engine would cost another long build on a Jetson).
-        float_precision = "fp16" if target.backend == "tensorrt" else "fp32"
-        fspec = RunnerSpec(folder / "float.onnx", target.backend, target.device, float_precision, target.threads,
-                           target.batch_size)
-        frunner = open_runner(fspec)
-        try:
-            flat = measure_latency(frunner.run, evalset.inputs[:1], target.warmup, target.iterations)
-        finally:
-            frunner.close()
-        ratio = flat["p50"] / cand["latency_ms"]["p50"]
+    if flat is not None:
+        ratio = flat["p50"] / int8_lat["p50"]
         candidate["float_same_backend_p50_ms"] = flat["p50"]
+        candidate["int8_same_backend_p50_ms"] = int8_lat["p50"]
         candidate["int8_speedup_over_float"] = ratio
         if ratio < 1.0:
             base["notes"].append(f"INT8 is SLOWER than the float model on this host ({ratio:.2f}× of float "
                                  "speed): ship the float target here")
-    if availability("torch", _reference_device(target)) is None:
-        ref_runner = open_runner(RunnerSpec(run.finetune, "torch", _reference_device(target), "fp32",
-                                            target.threads, target.batch_size))
-        try:
-            ref = measure(ref_runner, evalset, target)
-        finally:
-            ref_runner.close()
+    if ref is not None:
         reference |= {"latency_ms": ref["latency_ms"], "throughput_ips": ref["throughput_ips"],
                       "size_mb": (run.finetune / "model.pt").stat().st_size / 1e6}
+        base["timing"] = (f"batch-1 latency of the reference and the candidate timed in alternating blocks "
+                          f"({target.iterations} calls each, {target.threads} threads, {target.warmup} warm-up calls)")
     else:
         base["notes"].append("no torch on this host: reference accuracy comes from eval.npz, "
                              "its latency was not measured")

@@ -9,7 +9,8 @@ the runtime (design.md):
   SDOT kernels are s8s8), TensorRT symmetric int8 with zero point 0 everywhere (the only QDQ form its
   explicit-precision mode accepts).
 * ``nncf``: NNCF post-training quantisation with full bias correction. OpenVINO: of the OpenVINO
-  model. TensorRT (and ONNX Runtime on request): of the ONNX graph, with per-tensor activations and,
+  model, its input first restored to 8-bit pixels so the first quantiser is exact (``pixel_grid``).
+  TensorRT (and ONNX Runtime on request): of the ONNX graph, with per-tensor activations and,
   for int8 activations, NNCF's unsigned quantisers turned into signed zero-point-0 ones
   (``signed_activations``). On the NEU model bias correction is what keeps the symmetric TensorRT
   graph within the gate: ORT's min/max symmetric QDQ flips 7 of 360 answers, NNCF's 1.
