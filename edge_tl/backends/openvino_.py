@@ -11,6 +11,8 @@ The runner reports what ran (``precision``, ``float_precision``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..errors import require
@@ -36,20 +38,34 @@ def cpu_config(threads: int, precision: str) -> dict[str, object]:
             "INFERENCE_PRECISION_HINT": _HINT.get(precision, "f32")}
 
 
+def compile_static(core: Any, model: Any, shape: tuple[int, ...], device: str = "CPU",
+                   config: dict[str, object] | None = None) -> Any:
+    """Compile ``model`` for one fixed input ``shape``. The exported graph has a dynamic batch axis;
+    OpenVINO's CPU plugin runs a static shape faster (pruned NEU mobilenet_v2 INT8 at batch 1, timed in
+    alternating blocks: 2.59 vs 3.09 ms p50), and a camera always sends the same shape, so every
+    OpenVINO measurement and the runtime compile per shape."""
+    fixed = model.clone()
+    fixed.reshape([int(d) for d in shape])
+    return core.compile_model(fixed, device, config or {})
+
+
 class OpenVINORunner:
     backend = "openvino"
 
     def __init__(self, spec: RunnerSpec) -> None:
         ov = require("openvino", "openvino")
-        core = ov.Core()
-        device = spec.device.upper()
-        model = core.read_model(str(spec.model_path))
-        config = cpu_config(spec.threads, spec.precision) if device == "CPU" else {}
-        self.compiled = core.compile_model(model, device, config)
-        self.request = self.compiled.create_infer_request()
+        self._core = ov.Core()
+        self._device = spec.device.upper()
+        self._model = self._core.read_model(str(spec.model_path))
+        self._config = cpu_config(spec.threads, spec.precision) if self._device == "CPU" else {}
+        self._requests: dict[tuple[int, ...], Any] = {}
+        shape = self._model.inputs[0].get_partial_shape()
+        first = tuple(1 if d.is_dynamic else d.get_length() for d in shape)  # batch 1: what a camera sends
+        compiled = compile_static(self._core, self._model, first, self._device, self._config)
+        self._requests[first] = compiled.create_infer_request()
         self.precision = spec.precision
         try:
-            hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+            hint = compiled.get_property("INFERENCE_PRECISION_HINT")
             self.precision_hint = hint.to_string() if hasattr(hint, "to_string") else str(hint)
         except Exception:  # noqa: BLE001 - not every device reports it
             self.precision_hint = "unknown"
@@ -59,12 +75,17 @@ class OpenVINORunner:
             self.precision = {"bf16": "bf16", "f16": "fp16"}[self.precision_hint]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32)
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        request = self._requests.get(x.shape)
+        if request is None:
+            compiled = compile_static(self._core, self._model, x.shape, self._device, self._config)
+            request = self._requests[x.shape] = compiled.create_infer_request()
+        request.infer({0: x})
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
 
     def close(self) -> None:
-        self.request = None
-        self.compiled = None
+        self._requests.clear()
+        self._model = None
 
 
 def open(spec: RunnerSpec) -> OpenVINORunner:  # noqa: A001 - the backend table's entry point

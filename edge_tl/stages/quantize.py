@@ -699,13 +699,18 @@ def _quantize_nncf_onnx(target: Target, float_onnx: Path, out_dir: Path, cset: C
 
 
 def _ov_logits(model: Any, inputs: np.ndarray, threads: int, batch: int = EVAL_BATCH) -> np.ndarray:
-    from ..backends.openvino_ import cpu_config
+    from ..backends.openvino_ import compile_static, cpu_config
 
     ov = require("openvino", "openvino")
     # Compiled as the bench's runner compiles the INT8 graph, so the gate sees the same numbers.
-    compiled = ov.Core().compile_model(model, "CPU", cpu_config(threads, "int8"))
-    return np.concatenate([np.asarray(compiled(inputs[i:i + batch])[0], np.float32)
-                           for i in range(0, len(inputs), batch)])
+    core, compiled = ov.Core(), {}
+    out = []
+    for i in range(0, len(inputs), batch):
+        x = inputs[i:i + batch]
+        if x.shape not in compiled:
+            compiled[x.shape] = compile_static(core, model, x.shape, "CPU", cpu_config(threads, "int8"))
+        out.append(np.asarray(compiled[x.shape](x)[0], np.float32))
+    return np.concatenate(out)
 
 
 def _nncf_device(device: str) -> Any:
@@ -827,10 +832,11 @@ def ov_sensitivity(qmodel: Any, float_model: Any, inputs: np.ndarray, threads: i
                    ) -> tuple[float, list[dict[str, Any]]]:
     """Each activation FakeQuantize of ``qmodel`` bypassed alone: how much of the INT8 logit error it
     removes, most sensitive first (rows: ``name``, ``consumers``, ``sensitivity``, ``error_if_float``)."""
-    from ..backends.openvino_ import cpu_config
+    from ..backends.openvino_ import compile_static, cpu_config
 
     ov = require("openvino", "openvino")
-    ref = np.asarray(ov.Core().compile_model(float_model, "CPU", cpu_config(threads, "fp32"))(inputs)[0], np.float32)
+    fp32 = compile_static(ov.Core(), float_model, inputs.shape, "CPU", cpu_config(threads, "fp32"))
+    ref = np.asarray(fp32(inputs)[0], np.float32)
     base = _rel_error(_ov_logits(qmodel, inputs, threads), ref)
     rows = []
     for op in qmodel.get_ordered_ops():
