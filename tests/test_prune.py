@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -48,16 +49,41 @@ def test_pruning_keeps_head_and_output_shape(pruned: tuple[Path, torch.nn.Module
 
 def test_channel_counts_are_multiples_of_8(pruned: tuple[Path, torch.nn.Module, dict]) -> None:
     _run, model, manifest = pruned
-    assert manifest["round_to"] == 8
+    assert manifest["round_to"] == 16  # the default: whole 16-channel INT8 blocks, and so multiples of 8
     changed = {name: ab for name, ab in manifest["channels"].items() if ab[0] != ab[1]}
     assert len(changed) > 40  # nearly every mobilenet_v2 conv lost channels
     for name, (before, after) in changed.items():
-        assert after % 8 == 0 and 8 <= after < before, (name, before, after)
-        # about (1 - ratio) kept, rounded to the nearest multiple of 8
-        assert abs(after - before * 0.7) <= 4, (name, before, after)
+        assert after % 16 == 0 and 16 <= after < before, (name, before, after)
+        # about (1 - ratio) kept, rounded to the nearest multiple of 16
+        assert abs(after - before * 0.7) <= 8, (name, before, after)
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.Conv2d) and name in changed:
             assert m.out_channels == changed[name][1]
+
+
+@pytest.mark.parametrize("round_to", [8, 16, 32])
+def test_kept_widths_are_the_nearest_multiple_of_round_to(round_to: int) -> None:
+    import torchvision
+
+    from edge_tl.stages.prune import _layer_ratios
+
+    model = torchvision.models.mobilenet_v2(num_classes=N_CLASSES)
+    ratios, untouched = _layer_ratios(model, model.classifier[1], 0.3, round_to)
+    assert ratios and model.classifier[1] not in ratios
+    for m, r in ratios.items():
+        width = m.out_channels
+        kept = int(width * (1 - r))  # what torch-pruning keeps for this ratio
+        assert kept % round_to == 0 and kept >= round_to and kept < width
+        assert abs(kept - 0.7 * width) <= round_to / 2
+    for m in untouched:
+        assert max(round_to, round_to * math.floor(m.out_channels * 0.7 / round_to + 0.5)) >= m.out_channels
+
+
+def test_bad_round_to_is_a_config_error(run_copy: Path) -> None:
+    from edge_tl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="round-to"):
+        prune_run(run_copy, 0.3, round_to=12)
 
 
 def _kept_filters(pruned_w: torch.Tensor, full_w: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,9 @@ from ._app import app, state
 def prune(
     run: Path = typer.Argument(..., help="Run directory holding finetune/ (writes RUN/prune/)."),
     ratio: float = typer.Option(0.3, help="Share of each layer's channels to remove (0 < ratio < 1); "
-                                "kept counts are rounded to multiples of 8."),
+                                "kept counts are rounded to multiples of --round-to."),
+    round_to: int = typer.Option(16, help="Kept channel counts are multiples of this: 16 (default; x86 "
+                                 "VNNI and tensor-core INT8 work in blocks of 16 channels), 8 or 32."),
     recover: str = typer.Option("auto", help="How the pruned model recovers: full | partial (train end to "
                                 "end on the labels and the unpruned model's logits) | head (retrain the head "
                                 "only: fast, keeps most of the loss) | auto (full for a linear fine-tune, "
@@ -34,5 +36,5 @@ def prune(
     from ..stages.prune import prune as run_prune
 
     manifest = run_prune(run, ratio, recover_epochs=recover_epochs, importance=importance, steps=steps,
-                         quiet=quiet or state.quiet, device=device, recover=recover)
+                         quiet=quiet or state.quiet, device=device, recover=recover, round_to=round_to)
     Console(stderr=True).print(f"[green]{describe(manifest)}[/] -> {run / 'prune'}", highlight=False)
