@@ -286,7 +286,7 @@ def _layer_ratios(model: nn.Module, head: nn.Module, ratio: float, round_to: int
     """Per-layer ratios that make torch-pruning keep ``(1 - ratio)`` of each layer's output channels
     rounded to the *nearest* multiple of ``round_to``, at least ``round_to`` (its own ``round_to`` rounds
     down, which halves 32-channel layers at ratio 0.3 with multiples of 8),
-    and the layers to leave whole (nothing to remove after rounding).
+    and the layers to leave whole (their own width is nearer to the target than any smaller multiple).
 
     Layers coupled by the dependency graph (a conv, its depthwise partner, residual partners) have the
     same width, so they get the same ratio, and leaving one whole leaves its whole group whole.
@@ -300,8 +300,10 @@ def _layer_ratios(model: nn.Module, head: nn.Module, ratio: float, round_to: int
         if id(m) in head_ids or not isinstance(m, nn.Conv2d | nn.Linear):
             continue
         channels = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
-        keep = max(round_to, round_to * math.floor(channels * (1 - ratio) / round_to + 0.5))
-        if keep >= channels:
+        target = channels * (1 - ratio)
+        keep = max(round_to, round_to * math.floor(target / round_to + 0.5))
+        # The layer's own width is a choice too: at a tiny ratio a 24-channel layer stays 24, not 16.
+        if keep >= channels or channels - target <= abs(keep - target):
             untouched.append(m)
         else:
             # +0.5: torch-pruning keeps int(channels * (1 - r)); land on ``keep`` despite float error.
