@@ -11,6 +11,13 @@ Two recipes (``calibration/README.md``):
 In both recipes an image whose bytes equal a validation image is left out: the validation split is
 what the accuracy gates are measured on, so calibrating on it would flatter the INT8 model. Every
 image used is recorded (path + sha256) in the target's ``calibration.json``.
+
+The *selection set* (``build_selection_set``) is a third, labelled set: the images the INT8 accuracy
+fallback chooses its float layers on. It is drawn from the training split too, class-balanced, and
+is disjoint by sha256 from both the validation images (which then judge the chosen graph, held out)
+and the calibration images (whose ranges the quantiser fitted, so their errors are the smallest).
+Only when the training split is too small to spare enough images does it fall back to the
+calibration images, and it says so.
 """
 
 from __future__ import annotations
@@ -193,6 +200,92 @@ def build_calibration_set(run: RunDir, pre: Preprocess, classes: list[str], size
     return CalibrationSet(np.stack(xs).astype(np.float32, copy=False), images, source, root_str, size, seed,
                           classes=list(classes) if labelled else None, skipped=skipped,
                           excluded_validation=excluded)
+
+
+SELECTION_SIZE = 300  # images the INT8 fallback chooses its float layers on
+SELECTION_MIN = 20  # fewer disjoint training images than this: choose on the calibration images instead
+SELECTION_SEED = DEFAULT_SEED + 1
+SELECTION_TRAIN = "train-split, not calibration"
+SELECTION_CALIBRATION = "calibration images"
+
+
+@dataclass
+class SelectionSet:
+    """Labelled, preprocessed images the INT8 fallback chooses its float layers on (never validation)."""
+
+    inputs: np.ndarray  # (N, 3, H, W) float32, the run's preprocessing
+    labels: np.ndarray  # (N,) int64 class indices
+    images: list[dict[str, Any]]  # {"path", "sha256", "class"} per row of ``inputs``
+    source: str  # SELECTION_TRAIN | SELECTION_CALIBRATION
+    root: str
+    seed: int
+    classes: list[str]
+    note: str | None = None  # why the calibration images were used, when they were
+
+    @property
+    def per_class(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.classes, 0)
+        for im in self.images:
+            counts[im["class"]] += 1
+        return counts
+
+    def summary(self) -> dict[str, Any]:
+        out = {"source": self.source, "root": self.root, "n": len(self.images), "seed": self.seed,
+               "per_class": self.per_class, "disjoint_from_calibration": self.source == SELECTION_TRAIN,
+               "disjoint_from_validation": True}
+        return out | ({"note": self.note} if self.note else {})
+
+
+def build_selection_set(run: RunDir, pre: Preprocess, classes: list[str], cset: CalibrationSet,
+                        size: int = SELECTION_SIZE, seed: int = SELECTION_SEED, minimum: int = SELECTION_MIN,
+                        quiet: bool = True) -> SelectionSet:
+    """Up to ``size`` training-split images, class-balanced and seeded, whose bytes are neither a
+    validation image nor a calibration image of ``cset``.
+
+    Fewer than ``minimum`` such images (a tiny training split, or a calibration size that takes all
+    of it): the calibration images themselves, when they are labelled training images, with a
+    ``note`` saying so; the fallback then chooses on images whose ranges the quantiser fitted, which
+    flatters INT8 a little more. The validation split is never used: it judges the result.
+    """
+    val_hashes, val_paths = _validation_hashes(run)
+    root, train, val = split_from_json(read_json(run.finetune / "split.json"))
+    val_rel = {s.path for s in val}
+    taken = {im["sha256"] for im in cset.images}
+    xs: list[np.ndarray] = []
+    images: list[dict[str, Any]] = []
+    labels: list[int] = []
+    with progress(quiet) as bar:
+        task = bar.add_task("selection set", total=size, info=SELECTION_TRAIN)
+        for s in balanced_order([s for s in train if s.path not in val_rel], seed):
+            if len(images) >= size:
+                break
+            path = root / s.path
+            try:
+                digest = sha256_file(path)
+                if digest in val_hashes or digest in taken or path.resolve() in val_paths:
+                    continue
+                xs.append(pre(load_image(path)))
+            except Exception:  # noqa: BLE001 - unreadable now: the selection set just has one image fewer
+                continue
+            taken.add(digest)  # a duplicate file in the training split counts once
+            images.append({"path": s.path, "sha256": digest, "class": classes[s.label]})
+            labels.append(s.label)
+            bar.advance(task)
+    if len(images) >= min(minimum, size):
+        return SelectionSet(np.stack(xs).astype(np.float32, copy=False), np.asarray(labels, np.int64), images,
+                            SELECTION_TRAIN, str(root), seed, list(classes))
+    if cset.source != SOURCE_TRAIN:
+        raise DataError(f"only {len(images)} training image(s) are neither validation nor calibration images, "
+                        f"and the calibration images ({cset.source}) carry no labels: the INT8 fallback has "
+                        f"nothing to choose on (it needs {minimum}; use a larger training split)")
+    note = (f"the training split leaves only {len(images)} image(s) outside the validation and calibration "
+            f"sets (fewer than {minimum}): float layers are chosen on the {len(cset.images)} calibration "
+            "images, whose ranges the quantiser fitted, so the choice is somewhat optimistic; the held-out "
+            "check on validation is still independent")
+    log.warning("INT8 selection set: %s", note)
+    index = {c: i for i, c in enumerate(classes)}
+    return SelectionSet(cset.inputs, np.asarray([index[im["class"]] for im in cset.images], np.int64),
+                        list(cset.images), SELECTION_CALIBRATION, cset.root, cset.seed, list(classes), note)
 
 
 def write_calibration_json(path: str | Path, cset: CalibrationSet, **extra: Any) -> None:

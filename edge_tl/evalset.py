@@ -6,6 +6,7 @@ reference: inputs are already preprocessed with the run's contract (NCHW float32
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from .manifest import atomic_path, read_json, read_manifest
 from .preprocess import Preprocess, load_image
 from .progress import progress
 from .rundir import RunDir
+
+log = logging.getLogger("edge_tl")
 
 
 @dataclass
@@ -35,6 +38,7 @@ def preprocess_samples(root: Path, samples: list[Sample], pre: Preprocess,
                        quiet: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode and preprocess ``samples``; files that no longer decode are left out."""
     xs, ys, paths = [], [], []
+    failed: list[str] = []
     with progress(quiet) as bar:
         task = bar.add_task("preprocess", total=len(samples), info="")
         for s in samples:
@@ -42,9 +46,14 @@ def preprocess_samples(root: Path, samples: list[Sample], pre: Preprocess,
                 xs.append(pre(load_image(root / s.path)))
                 ys.append(s.label)
                 paths.append(s.path)
-            except Exception:  # noqa: BLE001 - skipped at scan time already, or changed since
-                pass
+            except Exception as exc:  # noqa: BLE001 - any decoder failure costs this one image, named below
+                failed.append(f"{s.path} ({type(exc).__name__}: {exc})")
             bar.advance(task)
+    if failed:
+        # Scanned as readable, unreadable now (changed or removed since): the evaluation is one image
+        # smaller per file, and says which.
+        log.warning("left out %d image(s) that no longer decode: %s", len(failed),
+                    "; ".join(failed[:5]) + (" …" if len(failed) > 5 else ""))
     shape = (0, 3, pre.crop, pre.crop)
     return (np.stack(xs) if xs else np.zeros(shape, np.float32)), np.asarray(ys, np.int64), paths
 

@@ -9,8 +9,10 @@ knows exactly what it was built from.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -23,6 +25,8 @@ from .errors import ArtifactError
 
 MANIFEST = "manifest.json"
 
+log = logging.getLogger("edge_tl")
+
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
@@ -33,18 +37,148 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale(dest: Path) -> list[Path]:
+    """Remove temporaries of ``dest`` left by a killed process (SIGTERM/SIGKILL skip ``finally``).
+
+    Temporaries are named ``.NAME.PID-XXXX.tmp`` (staging) and ``.NAME.old-PID`` (swap); one whose
+    process is gone, or that carries no PID (an older edge-tl's ``.NAME.XXXX.tmp``), is stale. A live
+    process's temporary (the same stage running concurrently) is left alone. Returns what was removed.
+    """
+    import re
+    import shutil
+
+    # mkdtemp/mkstemp add 8 characters of [a-z0-9_]; a sibling's temporaries (".NAME.json.…") never match.
+    name = re.escape(dest.name)
+    pattern = re.compile(rf"^\.{name}\.(?:(?:(\d+)-)?[a-z0-9_]{{8}}\.tmp|old-(\d+))$")
+    removed = []
+    try:
+        entries = list(dest.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if m is None:
+            continue
+        pid = m.group(1) or m.group(2)
+        if pid is not None and _pid_alive(int(pid)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        removed.append(entry)
+    return removed
+
+
+def _named(exc: OSError, path: Path) -> OSError:
+    """``exc`` with ``path`` as its file name when it has none (a failed write(2) names no file)."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+
+
+def _write_failure(exc: BaseException, dest: Path, written: Path) -> OSError | None:
+    """The OS reason behind a failed write that was not reported as an OSError (torch's and
+    OpenVINO's C++ writers raise RuntimeError "file write failed"), or None when there is none to see:
+    the disk is full, or a file reached the file-size limit (RLIMIT_FSIZE, ``ulimit -f``)."""
+    if isinstance(exc, OSError):
+        return _named(exc, dest)
+    if not isinstance(exc, Exception):
+        return None
+    with contextlib.suppress(OSError):
+        st = os.statvfs(written if written.is_dir() else written.parent)
+        if st.f_bavail == 0:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
+    limit = _fsize_limit()
+    if limit is not None:
+        files = [written] if written.is_file() else list(written.rglob("*")) if written.is_dir() else []
+        with contextlib.suppress(OSError):
+            if any(f.is_file() and f.stat().st_size >= limit for f in files):
+                return OSError(errno.EFBIG, f"{os.strerror(errno.EFBIG)} (the file-size limit, ulimit -f, is "
+                               f"{limit} bytes)", str(dest))
+    return None
+
+
+def _fsize_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def check_writable(*paths: str | os.PathLike[str], need: int = 1 << 20) -> None:
+    """Raise OSError naming the path and the reason unless each output folder in ``paths`` can be
+    written, before a stage starts long work (a minute of training, then "cannot write --out").
+
+    A folder that does not exist yet is checked at its first existing ancestor, which must be a
+    folder (``--out`` below a regular file is ENOTDIR) where a file can be created (a probe file is
+    made and removed: permissions, read-only mounts and ACLs all answer the same way), with at least
+    ``need`` bytes free and a file-size limit (``ulimit -f``) of at least ``need`` bytes. Nothing is
+    left behind: the folders themselves are only made when the stage writes.
+    """
+    for raw in paths:
+        path = Path(raw)
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise OSError(errno.ENOTDIR, f"{os.strerror(errno.ENOTDIR)} ({probe} is a file)", str(path))
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".edge-tl-probe-", dir=probe)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise OSError(exc.errno, reason if probe == path else f"{reason} ({probe})", str(path)) from None
+        os.close(fd)
+        os.unlink(tmp)
+        free = None
+        with contextlib.suppress(OSError):
+            st = os.statvfs(probe)
+            free = st.f_bavail * st.f_frsize
+        if free is not None and free < need:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free} bytes free at {probe}, at least "
+                          f"{need} needed)", str(path))
+        limit = _fsize_limit()
+        if limit is not None and limit < need:
+            raise OSError(errno.EFBIG, f"{os.strerror(errno.EFBIG)}: the file-size limit (ulimit -f) is {limit} "
+                          f"bytes, below the {need} an artifact needs", str(path))
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; rename it onto ``dest`` only if the block succeeds."""
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` only if the block succeeds.
+
+    A failure to write is an OSError naming ``dest`` (see ``_write_failure``).
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    clean_stale(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}-", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; artifacts are meant to be shared
         os.replace(tmp_path, dest)
+    except BaseException as exc:
+        reason = _write_failure(exc, dest, tmp_path)
+        if reason is None or reason is exc:
+            raise
+        raise reason from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -155,13 +289,17 @@ def staged_folder(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """Build a whole stage folder under a temporary name, then swap it in for ``dest``.
 
     If the block raises, ``dest`` is left exactly as it was (a previous good artifact survives a
-    crash or Ctrl-C mid-stage).
+    crash or Ctrl-C mid-stage). A process killed mid-stage cannot clean up after itself: its
+    ``.NAME.PID-XXXX.tmp`` folder is removed by the next run of the stage (``clean_stale``). A failure
+    to write is an OSError naming ``dest`` (see ``_write_failure``).
     """
     import shutil
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    for stale in clean_stale(dest):
+        log.info("removed %s, left by an interrupted run", stale)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}-", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o755)
@@ -172,6 +310,11 @@ def staged_folder(dest: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, dest)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except BaseException as exc:
+        reason = _write_failure(exc, dest, tmp)
+        if reason is None or reason is exc:
+            raise
+        raise reason from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -7,6 +7,7 @@ architecture is one entry; a duplicate name is an error.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -108,9 +109,14 @@ def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(parent, name, module)
 
 
-def build_model(arch: str, num_classes: int, backbone_state: dict | None = None) -> nn.Module:
-    """Build ``arch`` with ImageNet-shaped weights loaded (if given), then a new ``num_classes`` head."""
+def build_model(arch: str, num_classes: int, backbone_state: dict | None = None, seed: int = 0) -> nn.Module:
+    """Build ``arch`` with ImageNet-shaped weights loaded (if given), then a new ``num_classes`` head.
+
+    The new head is initialised from ``seed`` alone (torch's own ``nn.Linear`` rule, drawn from a
+    private generator), so the same seed gives the same model whatever ran before in the process.
+    """
     require("torch", "train")
+    import torch
     import torch.nn as nn
     import torchvision.models as tvm
 
@@ -119,9 +125,48 @@ def build_model(arch: str, num_classes: int, backbone_state: dict | None = None)
     if backbone_state is not None:
         model.load_state_dict(backbone_state)
     old = get_submodule(model, spec.head)
-    assert isinstance(old, nn.Linear)
-    set_submodule(model, spec.head, nn.Linear(old.in_features, num_classes))
+    if not isinstance(old, nn.Linear):
+        raise ConfigError(f"{arch}: {spec.head} is not a linear layer; the registry entry is wrong")
+    head = nn.Linear(old.in_features, num_classes)
+    gen = torch.Generator().manual_seed(seed)
+    bound = 1.0 / math.sqrt(old.in_features)
+    with torch.no_grad():
+        # nn.Linear.reset_parameters: kaiming_uniform(a=sqrt(5)) is uniform(±1/sqrt(fan_in)) for the weight.
+        head.weight.uniform_(-bound, bound, generator=gen)
+        head.bias.uniform_(-bound, bound, generator=gen)
+    set_submodule(model, spec.head, head)
     return model
+
+
+def split_at(model: nn.Module, arch: str, trainable_blocks: int) -> tuple[nn.Module, nn.Module]:
+    """(prefix, tail) with ``tail(prefix(x)) == model(x)``: the tail is the last ``trainable_blocks``
+    blocks plus pooling and the classifier, the prefix everything before.
+
+    Both share the model's modules (training the tail trains the model). Used to compute the frozen
+    prefix once per image and train only the tail (``partial`` mode on a CPU). ``trainable_blocks``
+    must leave at least one block in the prefix.
+    """
+    import torch.nn as nn
+
+    spec = get_arch(arch)
+    n_blocks = len(spec.blocks(model))
+    if not 1 <= trainable_blocks < n_blocks:
+        raise ConfigError(f"--unfreeze must be between 1 and {n_blocks - 1} for {arch} in cached partial mode, "
+                          f"got {trainable_blocks}")
+    cut = n_blocks - trainable_blocks
+    if spec.blocks is _resnet_blocks:
+        m: Any = model
+        stages = [m.layer1, m.layer2, m.layer3, m.layer4]  # blocks[1:]; blocks[0] is the stem
+        prefix = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, *stages[:cut - 1])
+        tail = nn.Sequential(*stages[cut - 1:], m.avgpool, nn.Flatten(1), m.fc)
+    else:
+        feats = list(model.features.children())  # type: ignore[union-attr]
+        # mobilenet_v2 pools with F.adaptive_avg_pool2d, v3 and efficientnet with an AdaptiveAvgPool2d(1):
+        # the same operation.
+        prefix = nn.Sequential(*feats[:cut])
+        tail = nn.Sequential(*feats[cut:], nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
+                             model.classifier)  # type: ignore[union-attr]
+    return prefix, tail
 
 
 def head_of(model: nn.Module, arch: str) -> nn.Linear:

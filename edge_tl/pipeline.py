@@ -35,6 +35,13 @@ class FinetuneStep(_Strict):
     val_fraction: float = 0.2
     seed: int = 0
     device: str = "auto"
+    views: int = 2
+    backbone_lr_scale: float = 0.1
+    lr: float | None = None
+    balance: Literal["none", "weights", "sampler"] = "none"
+    resize: Literal["shorter", "full", "letterbox", "auto"] = "shorter"
+    engine: Literal["auto", "onnxruntime", "torch"] = "auto"
+    patience: int = 5
 
 
 class PruneStep(_Strict):
@@ -57,6 +64,9 @@ class BenchStep(_Strict):
 class BundleStep(_Strict):
     target: str
     out: str
+    ok_classes: list[str] | None = None
+    max_escape: float | None = Field(default=None, ge=0, lt=1)
+    max_false_reject: float | None = Field(default=None, ge=0, lt=1)
 
 
 class Pipeline(_Strict):
@@ -82,8 +92,9 @@ def load_pipeline(path: Path) -> Pipeline:
         raise ConfigError(f"{path}: key '{key}': {msg}") from None
 
 
-def run_pipeline(path: Path, quiet: bool = False) -> list[dict[str, Any]]:
-    """Run every stage the file names; returns the bench reports (the caller decides on failed gates)."""
+def run_pipeline(path: Path, quiet: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Run every stage the file names; returns the bench reports (the caller decides on failed gates) and
+    the bundle's bundle.json (None without a bundle step)."""
     from .stages.export import export
     from .stages.finetune import finetune
     from .training import TrainConfig
@@ -97,9 +108,11 @@ def run_pipeline(path: Path, quiet: bool = False) -> list[dict[str, Any]]:
     ft = p.finetune
     run = rel(ft.out)
     finetune(rel(ft.data), run, arch=ft.arch, weights=ft.weights if ft.weights in ("imagenet", "none")
-             else rel(ft.weights), val_fraction=ft.val_fraction,
+             else rel(ft.weights), val_fraction=ft.val_fraction, resize=ft.resize,
              train_cfg=TrainConfig(mode=ft.mode, epochs=ft.epochs, unfreeze=ft.unfreeze, seed=ft.seed,
-                                   device=ft.device, quiet=quiet))
+                                   device=ft.device, quiet=quiet, views=ft.views, balance=ft.balance,
+                                   engine=ft.engine, patience=ft.patience,
+                                   backbone_lr_scale=ft.backbone_lr_scale, lr=ft.lr))
     if p.prune is not None:
         from .stages.prune import prune
 
@@ -117,8 +130,11 @@ def run_pipeline(path: Path, quiet: bool = False) -> list[dict[str, Any]]:
 
         reports = bench(run, p.bench.targets or exported, data=rel(p.bench.data) if p.bench.data else None,
                         quiet=quiet)
+    shipped = None
     if p.bundle is not None:
         from .stages.bundle import bundle
 
-        bundle(run, p.bundle.target, rel(p.bundle.out))
-    return reports
+        b = p.bundle
+        shipped = bundle(run, b.target, rel(b.out), ok_classes=b.ok_classes, max_escape=b.max_escape,
+                         max_false_reject=b.max_false_reject, quiet=quiet)
+    return reports, shipped

@@ -1,9 +1,13 @@
 """The fine-tuning loop shared by ``finetune`` and pruning recovery.
 
-Two paths: ``linear`` computes backbone features once (frozen weights *and* BatchNorm statistics) and
-trains the head on the cached features, which is what makes CPU fine-tuning take seconds;
-``partial`` and ``full`` train end to end with augmentation, AMP and channels_last on CUDA. Both run
-under ``torchrun`` (DistributedDataParallel: gloo on CPU, nccl on CUDA); only rank 0 writes.
+Three paths: ``linear`` computes backbone features once (frozen weights *and* BatchNorm statistics)
+and trains the head on the cached features, which is what makes CPU fine-tuning take seconds.
+``partial`` on a CPU does the same one level down: the frozen prefix runs once per image and per
+cached augmented view (``views``), and the last ``unfreeze`` blocks train on those activations
+(``_fit_cached``). ``full``, ``partial`` on CUDA and pruning recovery (with a teacher) train end to end
+with augmentation, AMP and channels_last on CUDA. The frozen parts run on the fastest engine the
+machine has (``features.PrefixEngine``). All run under ``torchrun`` (DistributedDataParallel: gloo on
+CPU, nccl on CUDA); only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ from .progress import progress
 log = logging.getLogger("edge_tl")
 
 DEFAULT_EPOCHS = {"linear": 30, "partial": 8, "full": 8}
+# Cached partial training is cheap per epoch, so it gets more of them (early stopping ends it sooner).
+CACHED_PARTIAL_EPOCHS = 20
 DEFAULT_LR = {"linear": 3e-3, "partial": 1e-3, "full": 5e-4}
+BALANCE = ("none", "weights", "sampler")
 
 
 @dataclass
@@ -57,9 +64,19 @@ class TrainConfig:
     # Pretrained layers move this much more gently than the new head; pruning recovery sets 1 (the
     # pruned backbone is what needs to move).
     backbone_lr_scale: float = 0.1
+    # Cached partial mode: activations of the frozen prefix per training image, the first from the
+    # evaluation preprocessing, the others augmented (random-resized crop and flip).
+    views: int = 2
+    # Imbalanced lines: "weights" scales the loss per class by n / (k * n_class) (scikit-learn's
+    # "balanced"), "sampler" draws the classes equally often; either way early stopping then follows
+    # balanced accuracy instead of top-1.
+    balance: str = "none"
+    engine: str = "auto"  # what runs the frozen layers: auto | onnxruntime | torch (features.PrefixEngine)
 
-    def resolved_epochs(self) -> int:
-        return self.epochs if self.epochs is not None else DEFAULT_EPOCHS[self.mode]
+    def resolved_epochs(self, cached: bool = False) -> int:
+        if self.epochs is not None:
+            return self.epochs
+        return CACHED_PARTIAL_EPOCHS if cached and self.mode == "partial" else DEFAULT_EPOCHS[self.mode]
 
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.mode]
@@ -131,7 +148,10 @@ class ImageDataset(Dataset):
             from torchvision import transforms as T
 
             interp = T.InterpolationMode(pre.interpolation)
-            self.aug = T.Compose([T.RandomResizedCrop(pre.crop, scale=aug_scale, interpolation=interp),
+            # "shorter" crops from the whole image (torchvision's recipe); full-frame and letterbox
+            # crops come from the square the model sees, so the augmentation keeps their geometry.
+            frame = [] if pre.resize_mode == "shorter" else [T.Lambda(pre.resize_and_crop)]
+            self.aug = T.Compose([*frame, T.RandomResizedCrop(pre.crop, scale=aug_scale, interpolation=interp),
                                   T.RandomHorizontalFlip()])
 
     def __len__(self) -> int:
@@ -174,17 +194,35 @@ def predict_logits(model: nn.Module, root: Path, samples: list[Sample], pre: Pre
                    batch_size: int = 64, workers: int = 0, ddp: Dist | None = None,
                    quiet: bool = True, desc: str = "predict") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Logits, labels (in ``samples`` order, bad files dropped) and the names of files that failed."""
+    model.eval()
+    out, labels, bad = run_over(lambda x: model(_to(x, device)).float().cpu(), root, samples, pre,
+                                batch_size=batch_size, workers=workers, ddp=ddp, quiet=quiet, desc=desc)
+    return out.numpy(), labels, bad
+
+
+@torch.no_grad()
+def run_over(fn: Any, root: Path, samples: list[Sample], pre: Preprocess, *, augment: bool = False,
+             aug_scale: tuple[float, float] = (0.6, 1.0), seed: int = 0, batch_size: int = 64,
+             workers: int = 0, ddp: Dist | None = None, quiet: bool = True, desc: str = "predict",
+             dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """``fn`` (NCHW float32 batch -> CPU tensor) over every image of ``samples``: outputs stacked in
+    ``samples`` order (bad files dropped, stored as ``dtype``), their labels, and the files that failed.
+
+    ``augment`` draws one training augmentation per image, reproducibly from ``seed``. Under torchrun
+    each rank runs its share and every rank gets the whole result.
+    """
     ddp = ddp or Dist()
     idx = list(range(ddp.rank, len(samples), ddp.world))
-    ds = ImageDataset(root, [samples[i] for i in idx], pre, train=False)
-    model.eval()
+    ds = ImageDataset(root, [samples[i] for i in idx], pre, train=augment, aug_scale=aug_scale)
+    if augment:
+        torch.manual_seed(seed + ddp.rank)  # the main process's draws (workers are seeded by the loader)
     outs, order, bad = [], [], []
     with progress(quiet or not ddp.main) as bar:
         task = bar.add_task(desc, total=len(ds), info="")
-        for x, _y, i, b in _loader(ds, batch_size, False, workers, 0):
+        for x, _y, i, b in _loader(ds, batch_size, False, workers, seed):
             bad += b
             if len(x):
-                outs.append(model(_to(x, device)).float().cpu())
+                outs.append(fn(x).to(dtype))
                 order.append(torch.tensor([idx[j] for j in i.tolist()]))
             bar.advance(task, len(x) + len(b))
     logits = torch.cat(outs) if outs else torch.zeros(0, 0)
@@ -198,7 +236,7 @@ def predict_logits(model: nn.Module, root: Path, samples: list[Sample], pre: Pre
     perm = torch.argsort(order_t)
     logits, order_t = logits[perm], order_t[perm]
     labels = np.asarray([samples[i].label for i in order_t.tolist()], dtype=np.int64)
-    return logits.numpy(), labels, bad
+    return logits, labels, bad
 
 
 def _to(x: torch.Tensor, device: str) -> torch.Tensor:
@@ -227,19 +265,63 @@ def fit(model: nn.Module, arch: str, root: Path, classes: list[str], train: list
     model.to(device)
     if device.startswith("cuda"):
         model.to(memory_format=torch.channels_last)
+    if cfg.balance not in BALANCE:
+        raise ConfigError(f"unknown --balance {cfg.balance!r}; choose {', '.join(BALANCE)}")
     start = time.perf_counter()
+    n_classes = len(classes)
     if cfg.mode == "linear":
         if teacher is not None:
             raise ConfigError("distillation needs end-to-end training (mode partial or full), not linear")
-        history, stop, skipped = _fit_linear(model, arch, root, train, val, pre, cfg, device, ddp)
+        history, stop, skipped = _fit_linear(model, arch, root, train, val, pre, cfg, device, ddp, n_classes)
+    elif uses_cache(cfg, device, teacher):
+        history, stop, skipped = _fit_cached(model, arch, root, train, val, pre, cfg, device, ddp, n_classes)
     else:
-        history, stop, skipped = _fit_end_to_end(model, arch, root, train, val, pre, cfg, device, ddp, teacher)
+        history, stop, skipped = _fit_end_to_end(model, arch, root, train, val, pre, cfg, device, ddp, teacher,
+                                                 n_classes)
     seconds = time.perf_counter() - start
     model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     epochs_run = max(len(history), 1)
     logits, labels = stop.val_logits, stop.val_labels
     return FitResult(history, stop.best_epoch, classification_metrics(logits, labels, classes), device,
                      ddp.world, seconds, seconds / epochs_run, skipped)
+
+
+def uses_cache(cfg: TrainConfig, device: str, teacher: nn.Module | None = None) -> bool:
+    """Whether ``partial`` trains on cached prefix activations: on a CPU, without a teacher (pruning
+    recovery distils end to end) and without progressive unfreezing (the prefix would change)."""
+    return (cfg.mode == "partial" and not device.startswith("cuda") and teacher is None
+            and not cfg.progressive and cfg.views >= 1)
+
+
+def _criterion(cfg: TrainConfig, labels: np.ndarray, n_classes: int, device: str) -> nn.Module:
+    """Cross-entropy with label smoothing, class-weighted with ``balance = "weights"``."""
+    weight = None
+    if cfg.balance == "weights":
+        counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+        w = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
+        weight = torch.tensor(w, dtype=torch.float32, device=device)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+def _epoch_order(labels: torch.Tensor, gen: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
+    """This epoch's sample order: a permutation, or with ``balance = "sampler"`` as many draws with
+    replacement in which every class is equally likely."""
+    if cfg.balance != "sampler":
+        return torch.randperm(len(labels), generator=gen)
+    counts = torch.bincount(labels.cpu())
+    p = (1.0 / counts.clamp(min=1).double())[labels.cpu()]
+    return torch.multinomial(p, len(labels), replacement=True, generator=gen)
+
+
+def _val_score(logits: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> float:
+    """What early stopping maximises: top-1, or balanced accuracy when the classes are balanced."""
+    if not len(labels):
+        return 0.0
+    hit = (logits.argmax(1) == labels).float()
+    if cfg.balance == "none":
+        return float(hit.mean())
+    recalls = [float(hit[labels == c].mean()) for c in torch.unique(labels)]
+    return float(np.mean(recalls))
 
 
 def _schedule(opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -272,36 +354,42 @@ class _EarlyStop:
         return epoch - self.best_epoch >= self.patience
 
 
+def _skipped(bad: list[str]) -> list[dict[str, str]]:
+    return [{"path": b.split(":", 1)[0], "reason": b.split(":", 1)[1].strip()} for b in bad]
+
+
 def _fit_linear(model: nn.Module, arch: str, root: Path, train: list[Sample], val: list[Sample],
-                pre: Preprocess, cfg: TrainConfig, device: str,
-                ddp: Dist) -> tuple[list[dict[str, float]], _EarlyStop, list[dict[str, str]]]:
+                pre: Preprocess, cfg: TrainConfig, device: str, ddp: Dist,
+                n_classes: int) -> tuple[list[dict[str, float]], _EarlyStop, list[dict[str, str]]]:
+    from .features import PrefixEngine
+
     freeze_for_mode(model, arch, "linear")
     head = head_of(model, arch)
     head_path = get_arch(arch).head
     set_submodule(model, head_path, nn.Identity())
     try:
-        ftr, ytr, bad_tr = predict_logits(model, root, train, pre, device, ddp=ddp, quiet=cfg.quiet,
-                                          workers=cfg.workers, desc="features (train)")
-        fva, yva, bad_va = predict_logits(model, root, val, pre, device, ddp=ddp, quiet=cfg.quiet,
-                                          workers=cfg.workers, desc="features (val)")
+        engine = PrefixEngine(model, (3, pre.crop, pre.crop), device, cfg.engine)
+        common = {"ddp": ddp, "quiet": cfg.quiet, "workers": cfg.workers}
+        ftr, ytr, bad_tr = run_over(engine, root, train, pre, desc=f"features (train, {engine.name})", **common)
+        fva, yva, bad_va = run_over(engine, root, val, pre, desc=f"features (val, {engine.name})", **common)
     finally:
         set_submodule(model, head_path, head)
-    skipped = [{"path": b.split(":", 1)[0], "reason": b.split(":", 1)[1].strip()} for b in bad_tr + bad_va]
+    skipped = _skipped(bad_tr + bad_va)
     # The head trains on cached features: identical on every rank, so no gradient exchange is needed.
     gen = torch.Generator().manual_seed(cfg.seed)
-    xtr, ttr = torch.from_numpy(ftr).to(device), torch.from_numpy(ytr).to(device)
-    xva, tva = torch.from_numpy(fva).to(device), torch.from_numpy(yva).to(device)
+    xtr, ttr = ftr.to(device), torch.from_numpy(ytr).to(device)
+    xva, tva = fva.to(device), torch.from_numpy(yva).to(device)
     epochs, bs = cfg.resolved_epochs(), max(cfg.batch_size, 64)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.resolved_lr(), weight_decay=cfg.weight_decay)
     steps = epochs * max(1, math.ceil(len(xtr) / bs))
     sched = _schedule(opt, steps)
-    crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    crit = _criterion(cfg, ytr, n_classes, device)
     stop, history = _EarlyStop(cfg.patience), []
     with progress(cfg.quiet or not ddp.main) as bar:
         task = bar.add_task("train head", total=epochs, info="")
         for epoch in range(epochs):
             head.train()
-            perm = torch.randperm(len(xtr), generator=gen).to(device)
+            perm = _epoch_order(ttr, gen, cfg).to(device)
             total = 0.0
             for s in range(0, len(xtr), bs):
                 b = perm[s:s + bs]
@@ -314,14 +402,95 @@ def _fit_linear(model: nn.Module, arch: str, root: Path, train: list[Sample], va
             head.eval()
             with torch.no_grad():
                 out = head(xva)
-                vloss = float(nn.functional.cross_entropy(out, tva))
-                vacc = float((out.argmax(1) == tva).float().mean()) if len(tva) else 0.0
+            vloss, vacc, vscore = _val_figures(out, tva, cfg)
             history.append({"epoch": epoch, "train_loss": total / max(1, len(xtr)), "val_loss": vloss,
-                            "val_top1": vacc})
+                            "val_top1": vacc, "val_score": vscore})
             bar.update(task, advance=1, info=f"val top-1 {vacc:.3f}")
-            if stop.update(epoch, vacc, vloss, head, out.float().cpu().numpy(), yva):
+            if stop.update(epoch, vscore, vloss, head, out.float().cpu().numpy(), yva):
                 break
     head.load_state_dict(stop.state)
+    return history, stop, skipped
+
+
+def _val_figures(out: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> tuple[float, float, float]:
+    """Validation loss, top-1 and the early-stopping score of one epoch's logits."""
+    if not len(labels):
+        return 0.0, 0.0, 0.0
+    out = out.float()
+    return (float(nn.functional.cross_entropy(out, labels)), float((out.argmax(1) == labels).float().mean()),
+            _val_score(out, labels, cfg))
+
+
+def _fit_cached(model: nn.Module, arch: str, root: Path, train: list[Sample], val: list[Sample],
+                pre: Preprocess, cfg: TrainConfig, device: str, ddp: Dist,
+                n_classes: int) -> tuple[list[dict[str, float]], _EarlyStop, list[dict[str, str]]]:
+    """``partial`` on a CPU: the frozen prefix runs once per image and view, the tail trains on that.
+
+    Training images get ``cfg.views`` cached views (the evaluation preprocessing, then augmented
+    ones); each epoch draws one view per image. The prefix's BatchNorm statistics stay frozen, as in
+    the end-to-end path; the tail's BatchNorm layers train. Activations are kept in float16 (half the
+    memory; training noise is far larger than the rounding), validation's in float32 so the stored
+    validation logits are the model's own.
+    """
+    from .features import PrefixEngine
+    from .models import split_at
+
+    freeze_for_mode(model, arch, "partial", cfg.unfreeze)
+    prefix, tail = split_at(model, arch, cfg.unfreeze)
+    engine = PrefixEngine(prefix, (3, pre.crop, pre.crop), device, cfg.engine)
+    common = {"ddp": ddp, "quiet": cfg.quiet, "workers": cfg.workers}
+    views, labels_tr, bad = [], None, []
+    for v in range(cfg.views):
+        acts, ytr, b = run_over(engine, root, train, pre, augment=v > 0, aug_scale=cfg.aug_scale,
+                                seed=cfg.seed * 1000 + v, dtype=torch.float16,
+                                desc=f"activations (train, view {v + 1}/{cfg.views}, {engine.name})", **common)
+        if labels_tr is not None and not np.array_equal(ytr, labels_tr):
+            raise ConfigError("a training image became unreadable between two cached views; run again")
+        views.append(acts)
+        labels_tr, bad = ytr, bad + b
+    fva, yva, bad_va = run_over(engine, root, val, pre, desc=f"activations (val, {engine.name})", **common)
+    skipped = _skipped(sorted(set(bad)) + bad_va)
+    cache = torch.stack(views)  # (views, N, C, H, W)
+    ttr, tva = torch.from_numpy(labels_tr), torch.from_numpy(yva)
+    head_ids = {id(p) for p in head_of(model, arch).parameters()}
+    trainable = [p for p in tail.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) in head_ids], "lr": cfg.resolved_lr()},
+              {"params": [p for p in trainable if id(p) not in head_ids],
+               "lr": cfg.resolved_lr() * cfg.backbone_lr_scale}]
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    epochs, bs = cfg.resolved_epochs(cached=True), cfg.batch_size
+    sched = _schedule(opt, epochs * max(1, math.ceil(len(ttr) / bs)))
+    crit = _criterion(cfg, labels_tr, n_classes, device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    stop, history = _EarlyStop(cfg.patience), []
+    with progress(cfg.quiet or not ddp.main) as bar:
+        task = bar.add_task(f"train last {cfg.unfreeze} block(s)", total=epochs, info="")
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            tail.train()
+            order = _epoch_order(ttr, gen, cfg)
+            pick = torch.randint(0, cfg.views, (len(order),), generator=gen)
+            total = 0.0
+            for s in range(0, len(order), bs):
+                b = order[s:s + bs]
+                x = cache[pick[s:s + bs], b].float().to(device)
+                loss = crit(tail(x), ttr[b].to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * len(b)
+            tail.eval()
+            with torch.no_grad():
+                out = torch.cat([tail(fva[i:i + 256].to(device)).float().cpu() for i in range(0, len(fva), 256)]) \
+                    if len(fva) else torch.zeros(0, n_classes)
+            vloss, vacc, vscore = _val_figures(out, tva, cfg)
+            history.append({"epoch": epoch, "train_loss": total / max(1, len(order)), "val_loss": vloss,
+                            "val_top1": vacc, "val_score": vscore, "seconds": time.perf_counter() - t0})
+            bar.update(task, advance=1, info=f"val top-1 {vacc:.3f}")
+            if stop.update(epoch, vscore, vloss, model, out.numpy(), yva):
+                break
+    model.load_state_dict(stop.state)
     return history, stop, skipped
 
 
@@ -342,8 +511,8 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
 
 def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample], val: list[Sample],
                     pre: Preprocess, cfg: TrainConfig, device: str, ddp: Dist,
-                    teacher: nn.Module | None = None) -> tuple[list[dict[str, float]], _EarlyStop,
-                                                                list[dict[str, str]]]:
+                    teacher: nn.Module | None = None, n_classes: int | None = None,
+                    ) -> tuple[list[dict[str, float]], _EarlyStop, list[dict[str, str]]]:
     from torch.utils.data.distributed import DistributedSampler
 
     cuda = device.startswith("cuda")
@@ -362,11 +531,23 @@ def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample]
             model, device_ids=[torch.device(device).index] if cuda else None,
             find_unused_parameters=cfg.progressive or cfg.mode != "full")
     ds = ImageDataset(root, train, pre, train=True, aug_scale=cfg.aug_scale)
-    sampler = DistributedSampler(ds, ddp.world, ddp.rank, shuffle=True, seed=cfg.seed) if ddp.world > 1 else None
+    train_labels = np.asarray([s.label for s in train], dtype=np.int64)
+    n_classes = n_classes or int(train_labels.max(initial=0)) + 1
+    sampler: Any = None
+    if ddp.world > 1:
+        if cfg.balance == "sampler":
+            raise ConfigError("--balance sampler is not available under torchrun; use --balance weights")
+        sampler = DistributedSampler(ds, ddp.world, ddp.rank, shuffle=True, seed=cfg.seed)
+    elif cfg.balance == "sampler":
+        from torch.utils.data import WeightedRandomSampler
+
+        counts = np.bincount(train_labels, minlength=n_classes)
+        sampler = WeightedRandomSampler(torch.from_numpy(1.0 / np.maximum(counts, 1)[train_labels]), len(train),
+                                        generator=torch.Generator().manual_seed(cfg.seed))
     loader = _loader(ds, cfg.batch_size, True, cfg.workers, cfg.seed, sampler, pin=cuda)
     epochs = cfg.resolved_epochs()
     sched = _schedule(opt, epochs * max(1, len(loader)))
-    crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    crit = _criterion(cfg, train_labels, n_classes, device)
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
     if teacher is not None:
@@ -379,7 +560,7 @@ def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample]
         for epoch in range(epochs):
             if cfg.progressive:
                 frozen = freeze_for_mode(model, arch, cfg.mode, unfreeze_at(epoch))
-            if sampler is not None:
+            if sampler is not None and hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
             t0 = time.perf_counter()
             net.train()
@@ -409,14 +590,11 @@ def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample]
                 bar.advance(task)
             with torch.autocast("cuda", dtype=amp_dtype, enabled=cuda):
                 logits, labels, _ = predict_logits(model, root, val, pre, device, ddp=ddp, workers=cfg.workers)
-            vt = torch.from_numpy(labels)
-            lt = torch.from_numpy(logits).float()
-            vloss = float(nn.functional.cross_entropy(lt, vt)) if len(vt) else 0.0
-            vacc = float((lt.argmax(1) == vt).float().mean()) if len(vt) else 0.0
+            vloss, vacc, vscore = _val_figures(torch.from_numpy(logits), torch.from_numpy(labels), cfg)
             history.append({"epoch": epoch, "train_loss": total / max(1, seen), "val_loss": vloss,
-                            "val_top1": vacc, "seconds": time.perf_counter() - t0})
+                            "val_top1": vacc, "val_score": vscore, "seconds": time.perf_counter() - t0})
             bar.update(task, info=f"epoch {epoch + 1}/{epochs} val top-1 {vacc:.3f}")
-            if stop.update(epoch, vacc, vloss, model, logits, labels):
+            if stop.update(epoch, vscore, vloss, model, logits, labels):
                 break
     model.load_state_dict(stop.state)
     if teacher is not None:

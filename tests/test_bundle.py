@@ -144,8 +144,10 @@ def test_cli_policy_with_an_ok_class_is_tuned_to_the_false_reject_target(run: Pa
     p = json.loads((out / "bundle.json").read_text())["policy"]
     assert p["ok_classes"] == ["blobs"] and p["defect_classes"] == ["horizontal", "vertical"]
     assert p["defect_threshold"] == 0.6
-    assert p["tuning"]["target_false_reject"] == 0.0 and p["tuning"]["target_met"]
-    assert p["validation"]["false_reject_rate"] == 0.0
+    # A false-reject rate of 0 cannot be shown on a few validation images (nor on any finite number):
+    # the target is not claimed and the stated default threshold stays.
+    assert p["tuning"]["target_false_reject"] == 0.0 and not p["tuning"]["target_met"]
+    assert p["tuning"]["threshold_source"] == "default" and p["ok_threshold"] == 0.5
     assert main(["bundle", str(run), "--target", TARGETS[0], "--out", str(tmp_path / "c"),
                  "--ok-class", "nosuch"]) == 2
     assert "unknown class" in capsys.readouterr().err
@@ -182,7 +184,9 @@ def test_tuning_picks_the_strictest_ok_threshold_within_the_false_reject_target(
     logits = np.stack([np.zeros(n), margin], axis=1)
     base = make_policy(["defect", "ok"])
     for target in (0.0, 0.01, 0.05, 0.2):
-        tuned, rec = tune_ok_threshold(base, logits, labels, target)
+        # confidence=None: the observed rate, to test which threshold is picked (the 95 % upper bound
+        # that the default claims by is tested in tests/test_intake.py).
+        tuned, rec = tune_ok_threshold(base, logits, labels, target, confidence=None)
         fr = policy_stats(tuned, logits, labels)["false_reject_rate"]
         assert rec["target_met"] and fr <= target + 1e-12
         # Any stricter threshold (the next good score up) breaks the target: it is the highest one.
@@ -195,7 +199,7 @@ def test_tuning_picks_the_strictest_ok_threshold_within_the_false_reject_target(
     flip = np.flatnonzero(labels == 1)[: int(0.05 * (labels == 1).sum())]
     bad = logits.copy()
     bad[flip, 1] = -5.0
-    tuned, rec = tune_ok_threshold(base, bad, labels, 0.01)
+    tuned, rec = tune_ok_threshold(base, bad, labels, 0.01, confidence=None)
     assert not rec["target_met"] and rec["ok_images_labelled_defect"] == len(flip)
     with pytest.raises(ConfigError):
         tune_ok_threshold(make_policy(["a", "b"]), logits, labels, 0.01)  # no ok class

@@ -79,8 +79,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, finetuned_run: Path) -> d
 
 
 def quantize(prepared: dict[str, Any], target_path: str, out: Path, calibration: str | None = None,
-             evalset: Any = None) -> tuple[list[str], dict[str, Any]]:
-    """quantize_for_target into ``out`` with the float graph copied there, as export does."""
+             evalset: Any = None, selection: Any = None) -> tuple[list[str], dict[str, Any]]:
+    """quantize_for_target into ``out`` with the float graph copied there, as export does (``selection``:
+    the images the fallback chooses on, instead of the run's training images)."""
     import shutil
 
     from edge_tl.stages.quantize import quantize_for_target
@@ -91,7 +92,25 @@ def quantize(prepared: dict[str, Any], target_path: str, out: Path, calibration:
     es = evalset or prepared["evalset"]
     run = prepared["run"]
     return quantize_for_target(get_target(target_path), run, run.finetune, float_onnx, out, calibration, es,
-                               es.logits, quiet=True)
+                               es.logits, quiet=True, selection=selection)
+
+
+def selection_of(x: np.ndarray, logits: np.ndarray, classes: list[str]) -> Any:
+    """A selection set of these inputs, labelled with the model's own answers."""
+    from edge_tl.calibration import SelectionSet
+
+    labels = logits.argmax(1)
+    images = [{"path": f"near-tie-{i}", "sha256": f"{i:064x}", "class": classes[int(c)]} for i, c in enumerate(labels)]
+    return SelectionSet(x, labels, images, "test: near-ties", "", 0, list(classes))
+
+
+@pytest.fixture
+def unscaled_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback tests below choose on near-ties picked for *this* graph's flips: count them as they
+    are (the ×2 error scale stands in for the wider margins of training images, which these are not)."""
+    from edge_tl.stages import quantize as quantize_module
+
+    monkeypatch.setattr(quantize_module, "SELECTION_ERROR_SCALE", 1.0)
 
 
 @pytest.mark.parametrize(("builtin", "act_dtype", "symmetric"), [
@@ -234,12 +253,14 @@ def pick_flips(flipped: np.ndarray, steady: np.ndarray, logits: np.ndarray, n: i
     return np.concatenate([flipped[:8], steady[:n - min(8, len(flipped))]])
 
 
-def test_fallback_keeps_layers_float_when_the_gate_is_tight(run_copy: Path, tmp_path: Path) -> None:
+def test_fallback_keeps_layers_float_when_the_gate_is_tight(run_copy: Path, tmp_path: Path, unscaled_selection: None,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from edge_tl.stages.quantize import _ort_logits
 
     # Which near-ties all-INT8 flips depends on the exact model (CPU training is not bit-reproducible
-    # across machines): export once without a fallback, then evaluate on inputs it flips and the float
-    # graph does not, plus some that neither flips.
+    # across machines): export once without a fallback, then choose on inputs it flips and the float
+    # graph does not, plus some that neither flips. The export chooses on the selection set, so it is
+    # made of those inputs; validation (judged afterwards) holds the same ones.
     pool, pool_logits, classes = near_tie_eval(run_copy)
     _write_eval(run_copy, pool, pool_logits, pool_logits.argmax(1), classes)
     export(run_copy, profile(tmp_path, "cpu-onnxruntime-int8", quantizer={"accuracy_fallback": False}))
@@ -253,8 +274,13 @@ def test_fallback_keeps_layers_float_when_the_gate_is_tight(run_copy: Path, tmp_
     x, logits = pool[pick], pool_logits[pick]
     _write_eval(run_copy, x, logits, logits.argmax(1), classes)
     tight = profile(tmp_path, "cpu-onnxruntime-int8", gates={"max_top1_drop": 0.0, "min_agreement": 1.0})
+    from edge_tl.stages import quantize as quantize_module
+
+    monkeypatch.setattr(quantize_module, "build_selection_set", lambda *a, **k: selection_of(x, logits, classes))
     m = export(run_copy, tight)
     fb = m["fallback"]
+    assert fb["selection"]["source"] == "test: near-ties" and fb["selection"]["n"] == len(x)
+    assert fb["held_out"]["n"] == len(x) and fb["held_out"]["passed"]
     assert fb["before"]["agreement"] < 1.0, f"precondition: all-INT8 must flip some near-tie answers: {fb} {logits[:3]}"
     assert fb["status"] == "passed"
     assert fb["after"]["agreement"] == 1.0 and fb["after"]["top1_drop"] == 0.0
@@ -277,7 +303,7 @@ def test_fallback_keeps_layers_float_when_the_gate_is_tight(run_copy: Path, tmp_
 
 
 def test_openvino_fallback_bypasses_the_most_sensitive_activation_quantisers(
-        prepared: dict[str, Any], tmp_path: Path, run_copy: Path) -> None:
+        prepared: dict[str, Any], tmp_path: Path, run_copy: Path, unscaled_selection: None) -> None:
     import openvino as ov
 
     from edge_tl.evalset import EvalSet
@@ -304,10 +330,10 @@ def test_openvino_fallback_bypasses_the_most_sensitive_activation_quantisers(
     es = EvalSet(x, logits.argmax(1), logits, classes, [], "near-ties")
     tight = profile(tmp_path, "cpu-openvino-int8", gates={"max_top1_drop": 0.0, "min_agreement": 1.0})
     out = tmp_path / "target"
-    _, m = quantize(prepared, tight, out, evalset=es)
+    _, m = quantize(prepared, tight, out, evalset=es, selection=selection_of(x, logits, classes))
     fb = m["fallback"]
     assert fb["before"]["agreement"] < 1.0, f"precondition: all-INT8 must flip some near-tie answers: {fb} {logits[:3]}"
-    assert fb["status"] == "passed" and fb["after"]["passed"]
+    assert fb["status"] == "passed" and fb["after"]["passed"] and fb["held_out"]["passed"]
     layers = m["float_layers"]
     assert 1 <= len(layers) < fb["candidates"]
     assert fb["float_layers"] == [layer["name"] for layer in layers]

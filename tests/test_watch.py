@@ -169,16 +169,22 @@ def test_memory_follows_the_folder_not_the_history(rt: Runtime, tmp_path: Path) 
 
 
 def test_fresh_files_wait_until_settled_and_bad_files_are_logged_once(rt: Runtime, tmp_path: Path) -> None:
+    """Settling is observed (size and mtime unchanged for ``settle`` s of this host's clock), so a file
+    first seen now waits, however old its mtime; a settled file that does not decode is one error."""
     cam = tmp_path / "cam"
     cam.mkdir()
     fresh = cam / "frame_0001.png"
-    make_image(0, 1).save(fresh)  # mtime now: the camera may still be writing it
+    make_image(0, 1).save(fresh)
     (cam / "frame_0002.png").write_bytes(b"\x89PNG truncated")
     old = time.time() - 10
     os.utime(cam / "frame_0002.png", (old, old))
-    with Watcher(rt, cam, settle=5.0) as w:
-        assert w.poll() == 1  # only the settled (broken) one
-        os.utime(fresh, (old, old))
+    with Watcher(rt, cam, settle=0.3, error_after=0.3) as w:
+        assert w.poll() == 0  # first sight: nothing has been seen holding still yet
+        time.sleep(0.15)
+        make_image(0, 2).save(fresh)  # the camera is still writing it: its clock starts again
+        time.sleep(0.2)
+        assert w.poll() == 1  # only the (broken) file that held still
+        time.sleep(0.35)
         assert w.poll() == 1
         assert w.poll() == 0
     rows = jsonl(cam / "edge-tl-results.jsonl")

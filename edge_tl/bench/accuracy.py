@@ -15,13 +15,21 @@ def confusion(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarr
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """top-1, per-class recall and confusion matrix of ``logits`` against ``labels``."""
+    """top-1, balanced accuracy, per-class recall and confusion matrix of ``logits`` against ``labels``.
+
+    Balanced accuracy is the mean recall over the classes that have evaluation images (scikit-learn's
+    ``balanced_accuracy_score``): on a line where 70 % of the parts are good, top-1 can read 0.85 while
+    a defect class is caught 3 times in 10; balanced accuracy shows it. Classes without evaluation
+    images get recall ``None`` and are left out of the mean.
+    """
     preds = logits.argmax(axis=1)
     cm = confusion(labels, preds, len(classes))
     support = cm.sum(axis=1)
     recall = {c: (float(cm[i, i] / support[i]) if support[i] else None) for i, c in enumerate(classes)}
+    seen = [r for r in recall.values() if r is not None]
     return {
         "top1": float((preds == labels).mean()) if len(labels) else 0.0,
+        "balanced_accuracy": float(np.mean(seen)) if seen else 0.0,
         "per_class_recall": recall,
         "confusion": cm.tolist(),
         "n": len(labels),

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import ArtifactError
 from ..manifest import write_bytes
+from .hostload import describe, describe_spread, unreliable_label
 
 # Okabe–Ito: distinguishable with the common colour-vision deficiencies, readable on white.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#8C6D31", "#000000"]
@@ -35,6 +36,7 @@ td.st{white-space:normal;text-align:left;max-width:360px}
  vertical-align:middle}
 .b-pass{background:#1a7f37}.b-fail{background:#cf222e}.b-skip{background:#9a6700}
 .note{background:#fff8c5;border-left:4px solid #d4a72c;padding:6px 10px;margin:6px 0;font-size:14px}
+.warn{background:#ffebe9;border:2px solid #cf222e;padding:8px 12px;margin:8px 0;font-size:14.5px}
 .grid{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}figure{margin:8px 0}
 figcaption{font-size:12.5px;color:#57606a;max-width:900px}svg{max-width:100%;height:auto}
 svg text{font-family:inherit}details{margin:6px 0}summary{cursor:pointer;color:#0969da}
@@ -363,6 +365,16 @@ def _notes(r: dict[str, Any]) -> str:
     return "".join(f'<div class="note">{_e(n)}</div>' for n in r.get("notes") or [])
 
 
+def _unreliable_box(r: dict[str, Any]) -> str:
+    """A red box at the top of the page when the timings were taken on a busy host (or scattered)."""
+    label = unreliable_label(r)
+    if not label:
+        return ""
+    why = "; ".join(r.get("unreliable_reasons") or (r.get("host_load") or {}).get("reasons") or [])
+    return (f'<div class="warn"><b>UNRELIABLE timings: {_e(label)}.</b> {_e(why)}. The speed-up and latencies '
+            "below were measured like this; re-run on a quiet host.</div>")
+
+
 def render_html(report: dict[str, Any]) -> str:
     """One target's page: reference vs candidate, latency, accuracy vs latency, confusion, gates."""
     r, name = report, str(report.get("target", "?"))
@@ -370,10 +382,10 @@ def render_html(report: dict[str, Any]) -> str:
     host, prof = r.get("host") or {}, r.get("profile") or {}
     facts = [_e(prof["description"]) if prof.get("description") else "",
              f'eval set: {_e(r["eval_set"])} ({_e(r.get("n", "?"))} images)' if r.get("eval_set") else "",
-             _host(host)]
+             _host(host), _e(describe(r["host_load"])) if "host_load" in r and not r.get("skipped") else ""]
     out = ['<p class="sub"><a href="index.html">all targets of this run</a></p>',
            f'<h1>{_e(name)} {_badge(r)}</h1><p class="sub">{"<br>".join(f for f in facts if f)}</p>',
-           _notes(r)]
+           _unreliable_box(r), _notes(r)]
     if r.get("skipped"):
         out.append(f'<p><b>Skipped:</b> {_e(r["skipped"])}</p>'
                    f'<p>Reference top-1: {_pct(ref.get("top1"), 2)}</p>')
@@ -382,6 +394,7 @@ def render_html(report: dict[str, Any]) -> str:
         rows = [("format / precision", f'{_e(ref.get("format"))} / {_e(ref.get("precision"))}',
                  f'{_e(cand.get("format"))} / {_e(cand.get("precision"))}'),
                 ("top-1", _pct(ref.get("top1"), 2), _pct(cand.get("top1"), 2)),
+                ("balanced accuracy", _pct(ref.get("balanced_accuracy"), 2), _pct(cand.get("balanced_accuracy"), 2)),
                 ("top-1 drop", "", _f(cand.get("top1_drop"), 2, " points")),
                 ("agreement with reference", "", _pct(cand.get("agreement"), 2)),
                 *((f"{k} latency", _f(rl.get(k), 2, " ms"), _f(cl.get(k), 2, " ms"))
@@ -398,7 +411,11 @@ def render_html(report: dict[str, Any]) -> str:
             rows.append(("layers kept in float", "", _e(len(fl) if isinstance(fl, (list, dict)) else fl)))
         body = "".join(f"<tr><td>{a}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in rows)
         out.append(f"<table><tr><th></th><th>reference</th><th>candidate</th></tr>{body}</table>")
-        out.append(f'<p><b>Speed-up</b> (reference p50 / candidate p50): {_f(r.get("speedup"), 2, "×")}</p>')
+        label = unreliable_label(r)
+        mark = f' <span class="fail">(unreliable: {_e(label)})</span>' if label else ""
+        spread = describe_spread(r.get("speedup_spread"))
+        out.append(f'<p><b>Speed-up</b> (reference p50 / candidate p50): {_f(r.get("speedup"), 2, "×")}{mark}'
+                   + (f'<br><span class="sub">per timing block: {_e(spread)}</span>' if spread else "") + "</p>")
         out.append(f"<h2>Gates</h2>{gates_table([r], with_target=False)}")
         pts, ref_top1 = _points([r])
         no_ref = "" if rl else " The reference latency was not measured on this host (no torch)."
@@ -427,7 +444,8 @@ _LAT_CAPTION = ("Box: p25–p75; thick line: p50; ◇: p95; whisker: min–p99; 
 def render_index(reports: list[dict[str, Any]], title: str) -> str:
     """The per-run page: every target in one table and in shared plots, then gates and confusion matrices."""
     ran = [r for r in reports if not r.get("skipped") and r.get("candidate")]
-    head = ("<tr><th>target</th><th>format / precision</th><th>top-1</th><th>drop</th><th>agreement</th>"
+    head = ("<tr><th>target</th><th>format / precision</th><th>top-1</th><th>bal. acc.</th><th>drop</th>"
+            "<th>agreement</th>"
             "<th>p50</th><th>p95</th><th>speed-up</th><th>size</th>"
             "<th style='text-align:left'>status</th></tr>")
     rows = []
@@ -436,10 +454,14 @@ def render_index(reports: list[dict[str, Any]], title: str) -> str:
         lat = c.get("latency_ms") or {}
         link = f'<a href="{_e(r["target"])}.html">{_e(r["target"])}</a>'
         fmt = f'{_e(c["format"])} / {_e(c.get("precision"))}' if c.get("format") else "–"
+        label = unreliable_label(r)
+        warn = (f'<br><span class="fail" title="{_e("; ".join(r.get("unreliable_reasons") or []))}">'
+                f"⚠ unreliable: {_e(label)}</span>") if label else ""
         rows.append(f"<tr><td>{link}</td><td>{fmt}</td><td>{_pct(c.get('top1'), 2)}</td>"
+                    f"<td>{_pct(c.get('balanced_accuracy'), 2)}</td>"
                     f"<td>{_f(c.get('top1_drop'), 2, ' pts')}</td><td>{_pct(c.get('agreement'), 2)}</td>"
                     f"<td>{_f(lat.get('p50'), 2, ' ms')}</td><td>{_f(lat.get('p95'), 2, ' ms')}</td>"
-                    f"<td>{_f(r.get('speedup'), 2, '×')}</td><td>{_f(c.get('size_mb'), 2, ' MB')}</td>"
+                    f"<td>{_f(r.get('speedup'), 2, '×')}{warn}</td><td>{_f(c.get('size_mb'), 2, ' MB')}</td>"
                     f"<td class=st>{_status(r)}</td></tr>")
     first = reports[0] if reports else {}
     ref = first.get("reference") or {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,21 +51,37 @@ def measure_paired(ref_fn: Callable[[np.ndarray], np.ndarray], cand_fn: Callable
     A shared host slows down for seconds at a time (other tenants, thermal limits); timed one after the
     other, a fast candidate and a slow reference can land in different periods and their ratio moves
     by 1.5x. Alternating blocks put both in every period. Each block starts with one untimed call,
-    because the other runner has just evicted the caches. Returns (reference, candidate) statistics.
+    because the other runner has just evicted the caches. Returns (reference, candidate) statistics;
+    each also holds ``block_p50_ms``, the median of every block in order, so the ratio can be taken
+    block by block (:func:`block_ratio_spread`): when the host slows one runner far more than the
+    other, those ratios scatter, and the single speedup figure is not to be trusted.
     """
     for _ in range(warmup):
         ref_fn(x)
         cand_fn(x)
     per_block = max(1, -(-iterations // rounds))
     samples: tuple[list[float], list[float]] = ([], [])
+    blocks: tuple[list[float], list[float]] = ([], [])
     while len(samples[0]) < iterations:
-        for fn, out in ((ref_fn, samples[0]), (cand_fn, samples[1])):
+        for fn, out, meds in ((ref_fn, samples[0], blocks[0]), (cand_fn, samples[1], blocks[1])):
             fn(x)
+            block: list[float] = []
             for _ in range(per_block):
                 t0 = time.perf_counter_ns()
                 fn(x)
-                out.append((time.perf_counter_ns() - t0) / 1e6)
-    return (percentiles(samples[0]) | {"samples": samples[0]}, percentiles(samples[1]) | {"samples": samples[1]})
+                block.append((time.perf_counter_ns() - t0) / 1e6)
+            out.extend(block)
+            meds.append(float(np.median(block)))
+    return (percentiles(samples[0]) | {"samples": samples[0], "block_p50_ms": blocks[0]},
+            percentiles(samples[1]) | {"samples": samples[1], "block_p50_ms": blocks[1]})
+
+
+def block_ratio_spread(reference: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any] | None:
+    """Spread (min, p10, p50, p90, max, relative IQR, p90/p10) of the per-block ratio
+    reference block median / candidate block median, from two :func:`measure_paired` results."""
+    from .hostload import ratio_spread
+
+    return ratio_spread(reference.get("block_p50_ms") or [], candidate.get("block_p50_ms") or [])
 
 
 def measure_throughput(fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, warmup: int = 3,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..manifest import write_bytes, write_json
+from .hostload import describe, describe_spread, unreliable_label
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -25,6 +26,7 @@ def markdown(report: dict[str, Any]) -> str:
     rows = [
         ("format / precision", f"{ref['format']} / {ref['precision']}", f"{cand['format']} / {cand['precision']}"),
         ("top-1", _fmt(ref.get("top1")), _fmt(cand.get("top1"))),
+        ("balanced accuracy", _fmt(ref.get("balanced_accuracy")), _fmt(cand.get("balanced_accuracy"))),
         ("top-1 drop (points)", "", _fmt(cand.get("top1_drop"), 2)),
         ("agreement", "", _fmt(cand.get("agreement"), 4)),
         ("p50 ms", _fmt(rl.get("p50"), 2), _fmt(cl.get("p50"), 2)),
@@ -33,31 +35,61 @@ def markdown(report: dict[str, Any]) -> str:
         ("throughput img/s", _fmt(ref.get("throughput_ips"), 1), _fmt(cand.get("throughput_ips"), 1)),
         ("size MB", _fmt(ref.get("size_mb"), 2), _fmt(cand.get("size_mb"), 2)),
     ]
+    # Per-class recall, with a class that has no evaluation image shown as such: its recall is not 0
+    # and not fine, it is unknown, and the gates above say nothing about it.
+    ref_recall, cand_recall = ref.get("per_class_recall") or {}, cand.get("per_class_recall") or {}
+    classes = list(report.get("classes") or cand_recall or ref_recall)
+    unevaluated = [c for c in classes if c in cand_recall and cand_recall[c] is None]
+
+    def recall(table: dict[str, Any], c: str) -> str:
+        if c not in table:
+            return ""
+        return "not evaluated" if table[c] is None else _fmt(table[c])
+
+    rows += [(f"recall: {c}", recall(ref_recall, c), recall(cand_recall, c)) for c in classes]
     lines = [f"# {report['target']}", "", "| | reference | candidate |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    lines += ["", f"**speedup** (reference p50 / candidate p50): {_fmt(report.get('speedup'), 2)}×", ""]
+    if unevaluated:
+        lines += ["", f"**Not evaluated:** {', '.join(unevaluated)} (no evaluation image: too few images to hold "
+                  "one out); every figure and gate here covers the other classes only."]
+    label = unreliable_label(report)
+    mark = f" (unreliable: {label})" if label else ""
+    lines += ["", f"**speedup** (reference p50 / candidate p50): {_fmt(report.get('speedup'), 2)}×{mark}", ""]
+    if label:
+        # The console prints this page: say it next to the speedup, not only in the notes below.
+        why = "; ".join(report.get("unreliable_reasons") or (report.get("host_load") or {}).get("reasons") or [])
+        lines += [f"**UNRELIABLE: {label}** ({why})", ""]
+    if describe_spread(report.get("speedup_spread")):
+        lines += [f"Speedup per timing block ({describe_spread(report['speedup_spread'])}).", ""]
     if report.get("timing"):
         lines += [f"Timing: {report['timing']}.", ""]
+    if "host_load" in report:
+        lines += [describe(report["host_load"]), ""]
     lines += ["| gate | limit | value | passed |", "|---|---|---|---|"]
     lines += [f"| {g['name']} | {_fmt(g['limit'])} | {_fmt(g['value'])} | {'yes' if g['passed'] else '**NO**'} |"
               for g in report["gates"]]
     for note in report.get("notes", []):
         lines.append(f"\n> {note}")
-    lines.append(f"\n**{'PASSED' if report['passed'] else 'FAILED'}**\n")
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    if unevaluated:
+        verdict += f" (not evaluated: {', '.join(unevaluated)})"
+    lines.append(f"\n**{verdict}**\n")
     return "\n".join(lines)
 
 
 def summary_table(reports: list[dict[str, Any]]) -> str:
     """One Markdown row per target, for ``bench --all-targets`` and the benchmark script."""
-    head = "| target | top-1 | drop | agreement | p50 ms | p95 ms | speedup | size MB | passed |"
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    head = "| target | top-1 | bal. acc. | drop | agreement | p50 ms | p95 ms | speedup | size MB | passed |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         c = r.get("candidate") or {}
         lat = c.get("latency_ms") or {}
         status = f"skipped: {r['skipped']}" if r.get("skipped") else ("yes" if r["passed"] else "NO")
-        lines.append(f"| {r['target']} | {_fmt(c.get('top1'))} | {_fmt(c.get('top1_drop'), 2)} | "
-                     f"{_fmt(c.get('agreement'), 4)} | {_fmt(lat.get('p50'), 2)} | {_fmt(lat.get('p95'), 2)} | "
-                     f"{_fmt(r.get('speedup'), 2)} | {_fmt(c.get('size_mb'), 2)} | {status} |")
+        label = unreliable_label(r)
+        speedup = _fmt(r.get("speedup"), 2) + (f" (UNRELIABLE: {label})" if label else "")
+        lines.append(f"| {r['target']} | {_fmt(c.get('top1'))} | {_fmt(c.get('balanced_accuracy'))} | "
+                     f"{_fmt(c.get('top1_drop'), 2)} | {_fmt(c.get('agreement'), 4)} | {_fmt(lat.get('p50'), 2)} | "
+                     f"{_fmt(lat.get('p95'), 2)} | {speedup} | {_fmt(c.get('size_mb'), 2)} | {status} |")
     return "\n".join(lines)
 
 

@@ -3,11 +3,14 @@
 Accuracy comes from ``eval.npz`` (or ``--data``), so a device with no torch can bench too; then the
 reference column's latency is missing and the report says why. The candidate is measured before
 any other model is loaded, so its peak RSS is its own. Ratios (speedup over torch, INT8 over float)
-come from timings taken side by side in alternating blocks, not one after the other.
+come from timings taken side by side in alternating blocks, not one after the other. The host's load
+while timing is recorded with them (``host_load``): torch eager slows down far more than the engines
+on a busy host, so a speedup taken there is inflated, and the report says so (``timing_reliable``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import sys
@@ -23,7 +26,8 @@ from ..manifest import host_info, versions
 from ..rundir import RunDir
 from ..targets import Target, builtin_targets, get_target
 from .accuracy import agreement, classification_metrics
-from .latency import measure_latency, measure_paired, measure_throughput
+from .hostload import HostLoad, spread_reason, wait_for_quiet
+from .latency import block_ratio_spread, measure_latency, measure_paired, measure_throughput
 
 log = logging.getLogger("edge_tl")
 
@@ -70,35 +74,51 @@ def _reference_device(target: Target) -> str:
     return "cuda" if target.backend == "tensorrt" or target.device.startswith("cuda") else "cpu"
 
 
-def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = True) -> dict[str, Any]:
-    """Measure one target; returns the report (with ``skipped`` set when this host cannot run it)."""
+def _reliability(host_load: dict[str, Any], spreads: dict[str, dict[str, Any] | None]) -> list[str]:
+    """Why the timed figures cannot be trusted (empty when they can)."""
+    reasons = list(host_load.get("reasons") or [])
+    reasons += [r for what, sp in spreads.items() if (r := spread_reason(sp, what))]
+    return reasons
+
+
+def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = True,
+                 wait_quiet: float = 0.0) -> dict[str, Any]:
+    """Measure one target; returns the report (with ``skipped`` set when this host cannot run it).
+
+    ``wait_quiet``: wait up to this many seconds for other processes to leave the CPUs before timing;
+    when they never do, the figures are still measured and marked unreliable.
+    """
     base: dict[str, Any] = {"target": target.name, "profile": target.model_dump(), "eval_set": evalset.source,
                             "n": len(evalset.labels), "classes": evalset.classes, "host": host_info(),
                             "versions": versions(), "notes": []}
     ref_metrics = classification_metrics(evalset.logits, evalset.labels, evalset.classes)
     reference: dict[str, Any] = {"format": "torch", "precision": "fp32", "top1": ref_metrics["top1"],
-                                 "latency_ms": None, "throughput_ips": None, "size_mb": None}
+                                 "balanced_accuracy": ref_metrics["balanced_accuracy"], "latency_ms": None,
+                                 "throughput_ips": None, "size_mb": None}
     folder = run.target(target.name)
     reason = availability(target.backend, target.device)
     if reason is None and not (folder / "manifest.json").is_file():
         reason = f"not exported (run `edge-tl export {run.root} --target {target.name}`)"
     if reason is not None:
         return base | {"reference": reference, "candidate": None, "speedup": None, "gates": [],
-                       "passed": True, "skipped": reason}
+                       "passed": True, "skipped": reason, "host_load": None, "timing_reliable": None}
     from ..manifest import read_manifest
 
     manifest = read_manifest(folder)
     spec = RunnerSpec(folder / target.model_file, target.backend, target.device, target.precision,
                       target.threads, target.batch_size)
     runner = open_runner(spec)
-    try:
+    wait = wait_for_quiet(wait_quiet) if wait_quiet > 0 else None
+    flat: dict[str, Any] | None = None
+    ref: dict[str, Any] | None = None
+    # The load is recorded from the candidate's first timed call to the reference's last.
+    with HostLoad(own_threads=target.threads, wait=wait) as load, contextlib.closing(runner):
         cand = measure(runner, evalset, target)
         peak = _peak_rss_mb()  # before any other model is loaded
         precision = getattr(runner, "precision", target.precision)
         float_parts = getattr(runner, "float_precision", None)
         engine = getattr(runner, "build_info", None)
         x1 = evalset.inputs[:1]
-        flat = None
         if target.quantized and (folder / "float.onnx").is_file():
             # INT8 has to earn its place: the float graph on the same backend, timed alongside.
             # TensorRT's float baseline is fp16 (an fp32 engine would cost another long build on a Jetson).
@@ -109,7 +129,6 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
                 flat, int8_lat = measure_paired(frunner.run, runner.run, x1, target.warmup, target.iterations)
             finally:
                 frunner.close()
-        ref = None
         if availability("torch", _reference_device(target)) is None:
             ref_runner = open_runner(RunnerSpec(run.finetune, "torch", _reference_device(target), "fp32",
                                                 target.threads, target.batch_size))
@@ -120,11 +139,10 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
                                                                        target.warmup, target.iterations)
             finally:
                 ref_runner.close()
-    finally:
-        runner.close()
     metrics = classification_metrics(cand["logits"], evalset.labels, evalset.classes)
     candidate = {
         "format": target.backend, "precision": precision, "top1": metrics["top1"],
+        "balanced_accuracy": metrics["balanced_accuracy"],
         "top1_drop": (ref_metrics["top1"] - metrics["top1"]) * 100.0,
         "agreement": agreement(cand["logits"], evalset.logits),
         "per_class_recall": metrics["per_class_recall"], "confusion": metrics["confusion"],
@@ -138,6 +156,7 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
         candidate["float_same_backend_p50_ms"] = flat["p50"]
         candidate["int8_same_backend_p50_ms"] = int8_lat["p50"]
         candidate["int8_speedup_over_float"] = ratio
+        candidate["int8_speedup_spread"] = block_ratio_spread(flat, int8_lat)
         if ratio < 1.0:
             base["notes"].append(f"INT8 is SLOWER than the float model on this host ({ratio:.2f}× of float "
                                  "speed): ship the float target here")
@@ -150,15 +169,34 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
         base["notes"].append("no torch on this host: reference accuracy comes from eval.npz, "
                              "its latency was not measured")
     speedup = reference["latency_ms"]["p50"] / candidate["latency_ms"]["p50"] if reference["latency_ms"] else None
+    speedup_spread = block_ratio_spread(reference["latency_ms"], candidate["latency_ms"]) if ref else None
+    host_load = load.summary()
+    if wait is not None and wait["quiet"] is not False:
+        base["notes"].append(f"waited {wait['waited_s']:.1f} s for a quiet host before timing" if wait["quiet"]
+                             else "--wait-quiet: the host's CPU use cannot be measured here, did not wait")
+    unreliable = _reliability(host_load, {"speedup": speedup_spread,
+                                          "INT8 speed-up over float": candidate.get("int8_speedup_spread")})
+    if unreliable:
+        what = "host busy" if host_load["busy"] else "ratio unstable"
+        figure = f"speedup {speedup:.2f}× and latencies" if speedup is not None else "latencies"
+        base["notes"].append(f"UNRELIABLE TIMING ({what}): {figure} are not to be trusted: " + "; ".join(unreliable)
+                             + ". Re-run on a quiet host (or with --wait-quiet SECONDS).")
+        log.warning("UNRELIABLE: %s (%s): %s of %s are not to be trusted", what, "; ".join(unreliable),
+                    figure, target.name)
     gates = _gates(target, {"max_top1_drop": candidate["top1_drop"], "min_agreement": candidate["agreement"],
                             "max_p95_ms": candidate["latency_ms"]["p95"]})
-    return base | {"reference": reference, "candidate": candidate, "speedup": speedup, "gates": gates,
-                   "passed": all(g["passed"] for g in gates), "skipped": None}
+    return base | {"reference": reference, "candidate": candidate, "speedup": speedup,
+                   "speedup_spread": speedup_spread, "host_load": host_load, "timing_reliable": not unreliable,
+                   "unreliable_reasons": unreliable, "gates": gates, "passed": all(g["passed"] for g in gates),
+                   "skipped": None}
 
 
 def bench(run_dir: str | Path, targets: list[str] | None, data: str | None = None,
-          json_path: str | None = None, quiet: bool = True) -> list[dict[str, Any]]:
-    """Bench the named targets (or, with None, every built-in target) and write their reports."""
+          json_path: str | None = None, quiet: bool = True, wait_quiet: float = 0.0) -> list[dict[str, Any]]:
+    """Bench the named targets (or, with None, every built-in target) and write their reports.
+
+    ``wait_quiet``: before timing each target, wait up to this many seconds for a quiet host.
+    """
     from .report import write_reports
 
     run = RunDir(Path(run_dir))
@@ -173,7 +211,7 @@ def bench(run_dir: str | Path, targets: list[str] | None, data: str | None = Non
     chosen = [get_target(t) for t in targets] if targets else list(builtin_targets().values())
     reports = []
     for target in chosen:
-        report = bench_target(run, target, evalset, quiet)
+        report = bench_target(run, target, evalset, quiet, wait_quiet=wait_quiet)
         if targets and len(targets) == 1 and report["skipped"]:
             raise EdgeTLError(f"cannot bench {target.name} here: {report['skipped']}")
         write_reports(report, run.reports, Path(json_path) if json_path and len(chosen) == 1 else None)

@@ -7,10 +7,13 @@ Each command module registers itself on the shared ``app``. ``main`` maps outcom
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import logging
 import sys
 import traceback
+from collections.abc import Iterator
 
 from ..errors import EdgeTLError, GateFailed
 from ._app import app, state
@@ -39,13 +42,66 @@ def _setup_logging() -> None:
     logger.propagate = False
 
 
+# Third-party chatter that --quiet also silences: NNCF draws its progress bars ("Statistics
+# collection", "Applying Bias correction") on rich's global console, and torch logs "No CUDA runtime
+# is found" when NNCF loads its extensions. Our own warnings (logger "edge_tl") still print.
+_CHATTY_LOGGERS = ("torch.utils.cpp_extension",)
+
+
+def _wants_quiet(args: list[str]) -> bool:
+    """--quiet/-q anywhere before "--" (the global flag or a command's own)."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--quiet" or (arg.startswith("-") and not arg.startswith("--") and len(arg) > 1
+                                and set(arg[1:]) <= {"q", "v"} and "q" in arg):
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def _quiet_libraries(quiet: bool) -> Iterator[None]:
+    if not quiet:
+        yield
+        return
+    import rich
+
+    console = rich.get_console()
+    saved = console.quiet, [(name, logging.getLogger(name).level) for name in _CHATTY_LOGGERS]
+    console.quiet = True
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        console.quiet = saved[0]
+        for name, level in saved[1]:
+            logging.getLogger(name).setLevel(level)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OS error on a file: the path, the system's reason, and what usually helps."""
+    # Only where the system's words leave the cause open ("File too large" of what?); each hint is
+    # skipped when the reason already says it (check_writable's messages do).
+    hints = {errno.EFBIG: ("ulimit", "over the file-size limit (ulimit -f)"),
+             errno.ENOTDIR: ("is a file", "a part of the path is a file, not a folder")}
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    said, hint = hints.get(exc.errno or -1, ("", ""))
+    if hint and said not in reason:
+        reason = f"{reason}: {hint}"
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    return f"{paths}: {reason}" if paths else reason
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and, without ``argv``, exits with) the exit code."""
     _setup_logging()
     code = 0
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
         # Standalone mode: typer/click print usage errors themselves and exit 2.
-        app(args=argv, prog_name="edge-tl")
+        with _quiet_libraries(_wants_quiet(args)):
+            app(args=args, prog_name="edge-tl")
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except GateFailed as exc:
@@ -55,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         if state.verbose:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    except OSError as exc:
+        # Disk full, a file-size limit, --out below a file, a read-only or unwritable folder: the
+        # path and the reason, not a traceback through the writer that found out.
+        if state.verbose:
+            traceback.print_exc()
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("interrupted; finished artifacts are untouched", file=sys.stderr)

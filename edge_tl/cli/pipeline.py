@@ -19,9 +19,13 @@ def run_cmd(pipeline: Path = typer.Argument(..., help="Pipeline TOML (see exampl
     from ..errors import GateFailed
     from ..pipeline import run_pipeline
 
-    reports = run_pipeline(pipeline, quiet=quiet or state.quiet)
+    reports, shipped = run_pipeline(pipeline, quiet=quiet or state.quiet)
     if reports:
         print(summary_table(reports))
+    if shipped is not None:
+        from .deploy import policy_line
+
+        print(f"shipped {shipped['target']['name']}: {policy_line(shipped['policy'])}")
     failed = [r["target"] for r in reports if not r["passed"]]
     if failed:
         raise GateFailed(", ".join(failed))

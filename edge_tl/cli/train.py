@@ -21,13 +21,24 @@ def finetune(
     epochs: int = typer.Option(None, help="Epochs (default: 30 linear, 8 partial/full)."),
     unfreeze: int = typer.Option(3, help="partial: number of last blocks to train."),
     progressive: bool = typer.Option(False, help="partial: unfreeze one more block per epoch."),
-    lr: float = typer.Option(None, help="Learning rate of the head (backbone gets a tenth)."),
+    lr: float = typer.Option(None, help="Learning rate of the head."),
+    backbone_lr_scale: float = typer.Option(0.1, help="partial/full: the unfrozen backbone blocks learn at this "
+                                            "multiple of --lr."),
     batch_size: int = typer.Option(32, help="Batch size."),
     val_fraction: float = typer.Option(0.2, help="Held-out fraction per class."),
     seed: int = typer.Option(0, help="Seed for the split, the initialisation and augmentation."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     workers: int = typer.Option(2, help="Data-loading worker processes."),
     patience: int = typer.Option(5, help="Early stopping: epochs without validation improvement."),
+    views: int = typer.Option(2, help="partial on a CPU: cached views per training image (1 plain + augmented); "
+                              "the frozen layers run once per view."),
+    balance: str = typer.Option("none", help="Imbalanced classes: none | weights (loss weighted per class) | "
+                                "sampler (classes drawn equally often); early stopping then uses balanced accuracy."),
+    resize: str = typer.Option("shorter", help="How an image becomes the square input: shorter (resize + centre "
+                               "crop, ImageNet's recipe) | full (whole frame, squeezed) | letterbox (whole frame, "
+                               "padded) | auto (letterbox when the crop would drop a median > 45 %)."),
+    engine: str = typer.Option("auto", help="What runs the frozen layers once: auto (ONNX Runtime on a CPU) | "
+                               "onnxruntime | torch."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Fine-tune a pretrained backbone on an image folder."""
@@ -36,11 +47,15 @@ def finetune(
 
     cfg = TrainConfig(mode=mode, epochs=epochs, unfreeze=unfreeze, progressive=progressive, lr=lr,
                       batch_size=batch_size, seed=seed, device=device, workers=workers, patience=patience,
-                      quiet=quiet or state.quiet)
-    manifest = run_finetune(data_dir, out, arch=arch, weights=weights, val_fraction=val_fraction, train_cfg=cfg)
+                      quiet=quiet or state.quiet, views=views, backbone_lr_scale=backbone_lr_scale,
+                      balance=balance, engine=engine)
+    manifest = run_finetune(data_dir, out, arch=arch, weights=weights, val_fraction=val_fraction, train_cfg=cfg,
+                            resize=resize)
     if manifest:
         m, t = manifest["metrics"], manifest["timings"]
         Console(stderr=True).print(
             f"[green]fine-tuned[/] {arch} ({mode}) on {manifest['data']['n_images']} images: "
-            f"val top-1 {m['val_top1']:.4f} (best epoch {m['best_epoch']}), {t['train_seconds']:.1f} s "
-            f"on {t['device']} -> {out / 'finetune'}")
+            f"val top-1 {m['val_top1']:.4f}, balanced accuracy {m['val_balanced_accuracy']:.4f} "
+            f"(best epoch {m['best_epoch']}), {t['train_seconds']:.1f} s on {t['device']} -> {out / 'finetune'}")
+        recalls = ", ".join(f"{c} {'–' if r is None else f'{r:.3f}'}" for c, r in m["per_class_recall"].items())
+        Console(stderr=True).print(f"per-class recall (validation): {recalls}", soft_wrap=True)

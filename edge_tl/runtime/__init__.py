@@ -14,7 +14,16 @@ package imports none of them, nor torch.
 
 from .bundlefile import BUNDLE_JSON, FORMAT_VERSION, SUMS, read_bundle
 from .core import InputError, Prediction, Runtime, engine_cache_dir, open_bundle, to_image
-from .policy import RULE, Policy, make_policy, policy_stats, softmax, tune_ok_threshold
+from .policy import (
+    RULE,
+    Policy,
+    make_policy,
+    policy_stats,
+    rate_upper_bound,
+    softmax,
+    tune_for_escape,
+    tune_ok_threshold,
+)
 
 __all__ = [
     "BUNDLE_JSON",
@@ -29,8 +38,10 @@ __all__ = [
     "make_policy",
     "open_bundle",
     "policy_stats",
+    "rate_upper_bound",
     "read_bundle",
     "softmax",
     "to_image",
+    "tune_for_escape",
     "tune_ok_threshold",
 ]

@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeTLError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unreadable bundle folder, a full disk for the engine cache: one line too
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

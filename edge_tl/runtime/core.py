@@ -80,13 +80,27 @@ def to_image(item: ImageInput, color: str | None = None) -> Image.Image:
             raise
         except FileNotFoundError:
             raise InputError(f"{path}: no such file") from None
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise InputError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # noqa: BLE001 - whatever a decoder raises (DecompressionBombError is
+            # not an OSError, a plugin may raise anything): it is this file's error, never the process's.
+            raise InputError(f"{path}: cannot read image ({type(exc).__name__}: {_first_line(exc)})") from None
     if isinstance(item, Image.Image):
-        return to_rgb(item)
+        try:
+            return to_rgb(item)
+        except Exception as exc:  # noqa: BLE001 - an unconvertible mode is this image's error
+            raise InputError(f"image: cannot convert mode {item.mode} ({type(exc).__name__}: "
+                             f"{_first_line(exc)})") from None
     if isinstance(item, np.ndarray):
         return _from_array(item, color, "array")
     raise InputError(f"cannot classify a {type(item).__name__}: give a path, a PIL image or a uint8 array")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no detail"
+
+
+def _name(item: ImageInput) -> str:
+    return str(item) if isinstance(item, (str, os.PathLike)) else type(item).__name__
 
 
 def _from_array(arr: np.ndarray, color: str | None, what: str) -> Image.Image:
@@ -202,9 +216,27 @@ class Runtime:
                 outs.append(np.asarray(self._runner.run(batch[i:i + self.batch_size]), dtype=np.float32))
         return np.concatenate(outs) if outs else np.zeros((0, len(self.classes)), np.float32)
 
+    def prepare(self, image: ImageInput, *, color: str | None = None) -> np.ndarray:
+        """The model input (CHW float32) of one image; InputError for anything wrong with this image.
+
+        Decoding and preprocessing are per image, so one bad file is that file's error: whatever the
+        decoder or the resize raises (memory included) is an InputError naming it.
+        """
+        img = to_image(image, color)
+        try:
+            return self.preprocess(img)
+        except Exception as exc:  # noqa: BLE001 - see above
+            raise InputError(f"{_name(image)}: cannot preprocess image ({type(exc).__name__}: "
+                             f"{_first_line(exc)})") from None
+
     def logits(self, images: Sequence[ImageInput], *, color: str | None = None) -> np.ndarray:
         """(N, classes) float32 logits of ``images``."""
-        return self._infer(self.preprocess.batch([to_image(x, color) for x in images]))
+        return self._infer(self._inputs(images, color))
+
+    def _inputs(self, images: Sequence[ImageInput], color: str | None) -> np.ndarray:
+        if not len(images):
+            return np.zeros((0, 3, self.preprocess.crop, self.preprocess.crop), np.float32)
+        return np.stack([self.prepare(x, color=color) for x in images])
 
     def predict(self, image: ImageInput, *, color: str | None = None) -> Prediction:
         """Classify one image (path, PIL image, or uint8 HxWxC array with ``color`` "RGB"/"BGR")."""
@@ -215,12 +247,21 @@ class Runtime:
         if not len(images):
             return []
         start = time.perf_counter()
-        logits = self.logits(images, color=color)
-        ms = (time.perf_counter() - start) * 1000.0 / len(images)
+        x = self._inputs(images, color)
+        paths = [str(item) if isinstance(item, (str, os.PathLike)) else None for item in images]
+        return self.predict_inputs(x, paths, started=start)
+
+    def predict_inputs(self, inputs: np.ndarray, paths: Sequence[str | None], *,
+                       started: float | None = None) -> list[Prediction]:
+        """Classify inputs made by ``prepare`` (one row per image; ``paths`` name them, or None).
+
+        ``ms`` is each image's share of the time since ``started`` (default: inference only).
+        """
+        start = time.perf_counter() if started is None else started
+        logits = self._infer(inputs)
+        ms = (time.perf_counter() - start) * 1000.0 / max(1, len(inputs))
         out = []
-        decided = self.policy.decide_logits(logits)
-        for item, row, (k, score, decision) in zip(images, logits, decided, strict=True):
-            path = str(item) if isinstance(item, (str, os.PathLike)) else None
+        for path, row, (k, score, decision) in zip(paths, logits, self.policy.decide_logits(logits), strict=True):
             out.append(Prediction(self.classes[k], k, score, decision, ms, row, path))
         return out
 

@@ -20,9 +20,11 @@ vs ``ok``) it gives the usual pass/fail.
 Tuning: a *false reject* is a good part that is not passed automatically (decision ``defect`` or
 ``review``). ``tune_ok_threshold`` picks the highest ok threshold whose false-reject rate on the
 validation images is within the target: the strictest pass rule the target allows, so as few
-defects as possible escape as ``ok``. The validation split also chose the training epoch, so the
-rates it gives are optimistic; the bundle records them with ``n`` so nobody mistakes them for a
-line measurement.
+defects as possible escape as ``ok``. A target counts as met only when the one-sided 95 %
+Clopper-Pearson upper bound of the tuned rate on those ``n`` images is within it (``rate_upper_bound``);
+with too few images to show that, the stated default threshold stays. The validation split also chose
+the training epoch, so the rates it gives are optimistic; the bundle records them with ``n`` and
+their upper bound so nobody mistakes them for a line measurement.
 """
 
 from __future__ import annotations
@@ -149,13 +151,94 @@ def policy_stats(policy: Policy, logits: np.ndarray, labels: np.ndarray) -> dict
     }
 
 
-def tune_ok_threshold(policy: Policy, logits: np.ndarray, labels: np.ndarray,
-                      max_false_reject: float) -> tuple[Policy, dict[str, Any]]:
-    """The highest ok threshold whose false-reject rate on (logits, labels) is <= ``max_false_reject``.
+# A rate measured on n images is a claim about new parts only up to its sampling error: 0 false rejects
+# in 1 good image says nothing about a 1 % target. Tuning therefore claims a target only when the
+# one-sided Clopper-Pearson upper bound (at this confidence) of the tuned rate is within it.
+DEFAULT_CONFIDENCE = 0.95
 
-    Returns the tuned policy and a record of the tuning (target, achieved rates, whether the target
-    was reachable). When the model already sends more good parts to ``defect`` than the target
-    allows, no threshold helps: every ok-labelled answer passes and ``target_met`` is False.
+
+def _binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed exactly in log space (numpy only: no scipy on devices)."""
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 1.0 if k >= n else 0.0
+    i = np.arange(1, k + 1, dtype=np.float64)
+    log_comb = np.concatenate([[0.0], np.cumsum(np.log(n - i + 1) - np.log(i))])
+    j = np.arange(k + 1, dtype=np.float64)
+    terms = log_comb + j * np.log(p) + (n - j) * np.log1p(-p)
+    top = terms.max()
+    return float(min(1.0, np.exp(top) * np.exp(terms - top).sum()))
+
+
+def rate_upper_bound(k: int, n: int, confidence: float = DEFAULT_CONFIDENCE) -> float:
+    """One-sided Clopper-Pearson upper bound of a rate observed as ``k`` events in ``n`` trials.
+
+    The p at which P(X <= k | n, p) = 1 - confidence (the beta quantile B(confidence; k + 1, n - k)),
+    found by bisection on the exact binomial sum. 0 in n gives 1 - (1 - confidence) ** (1 / n): about
+    3 / n at 95 %, so a 1 % rate needs at least 299 images with no event.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(f"confidence must be between 0 and 1, got {confidence}")
+    if n <= 0 or k >= n:
+        return 1.0
+    alpha = 1.0 - confidence
+    lo, hi = k / n, 1.0
+    for _ in range(60):  # 2**-60: far below any rate worth stating
+        mid = 0.5 * (lo + hi)
+        if _binom_cdf(k, n, mid) > alpha:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def images_needed(target: float, confidence: float = DEFAULT_CONFIDENCE) -> int | None:
+    """The fewest images on which 0 events bound a rate within ``target`` (None: never, for 0)."""
+    if target <= 0.0:
+        return None
+    return int(np.ceil(np.log(1.0 - confidence) / np.log1p(-target) - 1e-9))
+
+
+def _events_allowed(n: int, target: float, confidence: float | None) -> int:
+    """The most events in ``n`` whose rate can still be claimed within ``target`` (-1: not even 0).
+
+    ``confidence`` None is the plain observed rate (floor(target * n)): optimistic, for analysis only.
+    """
+    if confidence is None:
+        return int(np.floor(target * n + 1e-9))
+    lo, hi = -1, n  # the bound grows with k: binary search for the last k within the target
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if rate_upper_bound(mid, n, confidence) <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _too_few(what: str, n: int, target: float, confidence: float, fallback: float) -> str:
+    need = images_needed(target, confidence)
+    takes = (f"it takes at least {need} with none" if need is not None
+             else "no finite number of images can show a rate of 0")
+    return (f"{n} {what} cannot show a rate within {target:g} at {confidence:.0%} confidence (with none "
+            f"failing the upper bound is {rate_upper_bound(0, n, confidence):.3g}; {takes}); the default ok "
+            f"threshold {fallback:g} is used instead")
+
+
+def tune_ok_threshold(policy: Policy, logits: np.ndarray, labels: np.ndarray, max_false_reject: float,
+                      confidence: float | None = DEFAULT_CONFIDENCE) -> tuple[Policy, dict[str, Any]]:
+    """The highest ok threshold whose false-reject rate on (logits, labels) is provably <= ``max_false_reject``.
+
+    Provably: the one-sided Clopper-Pearson upper bound (``rate_upper_bound`` at ``confidence``) of
+    the false rejects on the good validation images is within the target; ``confidence=None`` uses
+    the observed rate instead (optimistic on few images: for analysis, never for a shipped claim).
+    Returns the tuned policy and a record of the tuning (target, achieved rates and their upper
+    bound, whether the target is met, and why not). When too few good images are there to show the
+    target even with no false reject, nothing is tuned: the policy keeps its stated default ok
+    threshold and ``target_met`` is False. When the model already sends more good parts to ``defect``
+    than the target allows, no threshold helps: every ok-labelled answer passes and ``target_met`` is
+    False.
     """
     if not policy.ok_classes:
         raise ConfigError("--max-false-reject needs an ok class (a false reject is a good part not passed); "
@@ -173,15 +256,77 @@ def tune_ok_threshold(policy: Policy, logits: np.ndarray, labels: np.ndarray,
     labelled_ok = true_ok & np.isin(preds, ok_idx)
     # Good parts the model calls a defect are rejected whatever the ok threshold is.
     forced = n_ok - int(labelled_ok.sum())
-    allowed = int(np.floor(max_false_reject * n_ok + 1e-9)) - forced
+    k_max = _events_allowed(n_ok, max_false_reject, confidence)
+    allowed = k_max - forced
     scores = np.sort(probs[labelled_ok, preds[labelled_ok]])
-    if allowed < 0 or len(scores) == 0:
-        threshold, met = 0.0, False
+    reason = None
+    if k_max < 0:
+        threshold, met, source = policy.ok_threshold, False, "default"
+        reason = _too_few("good validation image(s)", n_ok, max_false_reject, confidence or DEFAULT_CONFIDENCE,
+                          policy.ok_threshold)
+    elif allowed < 0 or len(scores) == 0:
+        threshold, met, source = 0.0, False, "every ok answer passes"
+        reason = (f"{forced} of {n_ok} good validation image(s) are labelled a defect: no ok threshold brings "
+                  f"the false-reject rate within {max_false_reject:g}; every ok answer passes")
     else:
         # Reject the `allowed` least confident good parts: those strictly below scores[allowed].
-        threshold, met = (float(scores[allowed]) if allowed < len(scores) else 1.0), True
+        threshold, met, source = (float(scores[allowed]) if allowed < len(scores) else 1.0), True, "tuned"
     tuned = Policy(policy.classes, policy.ok_classes, policy.defect_classes, threshold,
                    policy.defect_threshold)
+    stats = policy_stats(tuned, logits, labels)
+    rejected = round((stats["false_reject_rate"] or 0.0) * n_ok)
     record = {"target_false_reject": max_false_reject, "target_met": met, "n_ok": n_ok,
-              "ok_images_labelled_defect": forced, **policy_stats(tuned, logits, labels)}
+              "ok_images_labelled_defect": forced, "confidence": confidence, "threshold_source": source,
+              "false_reject_upper_bound": rate_upper_bound(rejected, n_ok, confidence or DEFAULT_CONFIDENCE),
+              "reason": reason, **stats}
+    return tuned, record
+
+
+def tune_for_escape(policy: Policy, logits: np.ndarray, labels: np.ndarray, max_escape: float,
+                    confidence: float | None = DEFAULT_CONFIDENCE) -> tuple[Policy, dict[str, Any]]:
+    """The lowest ok threshold whose escape rate on (logits, labels) is provably <= ``max_escape``.
+
+    An escape is a defective part passed as ``ok``: a defect image whose answer is an ok class with a
+    score at or above the ok threshold. Raising the threshold sends the least confident ok answers to
+    ``review`` instead; this picks the lowest threshold that keeps escapes within the target, so as few
+    good parts as possible go to review. Provably, as in ``tune_ok_threshold``: the Clopper-Pearson
+    upper bound of the escapes on the defect validation images is within the target; with too few
+    defect images to show it even with no escape, the policy keeps its stated default ok threshold and
+    ``target_met`` is False. Returns the tuned policy and a record (target, achieved rates with ``n``
+    and the escape rate's upper bound, the threshold). The images that tune it also report it: the
+    rates are optimistic for new parts, and the record says so.
+    """
+    if not policy.ok_classes:
+        raise ConfigError("--max-escape needs an ok class (an escape is a defect passed as ok); "
+                          "name it with --ok-class")
+    if not 0.0 <= max_escape < 1.0:
+        raise ConfigError(f"--max-escape must be in [0, 1), got {max_escape}")
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = softmax(logits)
+    preds = probs.argmax(axis=1)
+    ok_idx = np.array([policy.classes.index(c) for c in policy.ok_classes])
+    true_defect = ~np.isin(labels, ok_idx)
+    n_defect = int(true_defect.sum())
+    if n_defect == 0:
+        raise ConfigError("the validation set has no defect image: cannot tune --max-escape")
+    allowed = _events_allowed(n_defect, max_escape, confidence)
+    # Scores of the defects the model calls ok, most confident first: the first `allowed` may pass.
+    sneaky = true_defect & np.isin(preds, ok_idx)
+    risky = np.sort(probs[sneaky, preds[sneaky]])[::-1]
+    reason = None
+    if allowed < 0:
+        threshold, met, source = policy.ok_threshold, False, "default"
+        reason = _too_few("defect validation image(s)", n_defect, max_escape, confidence or DEFAULT_CONFIDENCE,
+                          policy.ok_threshold)
+    else:
+        threshold = float(np.nextafter(risky[allowed], 1.0)) if allowed < len(risky) else 0.0
+        met, source = True, "tuned"
+    tuned = Policy(policy.classes, policy.ok_classes, policy.defect_classes, min(threshold, 1.0),
+                   policy.defect_threshold)
+    stats = policy_stats(tuned, logits, labels)
+    escaped = round((stats["escape_rate"] or 0.0) * n_defect)
+    record = {"target_escape": max_escape, "target_met": met, "n_defect": n_defect,
+              "defects_labelled_ok": len(risky), "confidence": confidence, "threshold_source": source,
+              "escape_upper_bound": rate_upper_bound(escaped, n_defect, confidence or DEFAULT_CONFIDENCE),
+              "reason": reason, "tuned_on": "validation images (the same ones report it: optimistic)", **stats}
     return tuned, record

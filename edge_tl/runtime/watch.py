@@ -14,8 +14,17 @@ Guarantees and how they are kept:
   every poll and rebuilt on restart by streaming the log, keeping just the names present); nothing
   grows with the number of images ever processed. With ``move_to`` the folder itself stays small,
   which is the mode to use for a line that runs for months.
-* **No half-written images.** A file is taken only once its mtime is ``settle`` seconds old; a
-  settled file that still does not decode is logged once with ``decision: "error"``.
+* **No half-written images, whatever the clocks say.** A file is taken once its size and mtime have
+  stayed the same for ``settle`` seconds of this host's monotonic clock: observed, not computed from
+  the mtime, so a camera whose clock runs ahead (SMB and FTP keep the source's timestamp) is not held
+  back, and one whose clock runs behind is not taken mid-write. A file that changes while it is read
+  is read again once it settles.
+* **A pause is not an error.** A settled file that does not decode may be an upload that stalled half
+  way: it is retried whenever it changes, and logged as an error (``decision: "error"``, once) only
+  when it has stayed unchanged and unreadable for ``error_after`` seconds (default 10 x ``settle``).
+  Any exception a decoder raises is that file's error record, never the watcher's end.
+* **Every file is accounted for.** Images are the files with the suffix of a format Pillow reads (and
+  raw ``.npy`` frames); any other file is named once in a warning and counted as ignored.
 * One watcher per log: a second one on the same log is refused (an advisory lock on ``LOG.lock``).
 
 Log formats: JSON lines (``.jsonl``, default) or CSV (``.csv``) with the columns of ``FIELDS``.
@@ -34,13 +43,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigError, EdgeTLError
 from ..preprocess import IMAGE_SUFFIXES
-from .core import InputError, Runtime, to_image
+from .core import InputError, Runtime
 
 log = logging.getLogger("edge_tl")
 
@@ -123,9 +135,14 @@ class ResultLog:
     def _write(self, data: bytes) -> None:
         assert self._fd is not None
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
-        os.fsync(self._fd)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except OSError as exc:  # a failed write(2) names no file: name the log (disk full, size limit)
+            if exc.filename is not None or exc.errno is None:
+                raise
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(self.path)) from exc
 
     def _csv_lines(self, records: list[dict[str, Any]]) -> bytes:
         buf = io.StringIO()
@@ -158,24 +175,41 @@ def _key(rec: dict[str, Any]) -> Key | None:
         return None
 
 
+@dataclass
+class _Observed:
+    """A file not yet logged: its current (size, mtime) and since when (monotonic) it has had them."""
+
+    key: Key
+    since: float
+    failed: str | None = None  # why this key did not decode, while it gets error_after to change
+
+
 class Watcher:
     """Classify the images that appear in ``folder`` with ``runtime``; see the module docstring."""
 
     def __init__(self, runtime: Runtime, folder: str | os.PathLike[str],
                  log_path: str | os.PathLike[str] | None = None, *,
                  move_to: str | os.PathLike[str] | None = None, settle: float = 0.5, batch: int | None = None,
-                 color: str | None = None) -> None:
+                 color: str | None = None, error_after: float | None = None) -> None:
         self.runtime = runtime
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise ConfigError(f"watch folder not found: {self.folder}")
+        if settle < 0 or (error_after is not None and error_after < 0):
+            raise ConfigError("--settle and --error-after must be 0 or more seconds")
         self.log = ResultLog(Path(log_path) if log_path else self.folder / DEFAULT_LOG)
         self.move_to = Path(move_to) if move_to else None
         self.settle = settle
+        # A writer that pauses longer than this mid-file gets its file logged as an error (then, if it
+        # resumes, the finished file is a new key and is classified too).
+        self.error_after = max(settle, 10.0 * settle if error_after is None else error_after)
         self.batch = batch or runtime.batch_size
         self.color = color
         self.counts: Counter[str] = Counter()
+        self.ignored: set[str] = set()  # non-image files now in the folder (each named once)
         self._seen: set[Key] = set()
+        self._observed: dict[str, _Observed] = {}
+        self._listing_failed = False
         self._lock_fd = self._take_lock()
         try:
             self._recover()
@@ -198,22 +232,31 @@ class Watcher:
                               "is held)") from None
         return fd
 
-    def _listing(self) -> dict[str, tuple[Key, float]]:
-        """Candidate files directly in the folder: name -> (key, mtime in seconds)."""
-        out = {}
+    def _listing(self) -> dict[str, Key]:
+        """Candidate images directly in the folder: name -> key. Other files are named once, ignored."""
+        out: dict[str, Key] = {}
+        others: set[str] = set()
         skip = {self.log.path.name, self.log.path.name + ".lock"}
         with os.scandir(self.folder) as it:
             for entry in it:
                 name = entry.name
-                if name.startswith(".") or name in skip or not name.lower().endswith(WATCHED_SUFFIXES):
+                if name.startswith(".") or name in skip:
                     continue
                 try:
                     if not entry.is_file():
                         continue
                     st = entry.stat()
-                except FileNotFoundError:
+                except OSError:  # removed (or made unreadable) between listing and stat
                     continue
-                out[name] = ((name, st.st_size, st.st_mtime_ns), st.st_mtime)
+                if not name.lower().endswith(WATCHED_SUFFIXES):
+                    others.add(name)
+                    continue
+                out[name] = (name, st.st_size, st.st_mtime_ns)
+        new = sorted(others - self.ignored)
+        if new:
+            log.warning("watch: ignoring %d file(s) that are not images Pillow reads: %s", len(new),
+                        ", ".join(new[:10]) + (" …" if len(new) > 10 else ""))
+        self.ignored = others  # only what is still there: memory follows the folder
         return out
 
     def _recover(self) -> None:
@@ -221,7 +264,7 @@ class Watcher:
         if dropped:
             log.warning("%s: dropped a partial last line (%d bytes) left by an interrupted write; its image "
                         "is classified again", self.log.path, dropped)
-        current = {key for key, _ in self._listing().values()}
+        current = set(self._listing().values())
         unmoved: dict[Key, str | None] = {}
         for rec in self.log.records():
             key = _key(rec)
@@ -237,17 +280,47 @@ class Watcher:
         """How many already-logged files are remembered (only those still in the folder)."""
         return len(self._seen)
 
+    @property
+    def pending(self) -> list[str]:
+        """Images seen but not yet logged: still settling, or unreadable and given time to change."""
+        return sorted(self._observed)
+
+    def _wait(self, ob: _Observed) -> float:
+        return self.error_after if ob.failed is not None else self.settle
+
+    def next_due(self) -> float:
+        """Seconds until the next pending file is due (0 when one is due now, inf when none is pending)."""
+        now = time.monotonic()
+        return max(0.0, min((ob.since + self._wait(ob) - now for ob in self._observed.values()),
+                            default=float("inf")))
+
     # -- work --------------------------------------------------------------------------------------
 
     def ready(self) -> list[Key]:
-        """Files not yet logged whose writing has settled, oldest first."""
-        listing = self._listing()
-        present = {key for key, _ in listing.values()}
-        self._seen &= present  # forget files that left the folder: memory follows the folder, not history
-        now = time.time()
-        todo = [(mtime, key) for key, mtime in listing.values()
-                if key not in self._seen and now - mtime >= self.settle]
-        return [key for _, key in sorted(todo, key=lambda t: (t[1][2], t[1][0]))]
+        """Files not yet logged whose size and mtime have held still long enough, oldest first."""
+        try:
+            listing = self._listing()
+        except OSError as exc:  # a network share that dropped: retried next poll, the process lives on
+            if not self._listing_failed:
+                log.error("watch: cannot list %s (%s); retrying", self.folder, exc.strerror or exc)
+            self._listing_failed = True
+            return []
+        self._listing_failed = False
+        self._seen &= set(listing.values())  # forget files that left the folder: memory follows the folder
+        now = time.monotonic()
+        todo = []
+        observed: dict[str, _Observed] = {}
+        for name, key in listing.items():
+            if key in self._seen:
+                continue
+            ob = self._observed.get(name)
+            if ob is None or ob.key != key:  # new, or changed since the last poll: the clock restarts
+                ob = _Observed(key, now)
+            observed[name] = ob
+            if now - ob.since >= self._wait(ob):
+                todo.append(key)
+        self._observed = observed
+        return sorted(todo, key=lambda k: (k[2], k[0]))
 
     def poll(self, stop: threading.Event | None = None) -> int:
         """Classify and log everything ready now (until ``stop`` is set); returns images logged."""
@@ -276,24 +349,45 @@ class Watcher:
             return
         if (st.st_size, st.st_mtime_ns) != key[1:]:
             return  # a new picture under the same name: it is not the one logged; classify it next poll
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.exists():
-            dest = self._destination(key[0], set())
-        shutil.move(src, dest)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                dest = self._destination(key[0], set())
+            shutil.move(src, dest)
+        except OSError as exc:  # logged already: the move is retried on restart; the line goes on
+            log.error("watch: cannot move %s to %s (%s); it stays in the folder", src, dest,
+                      exc.strerror or exc)
+
+    def _changed(self, key: Key) -> bool:
+        """True when the file is gone or no longer has the size and mtime of ``key``."""
+        try:
+            st = (self.folder / key[0]).stat()
+        except OSError:
+            return True
+        return (key[0], st.st_size, st.st_mtime_ns) != key
 
     def _process(self, keys: list[Key]) -> int:
         start = time.perf_counter()
-        images, good, records = [], [], []
+        inputs, good, records = [], [], []
         for key in keys:
             path = self.folder / key[0]
             try:
-                images.append(to_image(path, self.color))
-                good.append(key)
+                inputs.append(self.runtime.prepare(path, color=self.color))
             except InputError as exc:
-                if not path.exists():
-                    continue  # removed before we got to it: nothing to classify
+                if self._changed(key):
+                    continue  # removed, or still being written: observed again, read once it settles
+                ob = self._observed.get(key[0])
+                if ob is not None and ob.failed is None and self.error_after > self.settle:
+                    ob.failed = str(exc)  # maybe an upload paused half way: wait error_after for it to change
+                    continue
                 records.append((key, {"label": None, "score": None, "decision": "error", "error": str(exc)}))
-        preds = self.runtime.predict_batch(images) if images else []
+                continue
+            if self._changed(key):
+                inputs.pop()  # it changed while it was read: this answer could be of half a file
+                continue
+            good.append(key)
+        preds = (self.runtime.predict_inputs(np.stack(inputs), [str(self.folder / k[0]) for k in good])
+                 if inputs else [])
         for key, p in zip(good, preds, strict=True):
             records.append((key, {"label": p.label, "score": round(p.score, 6), "decision": p.decision,
                                   "error": None}))
@@ -315,18 +409,35 @@ class Watcher:
         for rec in lines:
             key = (rec["file"], rec["size"], rec["mtime_ns"])
             self._seen.add(key)
+            self._observed.pop(key[0], None)
             self.counts[rec["decision"]] += 1
             if rec["moved_to"]:
                 self._move(key, Path(rec["moved_to"]))
         return len(lines)
 
     def run(self, poll_s: float = 1.0, once: bool = False, stop: threading.Event | None = None) -> int:
-        """Poll until ``stop`` is set (or, with ``once``, a single pass); returns images logged."""
+        """Poll until ``stop`` is set; returns images logged.
+
+        ``once``: process what is in the folder now and return, waiting (a bounded time) for files that
+        are still settling or being given ``error_after`` to change; what is still changing then is left
+        for the next run and named.
+        """
         stop = stop or threading.Event()
         total = 0
+        deadline = time.monotonic() + self.settle + self.error_after + 2 * max(poll_s, 1.0)
         while True:
             total += self.poll(stop)
-            if once or stop.wait(poll_s):
+            if not once:
+                if stop.wait(poll_s):
+                    return total
+                continue
+            if stop.is_set() or not self._observed:
+                return total
+            if time.monotonic() > deadline:
+                log.warning("watch: %d file(s) still changing, left for the next run: %s", len(self._observed),
+                            ", ".join(self.pending[:10]))
+                return total
+            if stop.wait(min(poll_s, max(0.01, self.next_due()))):
                 return total
 
     def close(self) -> None:

@@ -23,7 +23,16 @@ import numpy as np
 from ..backends import RunnerSpec, availability, open_runner
 from ..errors import ArtifactError, ConfigError
 from ..evalset import ensure_eval_set, load_eval_set
-from ..manifest import MANIFEST, read_json, read_manifest, sha256_file, staged_folder, versions, write_json
+from ..manifest import (
+    MANIFEST,
+    check_writable,
+    read_json,
+    read_manifest,
+    sha256_file,
+    staged_folder,
+    versions,
+    write_json,
+)
 from ..preprocess import Preprocess, load_image
 from ..rundir import RunDir
 from ..runtime.bundlefile import (
@@ -35,7 +44,7 @@ from ..runtime.bundlefile import (
     tolerance_for,
     write_sums,
 )
-from ..runtime.policy import make_policy, policy_stats, tune_ok_threshold
+from ..runtime.policy import make_policy, policy_stats, tune_for_escape, tune_ok_threshold
 from ..targets import Target, get_target
 
 log = logging.getLogger("edge_tl")
@@ -58,7 +67,7 @@ def golden_backend(target: Target) -> tuple[str, str]:
 
 
 def pick_golden(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray, n: int, n_classes: int,
-                min_margin: float) -> list[int]:
+                min_margin: float, classes: list[str] | None = None) -> list[int]:
     """Indices of golden images: at least one per class, then round-robin up to ``n``.
 
     Preferred: images that both the candidate and the reference classify correctly with a top-1 margin
@@ -70,18 +79,22 @@ def pick_golden(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray
     margin = top2[:, 1] - top2[:, 0]
     per_class: list[list[int]] = []
     for c in range(n_classes):
+        name = repr(classes[c]) if classes is not None else str(c)
         mine = np.flatnonzero(labels == c)
         good = [i for i in mine if pred[i] == c and ref_pred[i] == c]
         pool = good or [i for i in mine if pred[i] == ref_pred[i]]
         pool.sort(key=lambda i: (-margin[i], i))
         strong = [i for i in pool if margin[i] >= min_margin]
         per_class.append(strong or pool[:1])
-        if not pool:
-            log.warning("no usable golden image for class %d (every validation image disagrees with the "
-                        "reference)", c)
+        if not len(mine):
+            log.warning("no golden image for class %s: it has no validation image (too few images to hold one "
+                        "out at fine-tune time), so the device cannot check it", name)
+        elif not pool:
+            log.warning("no usable golden image for class %s (each of its %d validation image(s) gets another "
+                        "answer from the candidate than from the reference)", name, len(mine))
         elif not strong:
-            log.warning("class %d has no golden candidate with a top-1 margin of %.2g logits; using the "
-                        "best one (margin %.3g)", c, min_margin, margin[pool[0]])
+            log.warning("class %s has no golden candidate with a top-1 margin of %.2g logits; using the "
+                        "best one (margin %.3g)", name, min_margin, margin[pool[0]])
     chosen: list[int] = []
     n = max(n, sum(1 for p in per_class if p))
     rank = 0
@@ -107,12 +120,14 @@ def _run_chunks(runner: Any, x: np.ndarray, batch: int) -> np.ndarray:
 def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8, *,
            ok_classes: list[str] | None = None, defect_classes: list[str] | None = None,
            max_false_reject: float | None = None, ok_threshold: float | None = None,
-           defect_threshold: float = 0.5, quiet: bool = True) -> dict[str, Any]:
+           defect_threshold: float = 0.5, max_escape: float | None = None, quiet: bool = True) -> dict[str, Any]:
     """Write the deployment bundle of ``run_dir``'s exported ``target`` to ``out``; returns bundle.json.
 
     Policy: ``ok_classes``/``defect_classes`` split the classes (default: see ``make_policy``);
     ``ok_threshold`` fixes the ok threshold, otherwise, when there is an ok class, it is tuned on the
-    validation set to ``max_false_reject`` (default 1%); ``defect_threshold`` is the confidence a defect
+    validation set to ``max_false_reject`` (default 1%), or, with ``max_escape``, to the lowest threshold
+    that passes at most that share of the validation defects as ok (``tune_for_escape``);
+    ``defect_threshold`` is the confidence a defect
     answer needs before it is acted on (below it: ``review``).
     """
     t = get_target(target)
@@ -122,18 +137,19 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
     if not (folder / MANIFEST).is_file():
         raise ArtifactError(f"{t.name} is not exported in {run.root}; run `edge-tl export {run.root} "
                             f"--target {t.name}` first")
-    if ok_threshold is not None and max_false_reject is not None:
-        raise ConfigError("give --ok-threshold or --max-false-reject, not both")
+    if sum(v is not None for v in (ok_threshold, max_false_reject, max_escape)) > 1:
+        raise ConfigError("give one of --ok-threshold, --max-false-reject and --max-escape")
     if n_golden < 1:
         raise ConfigError(f"--golden must be at least 1, got {n_golden}")
     _check_out(out)
+    check_writable(out)
     tm = read_manifest(folder)
     classes: list[str] = list(tm["classes"])
     base_policy = make_policy(classes, ok_classes, defect_classes,
                               0.5 if ok_threshold is None else ok_threshold, defect_threshold)
-    if max_false_reject is not None and not base_policy.ok_classes:
-        raise ConfigError("--max-false-reject needs an ok class (a false reject is a good part not passed); "
-                          "name it with --ok-class")
+    if (max_false_reject is not None or max_escape is not None) and not base_policy.ok_classes:
+        raise ConfigError("--max-false-reject and --max-escape need an ok class (a false reject is a good part "
+                          "not passed); name it with --ok-class")
     pre = Preprocess.from_dict(tm["preprocessing"])
     files = model_files(t)
     evalset = load_eval_set(ensure_eval_set(run, quiet))
@@ -153,15 +169,17 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
     try:
         cand = _run_chunks(runner, evalset.inputs, t.batch_size)
         picks = pick_golden(cand, evalset.logits, evalset.labels, n_golden, len(classes),
-                            min_margin=max(1.0, 4 * tol["atol"]))
+                            min_margin=max(1.0, 4 * tol["atol"]), classes=classes)
         policy, tuning = base_policy, None
-        if ok_threshold is None and base_policy.ok_classes:
+        if max_escape is not None:
+            policy, tuning = tune_for_escape(base_policy, cand, evalset.labels, max_escape)
+            if not tuning["target_met"]:
+                log.warning("escape target %.3g not met: %s", max_escape, tuning["reason"])
+        elif ok_threshold is None and base_policy.ok_classes:
             target_fr = DEFAULT_MAX_FALSE_REJECT if max_false_reject is None else max_false_reject
             policy, tuning = tune_ok_threshold(base_policy, cand, evalset.labels, target_fr)
             if not tuning["target_met"]:
-                log.warning("false-reject target %.3g is out of reach: %d good image(s) are labelled a "
-                            "defect (rate %.3g); every ok answer passes", target_fr,
-                            tuning["ok_images_labelled_defect"], tuning["false_reject_rate"])
+                log.warning("false-reject target %.3g not met: %s", target_fr, tuning["reason"])
         stats = policy_stats(policy, cand, evalset.labels)
 
         with staged_folder(out) as tmp:

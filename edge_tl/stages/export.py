@@ -18,7 +18,7 @@ from ..bench.accuracy import agreement, max_abs_diff
 from ..checkpoint import load_model
 from ..errors import ConfigError, EdgeTLError, require
 from ..evalset import ensure_eval_set, load_eval_set
-from ..manifest import read_manifest, staged_folder, write_manifest
+from ..manifest import check_writable, read_manifest, staged_folder, write_manifest
 from ..rundir import RunDir
 from ..targets import Target, get_target
 
@@ -60,6 +60,7 @@ def export(run_dir: str | Path, target_name: str, calibration: str | None = None
     """Export the run's model for ``target_name``; returns the target manifest."""
     target: Target = get_target(target_name)
     run = RunDir(Path(run_dir))
+    check_writable(run.target(target.name), run.root)  # eval.npz goes to the run; fail before any work
     src = run.source(source)
     model, src_manifest = load_model(src)
     crop = src_manifest["preprocessing"]["crop"]
@@ -79,8 +80,11 @@ def export(run_dir: str | Path, target_name: str, calibration: str | None = None
         if target.quantized:
             from .quantize import quantize_for_target
 
+            # The INT8 fallback chooses its float layers on training images (never validation) and needs
+            # this torch model's answers on them.
             files, extra = quantize_for_target(target, run, src, tmp / FLOAT_ONNX, tmp, calibration,
-                                               evalset, src_logits, quiet)
+                                               evalset, src_logits, quiet,
+                                               model_logits=lambda inputs: torch_logits(model, inputs))
         else:
             from .convert import convert_float
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from ..checkpoint import MODEL_FILE, describe_structure, load_model, save_state
 from ..data import Sample, split_from_json
 from ..errors import ArtifactError, ConfigError, require
-from ..manifest import read_json, staged_folder, write_manifest
+from ..manifest import check_writable, read_json, staged_folder, write_manifest
 from ..models import head_of
 from ..preprocess import Preprocess
 from ..rundir import RunDir
@@ -144,6 +144,7 @@ def prune_run(run_dir: str | Path, ratio: float, recover_epochs: int | None = No
         raise ConfigError(f"--recover-epochs must be 0 or more, got {recover_epochs}")
 
     run = RunDir(Path(run_dir))
+    check_writable(run.prune)  # before minutes of recovery training, not after
     ft = run.require_finetune()
     model, ft_manifest = load_model(ft)
     if ft_manifest.get("structure"):

@@ -1,0 +1,93 @@
+"""INT8 float layers are chosen on a selection set of training images; validation only judges, held out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_tl.calibration import SELECTION_CALIBRATION, SELECTION_TRAIN
+from edge_tl.evalset import EvalSet, ensure_eval_set, load_eval_set
+from edge_tl.manifest import read_json, sha256_file
+from edge_tl.rundir import RunDir
+from edge_tl.stages.export import export
+from edge_tl.stages.quantize import _ort_logits, gate_values
+from edge_tl.targets import get_target
+from tests import test_quantize
+from tests.test_quantize import near_tie_eval, profile, quantize
+
+prepared = test_quantize.prepared  # the module-scoped fixture: a copy of the tiny run with its float.onnx
+
+
+def _validation_hashes(run: RunDir) -> set[str]:
+    split = read_json(run.finetune / "split.json")
+    return {sha256_file(Path(split["root"]) / p) for p, _ in split["val"]}
+
+
+def test_selection_is_disjoint_and_the_verdict_is_measured_on_validation(run_copy: Path, tmp_path: Path) -> None:
+    run = RunDir(run_copy)
+    target = profile(tmp_path, "cpu-onnxruntime-int8")
+    m = export(run_copy, target)
+    folder = run.target("cpu-onnxruntime-int8")
+    cal = json.loads((folder / "calibration.json").read_text())
+    selected = {im["sha256"] for im in cal["selection"]["images"]}
+    calibrated = {im["sha256"] for im in cal["images"]}
+    assert cal["selection"]["source"] == SELECTION_TRAIN and len(selected) == cal["selection"]["n"] >= 20
+    assert not selected & calibrated
+    assert not selected & _validation_hashes(run)
+    fb = m["fallback"]
+    assert fb["selection"]["source"] == SELECTION_TRAIN and fb["selection"]["n"] == len(selected)
+    assert "selection images" in fb["measured_on"]
+    # The verdict is the shipped graph's, on every validation image (what bench reports), unscaled.
+    es = load_eval_set(ensure_eval_set(run))
+    want = gate_values(_ort_logits(str(folder / "model.onnx"), es.inputs, 2, 8), es, get_target(target).gates)
+    held = fb["held_out"]
+    assert held["n"] == len(es.labels)
+    for key in ("top1", "top1_drop", "agreement", "passed"):
+        assert held[key] == pytest.approx(want[key]), key
+    assert "validation" in held["measured_on"]
+
+
+def test_a_training_split_too_small_for_a_disjoint_set_selects_on_calibration_images(
+        prepared: dict[str, Any], tmp_path: Path) -> None:
+    # Calibration takes every training image: nothing is left that is neither calibration nor validation.
+    target = profile(tmp_path, "cpu-onnxruntime-int8", quantizer={"calibration_size": 10_000})
+    _, m = quantize(prepared, target, tmp_path / "target")
+    sel = m["fallback"]["selection"]
+    assert sel["source"] == SELECTION_CALIBRATION and sel["disjoint_from_calibration"] is False
+    assert "calibration images" in sel["note"] and sel["n"] == m["calibration"]["n"]
+    assert m["fallback"]["held_out"]["n"] == len(prepared["evalset"].labels)
+
+
+def test_selection_passes_but_held_out_fails_is_reported_not_searched_again(
+        prepared: dict[str, Any], tmp_path: Path, run_copy: Path) -> None:
+    # Validation replaced by near-ties that this INT8 graph flips (found with a probe quantisation: the
+    # same calibration images give the same graph), while the training images it chooses on are far from
+    # any boundary: all-INT8 passes where it is chosen and fails held out.
+    pool, pool_logits, classes = near_tie_eval(run_copy)
+    probe_set = EvalSet(pool, pool_logits.argmax(1), pool_logits, classes, [], "near-ties")
+    quantize(prepared, profile(tmp_path, "cpu-onnxruntime-int8", quantizer={"accuracy_fallback": False}),
+             tmp_path / "probe", evalset=probe_set)
+    float_ok = _ort_logits(str(tmp_path / "probe" / "float.onnx"), pool, 2, 8).argmax(1) == pool_logits.argmax(1)
+    int8_ok = _ort_logits(str(tmp_path / "probe" / "model.onnx"), pool, 2, 8).argmax(1) == pool_logits.argmax(1)
+    flipped = np.flatnonzero(float_ok & ~int8_ok)
+    steady = np.flatnonzero(float_ok & int8_ok)
+    assert len(flipped) and len(steady), f"precondition: {len(flipped)} flipped, {len(steady)} steady"
+    pick = np.concatenate([flipped[:4], steady[:12]])
+    held_out = EvalSet(pool[pick], pool_logits[pick].argmax(1), pool_logits[pick], classes, [], "near-ties")
+    tight = profile(tmp_path, "cpu-onnxruntime-int8", gates={"max_top1_drop": 0.0, "min_agreement": 1.0})
+    out = tmp_path / "target"
+    _, m = quantize(prepared, tight, out, evalset=held_out)
+    fb = m["fallback"]
+    assert fb["before"]["passed"], f"precondition: all-INT8 passes on the training images: {fb['before']}"
+    assert fb["status"] == "not needed" and m["float_layers"] == []
+    assert [t["float_layers"] for t in fb["trials"]] == [0]  # the all-INT8 graph only: nothing searched
+    assert fb["held_out"]["passed"] is False and fb["held_out"]["agreement"] < 1.0
+    assert "not searched again" in fb["message"]
+    # What shipped is the all-INT8 graph the selection set chose, with its held-out miss.
+    shipped = _ort_logits(str(out / "model.onnx"), held_out.inputs, 2, 8)
+    assert gate_values(shipped, held_out, get_target(tight).gates)["agreement"] == fb["held_out"]["agreement"]
+
