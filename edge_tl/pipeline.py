@@ -92,9 +92,10 @@ def load_pipeline(path: Path) -> Pipeline:
         raise ConfigError(f"{path}: key '{key}': {msg}") from None
 
 
-def run_pipeline(path: Path, quiet: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Run every stage the file names; returns the bench reports (the caller decides on failed gates) and
-    the bundle's bundle.json (None without a bundle step)."""
+def run_pipeline(path: Path, quiet: bool = False,
+                 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]:
+    """Run every stage the file names; returns the finetune manifest, the bench reports (the caller
+    decides on failed gates) and the bundle's bundle.json (None without a bundle step)."""
     from .stages.export import export
     from .stages.finetune import finetune
     from .training import TrainConfig
@@ -107,7 +108,7 @@ def run_pipeline(path: Path, quiet: bool = False) -> tuple[list[dict[str, Any]],
 
     ft = p.finetune
     run = rel(ft.out)
-    finetune(rel(ft.data), run, arch=ft.arch, weights=ft.weights if ft.weights in ("imagenet", "none")
+    tuned = finetune(rel(ft.data), run, arch=ft.arch, weights=ft.weights if ft.weights in ("imagenet", "none")
              else rel(ft.weights), val_fraction=ft.val_fraction, resize=ft.resize,
              train_cfg=TrainConfig(mode=ft.mode, epochs=ft.epochs, unfreeze=ft.unfreeze, seed=ft.seed,
                                    device=ft.device, quiet=quiet, views=ft.views, balance=ft.balance,
@@ -137,4 +138,4 @@ def run_pipeline(path: Path, quiet: bool = False) -> tuple[list[dict[str, Any]],
         b = p.bundle
         shipped = bundle(run, b.target, rel(b.out), ok_classes=b.ok_classes, max_escape=b.max_escape,
                          max_false_reject=b.max_false_reject, quiet=quiet)
-    return reports, shipped
+    return tuned, reports, shipped

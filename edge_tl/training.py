@@ -177,10 +177,28 @@ def collate(batch: list[tuple[Any, ...]]) -> tuple[torch.Tensor, torch.Tensor, t
             torch.tensor([b[2] for b in good]), bad)
 
 
+# Loader workers hand each batch over through a shared-memory file, which counts against the file-size
+# limit (ulimit -f): under a small limit a worker dies and the loader waits for it for ever. Below this
+# limit batches are loaded in the main process instead.
+WORKER_FSIZE_MIN = 1 << 30
+
+
+def _workers_allowed(workers: int) -> int:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if workers and soft != resource.RLIM_INFINITY and soft < WORKER_FSIZE_MIN:
+        log.warning("file-size limit (ulimit -f) of %d bytes: loading images in the main process, not in %d "
+                    "worker(s), whose shared-memory batches it would cut", soft, workers)
+        return 0
+    return workers
+
+
 def _loader(ds: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int,
             sampler: Any = None, pin: bool = False) -> DataLoader:
     g = torch.Generator()
     g.manual_seed(seed)
+    workers = _workers_allowed(workers)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=workers, collate_fn=collate, generator=g, pin_memory=pin,
                       persistent_workers=False)
@@ -361,6 +379,7 @@ def _skipped(bad: list[str]) -> list[dict[str, str]]:
 def _fit_linear(model: nn.Module, arch: str, root: Path, train: list[Sample], val: list[Sample],
                 pre: Preprocess, cfg: TrainConfig, device: str, ddp: Dist,
                 n_classes: int) -> tuple[list[dict[str, float]], _EarlyStop, list[dict[str, str]]]:
+    """``linear``: the pooled features of the frozen backbone, computed once, train the new head."""
     from .features import PrefixEngine
 
     freeze_for_mode(model, arch, "linear")
@@ -369,47 +388,13 @@ def _fit_linear(model: nn.Module, arch: str, root: Path, train: list[Sample], va
     set_submodule(model, head_path, nn.Identity())
     try:
         engine = PrefixEngine(model, (3, pre.crop, pre.crop), device, cfg.engine)
-        common = {"ddp": ddp, "quiet": cfg.quiet, "workers": cfg.workers}
-        ftr, ytr, bad_tr = run_over(engine, root, train, pre, desc=f"features (train, {engine.name})", **common)
-        fva, yva, bad_va = run_over(engine, root, val, pre, desc=f"features (val, {engine.name})", **common)
+        cache, ytr, fva, yva, skipped = _cache(engine, root, train, val, pre, cfg, ddp, views=1, what="features")
     finally:
         set_submodule(model, head_path, head)
-    skipped = _skipped(bad_tr + bad_va)
-    # The head trains on cached features: identical on every rank, so no gradient exchange is needed.
-    gen = torch.Generator().manual_seed(cfg.seed)
-    xtr, ttr = ftr.to(device), torch.from_numpy(ytr).to(device)
-    xva, tva = fva.to(device), torch.from_numpy(yva).to(device)
-    epochs, bs = cfg.resolved_epochs(), max(cfg.batch_size, 64)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.resolved_lr(), weight_decay=cfg.weight_decay)
-    steps = epochs * max(1, math.ceil(len(xtr) / bs))
-    sched = _schedule(opt, steps)
-    crit = _criterion(cfg, ytr, n_classes, device)
-    stop, history = _EarlyStop(cfg.patience), []
-    with progress(cfg.quiet or not ddp.main) as bar:
-        task = bar.add_task("train head", total=epochs, info="")
-        for epoch in range(epochs):
-            head.train()
-            perm = _epoch_order(ttr, gen, cfg).to(device)
-            total = 0.0
-            for s in range(0, len(xtr), bs):
-                b = perm[s:s + bs]
-                loss = crit(head(xtr[b]), ttr[b])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * len(b)
-            head.eval()
-            with torch.no_grad():
-                out = head(xva)
-            vloss, vacc, vscore = _val_figures(out, tva, cfg)
-            history.append({"epoch": epoch, "train_loss": total / max(1, len(xtr)), "val_loss": vloss,
-                            "val_top1": vacc, "val_score": vscore})
-            bar.update(task, advance=1, info=f"val top-1 {vacc:.3f}")
-            if stop.update(epoch, vscore, vloss, head, out.float().cpu().numpy(), yva):
-                break
-    head.load_state_dict(stop.state)
-    return history, stop, skipped
+    groups = [{"params": list(head.parameters()), "lr": cfg.resolved_lr()}]
+    result = _train_on_cache(head, head, groups, cache, ytr, fva, yva, cfg, device, ddp, n_classes,
+                             cfg.resolved_epochs(), max(cfg.batch_size, 64), "train head")
+    return (*result, skipped)
 
 
 def _val_figures(out: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> tuple[float, float, float]:
@@ -428,9 +413,7 @@ def _fit_cached(model: nn.Module, arch: str, root: Path, train: list[Sample], va
 
     Training images get ``cfg.views`` cached views (the evaluation preprocessing, then augmented
     ones); each epoch draws one view per image. The prefix's BatchNorm statistics stay frozen, as in
-    the end-to-end path; the tail's BatchNorm layers train. Activations are kept in float16 (half the
-    memory; training noise is far larger than the rounding), validation's in float32 so the stored
-    validation logits are the model's own.
+    the end-to-end path; the tail's BatchNorm layers train.
     """
     from .features import PrefixEngine
     from .models import split_at
@@ -438,60 +421,80 @@ def _fit_cached(model: nn.Module, arch: str, root: Path, train: list[Sample], va
     freeze_for_mode(model, arch, "partial", cfg.unfreeze)
     prefix, tail = split_at(model, arch, cfg.unfreeze)
     engine = PrefixEngine(prefix, (3, pre.crop, pre.crop), device, cfg.engine)
-    common = {"ddp": ddp, "quiet": cfg.quiet, "workers": cfg.workers}
-    views, labels_tr, bad = [], None, []
-    for v in range(cfg.views):
-        acts, ytr, b = run_over(engine, root, train, pre, augment=v > 0, aug_scale=cfg.aug_scale,
-                                seed=cfg.seed * 1000 + v, dtype=torch.float16,
-                                desc=f"activations (train, view {v + 1}/{cfg.views}, {engine.name})", **common)
-        if labels_tr is not None and not np.array_equal(ytr, labels_tr):
-            raise ConfigError("a training image became unreadable between two cached views; run again")
-        views.append(acts)
-        labels_tr, bad = ytr, bad + b
-    fva, yva, bad_va = run_over(engine, root, val, pre, desc=f"activations (val, {engine.name})", **common)
-    skipped = _skipped(sorted(set(bad)) + bad_va)
-    cache = torch.stack(views)  # (views, N, C, H, W)
-    ttr, tva = torch.from_numpy(labels_tr), torch.from_numpy(yva)
+    cache, ytr, fva, yva, skipped = _cache(engine, root, train, val, pre, cfg, ddp, views=cfg.views,
+                                           what="activations")
     head_ids = {id(p) for p in head_of(model, arch).parameters()}
     trainable = [p for p in tail.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if id(p) in head_ids], "lr": cfg.resolved_lr()},
               {"params": [p for p in trainable if id(p) not in head_ids],
                "lr": cfg.resolved_lr() * cfg.backbone_lr_scale}]
+    result = _train_on_cache(tail, model, groups, cache, ytr, fva, yva, cfg, device, ddp, n_classes,
+                             cfg.resolved_epochs(cached=True), cfg.batch_size, f"train last {cfg.unfreeze} block(s)")
+    return (*result, skipped)
+
+
+def _cache(engine: Any, root: Path, train: list[Sample], val: list[Sample], pre: Preprocess, cfg: TrainConfig,
+           ddp: Dist, views: int, what: str,
+           ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray, list[dict[str, str]]]:
+    """The frozen part's outputs: ``views`` per training image (view 0 plain, the others augmented) as one
+    (views, N, ...) float16 tensor (half the memory; training noise is far larger than the rounding),
+    validation's in float32 (so the stored validation logits are the model's own), labels, bad files."""
+    common = {"ddp": ddp, "quiet": cfg.quiet, "workers": cfg.workers}
+    cached: list[torch.Tensor] = []
+    labels, bad = np.zeros(0, np.int64), []
+    for v in range(views):
+        out, y, b = run_over(engine, root, train, pre, augment=v > 0, aug_scale=cfg.aug_scale,
+                             seed=cfg.seed * 1000 + v, dtype=torch.float16 if views > 1 else torch.float32,
+                             desc=f"{what} (train, view {v + 1}/{views}, {engine.name})", **common)
+        if v and not np.array_equal(y, labels):
+            raise ConfigError("a training image became unreadable between two cached views; run again")
+        cached.append(out)
+        labels, bad = y, bad + b
+    fva, yva, bad_va = run_over(engine, root, val, pre, desc=f"{what} (val, {engine.name})", **common)
+    return torch.stack(cached), labels, fva, yva, _skipped(sorted(set(bad)) + bad_va)
+
+
+def _train_on_cache(trainable: nn.Module, saved: nn.Module, groups: list[dict[str, Any]], cache: torch.Tensor,
+                    ytr: np.ndarray, fva: torch.Tensor, yva: np.ndarray, cfg: TrainConfig, device: str, ddp: Dist,
+                    n_classes: int, epochs: int, bs: int, desc: str) -> tuple[list[dict[str, float]], _EarlyStop]:
+    """Train ``trainable`` (the head, or the tail of blocks and head) on cached inputs ``cache`` (views, N,
+    ...), one view per image per epoch, with early stopping on the validation inputs ``fva``; ``saved``
+    (the module whose best state is kept and restored) holds ``trainable``. Identical on every rank, so
+    no gradient exchange is needed under torchrun."""
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    epochs, bs = cfg.resolved_epochs(cached=True), cfg.batch_size
-    sched = _schedule(opt, epochs * max(1, math.ceil(len(ttr) / bs)))
-    crit = _criterion(cfg, labels_tr, n_classes, device)
+    sched = _schedule(opt, epochs * max(1, math.ceil(len(ytr) / bs)))
+    crit = _criterion(cfg, ytr, n_classes, device)
+    ttr, tva = torch.from_numpy(ytr), torch.from_numpy(yva)
     gen = torch.Generator().manual_seed(cfg.seed)
     stop, history = _EarlyStop(cfg.patience), []
     with progress(cfg.quiet or not ddp.main) as bar:
-        task = bar.add_task(f"train last {cfg.unfreeze} block(s)", total=epochs, info="")
+        task = bar.add_task(desc, total=epochs, info="")
         for epoch in range(epochs):
             t0 = time.perf_counter()
-            tail.train()
+            trainable.train()
             order = _epoch_order(ttr, gen, cfg)
-            pick = torch.randint(0, cfg.views, (len(order),), generator=gen)
+            pick = torch.randint(0, len(cache), (len(order),), generator=gen)
             total = 0.0
             for s in range(0, len(order), bs):
                 b = order[s:s + bs]
-                x = cache[pick[s:s + bs], b].float().to(device)
-                loss = crit(tail(x), ttr[b].to(device))
+                loss = crit(trainable(cache[pick[s:s + bs], b].float().to(device)), ttr[b].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 total += loss.item() * len(b)
-            tail.eval()
+            trainable.eval()
             with torch.no_grad():
-                out = torch.cat([tail(fva[i:i + 256].to(device)).float().cpu() for i in range(0, len(fva), 256)]) \
-                    if len(fva) else torch.zeros(0, n_classes)
+                out = torch.cat([trainable(fva[i:i + 256].to(device)).float().cpu()
+                                 for i in range(0, len(fva), 256)]) if len(fva) else torch.zeros(0, n_classes)
             vloss, vacc, vscore = _val_figures(out, tva, cfg)
             history.append({"epoch": epoch, "train_loss": total / max(1, len(order)), "val_loss": vloss,
                             "val_top1": vacc, "val_score": vscore, "seconds": time.perf_counter() - t0})
             bar.update(task, advance=1, info=f"val top-1 {vacc:.3f}")
-            if stop.update(epoch, vscore, vloss, model, out.numpy(), yva):
+            if stop.update(epoch, vscore, vloss, saved, out.numpy(), yva):
                 break
-    model.load_state_dict(stop.state)
-    return history, stop, skipped
+    saved.load_state_dict(stop.state)
+    return history, stop
 
 
 DISTILL_TEMPERATURE = 2.0

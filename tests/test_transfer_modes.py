@@ -171,3 +171,19 @@ def test_demo_pipeline_file_is_valid() -> None:
     p = load_pipeline(Path(__file__).parents[1] / "examples" / "elpv-demo.toml")
     assert p.finetune.mode == "partial" and p.finetune.resize == "full"
     assert p.bundle is not None and p.bundle.max_escape is not None
+
+
+def test_a_small_file_size_limit_loads_in_the_main_process(image_folder: Path, tmp_path: Path) -> None:
+    """Under ulimit -f, loader workers cannot hand batches over through shared memory and the loader
+    would wait for them for ever: the images load in the main process instead."""
+    import subprocess
+    import sys
+
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, 64 << 20)); "
+            "from edge_tl.stages.finetune import finetune; from edge_tl.training import TrainConfig; "
+            f"finetune({str(image_folder)!r}, {str(tmp_path / 'run')!r}, "
+            "train_cfg=TrainConfig(mode='linear', epochs=2, quiet=True, workers=2))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loading images in the main process" in done.stderr
+    assert (tmp_path / "run" / "finetune" / "manifest.json").is_file()

@@ -17,9 +17,14 @@ def run_cmd(pipeline: Path = typer.Argument(..., help="Pipeline TOML (see exampl
     """Run finetune -> prune -> export -> bench -> bundle as one file describes."""
     from ..bench.report import summary_table
     from ..errors import GateFailed
-    from ..pipeline import run_pipeline
+    from ..pipeline import load_pipeline, run_pipeline
+    from .train import finetune_summary
 
-    reports, shipped = run_pipeline(pipeline, quiet=quiet or state.quiet)
+    tuned, reports, shipped = run_pipeline(pipeline, quiet=quiet or state.quiet)
+    if tuned:
+        out = Path(load_pipeline(pipeline).finetune.out)
+        Console(stderr=True).print(finetune_summary(tuned, out if out.is_absolute() else pipeline.parent / out),
+                                   soft_wrap=True)
     if reports:
         print(summary_table(reports))
     if shipped is not None:

@@ -52,10 +52,14 @@ def finetune(
     manifest = run_finetune(data_dir, out, arch=arch, weights=weights, val_fraction=val_fraction, train_cfg=cfg,
                             resize=resize)
     if manifest:
-        m, t = manifest["metrics"], manifest["timings"]
-        Console(stderr=True).print(
-            f"[green]fine-tuned[/] {arch} ({mode}) on {manifest['data']['n_images']} images: "
+        Console(stderr=True).print(finetune_summary(manifest, out), soft_wrap=True)
+
+
+def finetune_summary(manifest: dict, out: Path) -> str:
+    """Two lines: validation top-1, balanced accuracy and time; per-class recall."""
+    m, t = manifest["metrics"], manifest["timings"]
+    recalls = ", ".join(f"{c} {'not evaluated' if r is None else f'{r:.3f}'}" for c, r in m["per_class_recall"].items())
+    return (f"[green]fine-tuned[/] {manifest['arch']} ({manifest['mode']}) on {manifest['data']['n_images']} images: "
             f"val top-1 {m['val_top1']:.4f}, balanced accuracy {m['val_balanced_accuracy']:.4f} "
-            f"(best epoch {m['best_epoch']}), {t['train_seconds']:.1f} s on {t['device']} -> {out / 'finetune'}")
-        recalls = ", ".join(f"{c} {'–' if r is None else f'{r:.3f}'}" for c, r in m["per_class_recall"].items())
-        Console(stderr=True).print(f"per-class recall (validation): {recalls}", soft_wrap=True)
+            f"(best epoch {m['best_epoch']}), {t['train_seconds']:.1f} s on {t['device']} -> {out / 'finetune'}\n"
+            f"per-class recall (validation): {recalls}")

@@ -814,6 +814,44 @@ def signed_activations(model: Any) -> int:
     return len(changed)
 
 
+def unsigned_activations(model: Any) -> int:
+    """Turn NNCF's asymmetric int8 activation Q/DQ (its mixed preset's form for tensors that go
+    negative) into uint8 with the zero point moved up by 128, in place; returns how many were changed.
+
+    Exact: ``q_u8 = q_s8 + 128`` on the same scale is the same grid. ONNX Runtime's x86 kernels are
+    u8s8: on the NEU model (AVX2 host) the graph with those 27 quantisers unsigned ran 23.5 ms against
+    42 ms as NNCF left it (float 41 ms), at a relative logit error of 0.025 instead of 0.020 and the
+    same answers (1 of 360 validation answers flipped against 0).
+    """
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    constants = set(inits) | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    changed: set[str] = set()
+    outputs: set[str] = set()
+    for n in g.node:
+        if n.op_type != "QuantizeLinear" or n.input[0] in constants or len(n.input) < 3 or n.input[2] not in inits:
+            continue
+        zp_name = n.input[2]
+        if numpy_helper.to_array(inits[zp_name]).dtype != np.int8 and zp_name not in changed:
+            continue
+        outputs.add(n.output[0])
+        # The DequantizeLinear partners read the same grid: their zero points move too.
+        partners = [d.input[2] for d in g.node if d.op_type == "DequantizeLinear" and d.input[0] == n.output[0]
+                    and len(d.input) > 2 and d.input[2] in inits]
+        for name in {zp_name, *partners} - changed:
+            old = numpy_helper.to_array(inits[name])
+            if old.dtype == np.int8:
+                inits[name].CopyFrom(numpy_helper.from_array((old.astype(np.int16) + 128).astype(np.uint8), name))
+                changed.add(name)
+    # Shape inference recorded the old element types of the quantised tensors.
+    keep = [v for v in g.value_info if v.name not in outputs]
+    del g.value_info[:]
+    g.value_info.extend(keep)
+    return len(outputs)
+
+
 def nncf_quantize_onnx(float_onnx: Path, dest: Path, inputs: np.ndarray, signed: bool,
                        symmetric: bool = True, pre_path: Path | None = None,
                        preprocess: Preprocess | None = None) -> dict[str, Any]:
@@ -860,6 +898,8 @@ def nncf_quantize_onnx(float_onnx: Path, dest: Path, inputs: np.ndarray, signed:
                 activations_quantization_params=QuantizationParameters(per_channel=False)), **extra)
     calib_seconds = time.perf_counter() - t0
     converted = signed_activations(qmodel) if signed else 0
+    # Unsigned and asymmetric: every activation u8 (NNCF leaves the tensors that go negative int8).
+    made_unsigned = unsigned_activations(qmodel) if not signed and not symmetric else 0
     pinned = pin_pixel_quantizer_onnx(qmodel, pixels) if pixels is not None else None
     with atomic_path(dest) as tmp:
         onnx.save(qmodel, str(tmp))
@@ -872,7 +912,8 @@ def nncf_quantize_onnx(float_onnx: Path, dest: Path, inputs: np.ndarray, signed:
         "weights": "int8", "activations": "int8" if signed else "uint8" if not symmetric
         else "uint8 or int8 (NNCF's choice per tensor)",
         "activation_symmetric": symmetric, "activation_scales": "per tensor", "quantize_bias": False,
-        "activation_quantizers_made_signed": converted, "subset_size": n, "calibration_seconds": calib_seconds,
+        "activation_quantizers_made_signed": converted, "activation_quantizers_made_unsigned": made_unsigned,
+        "subset_size": n, "calibration_seconds": calib_seconds,
         "input": (pixels.describe() | {"quantizer": pinned}) if pixels is not None
         else "normalised input quantised per tensor",
     }
