@@ -1,7 +1,14 @@
 """edge-tl: transfer, compress, export and benchmark image classifiers for edge targets.
 
 Importing this package is cheap: torch, onnxruntime, openvino and tensorrt are imported only by the
-functions that need them.
+functions that need them. The whole chain as functions is ``edge_tl.api``::
+
+    from edge_tl import api
+
+    api.finetune("data/parts", "runs/parts")
+    api.export("runs/parts", "cpu-onnxruntime-int8")
+    [report] = api.bench("runs/parts", ["cpu-onnxruntime-int8"])
+    api.bundle("runs/parts", "cpu-onnxruntime-int8", "bundles/parts")
 """
 
 __version__ = "0.1.0"

@@ -72,6 +72,23 @@ class Target(_Strict):
         return self.precision == "int8"
 
     @property
+    def cli_ref(self) -> str:
+        """What ``--target`` takes to select this profile again: the name of a built-in profile, the
+        file's path (as it was given) for a user's own profile."""
+        if not self.source:
+            return self.name
+        path = Path(self.source)
+        try:
+            builtin = path.resolve().parent == targets_dir().resolve()
+        except ConfigError:
+            builtin = False
+        return self.name if builtin and path.stem == self.name else self.source
+
+    def to_toml(self) -> str:
+        """This profile as a TOML file that ``load_target_file`` reads back to the same profile."""
+        return dump_toml(self)
+
+    @property
     def model_file(self) -> str:
         """The file in ``targets/<name>/`` that the runner opens (TensorRT builds its engine from it)."""
         return MODEL_FILES[self.backend]
@@ -79,6 +96,73 @@ class Target(_Strict):
 
 MODEL_FILES = {"torch": "model.pt", "onnxruntime": "model.onnx", "openvino": "model.xml",
                "tensorrt": "model.onnx"}
+
+
+def command(verb: str, run_root: str | Path, target: Target, *extra: str) -> str:
+    """A shell command that works as printed: ``edge-tl VERB RUN --target REF ...``, paths quoted.
+
+    ``REF`` is ``target.cli_ref``: a user's profile is named by its file, which ``--target`` finds;
+    its ``name`` alone would be an unknown built-in target.
+    """
+    import shlex
+
+    words = ["edge-tl", verb, str(run_root), "--target", target.cli_ref, *extra]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _toml_value(value: object) -> str:
+    import json
+    import math
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def dump_toml(target: Target) -> str:
+    """A profile as TOML: every key with its value; unset optional keys as comments."""
+    data = target.model_dump()
+    lines = [f"# edge-tl target profile {target.name!r} (from {target.source or 'memory'}).",
+             "# Save it as a file, change what your line needs, and pass the file to --target:",
+             f"#   edge-tl targets {target.name} > my-line.toml && edge-tl export RUN --target my-line.toml",
+             "# Unknown keys are an error; a commented key is unset (its default applies)."]
+    tables: list[tuple[str, dict]] = []
+    notes = {"input_size": "unset: the fine-tuned model's own input size",
+             "device": "onnxruntime: cpu|cuda|tensorrt; openvino: CPU|GPU|NPU; tensorrt: cuda:0",
+             "batch_size": "images per inference call (throughput); latency is timed at batch 1",
+             "threads": "CPU threads of the backend"}
+    for key, value in data.items():
+        note = f"  # {notes[key]}" if key in notes else ""
+        if isinstance(value, dict):
+            tables.append((key, value))
+        elif key == "name":
+            lines.append(f"# name = {_toml_value(value)}  # unset: the file's name without .toml (keep your copy's "
+                         "own name: it is its folder in RUN/targets/)")
+        elif value is None:
+            lines.append(f"# {key} = (unset){note}")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}{note}")
+    for table, values in tables:
+        doc = {"quantizer": "how the INT8 graph is made (ignored by float targets)",
+               "gates": "pass/fail limits checked by `edge-tl bench`; an unset gate is not checked"}.get(table, "")
+        lines += ["", f"[{table}]" + (f"  # {doc}" if doc else "")]
+        for key, value in values.items():
+            field = type(getattr(target, table)).model_fields.get(key)
+            note = f"  # {field.description}" if field is not None and field.description else ""
+            lines.append(f"# {key} = (unset){note}" if value is None else f"{key} = {_toml_value(value)}{note}")
+    return "\n".join(lines) + "\n"
 
 
 def targets_dir() -> Path:
@@ -123,9 +207,21 @@ def get_target(name_or_path: str) -> Target:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.is_file():
         if not path.is_file():
-            raise ConfigError(f"target profile not found: {path}")
+            near = _closest(path.name, [p.name for p in path.parent.glob("*.toml")] if path.parent.is_dir() else [])
+            hint = f"; did you mean {path.parent / near}?" if near else ""
+            raise ConfigError(f"target profile not found: {path}{hint}")
         return load_target_file(path)
     targets = builtin_targets()
     if name_or_path not in targets:
-        raise ConfigError(f"unknown target {name_or_path!r}; `edge-tl targets` lists: {', '.join(targets)}")
+        near = _closest(name_or_path, list(targets))
+        hint = f"did you mean {near}? " if near else ""
+        raise ConfigError(f"unknown target {name_or_path!r}; {hint}`edge-tl targets` lists: {', '.join(targets)}")
     return targets[name_or_path]
+
+
+def _closest(word: str, choices: list[str]) -> str | None:
+    """The choice most like ``word`` (difflib), or None when none is close."""
+    import difflib
+
+    found = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return found[0] if found else None

@@ -25,7 +25,7 @@ def test_targets_table_has_the_design_names(capsys: pytest.CaptureFixture[str]) 
     assert main(["targets"]) == 0
     assert main(["targets", "cpu-openvino-fp32"]) == 0
     shown = capsys.readouterr().out
-    assert '"backend": "openvino"' in shown
+    assert 'backend = "openvino"' in shown  # TOML a user can save as a profile
 
 
 @pytest.mark.parametrize(("body", "key"), [
@@ -99,8 +99,11 @@ def test_bench_on_another_folder(run_copy: Path, tmp_path: Path) -> None:
     assert main(["export", str(run_copy), "--target", "cpu-onnxruntime-fp32", "--quiet"]) == 0
     other = write_folder(tmp_path / "next_week", per_class=3, seed=7)
     assert main(["bench", str(run_copy), "-t", "cpu-onnxruntime-fp32", "--data", str(other), "--quiet"]) == 0
-    report = json.loads((run_copy / "reports" / "cpu-onnxruntime-fp32.json").read_text())
-    assert report["n"] == 9 and report["eval_set"] == str(other)
+    # kept apart from the run's own reports (issue 12): reports/data-<name>-<sha8>/
+    (path,) = (run_copy / "reports").glob("data-next_week-*/cpu-onnxruntime-fp32.json")
+    report = json.loads(path.read_text())
+    assert report["n"] == 9 and report["eval_set"]["folder"] == str(other.resolve())
+    assert not (run_copy / "reports" / "cpu-onnxruntime-fp32.json").exists()
     wrong = write_folder(tmp_path / "wrong", classes=("x", "y"), per_class=2)
     assert main(["bench", str(run_copy), "-t", "cpu-onnxruntime-fp32", "--data", str(wrong), "--quiet"]) == 2
 

@@ -80,7 +80,7 @@ print(json.dumps({{"rc": rc, "label": p.label, "torch": sys.modules["torch"] is 
     lines = proc.stdout.strip().splitlines()
     predicted, summary = json.loads(lines[0]), json.loads(lines[-1])
     assert summary == {"rc": 0, "label": summary["label"], "torch": False}
-    assert set(predicted) == {"path", "label", "score", "decision", "ms"}
+    assert set(predicted) == {"path", "label", "score", "decision", "ms_per_image", "batch_size", "batch_ms"}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -213,7 +213,7 @@ def test_predict_command_on_a_folder(bundles: dict[str, Path], images: list[Path
     assert main(["predict", str(bundles[TARGETS[1]]), str(folder), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == len(images)
-    assert all(set(r) == {"path", "label", "score", "decision", "ms"} for r in rows)
+    assert all(set(r) == {"path", "label", "score", "decision", "ms_per_image", "batch_size", "batch_ms"} for r in rows)
     assert all(r["decision"] in ("ok", "defect", "review") and 0 < r["score"] <= 1 for r in rows)
     # One unreadable file: every other image still gets its answer, the bad one an error line, exit 2.
     (folder / "broken.png").write_bytes(b"\x89PNG not really")

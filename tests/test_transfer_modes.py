@@ -187,3 +187,20 @@ def test_a_small_file_size_limit_loads_in_the_main_process(image_folder: Path, t
     assert done.returncode == 0, done.stderr[-2000:]
     assert "loading images in the main process" in done.stderr
     assert (tmp_path / "run" / "finetune" / "manifest.json").is_file()
+
+
+def test_input_size_changes_the_contract_and_the_exported_graph(image_folder: Path, tmp_path: Path) -> None:
+    from edge_tl.stages.export import export
+
+    with pytest.raises(ConfigError, match="--input-size"):
+        finetune(image_folder, tmp_path / "bad", input_size=8, train_cfg=TrainConfig(mode="linear", epochs=1))
+    m = finetune(image_folder, tmp_path / "run", input_size=160,
+                 train_cfg=TrainConfig(mode="linear", epochs=3, quiet=True, workers=0))
+    pre = m["preprocessing"]
+    assert pre["crop"] == 160 and pre["resize"] == round(160 * 256 / 224)
+    t = export(tmp_path / "run", "cpu-onnxruntime-fp32")
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "run" / "targets" / "cpu-onnxruntime-fp32" / t["model_file"]))
+    dims = [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [3, 160, 160] and t["validation"]["agreement"] == 1.0

@@ -79,7 +79,7 @@ def test_once_twice_then_new_images_each_logged_exactly_once(bundle: Path, tmp_p
     assert watch_once(bundle, cam) == 0
     rows = jsonl(cam / "edge-tl-results.jsonl")
     assert Counter(r["file"] for r in rows) == {f"frame_{i:04d}.png": 1 for i in range(8)}
-    assert all({"path", "label", "score", "decision", "ms"} <= set(r) for r in rows)
+    assert all({"path", "label", "score", "decision", "ms_per_image", "batch_size"} <= set(r) for r in rows)
     assert all(r["decision"] in ("ok", "defect", "review") and r["error"] is None for r in rows)
 
 

@@ -6,6 +6,16 @@ has finished. It does no timing of its own: the bench harness times every runner
 
 from __future__ import annotations
 
-from .base import Runner, RunnerSpec, availability, open_runner
+from .base import (
+                   Runner,
+                   RunnerSpec,
+                   StreamRunner,
+                   ThreadedStreams,
+                   availability,
+                   open_runner,
+                   open_streams,
+                   profile_layers,
+)
 
-__all__ = ["Runner", "RunnerSpec", "availability", "open_runner"]
+__all__ = ["Runner", "RunnerSpec", "StreamRunner", "ThreadedStreams", "availability", "open_runner",
+           "open_streams", "profile_layers"]

@@ -90,3 +90,108 @@ class OpenVINORunner:
 
 def open(spec: RunnerSpec) -> OpenVINORunner:  # noqa: A001 - the backend table's entry point
     return OpenVINORunner(spec)
+
+
+class OpenVINOStreams:
+    """OpenVINO's own throughput mode: the ``THROUGHPUT`` performance hint (OpenVINO picks the number of
+    streams and splits the threads between them) and an ``AsyncInferQueue`` of its optimal number of
+    infer requests, all compiled for the batch's static shape."""
+
+    def __init__(self, spec: RunnerSpec, streams: int | None = None) -> None:
+        ov = require("openvino", "openvino")
+        self._ov = ov
+        self._core = ov.Core()
+        self._device = spec.device.upper()
+        self._model = self._core.read_model(str(spec.model_path))
+        config: dict[str, object] = {"PERFORMANCE_HINT": "THROUGHPUT"}
+        if self._device == "CPU":
+            config |= {"INFERENCE_NUM_THREADS": spec.threads,
+                       "INFERENCE_PRECISION_HINT": _HINT.get(spec.precision, "f32")}
+        if streams:
+            config["NUM_STREAMS"] = streams
+        self._config = config
+        self._compiled: Any = None
+        self._shape: tuple[int, ...] | None = None
+        self.streams = streams or 0
+        self.mode = "OpenVINO THROUGHPUT hint"
+
+    def _queue(self, shape: tuple[int, ...]) -> Any:
+        if self._shape != shape:
+            self._compiled = compile_static(self._core, self._model, shape, self._device, self._config)
+            jobs = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            try:
+                self.streams = int(self._compiled.get_property("NUM_STREAMS"))
+            except Exception:  # noqa: BLE001 - not every device reports it
+                self.streams = jobs
+            self._jobs = self._ov.AsyncInferQueue(self._compiled, jobs)
+            self.mode = f"OpenVINO THROUGHPUT hint: {self.streams} stream(s), {jobs} asynchronous infer requests"
+            self._shape = shape
+        return self._jobs
+
+    def run_requests(self, batch: np.ndarray, n: int) -> list[float]:
+        import time
+
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        queue = self._queue(x.shape)
+        started: dict[int, int] = {}
+        out: list[float] = []
+
+        def done(_request: Any, i: int) -> None:
+            out.append((time.perf_counter_ns() - started[i]) / 1e6)
+
+        queue.set_callback(done)
+        for i in range(n):
+            queue.get_idle_request_id()  # wait for a free request, so the clock starts at submission
+            started[i] = time.perf_counter_ns()
+            queue.start_async({0: x}, i)
+        queue.wait_all()
+        return out
+
+    def close(self) -> None:
+        self._jobs = None
+        self._compiled = None
+        self._model = None
+
+
+def open_streams(spec: RunnerSpec, streams: int | None = None) -> OpenVINOStreams:
+    return OpenVINOStreams(spec, streams)
+
+
+def kernel_precision(exec_type: str, layer_type: str = "") -> str:
+    """What an OpenVINO CPU kernel computes in, from its exec type (``brgconv_avx512_core_vnni_I8``)."""
+    tail = exec_type.rsplit("_", 1)[-1].upper()
+    names = {"I8": "int8", "U8": "int8", "FP32": "fp32", "F32": "fp32", "BF16": "bf16", "FP16": "fp16",
+             "F16": "fp16", "I32": "int32"}
+    if layer_type == "FakeQuantize":
+        return "int8<->fp32 conversion"
+    return names.get(tail, tail.lower() or "?")
+
+
+def profile_layers(spec: RunnerSpec, batch: np.ndarray, calls: int = 50) -> dict[str, object]:
+    """Per-node real times from OpenVINO's performance counters (``PERF_COUNT``), median over ``calls``
+    calls after 10 warm-up calls; compiled like the runner (latency hint, static shape)."""
+    from collections import defaultdict
+
+    ov = require("openvino", "openvino")
+    core = ov.Core()
+    device = spec.device.upper()
+    config = (cpu_config(spec.threads, spec.precision) if device == "CPU" else {}) | {"PERF_COUNT": True}
+    x = np.ascontiguousarray(batch, dtype=np.float32)
+    compiled = compile_static(core, core.read_model(str(spec.model_path)), x.shape, device, config)
+    request = compiled.create_infer_request()
+    for _ in range(10):
+        request.infer({0: x})
+    per_node: dict[str, list[float]] = defaultdict(list)
+    meta: dict[str, tuple[str, str]] = {}
+    for _ in range(calls):
+        request.infer({0: x})
+        for info in request.profiling_info:
+            if info.status != info.Status.EXECUTED:
+                continue
+            per_node[info.node_name].append(info.real_time.total_seconds() * 1e3)
+            meta[info.node_name] = (info.node_type, info.exec_type)
+    layers = [{"name": n, "type": meta[n][0], "kernel": meta[n][1],
+               "precision": kernel_precision(meta[n][1], meta[n][0]), "ms": float(np.median(v))}
+              for n, v in per_node.items()]
+    return {"tool": f"OpenVINO {ov.__version__} performance counters (median over {calls} calls)",
+            "calls": calls, "layers": layers}

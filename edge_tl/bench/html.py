@@ -19,13 +19,14 @@ from typing import Any
 from ..errors import ArtifactError
 from ..manifest import write_bytes
 from .hostload import describe, describe_spread, unreliable_label
+from .labels import eval_set_key, eval_set_text, load_short, measured_text, precision_text, session_id
 
 # Okabe–Ito: distinguishable with the common colour-vision deficiencies, readable on white.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#8C6D31", "#000000"]
 REF_COLOR = "#8a8a8a"
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1f2328;
- max-width:1200px;margin:20px auto;padding:0 16px;line-height:1.4}
+ max-width:1400px;margin:20px auto;padding:0 16px;line-height:1.4}
 h1{margin:0 0 4px;font-size:26px}h2{margin:28px 0 8px;font-size:19px;border-bottom:1px solid #d0d7de}
 .sub{color:#57606a;font-size:13px}table{border-collapse:collapse;font-size:13.5px;margin:6px 0}
 th,td{padding:4px 10px;border-bottom:1px solid #e1e4e8;text-align:right;vertical-align:top}
@@ -40,6 +41,7 @@ td.st{white-space:normal;text-align:left;max-width:360px}
 .grid{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}figure{margin:8px 0}
 figcaption{font-size:12.5px;color:#57606a;max-width:900px}svg{max-width:100%;height:auto}
 svg text{font-family:inherit}details{margin:6px 0}summary{cursor:pointer;color:#0969da}
+.wide{overflow-x:auto}td.when{min-width:170px}
 """
 
 
@@ -381,7 +383,8 @@ def render_html(report: dict[str, Any]) -> str:
     ref, cand = r.get("reference") or {}, r.get("candidate") or {}
     host, prof = r.get("host") or {}, r.get("profile") or {}
     facts = [_e(prof["description"]) if prof.get("description") else "",
-             f'eval set: {_e(r["eval_set"])} ({_e(r.get("n", "?"))} images)' if r.get("eval_set") else "",
+             f'evaluation set: {_e(eval_set_text(r))}' if r.get("eval_set") else "",
+             f'measured {_e(measured_text(r))}, session {_e(session_id(r))}',
              _host(host), _e(describe(r["host_load"])) if "host_load" in r and not r.get("skipped") else ""]
     out = ['<p class="sub"><a href="index.html">all targets of this run</a></p>',
            f'<h1>{_e(name)} {_badge(r)}</h1><p class="sub">{"<br>".join(f for f in facts if f)}</p>',
@@ -391,22 +394,38 @@ def render_html(report: dict[str, Any]) -> str:
                    f'<p>Reference top-1: {_pct(ref.get("top1"), 2)}</p>')
     else:
         rl, cl = ref.get("latency_ms") or {}, cand.get("latency_ms") or {}
+        tm = cand.get("throughput_mode") or {}
         rows = [("format / precision", f'{_e(ref.get("format"))} / {_e(ref.get("precision"))}',
-                 f'{_e(cand.get("format"))} / {_e(cand.get("precision"))}'),
+                 f'{_e(cand.get("format"))} / {_e(precision_text(cand))}'),
                 ("top-1", _pct(ref.get("top1"), 2), _pct(cand.get("top1"), 2)),
                 ("balanced accuracy", _pct(ref.get("balanced_accuracy"), 2), _pct(cand.get("balanced_accuracy"), 2)),
                 ("top-1 drop", "", _f(cand.get("top1_drop"), 2, " points")),
                 ("agreement with reference", "", _pct(cand.get("agreement"), 2)),
                 *((f"{k} latency", _f(rl.get(k), 2, " ms"), _f(cl.get(k), 2, " ms"))
                   for k in ("p50", "p95", "p99")),
-                ("throughput (batch)", _f(ref.get("throughput_ips"), 1, " img/s"),
+                ("throughput, one batch at a time", _f(ref.get("throughput_ips"), 1, " img/s"),
                  _f(cand.get("throughput_ips"), 1, " img/s")),
-                ("model size", _f(ref.get("size_mb"), 2, " MB"), _f(cand.get("size_mb"), 2, " MB")),
-                ("peak RSS", "", _f(cand.get("peak_rss_mb"), 0, " MB"))]
+                ("throughput at batch 1 (1000 / p50)", "", _f(cand.get("batch1_ips"), 1, " img/s")),
+                ("model size", _f(ref.get("size_mb"), 2, " MB"), _f(cand.get("size_mb"), 2, " MB"))]
+        if tm:
+            rows += [(f"throughput mode ({_e(tm.get('streams'))} streams, batch {_e(tm.get('batch'))})", "",
+                      _f(tm.get("images_per_s"), 1, " img/s")),
+                     ("request latency under load, p50 / p95", "",
+                      f"{_f(tm['request_latency_ms']['p50'], 2, ' ms')} / "
+                      f"{_f(tm['request_latency_ms']['p95'], 2, ' ms')}")]
+        if cand.get("model_rss_mb") is not None:
+            rows += [("model memory (RSS growth over load + inference, fresh process)", "",
+                      _f(cand["model_rss_mb"], 0, " MB")),
+                     ("peak RSS of a process running only this model", "", _f(cand.get("peak_rss_mb"), 0, " MB"))]
+        elif cand.get("peak_rss_mb") is not None:
+            rows.append(("peak RSS (whole bench process)", "", _f(cand.get("peak_rss_mb"), 0, " MB")))
         if cand.get("int8_speedup_over_float") is not None:
             rows.append(("INT8 speed-up over float, same backend", "",
                          _f(cand["int8_speedup_over_float"], 2, "×")))
-        if cand.get("float_layers"):
+        if cand.get("precision_state"):
+            ps = cand["precision_state"]
+            rows.append(("layers in INT8", "", f"{_e(ps['int8_layers'])} of {_e(ps['layers'])}"))
+        elif cand.get("float_layers"):
             fl = cand["float_layers"]
             rows.append(("layers kept in float", "", _e(len(fl) if isinstance(fl, (list, dict)) else fl)))
         body = "".join(f"<tr><td>{a}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in rows)
@@ -423,6 +442,11 @@ def render_html(report: dict[str, Any]) -> str:
                    f"<figcaption>{_LAT_CAPTION}{no_ref}</figcaption></figure>"
                    f"<figure>{scatter_svg(pts, ref_top1)}<figcaption>Dot: p50; bar: p50 to p95."
                    "</figcaption></figure>")
+        if tm:
+            out.append(f'<p class="sub">Throughput mode: {_e(tm.get("mode"))}; {_e(tm.get("requests"))} requests '
+                       f'of {_e(tm.get("batch"))} images in {_f(tm.get("seconds"), 1, " s")}.</p>')
+        if r.get("layers"):
+            out.append(f"<h2>Where the time goes</h2>{layers_table(r['layers'])}")
         if cand.get("confusion"):
             recall = cand.get("per_class_recall") or {}
             out.append(f'<h2>Candidate confusion matrix</h2><div class="grid"><figure>'
@@ -441,46 +465,119 @@ _LAT_CAPTION = ("Box: p25–p75; thick line: p50; ◇: p95; whisker: min–p99; 
                 "line: the target's max_p95_ms gate.")
 
 
-def render_index(reports: list[dict[str, Any]], title: str) -> str:
-    """The per-run page: every target in one table and in shared plots, then gates and confusion matrices."""
-    ran = [r for r in reports if not r.get("skipped") and r.get("candidate")]
+def layers_table(layers: dict[str, Any]) -> str:
+    """The top layers of a ``bench --layers`` profile: time per call, share, kernel and precision."""
+    if layers.get("error"):
+        return f'<p class="sub">{_e(layers["error"])}</p>'
+    shares = ", ".join(f"{_e(k)} {100 * v:.0f} %" for k, v in (layers.get("by_precision") or {}).items())
+    rows = "".join(f"<tr><td>{_e(r['name'])}</td><td>{_e(r['type'])}</td><td>{_e(r['kernel'])}</td>"
+                   f"<td>{_e(r['precision'])}</td><td>{_f(r['ms'], 3, ' ms')}</td><td>{_pct(r['share'])}</td></tr>"
+                   for r in layers.get("top") or [])
+    return (f'<p class="sub">{_e(layers["tool"])}; {_e(layers["n_layers"])} layers, {_f(layers["total_ms"], 3, " ms")} '
+            f"per call in all; time by precision: {shares}</p><table><tr><th>layer</th><th>type</th>"
+            f"<th>kernel</th><th>precision</th><th>time</th><th>share</th></tr>{rows}</table>")
+
+
+def group_reports(reports: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Reports grouped by evaluation set (the run's own set first, then ``--data`` sets by name)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in reports:
+        groups.setdefault(eval_set_key(r), []).append(r)
+
+    def order(g: list[dict[str, Any]]) -> tuple[int, str]:
+        own = not any(str(r.get("_file", "")).startswith("data-") for r in g)
+        return (0 if own else 1, eval_set_text(g[0]))
+
+    return sorted(groups.values(), key=order)
+
+
+def _group_facts(group: list[dict[str, Any]]) -> dict[str, Any]:
+    """Reference top-1 on this set, the sessions the rows come from, and what they mean for comparing."""
+    ref_top1 = next(((r.get("reference") or {}).get("top1") for r in group
+                     if (r.get("reference") or {}).get("top1") is not None), None)
+    tops = {round((r.get("reference") or {}).get("top1"), 6) for r in group
+            if (r.get("reference") or {}).get("top1") is not None}
+    sessions = sorted({session_id(r) for r in group if not r.get("skipped")})
+    return {"reference_top1": ref_top1, "reference_top1_consistent": len(tops) <= 1, "sessions": sessions,
+            "mixed_sessions": len(sessions) > 1,
+            "busy_rows": [r["target"] for r in group if (r.get("host_load") or {}).get("busy")]}
+
+
+def _link(r: dict[str, Any]) -> str:
+    return str(r.get("_file") or f"{r['target']}.json")[:-5] + ".html"
+
+
+def _index_group(group: list[dict[str, Any]], k: int, n_groups: int) -> list[str]:
+    ran = [r for r in group if not r.get("skipped") and r.get("candidate")]
+    facts = _group_facts(group)
     head = ("<tr><th>target</th><th>format / precision</th><th>top-1</th><th>bal. acc.</th><th>drop</th>"
             "<th>agreement</th>"
-            "<th>p50</th><th>p95</th><th>speed-up</th><th>size</th>"
+            "<th>p50</th><th>p95</th><th>speed-up</th><th>throughput mode</th><th>size</th>"
+            "<th style='text-align:left'>measured · session · host load</th>"
             "<th style='text-align:left'>status</th></tr>")
     rows = []
-    for r in reports:
+    for r in sorted(group, key=lambda r: r["target"]):
         c = r.get("candidate") or {}
         lat = c.get("latency_ms") or {}
-        link = f'<a href="{_e(r["target"])}.html">{_e(r["target"])}</a>'
-        fmt = f'{_e(c["format"])} / {_e(c.get("precision"))}' if c.get("format") else "–"
+        link = f'<a href="{_e(_link(r))}">{_e(r["target"])}</a>'
+        fmt = f'{_e(c["format"])} / {_e(precision_text(c))}' if c.get("format") else "–"
         label = unreliable_label(r)
         warn = (f'<br><span class="fail" title="{_e("; ".join(r.get("unreliable_reasons") or []))}">'
                 f"⚠ unreliable: {_e(label)}</span>") if label else ""
-        rows.append(f"<tr><td>{link}</td><td>{fmt}</td><td>{_pct(c.get('top1'), 2)}</td>"
+        tm = (c.get("throughput_mode") or {}).get("images_per_s")
+        when = "–" if r.get("skipped") else (f'{_e(measured_text(r))}<br><span class="sub">{_e(session_id(r))}'
+                                             f'</span><br>{_e(load_short(r.get("host_load")))}')
+        rows.append(f"<tr><td>{link}</td><td class=st>{fmt}</td><td>{_pct(c.get('top1'), 2)}</td>"
                     f"<td>{_pct(c.get('balanced_accuracy'), 2)}</td>"
                     f"<td>{_f(c.get('top1_drop'), 2, ' pts')}</td><td>{_pct(c.get('agreement'), 2)}</td>"
                     f"<td>{_f(lat.get('p50'), 2, ' ms')}</td><td>{_f(lat.get('p95'), 2, ' ms')}</td>"
-                    f"<td>{_f(r.get('speedup'), 2, '×')}{warn}</td><td>{_f(c.get('size_mb'), 2, ' MB')}</td>"
+                    f"<td>{_f(r.get('speedup'), 2, '×')}{warn}</td><td>{_f(tm, 0, ' img/s')}</td>"
+                    f"<td>{_f(c.get('size_mb'), 2, ' MB')}</td><td class='st when'>{when}</td>"
                     f"<td class=st>{_status(r)}</td></tr>")
-    first = reports[0] if reports else {}
-    ref = first.get("reference") or {}
-    facts = [f"{len(reports)} target(s), {len(ran)} measured",
-             f"reference: full model, torch fp32, top-1 {_pct(ref.get('top1'), 2)}",
-             _host(first.get("host") or {})]
-    out = [f"<h1>{_e(title)}</h1><p class='sub'>{' · '.join(f for f in facts if f)}</p>",
-           f"<h2>Targets</h2><table>{head}{''.join(rows)}</table>",
-           "".join(f'<div class="note"><b>{_e(r["target"])}</b>: {_e(n)}</div>'
-                   for r in reports for n in r.get("notes") or [])]
+    title = eval_set_text(group[0])
+    ref_line = (f"reference: full model, torch fp32, top-1 {_pct(facts['reference_top1'], 2)} on this evaluation set"
+                + ("" if facts["reference_top1_consistent"] else
+                   " (the rows' reports disagree on it: the reference model changed between benches)"))
+    out = [f'<section class="evalset" data-eval-set="{_e(eval_set_key(group[0]))}">'
+           f"<h2>Evaluation set {k} of {n_groups}: {_e(title)}</h2>"
+           f"<p class='sub reference-top1'>{_e(ref_line)} · {len(group)} target(s), {len(ran)} measured</p>"]
+    if facts["mixed_sessions"]:
+        out.append(f'<div class="note sessions">These rows come from {len(facts["sessions"])} different bench '
+                   f'sessions ({_e(", ".join(facts["sessions"]))}): their timings were taken at different times '
+                   "and host loads (see each row); compare latencies across sessions with care.</div>")
+    if facts["busy_rows"]:
+        out.append(f'<div class="note">Timed on a busy host: {_e(", ".join(facts["busy_rows"]))}.</div>')
+    out.append(f"<div class=wide><table>{head}{''.join(rows)}</table></div>")
+    out.append("".join(f'<div class="note"><b>{_e(r["target"])}</b>: {_e(n)}</div>'
+                       for r in group for n in r.get("notes") or []))
     if ran:
         lat_rows = [row for i, r in enumerate(ran)
                     for row in _lat_rows(r, PALETTE[i % len(PALETTE)], r["target"])]
         pts, ref_top1 = _points(ran)
-        out.append(f"<h2>Latency distribution</h2><figure>{latency_svg(lat_rows)}<figcaption>{_LAT_CAPTION} "
+        out.append(f"<h3>Latency distribution</h3><figure>{latency_svg(lat_rows)}<figcaption>{_LAT_CAPTION} "
                    "Each target's grey row is the reference timed in the same bench run."
                    "</figcaption></figure>"
-                   f"<h2>Accuracy vs latency</h2><figure>{scatter_svg(pts, ref_top1)}<figcaption>The "
-                   "reference ◆ sits at the median of its timings across the benches.</figcaption></figure>")
+                   f"<h3>Accuracy vs latency</h3><figure>{scatter_svg(pts, ref_top1)}<figcaption>Top-1 on this "
+                   "evaluation set only; the reference ◆ sits at the median of its timings across the benches."
+                   "</figcaption></figure>")
+    out.append("</section>")
+    return out
+
+
+def render_index(reports: list[dict[str, Any]], title: str) -> str:
+    """The per-run page: one section per evaluation set (its own table, reference top-1 and plots; each
+    row with its date, bench session and host load), then gates and confusion matrices."""
+    ran = [r for r in reports if not r.get("skipped") and r.get("candidate")]
+    groups = group_reports(reports)
+    first = reports[0] if reports else {}
+    facts = [f"{len(reports)} report(s), {len(ran)} measured, on {len(groups)} evaluation set(s)",
+             _host(first.get("host") or {})]
+    out = [f"<h1>{_e(title)}</h1><p class='sub'>{' · '.join(f for f in facts if f)}</p>"]
+    if len(groups) > 1:
+        out.append('<div class="note">Figures of different evaluation sets are shown in separate sections: '
+                   "an accuracy (and its drop) is comparable only with figures of the same images.</div>")
+    for k, group in enumerate(groups, 1):
+        out += _index_group(group, k, len(groups))
     out.append(f"<h2>Gates</h2>{gates_table(ran)}")
     cms = [f"<figure>{confusion_svg(r['candidate']['confusion'], r.get('classes') or [], r['target'])}"
            "</figure>" for r in ran if r["candidate"].get("confusion")]
@@ -491,23 +588,61 @@ def render_index(reports: list[dict[str, Any]], title: str) -> str:
     return _page(title, "".join(out))
 
 
-def load_reports(reports_dir: str | Path) -> list[dict[str, Any]]:
-    """Every bench report (``*.json`` holding a ``target``) in ``reports_dir``, sorted by file name."""
+def index_json(reports: list[dict[str, Any]], title: str) -> dict[str, Any]:
+    """The run index as data: one entry per evaluation set, its reference top-1, sessions and rows."""
+    sets = []
+    for group in group_reports(reports):
+        facts = _group_facts(group)
+        rows = []
+        for r in sorted(group, key=lambda r: r["target"]):
+            c = r.get("candidate") or {}
+            lat = c.get("latency_ms") or {}
+            hl = r.get("host_load") or {}
+            rows.append({"target": r["target"], "report": r.get("_file"), "measured_at": r.get("measured_at"),
+                         "session": (r.get("session") or {}).get("id"),
+                         "host_load": {"label": load_short(hl) if hl else None, "busy": hl.get("busy"),
+                                       "other_cpu_share": (hl.get("during") or {}).get("other_cpu_share")},
+                         "precision": c.get("precision"), "precision_label": precision_text(c) if c else None,
+                         "top1": c.get("top1"), "top1_drop": c.get("top1_drop"), "agreement": c.get("agreement"),
+                         "p50_ms": lat.get("p50"), "p95_ms": lat.get("p95"), "speedup": r.get("speedup"),
+                         "throughput_mode_ips": (c.get("throughput_mode") or {}).get("images_per_s"),
+                         "model_rss_mb": c.get("model_rss_mb"), "timing_reliable": r.get("timing_reliable"),
+                         "passed": r.get("passed"), "skipped": r.get("skipped")})
+        ident = group[0].get("eval_set")
+        sets.append({"eval_set": ident if isinstance(ident, dict) else {"path": ident},
+                     "eval_set_text": eval_set_text(group[0]), **facts, "rows": rows})
+    return {"title": title, "evaluation_sets": sets}
+
+
+def load_reports(reports_dir: str | Path, data_sets: bool = True) -> list[dict[str, Any]]:
+    """Every bench report (``*.json`` holding a ``target``) in ``reports_dir`` (and, with ``data_sets``,
+    its ``data-*/`` subfolders of ``bench --data`` reports), sorted by file name; each carries
+    ``_file``, its path relative to ``reports_dir``."""
+    reports_dir = Path(reports_dir)
+    paths = sorted(reports_dir.glob("*.json"))
+    if data_sets:
+        paths += sorted(reports_dir.glob("data-*/*.json"))
     out = []
-    for path in sorted(Path(reports_dir).glob("*.json")):
+    for path in paths:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"cannot read report {path}: {exc}") from exc
         if isinstance(data, dict) and "target" in data and "reference" in data:
-            out.append(data)
+            out.append(data | {"_file": path.relative_to(reports_dir).as_posix()})
     return out
 
 
-def write_index(reports_dir: str | Path, title: str | None = None) -> Path:
-    """(Re)write ``reports_dir/index.html`` from every report there; returns its path."""
+def write_index(reports_dir: str | Path, title: str | None = None, data_sets: bool = True) -> Path:
+    """(Re)write ``reports_dir/index.html`` and ``index.json`` from every report there (and in its
+    ``data-*/`` subfolders, with ``data_sets``); returns the HTML path."""
     reports_dir = Path(reports_dir)
     dest = reports_dir / "index.html"
-    name = title or f"edge-tl bench: {reports_dir.resolve().parent.name}"
-    write_bytes(dest, render_index(load_reports(reports_dir), name).encode())
+    run_dir = reports_dir.resolve().parent
+    if reports_dir.name.startswith("data-"):
+        run_dir = run_dir.parent
+    name = title or f"edge-tl bench: {run_dir.name}" + (f" ({reports_dir.name})" if not data_sets else "")
+    reports = load_reports(reports_dir, data_sets)
+    write_bytes(dest, render_index(reports, name).encode())
+    write_bytes(reports_dir / "index.json", (json.dumps(index_json(reports, name), indent=2) + "\n").encode())
     return dest

@@ -44,6 +44,7 @@ def measure_latency(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, warmu
 
 def measure_paired(ref_fn: Callable[[np.ndarray], np.ndarray], cand_fn: Callable[[np.ndarray], np.ndarray],
                    x: np.ndarray, warmup: int, iterations: int, rounds: int = 20,
+                   on_block: Callable[[int, int], None] | None = None,
                    ) -> tuple[dict[str, float], dict[str, float]]:
     """Per-call wall time in ms of two runners, timed in alternating blocks (``rounds`` of each,
     ``iterations`` calls each in all) after ``warmup`` calls of each.
@@ -52,7 +53,8 @@ def measure_paired(ref_fn: Callable[[np.ndarray], np.ndarray], cand_fn: Callable
     other, a fast candidate and a slow reference can land in different periods and their ratio moves
     by 1.5x. Alternating blocks put both in every period. Each block starts with one untimed call,
     because the other runner has just evicted the caches. Returns (reference, candidate) statistics;
-    each also holds ``block_p50_ms``, the median of every block in order, so the ratio can be taken
+    ``on_block(done, total)`` is called after each pair of blocks (progress for a slow reference).
+    Each also holds ``block_p50_ms``, the median of every block in order, so the ratio can be taken
     block by block (:func:`block_ratio_spread`): when the host slows one runner far more than the
     other, those ratios scatter, and the single speedup figure is not to be trusted.
     """
@@ -72,6 +74,8 @@ def measure_paired(ref_fn: Callable[[np.ndarray], np.ndarray], cand_fn: Callable
                 block.append((time.perf_counter_ns() - t0) / 1e6)
             out.extend(block)
             meds.append(float(np.median(block)))
+        if on_block is not None:
+            on_block(len(samples[0]), iterations)
     return (percentiles(samples[0]) | {"samples": samples[0], "block_p50_ms": blocks[0]},
             percentiles(samples[1]) | {"samples": samples[1], "block_p50_ms": blocks[1]})
 
@@ -94,3 +98,21 @@ def measure_throughput(fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray
         fn(batch)
         calls += 1
     return calls * len(batch) / (time.perf_counter() - t0)
+
+
+def measure_streams(streams: Any, batch: np.ndarray, seconds: float = 2.0, min_requests: int = 8) -> dict[str, Any]:
+    """Throughput with several requests in flight (:func:`edge_tl.backends.open_streams`): images per
+    second over ``seconds`` (after one warm-up round per stream), the latency of each request under
+    that load (a request is ``len(batch)`` images: each image waits the whole request) and the time per
+    image amortised over the run (1000 / images per second)."""
+    streams.run_requests(batch, max(2, 2 * max(1, streams.streams)))  # warm-up; also fixes streams
+    per_round = max(min_requests, 4 * max(1, streams.streams))
+    lat: list[float] = []
+    t0 = time.perf_counter()
+    while not lat or time.perf_counter() - t0 < seconds:
+        lat += streams.run_requests(batch, per_round)
+    wall = time.perf_counter() - t0
+    ips = len(lat) * len(batch) / wall
+    return {"mode": streams.mode, "streams": streams.streams, "batch": len(batch), "requests": len(lat),
+            "seconds": wall, "images_per_s": ips, "ms_per_image": 1000.0 / ips,
+            "request_latency_ms": {k: v for k, v in percentiles(lat).items() if k != "n"}}

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..manifest import write_bytes, write_json
 from .hostload import describe, describe_spread, unreliable_label
+from .labels import eval_set_text, load_short, measured_text, precision_text, session_id
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -23,8 +24,9 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("skipped"):
         return f"# {report['target']}\n\nSkipped: {report['skipped']}\n"
     rl, cl = ref.get("latency_ms") or {}, cand.get("latency_ms") or {}
+    tm = cand.get("throughput_mode") or {}
     rows = [
-        ("format / precision", f"{ref['format']} / {ref['precision']}", f"{cand['format']} / {cand['precision']}"),
+        ("format / precision", f"{ref['format']} / {ref['precision']}", f"{cand['format']} / {precision_text(cand)}"),
         ("top-1", _fmt(ref.get("top1")), _fmt(cand.get("top1"))),
         ("balanced accuracy", _fmt(ref.get("balanced_accuracy")), _fmt(cand.get("balanced_accuracy"))),
         ("top-1 drop (points)", "", _fmt(cand.get("top1_drop"), 2)),
@@ -32,9 +34,19 @@ def markdown(report: dict[str, Any]) -> str:
         ("p50 ms", _fmt(rl.get("p50"), 2), _fmt(cl.get("p50"), 2)),
         ("p95 ms", _fmt(rl.get("p95"), 2), _fmt(cl.get("p95"), 2)),
         ("p99 ms", _fmt(rl.get("p99"), 2), _fmt(cl.get("p99"), 2)),
-        ("throughput img/s", _fmt(ref.get("throughput_ips"), 1), _fmt(cand.get("throughput_ips"), 1)),
+        ("throughput img/s (one batch at a time)", _fmt(ref.get("throughput_ips"), 1),
+         _fmt(cand.get("throughput_ips"), 1)),
+        ("img/s at batch 1 (1000 / p50)", "", _fmt(cand.get("batch1_ips"), 1)),
         ("size MB", _fmt(ref.get("size_mb"), 2), _fmt(cand.get("size_mb"), 2)),
     ]
+    if tm:
+        rows += [(f"throughput mode img/s ({tm['streams']} streams, batch {tm['batch']})", "",
+                  _fmt(tm.get("images_per_s"), 1)),
+                 ("throughput mode: request latency p50 / p95 ms", "",
+                  f"{_fmt(tm['request_latency_ms']['p50'], 2)} / {_fmt(tm['request_latency_ms']['p95'], 2)}")]
+    if cand.get("model_rss_mb") is not None:
+        rows += [("model memory MB (RSS growth: load + inference, fresh process)", "", _fmt(cand["model_rss_mb"], 0)),
+                 ("peak RSS MB of a process running only this model", "", _fmt(cand.get("peak_rss_mb"), 0))]
     # Per-class recall, with a class that has no evaluation image shown as such: its recall is not 0
     # and not fine, it is unknown, and the gates above say nothing about it.
     ref_recall, cand_recall = ref.get("per_class_recall") or {}, cand.get("per_class_recall") or {}
@@ -47,7 +59,9 @@ def markdown(report: dict[str, Any]) -> str:
         return "not evaluated" if table[c] is None else _fmt(table[c])
 
     rows += [(f"recall: {c}", recall(ref_recall, c), recall(cand_recall, c)) for c in classes]
-    lines = [f"# {report['target']}", "", "| | reference | candidate |", "|---|---|---|"]
+    lines = [f"# {report['target']}", "", f"Evaluation set: {eval_set_text(report)}.",
+             f"Measured: {measured_text(report)}, session {session_id(report)}; host load "
+             f"{load_short(report.get('host_load'))}.", "", "| | reference | candidate |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     if unevaluated:
         lines += ["", f"**Not evaluated:** {', '.join(unevaluated)} (no evaluation image: too few images to hold "
@@ -63,6 +77,11 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"Speedup per timing block ({describe_spread(report['speedup_spread'])}).", ""]
     if report.get("timing"):
         lines += [f"Timing: {report['timing']}.", ""]
+    if tm:
+        lines += [f"Throughput mode: {tm['mode']}.", ""]
+    lay = report.get("layers")
+    if lay:
+        lines += [layers_text(lay), ""]
     if "host_load" in report:
         lines += [describe(report["host_load"]), ""]
     lines += ["| gate | limit | value | passed |", "|---|---|---|---|"]
@@ -77,24 +96,57 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def layers_text(layers: dict[str, Any]) -> str:
+    """Where one batch-1 call's time goes: the top layers with their share and precision."""
+    if layers.get("error"):
+        return f"Per-layer timings: {layers['error']}."
+    shares = ", ".join(f"{k} {100 * v:.0f} %" for k, v in (layers.get("by_precision") or {}).items())
+    lines = [f"Where the time goes ({layers['tool']}; {layers['n_layers']} layers, "
+             f"{layers['total_ms']:.3f} ms per call in all; by precision: {shares}):", "",
+             "| layer | type | kernel | precision | ms | share |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['type']} | {r['kernel']} | {r['precision']} | {r['ms']:.3f} | "
+              f"{100 * r['share']:.1f} % |" for r in layers.get("top") or []]
+    return "\n".join(lines)
+
+
 def summary_table(reports: list[dict[str, Any]]) -> str:
-    """One Markdown row per target, for ``bench --all-targets`` and the benchmark script."""
-    head = "| target | top-1 | bal. acc. | drop | agreement | p50 ms | p95 ms | speedup | size MB | passed |"
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    """One Markdown row per target, for ``bench --all-targets`` and the benchmark script: each row says
+    its precision (the INT8 graph's real state), evaluation set, date and host load."""
+    sets = {eval_set_text(r) for r in reports}
+    head = ("| target | precision | top-1 | bal. acc. | drop | agreement | p50 ms | p95 ms | speedup | "
+            "img/s (throughput mode) | size MB | measured | host load | passed |")
+    lines = []
+    if len(sets) == 1:
+        lines += [f"Evaluation set: {sets.pop()}", ""]
+    else:
+        head = head.replace("| passed |", "| evaluation set | passed |")
+    lines += [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in reports:
         c = r.get("candidate") or {}
         lat = c.get("latency_ms") or {}
         status = f"skipped: {r['skipped']}" if r.get("skipped") else ("yes" if r["passed"] else "NO")
         label = unreliable_label(r)
         speedup = _fmt(r.get("speedup"), 2) + (f" (UNRELIABLE: {label})" if label else "")
-        lines.append(f"| {r['target']} | {_fmt(c.get('top1'))} | {_fmt(c.get('balanced_accuracy'))} | "
-                     f"{_fmt(c.get('top1_drop'), 2)} | {_fmt(c.get('agreement'), 4)} | {_fmt(lat.get('p50'), 2)} | "
-                     f"{_fmt(lat.get('p95'), 2)} | {speedup} | {_fmt(c.get('size_mb'), 2)} | {status} |")
+        tm = (c.get("throughput_mode") or {}).get("images_per_s")
+        cells = [r["target"], precision_text(c) if c else "–", _fmt(c.get("top1")), _fmt(c.get("balanced_accuracy")),
+                 _fmt(c.get("top1_drop"), 2), _fmt(c.get("agreement"), 4), _fmt(lat.get("p50"), 2),
+                 _fmt(lat.get("p95"), 2), speedup, _fmt(tm, 0), _fmt(c.get("size_mb"), 2),
+                 "–" if r.get("skipped") else measured_text(r),
+                 "–" if r.get("skipped") else load_short(r.get("host_load"))]
+        if "evaluation set" in head:
+            cells.append(eval_set_text(r))
+        lines.append("| " + " | ".join([*cells, status]) + " |")
     return "\n".join(lines)
 
 
-def write_reports(report: dict[str, Any], reports_dir: Path, json_path: Path | None = None) -> Path:
-    """Write the JSON, Markdown and HTML reports atomically; returns the JSON path."""
+def write_reports(report: dict[str, Any], reports_dir: Path, json_path: Path | None = None,
+                  index_root: Path | None = None) -> Path:
+    """Write the JSON, Markdown and HTML reports atomically; returns the JSON path.
+
+    ``index_root``: the run's ``reports/`` folder when ``reports_dir`` is a ``--data`` subfolder of it;
+    the run index there (``index.html``, ``index.json``) is rebuilt from every report of every
+    evaluation set, and the subfolder gets an index of its own set.
+    """
     name = report["target"]
     dest = reports_dir / f"{name}.json"
     write_json(dest, report)
@@ -104,5 +156,8 @@ def write_reports(report: dict[str, Any], reports_dir: Path, json_path: Path | N
     from .html import render_html, write_index
 
     write_bytes(reports_dir / f"{name}.html", render_html(report).encode())
-    write_index(reports_dir)  # the run's page, rebuilt from every reports/*.json
+    root = index_root or reports_dir
+    if root.resolve() != reports_dir.resolve():
+        write_index(reports_dir, data_sets=False)
+    write_index(root)  # the run's page, rebuilt from every report of every evaluation set
     return dest

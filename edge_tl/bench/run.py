@@ -1,25 +1,38 @@
 """``edge-tl bench``: the reference and a candidate measured in one process, the same way.
 
 Accuracy comes from ``eval.npz`` (or ``--data``), so a device with no torch can bench too; then the
-reference column's latency is missing and the report says why. The candidate is measured before
-any other model is loaded, so its peak RSS is its own. Ratios (speedup over torch, INT8 over float)
-come from timings taken side by side in alternating blocks, not one after the other. The host's load
-while timing is recorded with them (``host_load``): torch eager slows down far more than the engines
-on a busy host, so a speedup taken there is inflated, and the report says so (``timing_reliable``).
+reference column's latency is missing and the report says why. Ratios (speedup over torch, INT8 over
+float) come from timings taken side by side in alternating blocks, not one after the other. The host's
+load while timing is recorded with them (``host_load``): torch eager slows down far more than the
+engines on a busy host, so a speedup taken there is inflated, and the report says so
+(``timing_reliable``).
+
+Every report names its evaluation set (``eval_set``: kind, folder, image count, sha256 of the image
+list), when it was measured (``measured_at``) and in which bench session (``session``): reports of
+different sets or sessions are never compared as if they were one measurement. A ``--data`` bench is
+written apart from the run's own reports (``reports/data-<name>-<sha8>/``). The candidate's memory is
+measured in a fresh process (:mod:`.memory`); an INT8 target's precision is what its graph computes in
+(:mod:`.precision`); besides batch-1 latency, the throughput with several requests in flight is
+measured (``throughput_mode``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import resource
+import platform
+import re
 import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..backends import RunnerSpec, availability, open_runner
+from ..backends import RunnerSpec, availability, open_runner, open_streams, profile_layers
 from ..errors import EdgeTLError
 from ..evalset import EvalSet, ensure_eval_set, eval_set_from_folder, load_eval_set
 from ..manifest import host_info, versions
@@ -27,14 +40,52 @@ from ..rundir import RunDir
 from ..targets import Target, builtin_targets, get_target
 from .accuracy import agreement, classification_metrics
 from .hostload import HostLoad, spread_reason, wait_for_quiet
-from .latency import block_ratio_spread, measure_latency, measure_paired, measure_throughput
+from .latency import block_ratio_spread, measure_latency, measure_paired, measure_streams, measure_throughput
+from .memory import measure_model_memory
+from .precision import precision_state
 
 log = logging.getLogger("edge_tl")
 
 
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def new_session() -> dict[str, Any]:
+    """One bench invocation: every report it writes carries this id and start time."""
+    return {"id": f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}", "started": _now(),
+            "host": platform.node()}
+
+
+class Steps:
+    """Plain progress lines on stderr (``bench [2/5] cpu-openvino-int8: timing batch 1…``), one per
+    step, flushed at once: a bench is never silent for minutes, in a terminal or in a log."""
+
+    def __init__(self, quiet: bool, total: int = 1) -> None:
+        self.quiet, self.total, self.index, self.target = quiet, total, 0, ""
+        self.t0 = time.monotonic()
+
+    def start(self, target: str) -> None:
+        self.index += 1
+        self.target = target
+        self.t0 = time.monotonic()
+
+    def every(self, seconds: float, what: str) -> Callable[[int, int], None]:
+        """A ``(done, total)`` callback that says "<what> done of total timed calls" at most every ``seconds``."""
+        last = [time.monotonic()]
+
+        def tick(done: int, total: int) -> None:
+            if time.monotonic() - last[0] >= seconds:
+                last[0] = time.monotonic()
+                self(f"{what} {done} of {total} timed calls each…")
+        return tick
+
+    def __call__(self, message: str) -> None:
+        if self.quiet:
+            return
+        where = f"[{self.index}/{self.total}] " if self.total > 1 else ""
+        print(f"bench {where}{self.target}: {message} ({time.monotonic() - self.t0:.0f} s)", file=sys.stderr,
+              flush=True)
 
 
 def _size_mb(folder: Path, model_file: str) -> float:
@@ -81,16 +132,56 @@ def _reliability(host_load: dict[str, Any], spreads: dict[str, dict[str, Any] | 
     return reasons
 
 
+def target_arg(target: Target) -> str:
+    """What to pass to ``--target`` for ``target``: a built-in profile's name, else its file."""
+    from ..targets import targets_dir
+
+    source = Path(target.source) if target.source else None
+    if source is None or source.resolve().parent == targets_dir().resolve():
+        return target.name
+    return str(source)
+
+
+def host_cannot_run(target: Target) -> str | None:
+    """Why this host cannot run ``target`` (backend missing, or a profile made for other hardware), else
+    None. Built-in profile names say the hardware: ``arm64-*`` needs an ARM CPU, ``jetson-*`` a Jetson."""
+    reason = availability(target.backend, target.device)
+    if reason is not None:
+        return reason
+    machine = platform.machine().lower()
+    if target.name.startswith("arm64") and machine not in ("aarch64", "arm64"):
+        return f"an arm64 profile; this host is {machine or 'not ARM'}"
+    if target.name.startswith("jetson") and not Path("/etc/nv_tegra_release").is_file():
+        return "a Jetson profile; this host is not a Jetson"
+    return None
+
+
+def _layer_summary(result: dict[str, Any], top: int = 10) -> dict[str, Any]:
+    layers = sorted(result["layers"], key=lambda r: -r["ms"])
+    total = sum(r["ms"] for r in layers) or 1.0
+    by_precision: dict[str, float] = {}
+    for r in layers:
+        by_precision[r["precision"]] = by_precision.get(r["precision"], 0.0) + r["ms"] / total
+    return {"tool": result["tool"], "calls": result["calls"], "n_layers": len(layers), "total_ms": total,
+            "by_precision": dict(sorted(by_precision.items(), key=lambda kv: -kv[1])),
+            "top": [r | {"share": r["ms"] / total} for r in layers[:top]]}
+
+
 def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = True,
-                 wait_quiet: float = 0.0) -> dict[str, Any]:
+                 wait_quiet: float = 0.0, session: dict[str, Any] | None = None, layers: bool = False,
+                 steps: Steps | None = None, memory: bool = True, throughput_s: float = 2.0) -> dict[str, Any]:
     """Measure one target; returns the report (with ``skipped`` set when this host cannot run it).
 
     ``wait_quiet``: wait up to this many seconds for other processes to leave the CPUs before timing;
-    when they never do, the figures are still measured and marked unreliable.
+    when they never do, the figures are still measured and marked unreliable. ``layers``: also profile
+    where one batch-1 call's time goes (``report["layers"]``). ``memory``: measure the candidate's own
+    resident memory in a fresh process. ``throughput_s``: seconds of the throughput-mode run (0: skip).
     """
-    base: dict[str, Any] = {"target": target.name, "profile": target.model_dump(), "eval_set": evalset.source,
+    say = steps or Steps(True)
+    base: dict[str, Any] = {"target": target.name, "profile": target.model_dump(), "eval_set": evalset.describe(),
                             "n": len(evalset.labels), "classes": evalset.classes, "host": host_info(),
-                            "versions": versions(), "notes": []}
+                            "versions": versions(), "notes": [], "session": session or new_session(),
+                            "measured_at": _now()}
     ref_metrics = classification_metrics(evalset.logits, evalset.labels, evalset.classes)
     reference: dict[str, Any] = {"format": "torch", "precision": "fp32", "top1": ref_metrics["top1"],
                                  "balanced_accuracy": ref_metrics["balanced_accuracy"], "latency_ms": None,
@@ -98,7 +189,7 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
     folder = run.target(target.name)
     reason = availability(target.backend, target.device)
     if reason is None and not (folder / "manifest.json").is_file():
-        reason = f"not exported (run `edge-tl export {run.root} --target {target.name}`)"
+        reason = f"not exported (run `edge-tl export {run.root} --target {target_arg(target)}`)"
     if reason is not None:
         return base | {"reference": reference, "candidate": None, "speedup": None, "gates": [],
                        "passed": True, "skipped": reason, "host_load": None, "timing_reliable": None}
@@ -107,19 +198,40 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
     manifest = read_manifest(folder)
     spec = RunnerSpec(folder / target.model_file, target.backend, target.device, target.precision,
                       target.threads, target.batch_size)
+    mem: dict[str, Any] = {}
+    if memory:
+        say("memory of the model alone (fresh process)…")
+        mem = measure_model_memory(spec.model_path, spec.backend, spec.device, spec.precision, spec.threads,
+                                   spec.max_batch, tuple(evalset.inputs.shape[1:]))
+        if mem.get("error"):
+            base["notes"].append(f"the candidate's memory could not be measured: {mem['error']}")
+    state = precision_state(folder, target.model_file, target.backend, manifest) if target.quantized else None
     runner = open_runner(spec)
     wait = wait_for_quiet(wait_quiet) if wait_quiet > 0 else None
     flat: dict[str, Any] | None = None
     ref: dict[str, Any] | None = None
+    streams_result: dict[str, Any] | None = None
     # The load is recorded from the candidate's first timed call to the reference's last.
     with HostLoad(own_threads=target.threads, wait=wait) as load, contextlib.closing(runner):
+        base["measured_at"] = _now()
+        say(f"accuracy on {len(evalset.labels)} images, batch-1 latency ({target.iterations} calls), "
+            f"batch-{target.batch_size} throughput…")
         cand = measure(runner, evalset, target)
-        peak = _peak_rss_mb()  # before any other model is loaded
         precision = getattr(runner, "precision", target.precision)
         float_parts = getattr(runner, "float_precision", None)
         engine = getattr(runner, "build_info", None)
         x1 = evalset.inputs[:1]
+        xb = (np.repeat(evalset.inputs[:1], target.batch_size, axis=0) if len(evalset.inputs) < target.batch_size
+              else evalset.inputs[:target.batch_size])
+        if throughput_s > 0:
+            say(f"throughput mode: several requests in flight at batch {target.batch_size}…")
+            streams = open_streams(spec)
+            try:
+                streams_result = measure_streams(streams, xb, seconds=throughput_s)
+            finally:
+                streams.close()
         if target.quantized and (folder / "float.onnx").is_file():
+            say("INT8 vs the float graph on the same backend, alternating blocks…")
             # INT8 has to earn its place: the float graph on the same backend, timed alongside.
             # TensorRT's float baseline is fp16 (an fp32 engine would cost another long build on a Jetson).
             float_precision = "fp16" if target.backend == "tensorrt" else "fp32"
@@ -130,24 +242,39 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
             finally:
                 frunner.close()
         if availability("torch", _reference_device(target)) is None:
+            say("reference (torch fp32): accuracy, then latency in alternating blocks with the candidate…")
             ref_runner = open_runner(RunnerSpec(run.finetune, "torch", _reference_device(target), "fp32",
                                                 target.threads, target.batch_size))
             try:
                 ref = measure(ref_runner, evalset, target, latency=False)
                 # The speedup is a ratio of two timings: take them side by side (measure_paired).
+                ticks = say.every(10.0, "reference vs candidate:")
                 ref["latency_ms"], cand["latency_ms"] = measure_paired(ref_runner.run, runner.run, x1,
-                                                                       target.warmup, target.iterations)
+                                                                       target.warmup, target.iterations,
+                                                                       on_block=ticks)
             finally:
                 ref_runner.close()
+    layer_info: dict[str, Any] | None = None
+    if layers:
+        say("per-layer timings (profiler)…")
+        try:
+            layer_info = _layer_summary(profile_layers(spec, evalset.inputs[:1]))
+        except NotImplementedError as exc:
+            layer_info = {"error": str(exc)}
     metrics = classification_metrics(cand["logits"], evalset.labels, evalset.classes)
+    if state is not None:
+        precision = state["precision"]  # "int8", "mostly float" or "float": what the graph computes in
     candidate = {
-        "format": target.backend, "precision": precision, "top1": metrics["top1"],
+        "format": target.backend, "precision": precision, "precision_state": state, "top1": metrics["top1"],
         "balanced_accuracy": metrics["balanced_accuracy"],
         "top1_drop": (ref_metrics["top1"] - metrics["top1"]) * 100.0,
         "agreement": agreement(cand["logits"], evalset.logits),
         "per_class_recall": metrics["per_class_recall"], "confusion": metrics["confusion"],
         "latency_ms": cand["latency_ms"], "throughput_ips": cand["throughput_ips"],
-        "size_mb": _size_mb(folder, target.model_file), "peak_rss_mb": peak,
+        "batch1_ips": 1000.0 / cand["latency_ms"]["p50"], "throughput_mode": streams_result,
+        "size_mb": _size_mb(folder, target.model_file),
+        "peak_rss_mb": mem.get("process_peak_rss_mb"), "model_rss_mb": mem.get("model_rss_mb"),
+        "memory": mem or None,
         "source_stage": manifest.get("source_stage"), "float_layers": manifest.get("float_layers"),
         "engine": engine, "float_parts_precision": float_parts,
     }
@@ -185,21 +312,64 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
                     figure, target.name)
     gates = _gates(target, {"max_top1_drop": candidate["top1_drop"], "min_agreement": candidate["agreement"],
                             "max_p95_ms": candidate["latency_ms"]["p95"]})
-    return base | {"reference": reference, "candidate": candidate, "speedup": speedup,
-                   "speedup_spread": speedup_spread, "host_load": host_load, "timing_reliable": not unreliable,
-                   "unreliable_reasons": unreliable, "gates": gates, "passed": all(g["passed"] for g in gates),
-                   "skipped": None}
+    if state is not None and state["precision"] != "int8":
+        base["notes"].append(f"an INT8 profile whose graph is {state['label']}: it runs as a float model "
+                             "with quantise/dequantise hops; compare with the float target")
+    report = base | {"reference": reference, "candidate": candidate, "speedup": speedup,
+                     "speedup_spread": speedup_spread, "host_load": host_load, "timing_reliable": not unreliable,
+                     "unreliable_reasons": unreliable, "gates": gates, "passed": all(g["passed"] for g in gates),
+                     "skipped": None}
+    if layer_info is not None:
+        report["layers"] = layer_info
+    lat = candidate["latency_ms"]
+    say(f"done: top-1 {100 * candidate['top1']:.2f} % on {evalset.describe()['name']}, p50 {lat['p50']:.2f} ms, "
+        + (f"{streams_result['images_per_s']:.0f} img/s in throughput mode, " if streams_result else "")
+        + ("passed" if report["passed"] else "FAILED"))
+    return report
+
+
+def reports_dir_for(run: RunDir, evalset: EvalSet, data: str | None) -> Path:
+    """``reports/`` for the run's own evaluation set; ``reports/data-<name>-<sha8>/`` for a ``--data``
+    folder, so a bench on other images never overwrites (or mixes with) the run's own reports."""
+    if data is None:
+        return run.reports
+    ident = evalset.describe()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(ident.get("name") or "data")).strip("-.")[:40] or "data"
+    return run.reports / f"data-{slug}-{str(ident.get('sha256') or '')[:8]}"
+
+
+def _export_one(run: RunDir, target: Target, quiet: bool, say: Steps) -> str | None:
+    """Export ``target`` for ``bench --export``; None when done (or already there), else why not."""
+    folder = run.target(target.name)
+    if (folder / "manifest.json").is_file():
+        say(f"already exported in {folder}, reusing it (delete the folder to export again)")
+        return None
+    from ..stages.export import export
+
+    say("exporting…")
+    try:
+        export(run.root, target_arg(target), quiet=quiet)
+    except EdgeTLError as exc:
+        say(f"export failed: {exc}")
+        return f"export failed: {exc}"
+    say("exported")
+    return None
 
 
 def bench(run_dir: str | Path, targets: list[str] | None, data: str | None = None,
-          json_path: str | None = None, quiet: bool = True, wait_quiet: float = 0.0) -> list[dict[str, Any]]:
+          json_path: str | None = None, quiet: bool = True, wait_quiet: float = 0.0, export: bool = False,
+          layers: bool = False, progress: bool | None = None) -> list[dict[str, Any]]:
     """Bench the named targets (or, with None, every built-in target) and write their reports.
 
     ``wait_quiet``: before timing each target, wait up to this many seconds for a quiet host.
+    ``export``: first export every chosen target this host can run that is not exported yet (the others
+    are reported as skipped, with the reason). ``layers``: also record per-layer timings.
+    ``progress``: plain step lines on stderr (default: unless ``quiet``).
     """
     from .report import write_reports
 
     run = RunDir(Path(run_dir))
+    steps = Steps(quiet if progress is None else not progress)
     if data is not None:
         evalset = eval_set_from_folder(run, Path(data), quiet)
     elif run.eval_npz.is_file():
@@ -209,11 +379,41 @@ def bench(run_dir: str | Path, targets: list[str] | None, data: str | None = Non
     if len(evalset.labels) == 0:
         raise EdgeTLError("the evaluation set is empty")
     chosen = [get_target(t) for t in targets] if targets else list(builtin_targets().values())
+    steps.total = len(chosen)
+    session = new_session() | {"targets": [t.name for t in chosen], "eval_set_sha256": evalset.describe()["sha256"]}
+    out_dir = reports_dir_for(run, evalset, data)
     reports = []
     for target in chosen:
-        report = bench_target(run, target, evalset, quiet, wait_quiet=wait_quiet)
+        steps.start(target.name)
+        if export:
+            reason = host_cannot_run(target)
+            if reason is None:
+                reason = _export_one(run, target, quiet, steps)
+                failed = reason is not None
+            else:
+                steps(f"skipped: {reason}")
+                failed = False
+            if reason is not None:
+                ident = evalset.describe()
+                report = {"target": target.name, "profile": target.model_dump(), "eval_set": ident,
+                          "n": ident["n"], "classes": evalset.classes, "host": host_info(),
+                          "versions": versions(), "notes": [], "session": session, "measured_at": _now(),
+                          "reference": {"format": "torch", "precision": "fp32", "top1": classification_metrics(
+                              evalset.logits, evalset.labels, evalset.classes)["top1"], "latency_ms": None},
+                          "candidate": None, "speedup": None, "gates": [], "passed": not failed,
+                          "skipped": reason, "host_load": None, "timing_reliable": None}
+                if targets and len(targets) == 1 and not failed:
+                    raise EdgeTLError(f"cannot bench {target.name} here: {reason}")
+                write_reports(report, out_dir, None, index_root=run.reports)
+                reports.append(report)
+                continue
+        report = bench_target(run, target, evalset, quiet, wait_quiet=wait_quiet, session=session,
+                              layers=layers, steps=steps)
         if targets and len(targets) == 1 and report["skipped"]:
             raise EdgeTLError(f"cannot bench {target.name} here: {report['skipped']}")
-        write_reports(report, run.reports, Path(json_path) if json_path and len(chosen) == 1 else None)
+        write_reports(report, out_dir, Path(json_path) if json_path and len(chosen) == 1 else None,
+                      index_root=run.reports)
         reports.append(report)
+    if not steps.quiet:
+        print(f"reports: {out_dir}  (run index: {run.reports / 'index.html'})", file=sys.stderr, flush=True)
     return reports

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Iterator
 
 from ..errors import EdgeTLError, GateFailed
-from ._app import app, state
+from ._app import GLOBAL_FLAGS, app, state
 
 # Command modules, imported for their registrations (each owns its commands).
 _COMMANDS = ("train", "compress", "ship", "bench", "targets", "deploy", "pipeline")
@@ -93,14 +93,88 @@ def describe_os_error(exc: OSError) -> str:
     return f"{paths}: {reason}" if paths else reason
 
 
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """Move --verbose/-v/--quiet/-q given after the subcommand in front of it, so they work anywhere.
+
+    Only whole tokens before ``--`` move, never the value of an option that takes one (``--target -v``
+    stays a target named "-v"); a command with its own -q/--quiet still sees the global one through
+    ``state.quiet``.
+    """
+    import typer
+
+    head: list[str] = []
+    i = 0
+    while i < len(args) and args[i].startswith("-") and args[i] != "--":
+        head.append(args[i])
+        i += 1
+    if i >= len(args) or args[i] == "--":
+        return args
+    group = typer.main.get_command(app)
+    command = getattr(group, "commands", {}).get(args[i])
+    if command is None:
+        return args
+    takes_value = {opt for p in command.params if p.param_type_name == "option" and not p.is_flag
+                   for opt in (*p.opts, *p.secondary_opts)}
+    moved: list[str] = []
+    rest: list[str] = [args[i]]
+    j = i + 1
+    while j < len(args):
+        arg = args[j]
+        if arg == "--":
+            rest += args[j:]
+            break
+        if arg in takes_value and j + 1 < len(args):
+            rest += [arg, args[j + 1]]
+            j += 2
+            continue
+        short = arg.startswith("-") and not arg.startswith("--") and len(arg) > 1 and set(arg[1:]) <= {"q", "v"}
+        if arg in GLOBAL_FLAGS or short:
+            moved.append(arg)
+        else:
+            rest.append(arg)
+        j += 1
+    return head + moved + rest
+
+
+# Output that is not a terminal (a log file, CI, `| tee`) is not wrapped at 80 columns: help is plain
+# text with one line per option, and rich consoles are this wide.
+WIDE = 2000
+
+
+@contextlib.contextmanager
+def _output_mode() -> Iterator[None]:
+    """Plain, unwrapped help and rich output when neither stdout nor stderr is a terminal."""
+    import os
+
+    def tty(stream: object) -> bool:
+        try:
+            return bool(stream.isatty())  # type: ignore[attr-defined]
+        except (AttributeError, ValueError):
+            return False
+
+    saved = app.rich_markup_mode, app.info.context_settings, os.environ.get("COLUMNS")
+    if not tty(sys.stdout):
+        app.rich_markup_mode = None
+        app.info.context_settings = {"terminal_width": WIDE, "max_content_width": WIDE}
+        if not tty(sys.stderr) and saved[2] is None:
+            os.environ["COLUMNS"] = str(WIDE)
+    try:
+        yield
+    finally:
+        app.rich_markup_mode, app.info.context_settings = saved[0], saved[1]
+        if saved[2] is None:
+            os.environ.pop("COLUMNS", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and, without ``argv``, exits with) the exit code."""
     _setup_logging()
     code = 0
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
+    state.verbose = state.quiet = False
     try:
         # Standalone mode: typer/click print usage errors themselves and exit 2.
-        with _quiet_libraries(_wants_quiet(args)):
+        with _quiet_libraries(_wants_quiet(args)), _output_mode():
             app(args=args, prog_name="edge-tl")
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)

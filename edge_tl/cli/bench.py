@@ -16,23 +16,36 @@ def bench(
     target: list[str] = typer.Option(None, "--target", "-t", help="Target(s) to bench (repeatable)."),
     all_targets: bool = typer.Option(False, "--all-targets", help="Every built-in target; the ones this "
                                      "host cannot run (or not exported) are reported as skipped."),
-    data: Path = typer.Option(None, help="Another labelled folder with the same classes to evaluate on."),
+    export: bool = typer.Option(False, "--export", help="First export each chosen target this host can run "
+                                "and that is not exported yet (with --all-targets: every CPU/GPU target of "
+                                "this host, as `yolo benchmark` does); the others are skipped with the reason."),
+    data: Path = typer.Option(None, help="Another labelled folder with the same classes to evaluate on; its "
+                              "reports go to RUN/reports/data-<name>-<sha8>/ (the run's own stay as they are) "
+                              "and its preprocessed images and reference logits are cached in RUN/evalsets/."),
+    layers: bool = typer.Option(False, "--layers", help="Also print where the time goes: the top layers of one "
+                                "batch-1 call with their time share and precision (OpenVINO performance "
+                                "counters, ONNX Runtime profiler)."),
     json_path: Path = typer.Option(None, "--json", help="Also write the JSON report here (one target)."),
     wait_quiet: float = typer.Option(0.0, "--wait-quiet", min=0.0, metavar="SECONDS",
                                      help="Before timing, wait up to this long for other processes to leave the "
                                      "CPUs; if they never do, bench anyway and mark the timings unreliable."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Measure accuracy, drift and latency of targets against the full torch model; exit 1 on a failed gate."""
-    from ..bench.report import markdown, summary_table
+    """Measure accuracy, drift, latency, throughput and memory of targets against the full torch model;
+    exit 1 on a failed gate."""
+    from ..bench.report import layers_text, markdown, summary_table
     from ..bench.run import bench as run_bench
 
     if not target and not all_targets:
         raise ConfigError("give --target NAME (repeatable) or --all-targets")
     reports = run_bench(run, None if all_targets else list(target), data=str(data) if data else None,
                         json_path=str(json_path) if json_path else None, quiet=quiet or state.quiet,
-                        wait_quiet=wait_quiet)
+                        wait_quiet=wait_quiet, export=export, layers=layers)
     print(markdown(reports[0]) if len(reports) == 1 else summary_table(reports))
+    if layers and len(reports) > 1:
+        for r in reports:
+            if r.get("layers"):
+                print(f"\n## {r['target']}\n\n{layers_text(r['layers'])}")
     failed = [r["target"] for r in reports if not r["passed"]]
     if failed:
         raise GateFailed(", ".join(failed))

@@ -9,25 +9,32 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from ._app import app, state
+
+if TYPE_CHECKING:
+    from ..runtime import Prediction, Runtime
 
 log = logging.getLogger("edge_tl")
 
 
 @app.command()
 def bundle(
-    run: Path = typer.Argument(..., help="Run directory."),
-    target: str = typer.Option(..., "--target", "-t", help="An exported target of the run."),
-    out: Path = typer.Option(..., "--out", help="Bundle folder to write (an old bundle there is replaced "
+    run: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
+    target: str = typer.Option(..., "--target", "-t", metavar="NAME|PATH", help="An exported target of the run "
+                               "(its name, or the profile file it was exported with)."),
+    out: Path = typer.Option(..., "--out", metavar="DIR",
+                             help="Bundle folder to write (an old bundle there is replaced "
                              "atomically)."),
     golden: int = typer.Option(8, "--golden", help="Golden images to include (at least one per class)."),
-    ok_class: list[str] = typer.Option(None, "--ok-class", help="A class that passes QC (repeatable). "
+    ok_class: list[str] = typer.Option(None, "--ok-class", metavar="CLASS", help="A class that passes QC (repeatable). "
                                        "Default: a class named ok/good/pass/normal/no_defect, if any."),
-    defect_class: list[str] = typer.Option(None, "--defect-class", help="A defect class (repeatable); "
+    defect_class: list[str] = typer.Option(None, "--defect-class", metavar="CLASS", help="A defect class (repeatable); "
                                            "the others are ok classes."),
     max_false_reject: float = typer.Option(None, "--max-false-reject", help="Tune the ok threshold on the "
                                            "validation set to this false-reject rate (default 0.01)."),
@@ -37,11 +44,10 @@ def bundle(
                                      "ok answers go to review)."),
     defect_threshold: float = typer.Option(0.5, "--defect-threshold", help="Confidence a defect answer "
                                            "needs; below it the decision is 'review'."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Package an exported target for a device: model, preprocessing, policy, hashes, golden images."""
-    from rich.console import Console
-
+    from ..progress import console
     from ..stages.bundle import bundle as run_bundle
 
     m = run_bundle(run, target, out, golden, ok_classes=list(ok_class or []) or None,
@@ -49,7 +55,7 @@ def bundle(
                    ok_threshold=ok_threshold, defect_threshold=defect_threshold, max_escape=max_escape,
                    quiet=quiet or state.quiet)
     g = m["golden"]
-    Console(stderr=True).print(
+    console().print(
         f"[green]bundled[/] {m['target']['name']} -> {out}: {len(g['images'])} golden images (max |Δlogit| "
         f"vs torch {g['reference_max_abs_logit_diff']:.2e}); {policy_line(m['policy'])}", soft_wrap=True)
 
@@ -83,7 +89,7 @@ def policy_line(p: dict) -> str:
             f"review {pct(v['review_rate'])}")
 
 
-def _expand(paths: list[Path]) -> list[Path]:
+def _expand(paths: list[Path], require: bool = True) -> list[Path]:
     """Files as given, folders searched recursively for images (sorted, hidden files skipped).
 
     In a folder, an image is a file with the suffix of a format Pillow reads (or a raw ``.npy``
@@ -107,26 +113,44 @@ def _expand(paths: list[Path]) -> list[Path]:
             raise EdgeTLError(f"no such file or folder: {p}")
     if left_out:
         log.warning("left out %s", name_left_out(left_out))
-    if not out:
+    if not out and require:
         raise EdgeTLError(f"no images found in {', '.join(map(str, paths))}")
     return out
 
 
+def _line(p: Prediction, name: str) -> str:
+    """One text line of ``predict``: label, score, decision, this image's share of its batch call."""
+    batch = f" (batch of {p.batch_size})" if p.batch_size > 1 else ""
+    return f"{p.label:<18} {p.score:.4f}  {p.decision:<7} {p.ms:7.1f} ms/image{batch}  {name}"
+
+
 @app.command()
 def predict(
-    bundle: Path = typer.Argument(..., help="Bundle folder (from `edge-tl bundle`)."),
-    paths: list[Path] = typer.Argument(..., help="Image files and/or folders."),
-    json_lines: bool = typer.Option(False, "--json", help="JSON lines: path, label, score, decision, ms."),
-    color: str = typer.Option(None, "--color", help="Channel order of raw .npy frames: RGB or BGR "
-                              "(image files carry their own)."),
-    batch: int = typer.Option(None, "--batch", help="Images per inference call (default: the bundle's)."),
-    device: str = typer.Option(None, "--device", help="Override the bundle's device."),
-    threads: int = typer.Option(None, "--threads", help="Override the bundle's thread count."),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle folder (from `edge-tl bundle`)."),
+    paths: list[str] = typer.Argument(..., metavar="IMAGE|DIR|VIDEO|URL|DEVICE", help="Image files, folders "
+                                      "(searched recursively), video files, stream URLs (rtsp://...) or V4L2 "
+                                      "devices (/dev/video0 or 0); streams need the stream extra "
+                                      "(pip install 'edge-tl[stream]')."),
+    json_lines: bool = typer.Option(False, "--json", help="JSON lines: path, label, score, decision, ms_per_image "
+                                    "(this image's share of its inference call: batch_ms / batch_size), "
+                                    "batch_size, batch_ms; frames also carry frame and stream_time_s."),
+    color: str = typer.Option(None, "--color", metavar="RGB|BGR", help="Channel order of raw .npy frames "
+                              "(image files and video frames carry their own)."),
+    batch: int = typer.Option(None, "--batch", min=1, metavar="N", help="Images per inference call (default: "
+                              "the bundle's; 1 for a live stream). --batch 1 times each image alone."),
+    fps: float = typer.Option(None, "--fps", metavar="X", help="Streams: classify at most X frames per second "
+                              "(of the video's own clock for a file, of the wall clock for a live source)."),
+    max_frames: int = typer.Option(None, "--max-frames", min=1, metavar="N", help="Streams: stop after N "
+                                   "classified frames (default: until the stream ends)."),
+    device: str = typer.Option(None, "--device", metavar="NAME", help="Override the bundle's device."),
+    threads: int = typer.Option(None, "--threads", metavar="N", help="Override the bundle's thread count."),
 ) -> None:
-    """Classify images with a bundle (no torch needed).
+    """Classify images, video files or camera streams with a bundle (no torch needed).
 
-    Exit 2 when the bundle was changed (one line naming the file) or an image cannot be read (every
-    other image still gets its answer; the bad one an error line).
+    One line per image or frame. A time is this image's share of its inference call (the call's time
+    divided by the images in it). Exit 2 when the bundle was changed (one line naming the file), a
+    stream cannot be opened, or an image cannot be read (every other image still gets its answer; the
+    bad one an error line).
     """
     import time
 
@@ -135,70 +159,141 @@ def predict(
     from ..errors import EdgeTLError
     from ..runtime import InputError, Runtime
 
-    files = _expand(paths)
+    streams_given = [p for p in paths if _is_stream(p)]
+    if (fps is not None or max_frames is not None) and not streams_given:
+        raise EdgeTLError("--fps and --max-frames apply to video files and streams; none was given")
+    groups: list[tuple[str, list[Path] | str]] = []  # in the order given: ("files", [...]) or ("stream", src)
+    for p in paths:
+        if _is_stream(p):
+            groups.append(("stream", p))
+        else:
+            files = _expand([Path(p)], require=False)
+            if groups and groups[-1][0] == "files":
+                groups[-1][1].extend(files)  # type: ignore[union-attr]
+            else:
+                groups.append(("files", files))
+    if not streams_given and not any(what for _, what in groups):
+        raise EdgeTLError(f"no images found in {', '.join(paths)}")
     failed: list[str] = []
+    total = 0
     with Runtime(bundle, device=device, threads=threads) as rt:
-        size = batch or rt.batch_size
-        for i in range(0, len(files), size):
-            chunk = files[i:i + size]
-            start = time.perf_counter()
-            inputs, good, errors = [], [], {}
-            for f in chunk:  # decoded one by one: a bad file is its own error, never the chunk's
-                try:
-                    inputs.append(rt.prepare(str(f), color=color))
-                    good.append(f)
-                except InputError as exc:
-                    errors[f] = str(exc)
-            preds = dict(zip(good, rt.predict_inputs(np.stack(inputs), [str(f) for f in good], started=start),
-                             strict=True)) if good else {}
-            for f in chunk:
-                if f in errors:
-                    failed.append(errors[f])
-                    line = (json.dumps({"path": str(f), "error": errors[f]}) if json_lines
-                            else f"error   {errors[f]}")
-                elif json_lines:
-                    line = json.dumps(preds[f].to_dict())
-                else:
-                    p = preds[f]
-                    line = f"{p.label:<18} {p.score:.4f}  {p.decision:<7} {p.ms:7.1f} ms  {f}"
-                print(line, flush=True)
+        for kind, what in groups:
+            if kind == "stream":
+                total += _predict_stream(rt, str(what), json_lines, batch, fps, max_frames)
+                continue
+            files = what
+            assert isinstance(files, list)
+            total += len(files)
+            size = batch or rt.batch_size
+            for i in range(0, len(files), size):
+                chunk = files[i:i + size]
+                start = time.perf_counter()
+                inputs, good, errors = [], [], {}
+                for f in chunk:  # decoded one by one: a bad file is its own error, never the chunk's
+                    try:
+                        inputs.append(rt.prepare(str(f), color=color))
+                        good.append(f)
+                    except InputError as exc:
+                        errors[f] = str(exc)
+                preds = dict(zip(good, rt.predict_inputs(np.stack(inputs), [str(f) for f in good], started=start),
+                                 strict=True)) if good else {}
+                for f in chunk:
+                    if f in errors:
+                        failed.append(errors[f])
+                        line = (json.dumps({"path": str(f), "error": errors[f]}) if json_lines
+                                else f"error   {errors[f]}")
+                    elif json_lines:
+                        line = json.dumps(preds[f].to_dict())
+                    else:
+                        line = _line(preds[f], str(f))
+                    print(line, flush=True)
     if failed:
-        raise EdgeTLError(f"{len(failed)} of {len(files)} image(s) could not be classified; "
+        raise EdgeTLError(f"{len(failed)} of {total} image(s) could not be classified; "
                           f"first: {failed[0]}")
+
+
+def _is_stream(source: str) -> bool:
+    from ..streams import is_stream
+
+    return is_stream(source)
+
+
+def _predict_stream(rt: Runtime, source: str, json_lines: bool, batch: int | None, fps: float | None,
+                    max_frames: int | None) -> int:
+    """Classify a stream's frames, one line each as it is answered; returns the frames classified."""
+    from ..streams import Stream, classify_frames
+
+    n = 0
+    with Stream(source, fps=fps, max_frames=max_frames) as stream:
+        size = batch or (1 if stream.live else rt.batch_size)
+        for frame, p in classify_frames(rt, stream, batch=size):
+            if json_lines:
+                line = json.dumps(p.to_dict() | {"path": frame.source, "frame": frame.index,
+                                                 "stream_time_s": round(frame.time_s, 3)})
+            else:
+                line = _line(p, frame.name)
+            print(line, flush=True)
+            n += 1
+    if not state.quiet:
+        rate = f" at most {fps:g}/s" if fps else ""
+        print(f"predict: {n} frame(s) of {stream.shown} classified{rate} ({stream.read} read)", file=sys.stderr)
+    return n
 
 
 @app.command()
 def watch(
-    bundle: Path = typer.Argument(..., help="Bundle folder."),
-    folder: Path = typer.Argument(..., help="The camera's drop folder."),
-    log_path: Path = typer.Option(None, "--log", help="Result log, .jsonl or .csv "
-                                  "(default: FOLDER/edge-tl-results.jsonl)."),
-    poll: float = typer.Option(1.0, "--poll", help="Seconds between scans of the folder."),
-    once: bool = typer.Option(False, "--once", help="Process what is there now and exit."),
-    move_to: Path = typer.Option(None, "--move-to", help="Move each image here once its result is logged "
-                                 "(keeps the drop folder small on a long-running line)."),
-    settle: float = typer.Option(0.5, "--settle", help="Seconds a file's size and mtime must stay the same "
-                                 "(timed by this host's clock, whatever the camera's) before it is read."),
-    error_after: float = typer.Option(None, "--error-after", help="Seconds an unreadable file must stay "
-                                      "unchanged before it is logged as an error, not a paused upload "
-                                      "(default 10 x --settle)."),
-    color: str = typer.Option(None, "--color", help="Channel order of raw .npy frames: RGB or BGR."),
-    device: str = typer.Option(None, "--device", help="Override the bundle's device."),
-    threads: int = typer.Option(None, "--threads", help="Override the bundle's thread count."),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle folder."),
+    folder: str = typer.Argument(..., metavar="FOLDER|VIDEO|URL|DEVICE", help="The camera's drop folder, or a "
+                                 "camera stream: a video file, a stream URL (rtsp://...) or a V4L2 device "
+                                 "(/dev/video0 or 0; needs pip install 'edge-tl[stream]')."),
+    log_path: Path = typer.Option(None, "--log", metavar="PATH", help="Result log, .jsonl or .csv (default: "
+                                  "FOLDER/edge-tl-results.jsonl; for a stream ./edge-tl-results.jsonl)."),
+    poll: float = typer.Option(1.0, "--poll", metavar="SECONDS", help="Seconds between scans of the folder."),
+    once: bool = typer.Option(False, "--once", help="Process what is there now and exit (a video file: "
+                              "all its frames)."),
+    move_to: Path = typer.Option(None, "--move-to", metavar="DIR", help="Move each image here once its result "
+                                 "is logged (keeps the drop folder small on a long-running line)."),
+    settle: float = typer.Option(0.5, "--settle", metavar="SECONDS", help="Seconds a file's size and mtime must "
+                                 "stay the same (timed by this host's clock, whatever the camera's) before it "
+                                 "is read."),
+    error_after: float = typer.Option(None, "--error-after", metavar="SECONDS", help="Seconds an unreadable "
+                                      "file must stay unchanged before it is logged as an error, not a paused "
+                                      "upload (default 10 x --settle)."),
+    fps: float = typer.Option(None, "--fps", metavar="X", help="Streams: classify at most X frames per second "
+                              "(frames in between are dropped)."),
+    max_frames: int = typer.Option(None, "--max-frames", min=1, metavar="N", help="Streams: stop after N "
+                                   "classified frames (default: until the stream ends or SIGTERM)."),
+    color: str = typer.Option(None, "--color", metavar="RGB|BGR", help="Channel order of raw .npy frames."),
+    device: str = typer.Option(None, "--device", metavar="NAME", help="Override the bundle's device."),
+    threads: int = typer.Option(None, "--threads", metavar="N", help="Override the bundle's thread count."),
 ) -> None:
-    """Classify each new image in FOLDER exactly once, appending results to a log (restart-safe)."""
-    import signal
-    import threading
+    """Classify each new image in FOLDER exactly once, appending results to a log (restart-safe); or
+    each frame of a camera stream, one log line per frame (frame index and time in the line).
 
+    Runs until SIGTERM/Ctrl-C (or --once; a video file ends by itself).
+    """
+    import signal
+
+    from ..errors import ConfigError
     from ..runtime import Runtime
     from ..runtime.watch import Watcher
+    from ..streams import is_stream
 
+    stream = is_stream(folder)
+    if stream and move_to is not None:
+        raise ConfigError("--move-to applies to a drop folder, not a stream")
+    if not stream and (fps is not None or max_frames is not None):
+        raise ConfigError("--fps and --max-frames apply to streams (a video file, a URL or a device), "
+                          f"and {folder} is a folder")
     stop = threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
+        if stream:
+            _watch_stream(bundle, folder, log_path, fps, max_frames, once, stop, device, threads)
+            return
         with Runtime(bundle, device=device, threads=threads) as rt, \
                 Watcher(rt, folder, log_path, move_to=move_to, settle=settle, color=color,
                         error_after=error_after) as w:
@@ -215,3 +310,23 @@ def watch(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _watch_stream(bundle: Path, source: str, log_path: Path | None, fps: float | None, max_frames: int | None,
+                  once: bool, stop: threading.Event, device: str | None, threads: int | None) -> None:
+    from ..errors import ConfigError
+    from ..runtime import Runtime
+    from ..streams import Stream, is_live, watch_stream
+
+    if once and is_live(source) and max_frames is None:
+        raise ConfigError("--once on a live stream never ends by itself: give --max-frames N")
+    log_file = log_path or Path("edge-tl-results.jsonl")
+    stream = Stream(source, fps=fps, max_frames=max_frames)  # an unreadable source fails before anything else
+    with stream, Runtime(bundle, device=device, threads=threads) as rt:
+        if not state.quiet:
+            rate = f", at most {fps:g} frame(s)/s" if fps else ""
+            print(f"watching stream {stream.shown} with {bundle} ({rt.backend}){rate}; results -> {log_file}",
+                  file=sys.stderr)
+        counts = watch_stream(rt, stream, log_file, stop=stop)
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no frame"
+    print(f"watch: {sum(counts.values())} frame(s) logged to {log_file} ({summary})", file=sys.stderr)

@@ -5,16 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from ..errors import ConfigError
-from ._app import app, state
+from ..progress import console
+from ._app import app, require_training, state
 
 
 @app.command("run")
-def run_cmd(pipeline: Path = typer.Argument(..., help="Pipeline TOML (see examples/)."),
-            quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
-    """Run finetune -> prune -> export -> bench -> bundle as one file describes."""
+def run_cmd(pipeline: Path = typer.Argument(..., metavar="PIPELINE.toml", help="Pipeline file: one table per "
+                                                 "stage (docs/pipeline.md, examples/)."),
+            quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output.")) -> None:
+    """Run finetune -> prune -> export -> bench -> bundle as one file describes; exit 1 on a failed gate.
+
+    Every key of the file is an option of the command of the same name; docs/pipeline.md lists them all.
+    Needs the train extra (torch): pip install 'edge-tl[train]'.
+    """
+    from ..pipeline import load_pipeline as _check
+
+    _check(pipeline)  # a bad file is reported before anything heavy is imported
+    require_training()
     from ..bench.report import summary_table
     from ..errors import GateFailed
     from ..pipeline import load_pipeline, run_pipeline
@@ -23,7 +32,7 @@ def run_cmd(pipeline: Path = typer.Argument(..., help="Pipeline TOML (see exampl
     tuned, reports, shipped = run_pipeline(pipeline, quiet=quiet or state.quiet)
     if tuned:
         out = Path(load_pipeline(pipeline).finetune.out)
-        Console(stderr=True).print(finetune_summary(tuned, out if out.is_absolute() else pipeline.parent / out),
+        console().print(finetune_summary(tuned, out if out.is_absolute() else pipeline.parent / out),
                                    soft_wrap=True)
     if reports:
         print(summary_table(reports))
@@ -37,8 +46,8 @@ def run_cmd(pipeline: Path = typer.Argument(..., help="Pipeline TOML (see exampl
 
 
 @app.command()
-def dataset(name: str = typer.Argument(..., help="elpv (solar cells; pip install elpv-dataset)."),
-            out: Path = typer.Option(..., "--out", help="ImageFolder to create."),
+def dataset(name: str = typer.Argument(..., metavar="NAME", help="elpv (solar cells; pip install elpv-dataset)."),
+            out: Path = typer.Option(..., "--out", metavar="DIR", help="ImageFolder to create."),
             threshold: float = typer.Option(0.5, help="elpv: defect probability at or above which a cell is "
                                             "'defect'.")) -> None:
     """Import a public defect data set as an ImageFolder."""
@@ -47,4 +56,4 @@ def dataset(name: str = typer.Argument(..., help="elpv (solar cells; pip install
     from ..datasets import import_elpv
 
     counts = import_elpv(out, threshold)
-    Console(stderr=True).print(f"[green]imported[/] elpv -> {out}: {counts}")
+    console().print(f"[green]imported[/] elpv -> {out}: {counts}")

@@ -5,26 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from ..progress import console
 from ._app import app, state
 
 
 @app.command()
 def export(
-    run: Path = typer.Argument(..., help="Run directory."),
-    target: str = typer.Option(..., "--target", "-t", help="Target name (`edge-tl targets`) or profile path."),
-    calibration: str = typer.Option(None, help="INT8: folder of (unlabelled) images to calibrate on, "
+    run: Path = typer.Argument(..., metavar="RUN", help="Run directory (from `edge-tl finetune`)."),
+    target: str = typer.Option(..., "--target", "-t", metavar="NAME|PATH", help="Target name (`edge-tl targets`) or "
+                                "the path of a profile file (.toml)."),
+    calibration: str = typer.Option(None, metavar="DIR|LIST",
+                                    help="INT8: folder of (unlabelled) images to calibrate on, "
                                     "e.g. from the production camera. Default: the training split."),
-    from_: str = typer.Option(None, "--from", help="finetune | prune (default: prune when present)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    from_: str = typer.Option(None, "--from", metavar="finetune|prune",
+                                help="finetune | prune (default: prune when present)."),
+    qat: int = typer.Option(0, "--qat", metavar="N", help="INT8: quantisation-aware training for N epochs "
+                            "(distilled from the float model) instead of post-training quantisation; for models "
+                            "whose INT8 graph misses the gate. 0: off."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Export the run's model for one target and check it against the torch model."""
     from ..stages.export import export as run_export
 
-    m = run_export(run, target, calibration=calibration, source=from_, quiet=quiet or state.quiet)
+    m = run_export(run, target, calibration=calibration, source=from_, quiet=quiet or state.quiet,
+                   qat_epochs=qat)
     v = m.get("validation")
     check = (f"agreement {v['agreement']:.4f}, max |Δlogit| {v['max_abs_logit_diff']:.2e} on {v['n']} images"
              if v else "not validated on this host")
-    Console(stderr=True).print(f"[green]exported[/] {m['target']['name']} from {m['source_stage']}: {check} "
+    console().print(f"[green]exported[/] {m['target']['name']} from {m['source_stage']}: {check} "
                                f"-> {run / 'targets' / m['target']['name']}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -10,8 +12,11 @@ from ._app import app
 
 
 @app.command()
-def targets(name: str = typer.Argument(None, help="A target name or profile path to show.")) -> None:
-    """List the target profiles, or show one in full."""
+def targets(name: str = typer.Argument(None, metavar="NAME|PATH", help="A target name or profile path to show "
+                                       "as TOML you can save and pass to --target."),
+            as_json: bool = typer.Option(False, "--json", help="Show the profile as JSON (with its source file) "
+                                         "instead of TOML.")) -> None:
+    """List the target profiles, or show one in full (TOML on stdout: save it, edit it, pass it to --target)."""
     from ..targets import builtin_targets, get_target
 
     console = Console()
@@ -19,7 +24,13 @@ def targets(name: str = typer.Argument(None, help="A target name or profile path
         console.width = max(console.width, 140)  # piped output: never truncate target names
     if name:
         t = get_target(name)
-        console.print_json(data=t.model_dump() | {"source": t.source})
+        if as_json:
+            print(json.dumps(t.model_dump() | {"source": t.source}, indent=2))
+        else:
+            print(t.to_toml(), end="")
+        return
+    if as_json:
+        print(json.dumps({n: t.model_dump() | {"source": t.source} for n, t in builtin_targets().items()}, indent=2))
         return
     table = Table("name", "backend", "device", "precision", "batch", "threads", "gates")
     table.columns[0].no_wrap = True

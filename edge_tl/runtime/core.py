@@ -45,20 +45,31 @@ class InputError(EdgeTLError, ValueError):
 
 @dataclass(frozen=True)
 class Prediction:
-    """One classified image: label, its softmax probability, the QC decision, and the time it took."""
+    """One classified image: label, its softmax probability, the QC decision, and the time it took.
+
+    Images classified together share one inference call, so no image has a time of its own: ``ms``
+    is this image's share, the call's time (``batch_ms``: preprocessing + inference of the whole
+    batch, milliseconds) divided by the images in it (``batch_size``). For the latency of one image
+    alone, classify with batch size 1 (``edge-tl predict --batch 1``).
+    """
 
     label: str
     index: int
     score: float
     decision: str  # "ok" | "defect" | "review"
-    ms: float  # preprocessing + inference, this image's share of its batch
+    ms: float  # this image's share: batch_ms / batch_size
     logits: np.ndarray = field(repr=False, compare=False)
     path: str | None = None
+    batch_size: int = 1
+    batch_ms: float | None = None
 
     def to_dict(self, logits: bool = False) -> dict[str, Any]:
-        """JSON-ready fields: path, label, score, decision, ms (and the logits when asked)."""
+        """JSON-ready fields: path, label, score, decision, ms_per_image (``ms``), batch_size, batch_ms
+        (and the logits when asked)."""
+        batch_ms = self.ms * self.batch_size if self.batch_ms is None else self.batch_ms
         out: dict[str, Any] = {"path": self.path, "label": self.label, "score": round(self.score, 6),
-                               "decision": self.decision, "ms": round(self.ms, 3)}
+                               "decision": self.decision, "ms_per_image": round(self.ms, 3),
+                               "batch_size": self.batch_size, "batch_ms": round(batch_ms, 3)}
         if logits:
             out["logits"] = [float(v) for v in self.logits]
         return out
@@ -255,14 +266,16 @@ class Runtime:
                        started: float | None = None) -> list[Prediction]:
         """Classify inputs made by ``prepare`` (one row per image; ``paths`` name them, or None).
 
-        ``ms`` is each image's share of the time since ``started`` (default: inference only).
+        ``batch_ms`` is the time since ``started`` (default: inference only) and ``ms`` each image's
+        share of it (``batch_ms / len(inputs)``).
         """
         start = time.perf_counter() if started is None else started
         logits = self._infer(inputs)
-        ms = (time.perf_counter() - start) * 1000.0 / max(1, len(inputs))
+        batch_ms = (time.perf_counter() - start) * 1000.0
+        n = max(1, len(inputs))
         out = []
         for path, row, (k, score, decision) in zip(paths, logits, self.policy.decide_logits(logits), strict=True):
-            out.append(Prediction(self.classes[k], k, score, decision, ms, row, path))
+            out.append(Prediction(self.classes[k], k, score, decision, batch_ms / n, row, path, n, batch_ms))
         return out
 
     def probabilities(self, images: Sequence[ImageInput], *, color: str | None = None) -> np.ndarray:

@@ -56,7 +56,10 @@ from .core import InputError, Runtime
 
 log = logging.getLogger("edge_tl")
 
-FIELDS = ["time", "path", "file", "size", "mtime_ns", "label", "score", "decision", "ms", "error", "moved_to"]
+# ``ms_per_image``: the image's share of its batch's time (batch time / ``batch_size``). ``frame`` and
+# ``stream_time_s`` are set for camera streams (``edge_tl.streams``), ``size``/``mtime_ns`` for files.
+FIELDS = ["time", "path", "file", "size", "mtime_ns", "frame", "stream_time_s", "label", "score", "decision",
+          "ms_per_image", "batch_size", "error", "moved_to"]
 DEFAULT_LOG = "edge-tl-results.jsonl"
 WATCHED_SUFFIXES = (*IMAGE_SUFFIXES, ".npy")
 
@@ -74,6 +77,7 @@ class ResultLog:
         self.csv = suffix == ".csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = None
+        self._columns = FIELDS
 
     def repair(self) -> int:
         """Cut a partial last line (a write interrupted by a kill); returns the bytes dropped."""
@@ -124,6 +128,10 @@ class ResultLog:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             if self.csv and os.fstat(self._fd).st_size == 0:
                 self._write(self._csv_lines([{f: f for f in FIELDS}]))
+            elif self.csv:  # a log begun by another version keeps its own columns, in its order
+                with open(self.path, newline="", encoding="utf-8") as f:
+                    header = next(csv.reader(f), None)
+                self._columns = header or FIELDS
             if new:  # make the new directory entry durable too
                 dfd = os.open(self.path.parent, os.O_RDONLY)
                 try:
@@ -146,9 +154,9 @@ class ResultLog:
 
     def _csv_lines(self, records: list[dict[str, Any]]) -> bytes:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n", extrasaction="ignore")
+        writer = csv.DictWriter(buf, fieldnames=self._columns, lineterminator="\n", extrasaction="ignore")
         for r in records:
-            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in FIELDS})
+            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in self._columns})
         return buf.getvalue().encode()
 
     def append(self, records: list[dict[str, Any]]) -> None:
@@ -166,6 +174,20 @@ class ResultLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def take_lock(log_path: Path) -> int:
+    """Hold ``LOG.lock`` (advisory, released when the process ends): one watcher per log."""
+    import fcntl
+
+    lock_path = log_path.with_name(log_path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise EdgeTLError(f"another `edge-tl watch` is writing {log_path} (lock {lock_path} is held)") from None
+    return fd
 
 
 def _key(rec: dict[str, Any]) -> Key | None:
@@ -220,17 +242,7 @@ class Watcher:
     # -- state -------------------------------------------------------------------------------------
 
     def _take_lock(self) -> int:
-        import fcntl
-
-        lock_path = self.log.path.with_name(self.log.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise EdgeTLError(f"another `edge-tl watch` is writing {self.log.path} (lock {lock_path} "
-                              "is held)") from None
-        return fd
+        return take_lock(self.log.path)
 
     def _listing(self) -> dict[str, Key]:
         """Candidate images directly in the folder: name -> key. Other files are named once, ignored."""
@@ -403,7 +415,7 @@ class Watcher:
                 dest = self._destination(key[0], taken)
                 taken.add(dest)
             lines.append({"time": stamp, "path": str(self.folder / key[0]), "file": key[0], "size": key[1],
-                          "mtime_ns": key[2], **fields, "ms": round(ms, 3),
+                          "mtime_ns": key[2], **fields, "ms_per_image": round(ms, 3), "batch_size": len(records),
                           "moved_to": str(dest) if dest else None})
         self.log.append(lines)  # durable before the images are moved or remembered
         for rec in lines:

@@ -45,7 +45,7 @@ from ..runtime.bundlefile import (
     write_sums,
 )
 from ..runtime.policy import make_policy, policy_stats, tune_for_escape, tune_ok_threshold
-from ..targets import Target, get_target
+from ..targets import Target, command, get_target
 
 log = logging.getLogger("edge_tl")
 
@@ -135,8 +135,8 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
     out = Path(out)
     folder = run.target(t.name)
     if not (folder / MANIFEST).is_file():
-        raise ArtifactError(f"{t.name} is not exported in {run.root}; run `edge-tl export {run.root} "
-                            f"--target {t.name}` first")
+        raise ArtifactError(f"{t.name} is not exported in {run.root}; run "
+                            f"`{command('export', run.root, t)}` first")
     if sum(v is not None for v in (ok_threshold, max_false_reject, max_escape)) > 1:
         raise ConfigError("give one of --ok-threshold, --max-false-reject and --max-escape")
     if n_golden < 1:

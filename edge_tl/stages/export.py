@@ -20,7 +20,7 @@ from ..errors import ConfigError, EdgeTLError, require
 from ..evalset import ensure_eval_set, load_eval_set
 from ..manifest import check_writable, read_manifest, staged_folder, write_manifest
 from ..rundir import RunDir
-from ..targets import Target, get_target
+from ..targets import Target, command, get_target
 
 log = logging.getLogger("edge_tl")
 FLOAT_ONNX = "float.onnx"
@@ -56,8 +56,11 @@ def run_all(runner: Any, inputs: np.ndarray, batch: int) -> np.ndarray:
 
 
 def export(run_dir: str | Path, target_name: str, calibration: str | None = None,
-           source: str | None = None, quiet: bool = True) -> dict[str, Any]:
-    """Export the run's model for ``target_name``; returns the target manifest."""
+           source: str | None = None, quiet: bool = True, qat_epochs: int = 0) -> dict[str, Any]:
+    """Export the run's model for ``target_name``; returns the target manifest.
+
+    ``qat_epochs`` > 0 (INT8 targets): quantisation-aware training for that many epochs instead of
+    post-training quantisation (``stages/qat.py``)."""
     target: Target = get_target(target_name)
     run = RunDir(Path(run_dir))
     check_writable(run.target(target.name), run.root)  # eval.npz goes to the run; fail before any work
@@ -69,6 +72,10 @@ def export(run_dir: str | Path, target_name: str, calibration: str | None = None
                           f"trained at {crop}; change the profile or fine-tune at that size")
     if calibration is not None and not target.quantized:
         log.warning("--calibration is ignored: %s is not an INT8 target", target.name)
+    if qat_epochs < 0:
+        raise ConfigError(f"--qat takes a number of epochs ≥ 0, got {qat_epochs}")
+    if qat_epochs and not target.quantized:
+        log.warning("--qat is ignored: %s is not an INT8 target", target.name)
     evalset = load_eval_set(ensure_eval_set(run, quiet))
     # The export is judged against the torch model it came from (pruned or not); the bench later
     # judges it against the full model.
@@ -84,7 +91,8 @@ def export(run_dir: str | Path, target_name: str, calibration: str | None = None
             # this torch model's answers on them.
             files, extra = quantize_for_target(target, run, src, tmp / FLOAT_ONNX, tmp, calibration,
                                                evalset, src_logits, quiet,
-                                               model_logits=lambda inputs: torch_logits(model, inputs))
+                                               model_logits=lambda inputs: torch_logits(model, inputs),
+                                               qat_epochs=qat_epochs, model=model)
         else:
             from .convert import convert_float
 
@@ -155,6 +163,6 @@ def read_target(run: RunDir, target: Target) -> dict[str, Any]:
     """The verified manifest of an exported target, or a clear error if it was not exported."""
     folder = run.target(target.name)
     if not (folder / "manifest.json").is_file():
-        raise EdgeTLError(f"{target.name} is not exported in {run.root}; run `edge-tl export {run.root} "
-                          f"--target {target.name}` first")
+        raise EdgeTLError(f"{target.name} is not exported in {run.root}; run "
+                          f"`{command('export', run.root, target)}` first")
     return read_manifest(folder)

@@ -56,12 +56,15 @@ def choose_resize(folder: ImageFolder, samples: list, pre: Preprocess, resize: s
 
 
 def finetune(data_dir: str | Path, out: str | Path, *, arch: str = "mobilenet_v2", weights: str = "imagenet",
-             val_fraction: float = 0.2, train_cfg: Any = None, resize: str = "shorter") -> dict[str, Any]:
+             val_fraction: float = 0.2, train_cfg: Any = None, resize: str = "shorter",
+             input_size: int | None = None) -> dict[str, Any]:
     """Fine-tune ``arch`` on ``data_dir`` and write ``out/finetune/``; returns its manifest.
 
     ``resize``: how an image becomes the model's square input (``Preprocess.resize_mode``: shorter,
     full, letterbox) or ``auto`` (``choose_resize``); recorded in the preprocessing contract, so
-    export, calibration, bench and the device runtime all do the same. Everything that can be wrong
+    export, calibration, bench and the device runtime all do the same. ``input_size``: the square
+    input's side in pixels instead of the weights' own (224 for the ImageNet models; the ``shorter``
+    resize keeps the weights' resize/crop ratio, 256/224). Everything that can be wrong
     with the input (data, arch, weights, options) is checked before training starts, and nothing is
     written until training has finished.
     """
@@ -81,6 +84,10 @@ def finetune(data_dir: str | Path, out: str | Path, *, arch: str = "mobilenet_v2
         raise DataError(f"{data_dir}: too few images for a validation split (every class needs ≥ 2)")
     state, source = resolve_weights(arch, weights)
     pre = preprocessing_for(arch, source.get("entry"))
+    if input_size is not None:
+        if not 32 <= input_size <= 1024:
+            raise ConfigError(f"--input-size must be between 32 and 1024 pixels, got {input_size}")
+        pre = dataclasses.replace(pre, crop=input_size, resize=round(input_size * pre.resize / pre.crop))
     mode, resize_info = choose_resize(folder, train, pre, resize)
     pre = dataclasses.replace(pre, resize_mode=mode)
     if resize == "auto":

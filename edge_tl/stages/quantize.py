@@ -289,7 +289,8 @@ def _held_out(target: Target, fallback: dict[str, Any], judge: Judge, where: str
 def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path, out_dir: Path,
                         calibration: str | None, evalset: EvalSet, src_logits: np.ndarray,
                         quiet: bool = True, model_logits: Callable[[np.ndarray], np.ndarray] | None = None,
-                        selection: SelectionSet | None = None) -> tuple[list[str], dict[str, Any]]:
+                        selection: SelectionSet | None = None, qat_epochs: int = 0,
+                        model: Any = None) -> tuple[list[str], dict[str, Any]]:
     """Write ``target.model_file`` (INT8) and ``calibration.json`` into ``out_dir``.
 
     Returns the files written (relative to ``out_dir``) and the fields merged into the target
@@ -299,7 +300,9 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
     ``evalset`` (validation) is held out: float layers are chosen on a selection set of training
     images (``selection``, else ``build_selection_set``) with the source float model's logits
     (``model_logits(inputs)``, else the torch model in ``src`` is loaded), and ``evalset`` only gives
-    the verdict (``fallback.held_out``).
+    the verdict (``fallback.held_out``). ``qat_epochs`` > 0: quantisation-aware training of ``model``
+    (the torch model in ``src``; loaded when None) instead of post-training quantisation
+    (``_quantize_qat``).
     """
     q = target.quantizer
     if q.method == "none":
@@ -330,7 +333,14 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
                             lambda: build_selection_set(run, pre, src_manifest["classes"], cset, quiet=quiet)
                             if selection is None else selection, model_logits)
 
-    if q.method == "nncf" and target.backend == "openvino":
+    if qat_epochs:
+        if model is None:
+            from ..checkpoint import load_model
+
+            model, _ = load_model(src)
+        files, info = _quantize_qat(target, run, model, out_dir, cset, judge, sel, float_values, pre, qat_epochs,
+                                    quiet)
+    elif q.method == "nncf" and target.backend == "openvino":
         files, info = _quantize_openvino(target, float_onnx, out_dir, cset, judge, float_values, pre)
     elif q.method == "nncf":
         files, info = _quantize_nncf_onnx(target, float_onnx, out_dir, cset, judge, float_values, pre)
@@ -350,8 +360,9 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
     info["speed_check"] = speed
     info["gate_reference"] = gate_reference
     info["int8_speedup_over_float"] = speed.get("speedup")
-    calibration_summary = cset.summary() | {"method": q.calibration_method if info["quantizer"]["method"] == "onnx_qdq"
-                                            else "nncf (min/max statistics, bias correction)"}
+    methods = {"onnx_qdq": q.calibration_method, "qat": "moving-average min/max observers, then trained weights"}
+    calibration_summary = cset.summary() | {"method": methods.get(info["quantizer"]["method"],
+                                                                  "nncf (min/max statistics, bias correction)")}
     # The selection images are listed beside the calibration images: both sets are auditable by sha256.
     write_calibration_json(out_dir / CALIBRATION_JSON, cset, method=calibration_summary["method"],
                            target=target.name, preprocessing=pre.to_dict(),
@@ -359,6 +370,98 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
     info["calibration"] = calibration_summary
     _report_fallback(target, info["fallback"])
     return [*files, CALIBRATION_JSON], info
+
+
+def _quantize_qat(target: Target, run: RunDir, model: Any, out_dir: Path, cset: CalibrationSet, judge: Judge,
+                  sel: SelectionSet | None, float_values: dict[str, Any] | None, pre: Preprocess, epochs: int,
+                  quiet: bool) -> tuple[list[str], dict[str, Any]]:
+    """Quantisation-aware training (``stages/qat.py``), then the same verdicts as post-training INT8.
+
+    Trains on the training split less the selection and validation images, keeps the epoch whose
+    fake-quantised model does best against the gate on the selection set (epoch 0: calibrated, not
+    trained), exports it as a QDQ graph (ONNX Runtime, TensorRT) or converts that to OpenVINO IR, and
+    judges the graph the runtime will execute on the selection set and then on validation. No float
+    layers are searched for: QAT is for the models where that search ends mostly float."""
+    from ..data import split_from_json
+    from ..manifest import read_json
+    from . import qat
+
+    require("torch", "train")
+    q = target.quantizer
+    mapping = qat.qconfig_mapping(q.activations, q.symmetric_activations,
+                                  # u8×s8 kernels of x86 CPUs without VNNI (ONNX Runtime's and OpenVINO's alike)
+                                  # saturate 8-bit activations: elpv's QAT graph with them flipped 294 of 525
+                                  # answers in OpenVINO. 7 bits are safe on every x86 CPU the graph may meet.
+                                  reduce_range=True)
+    t0 = time.perf_counter()
+    qm = qat.prepare(model, pre.crop, mapping, cset.inputs)
+    root, train, val = split_from_json(read_json(run.finetune / "split.json"))
+    held = {im["path"] for im in sel.images} if sel is not None else set()
+    samples = [s for s in train if s.path not in held and s.path not in {v.path for v in val}]
+
+    def score(m: Any) -> float:
+        if judge.select is None:
+            return 0.0  # nothing to choose on: the last epoch ships
+        values = judge.on_selection(lambda inputs: qat.logits_of(m, inputs))
+        return gate_margin(values, target.gates) + values["agreement"] * 1e-3
+    qm, history = qat.train(qm, model, root, samples, pre, epochs, score=score, quiet=quiet)
+    best = max(history, key=lambda h: (h["score"], h["epoch"]))["epoch"]
+    qdq = qat.to_onnx(qm, pre.crop, target.opset)
+    seconds = time.perf_counter() - t0
+    if target.backend == "openvino":
+        ov = require("openvino", "openvino")
+        with tempfile.TemporaryDirectory(prefix="edge-tl-qat-") as work:
+            (Path(work) / "qat.onnx").write_bytes(qdq)
+            ov_model = ov.convert_model(str(Path(work) / "qat.onnx"))
+        files = ["model.xml", "model.bin"]
+        ov.save_model(ov_model, str(out_dir / "model.xml"), compress_to_fp16=False)
+        where = "OpenVINO CPU"
+
+        def logits(inputs: np.ndarray) -> np.ndarray:
+            return _ov_logits(ov_model, inputs, target.threads, target.batch_size)
+    else:
+        dest = out_dir / target.model_file
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(qdq)
+        files, where = [dest.name], "ONNX Runtime CPU"
+
+        def logits(inputs: np.ndarray) -> np.ndarray:
+            return _ort_logits(qdq, inputs, target.threads, target.batch_size)
+    fallback = _fallback_start(target, judge, float_values, where, logits)
+    if "before" in fallback:
+        fallback["after"] = fallback["before"]
+    if fallback["status"] == "needed":
+        fallback |= {"status": "cannot pass", "message": (
+            f"the QAT graph misses the gate on the selection set ({'; '.join(fallback['before']['failed'])}) "
+            "after " f"{epochs} epoch(s): shipped as trained; try more --qat epochs or use the fp32 target")}
+    fallback["float_layers"] = []
+    _held_out(target, fallback, judge, where, logits)
+    quantizer = {
+        "method": "qat", "library": _torch_version(),
+        "algorithm": ("quantisation-aware training (torch.ao FX fake quantisation, distilled from "
+                      f"the float model at lr {qat.QAT_LR:g}, BatchNorm folded first)"),
+        "activations": ("int8 symmetric, per tensor" if q.activations == "int8" or q.symmetric_activations
+                        else "uint8 affine, per tensor" + (" (7-bit: no saturation on x86 without VNNI)"
+                                                           if mapping_reduced(mapping) else "")),
+        "weights": "int8 symmetric, per channel",
+        "epochs": epochs, "chosen_epoch": best, "images_per_epoch": min(len(samples), qat.QAT_IMAGES_PER_EPOCH),
+        "trained_on": f"{len(samples)} training images (not selection, not validation)",
+        "chosen_on": (f"{len(judge.select.labels)} selection images (gate margin of the fake-quantised model)"
+                      if judge.select is not None else "no selection set: the last epoch"),
+        "history": history, "seconds": seconds}
+    return files, {"quantizer": quantizer, "float_layers": [], "fallback": fallback}
+
+
+def mapping_reduced(mapping: Any) -> bool:
+    """Whether the QConfigMapping's activation quantiser keeps to 7 bits."""
+    act = mapping.global_qconfig.activation()
+    return bool(act.quant_max == 127 and act.quant_min == 0)
+
+
+def _torch_version() -> str:
+    import torch
+
+    return f"torch {torch.__version__} (torch.ao.quantization)"
 
 
 def _report_fallback(target: Target, fb: dict[str, Any]) -> None:

@@ -1,0 +1,194 @@
+"""The Python API of the whole chain: the same stages as the CLI, as functions.
+
+::
+
+    from edge_tl import api
+
+    run = "runs/parts"
+    api.finetune("data/parts", run, mode="partial", unfreeze=1)    # RUN/finetune/
+    api.prune(run, 0.3)                                            # optional: RUN/prune/
+    api.export(run, "cpu-openvino-int8")                           # RUN/targets/cpu-openvino-int8/
+    [report] = api.bench(run, ["cpu-openvino-int8"])               # RUN/reports/cpu-openvino-int8.*
+    print(report["passed"], report["candidate"]["latency_ms"]["p50"], report["speedup"])
+    api.bundle(run, "cpu-openvino-int8", "bundles/parts", max_escape=0.05)
+    with api.open_bundle("bundles/parts") as rt:                   # on the device: no torch
+        print(rt.predict("part_0042.png").decision)
+
+Every function takes and returns plain values (paths as ``str`` or ``Path``; manifests and reports as
+the dicts written beside the artifacts, JSON-ready). Errors are the exceptions of ``edge_tl.errors``,
+all subclasses of ``EdgeTLError`` with a one-line message (the CLI prints exactly that line):
+
+* ``MissingExtraError``: an optional package is not installed (``finetune``/``prune``/``export`` need
+  ``edge-tl[train]``; OpenVINO targets ``edge-tl[openvino]``); its message names the extra;
+* ``DataError``: the image folder cannot be used; ``ConfigError``: a bad option, target or profile;
+* ``ArtifactError``: a stage's input is missing or changed since it was written (a sha256 mismatch).
+
+Stages import torch, ONNX Runtime and OpenVINO only when called, so importing this module is cheap
+(it is ``edge_tl.api``, not the package's top level, because ``edge_tl.bench`` is the bench package).
+Progress is silent by default (``quiet=True``); pass ``quiet=False`` for the CLI's progress output.
+Conventions throughout: images are classified at the profile's input size (square, NCHW float32
+after the preprocessing recorded in the manifests); times are milliseconds; ``top1`` and agreement
+are fractions in [0, 1]; ``top1_drop`` is in percentage points.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+PathLike = str | os.PathLike[str]
+
+
+def _require_training() -> None:
+    from .errors import require
+
+    require("torch", "train")
+    require("torchvision", "train")
+
+
+def finetune(data_dir: PathLike, out: PathLike, *, arch: str = "mobilenet_v2", weights: str = "imagenet",
+             mode: str = "linear", epochs: int | None = None, unfreeze: int = 3, progressive: bool = False,
+             lr: float | None = None, backbone_lr_scale: float = 0.1, batch_size: int = 32,
+             val_fraction: float = 0.2, seed: int = 0, device: str = "auto", workers: int = 2,
+             patience: int = 5, views: int = 2, balance: str = "none", resize: str = "shorter",
+             engine: str = "auto", input_size: int | None = None, quiet: bool = True) -> dict[str, Any]:
+    """Fine-tune an ImageNet backbone on an ImageFolder; writes ``out/finetune/``.
+
+    ``data_dir``: one sub-folder per class (any image format Pillow reads, any size; each image is
+    resized to the backbone's input, 224x224 for mobilenet_v2, or ``input_size`` pixels square).
+    ``weights``: ``"imagenet"``, ``"none"`` or the path of a state_dict. ``mode``: ``"linear"``
+    (frozen backbone, cached features), ``"partial"`` (also the last ``unfreeze`` blocks) or
+    ``"full"``. ``val_fraction`` of each class is held out (stratified, by ``seed``); the first
+    ``export`` or ``bench`` stores them as ``RUN/eval.npz``, preprocessed (N, 3, H, W), with the
+    model's (N, classes) float32 logits as the reference for every later comparison.
+
+    Returns the manifest (``out/finetune/manifest.json``): ``metrics`` (``val_top1``,
+    ``val_balanced_accuracy`` as fractions, ``per_class_recall``, ``best_epoch``), ``timings``
+    (``train_seconds``, ``device``), ``data`` (``n_images``, classes), the preprocessing contract.
+    Raises MissingExtraError without torch, DataError for an unusable folder, ConfigError for a bad
+    option.
+    """
+    _require_training()
+    from .stages.finetune import finetune as run
+    from .training import TrainConfig
+
+    cfg = TrainConfig(mode=mode, epochs=epochs, unfreeze=unfreeze, progressive=progressive, lr=lr,
+                      batch_size=batch_size, seed=seed, device=device, workers=workers, patience=patience,
+                      quiet=quiet, views=views, backbone_lr_scale=backbone_lr_scale, balance=balance,
+                      engine=engine)
+    return run(data_dir, out, arch=arch, weights=weights, val_fraction=val_fraction, train_cfg=cfg, resize=resize,
+               input_size=input_size)
+
+
+def prune(run: PathLike, ratio: float = 0.3, *, round_to: int = 16, recover: str = "auto",
+          recover_epochs: int | None = None, importance: str = "l2", steps: int | None = None,
+          device: str = "auto", quiet: bool = True) -> dict[str, Any]:
+    """Remove ``ratio`` (0 < ratio < 1) of every prunable layer's output channels, fine-tune to
+    recover, and write ``RUN/prune/``; ``export`` then uses it by default.
+
+    Kept channel counts are multiples of ``round_to`` (8, 16 or 32). ``recover``: ``"full"``,
+    ``"partial"``, ``"head"`` or ``"auto"``; ``recover_epochs=0`` only recomputes BatchNorm statistics.
+    Returns the manifest: channel counts per layer, MACs and parameters before and after, and the
+    recovered validation metrics. Raises MissingExtraError without torch/torch-pruning,
+    ArtifactError when ``RUN/finetune`` is missing, ConfigError for a bad option.
+    """
+    _require_training()
+    from .stages.prune import prune as run_prune
+
+    return run_prune(run, ratio, recover_epochs=recover_epochs, importance=importance, steps=steps,
+                     quiet=quiet, device=device, recover=recover, round_to=round_to)
+
+
+def export(run: PathLike, target: str, *, calibration: str | None = None, source: str | None = None,
+           qat: int = 0, quiet: bool = True) -> dict[str, Any]:
+    """Export the run's model for one target (a built-in name or a profile file's path) to
+    ``RUN/targets/<name>/``: ONNX, an INT8 QDQ graph, OpenVINO IR or the ONNX a TensorRT engine is
+    built from, then check it against the torch model on ``eval.npz`` where this host can run it.
+
+    ``calibration``: INT8 only, a folder of (unlabelled) images to calibrate on (default: the
+    training split). ``source``: ``"finetune"`` or ``"prune"`` (default: prune when present).
+    ``qat``: INT8 only, epochs of quantisation-aware training instead of post-training quantisation
+    (``manifest["quantizer"]["history"]`` has the selection-set score per epoch).
+    Returns the target manifest; ``manifest["validation"]`` holds ``agreement`` (fraction of argmax
+    equal to the torch model's) and ``max_abs_logit_diff``, or is None when this host cannot run the
+    target. Raises MissingExtraError (torch, onnx, openvino, nncf), ConfigError for an unknown target
+    (with the closest name), ArtifactError when the run has no model.
+    """
+    from .stages.export import export as run_export
+
+    return run_export(run, target, calibration=calibration, source=source, quiet=quiet, qat_epochs=qat)
+
+
+def bench(run: PathLike, targets: list[str] | None = None, *, data: PathLike | None = None,
+          json_path: PathLike | None = None, wait_quiet: float = 0.0, export: bool = False, layers: bool = False,
+          quiet: bool = True) -> list[dict[str, Any]]:
+    """Measure each target against the full fp32 torch model in one process; write and return reports.
+
+    ``targets``: names or profile paths (None: every built-in target; those this host cannot run, or
+    not exported, come back with ``report["skipped"]`` saying why). ``data``: another labelled folder
+    with the same classes to evaluate on instead of the run's held-out split. ``export``: first export
+    the chosen targets this host can run that are not exported yet. ``layers``: also record per-layer
+    timings. ``wait_quiet``: seconds to wait for a quiet host before timing.
+
+    Each report is the JSON of ``RUN/reports/<target>.json``: ``reference`` and ``candidate`` with
+    ``top1`` (fraction), ``latency_ms`` (``p50``/``p90``/``p99``/``mean``, batch 1, milliseconds),
+    ``throughput_ips`` (images per second at the profile's batch size); the candidate's ``top1_drop``
+    (percentage points), ``agreement`` (fraction), ``size_mb``; ``speedup`` (reference p50 / candidate
+    p50); ``gates`` and ``passed``. A failed gate is not an exception here: check ``report["passed"]``
+    (the CLI exits 1). Raises ArtifactError when the run has no ``eval.npz`` and cannot make one.
+    """
+    from .bench.run import bench as run_bench
+
+    options: dict[str, Any] = {}
+    if export:
+        options["export"] = True
+    if layers:
+        options["layers"] = True
+    return run_bench(run, None if targets is None else [str(t) for t in targets],
+                     data=str(data) if data else None, json_path=str(json_path) if json_path else None,
+                     quiet=quiet, wait_quiet=wait_quiet, **options)
+
+
+def bundle(run: PathLike, target: str, out: PathLike, *, golden: int = 8, ok_classes: list[str] | None = None,
+           defect_classes: list[str] | None = None, max_escape: float | None = None,
+           max_false_reject: float | None = None, ok_threshold: float | None = None,
+           defect_threshold: float = 0.5, quiet: bool = True) -> dict[str, Any]:
+    """Package an exported target for a device in ``out``: model, preprocessing, QC policy, sha256 of
+    every file and ``golden`` images with their expected logits (the runtime refuses to classify if it
+    does not reproduce them). Open it with ``open_bundle(out)`` (``edge_tl.runtime``, no torch).
+
+    The QC policy: ``ok_classes``/``defect_classes`` split the classes; the ok threshold (a softmax
+    probability in [0, 1]) is fixed (``ok_threshold``) or tuned on the validation split to a
+    false-reject rate (``max_false_reject``, default 0.01) or an escape rate (``max_escape``: the
+    share of defects passed as ok); a defect answer below ``defect_threshold`` becomes ``review``.
+    Give at most one of the three. Returns ``bundle.json``. Raises ArtifactError when the target is not
+    exported (the message gives the command that exports it), ConfigError for a bad option.
+    """
+    from .stages.bundle import bundle as run_bundle
+
+    return run_bundle(run, target, out, golden, ok_classes=ok_classes, defect_classes=defect_classes,
+                      max_false_reject=max_false_reject, ok_threshold=ok_threshold,
+                      defect_threshold=defect_threshold, max_escape=max_escape, quiet=quiet)
+
+
+def run_pipeline(path: PathLike, *, quiet: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]],
+                                                                 dict[str, Any] | None]:
+    """Run a pipeline file (docs/pipeline.md); returns (finetune manifest, bench reports, bundle.json
+    or None). Raises ConfigError for a bad file (naming the key) before anything runs."""
+    from .pipeline import load_pipeline
+    from .pipeline import run_pipeline as run
+
+    load_pipeline(Path(path))
+    _require_training()
+    return run(Path(path), quiet=quiet)
+
+
+def open_bundle(path: PathLike, **kwargs: Any) -> Any:
+    """Open a bundle for inference (``edge_tl.runtime.Runtime``; see ``edge_tl.runtime``)."""
+    from .runtime import open_bundle as run_open
+
+    return run_open(path, **kwargs)
+
+
+__all__ = ["bench", "bundle", "export", "finetune", "open_bundle", "prune", "run_pipeline"]
