@@ -310,15 +310,19 @@ def test_a_file_size_limit_is_one_line(image_folder: Path, tmp_path: Path) -> No
 
 
 def test_a_write_failing_mid_stage_names_its_path(run_copy: Path) -> None:
-    """eval.npz (megabytes) hits a 2 MiB file-size limit while it is written: EFBIG from write(2)
-    names no file; the one line names it."""
+    """float.onnx (8.9 MB) hits a 2 MiB file-size limit while the target folder is staged (eval.npz, compact
+    uint8 crops, fits): EFBIG from write(2) names no file; the one line names the target, and nothing
+    half-written is left."""
     code = f"import sys; from edge_tl.cli import main; sys.exit(main(['export', {str(run_copy)!r}, " \
            "'--target', 'cpu-onnxruntime-fp32', '-q']))"
     proc = _limited(2 * 1024 * 1024, code)
     assert proc.returncode == 2, proc.stderr
     line = _one_error_line(proc.stderr)
-    assert str(run_copy / "eval.npz") in line and "File too large" in line
-    assert not [p for p in run_copy.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    assert str(run_copy / "targets" / "cpu-onnxruntime-fp32") in line and "File too large" in line
+    assert (run_copy / "eval.npz").stat().st_size < 2 * 1024 * 1024
+    for folder in (run_copy, run_copy / "targets"):  # no temporary left behind
+        assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+    assert not (run_copy / "targets" / "cpu-onnxruntime-fp32").exists()
 
 
 def test_a_native_writer_failing_at_the_size_limit_is_named(tmp_path: Path) -> None:
