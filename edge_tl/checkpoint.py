@@ -78,6 +78,12 @@ def load_model(stage_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     torch = require("torch", "train")
     stage_dir = Path(stage_dir)
     manifest = read_manifest(stage_dir)
+    if manifest.get("task") == "anomaly":
+        from .anomaly.model import AnomalySpec, build_anomaly_model
+
+        model = build_anomaly_model(AnomalySpec.from_dict(manifest["anomaly"]))
+        model.load_state_dict(torch.load(stage_dir / MODEL_FILE, map_location="cpu", weights_only=True))
+        return model.eval(), manifest
     model = build_model(manifest["arch"], len(manifest["classes"]))
     if manifest.get("structure"):
         apply_structure(model, manifest["structure"])

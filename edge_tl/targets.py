@@ -34,6 +34,11 @@ class Gates(_Strict):
     max_top1_drop: float | None = Field(None, ge=0, description="points of top-1 below the reference")
     min_agreement: float | None = Field(None, ge=0, le=1, description="fraction of argmax equal to reference")
     max_p95_ms: float | None = Field(None, gt=0, description="batch-1 latency budget, 95th percentile")
+    # Anomaly runs (finetune --task anomaly) are gated on these instead of the two top-1 gates above.
+    max_auroc_drop: float | None = Field(None, ge=0, le=1, description="anomaly: image AUROC below the reference")
+    min_decision_agreement: float | None = Field(None, ge=0, le=1,
+                                                 description="anomaly: fraction of ok/defect decisions equal to "
+                                                 "the reference's")
 
 
 class Quantizer(_Strict):

@@ -28,6 +28,10 @@ class Runner(Protocol):
         """Release the model and any device buffers."""
         ...
 
+    # Runners of graphs with more than one output (an anomaly graph's ``anomaly_map``) also offer
+    # ``run_outputs(batch) -> list[np.ndarray]``: every output in the graph's order (ONNX Runtime,
+    # OpenVINO).
+
 
 @dataclass(frozen=True)
 class RunnerSpec:

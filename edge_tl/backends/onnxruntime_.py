@@ -49,6 +49,11 @@ class OnnxRuntimeRunner:
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
         return np.asarray(out, dtype=np.float32)
 
+    def run_outputs(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the graph, in its order (an anomaly graph: logits, anomaly_map)."""
+        outs = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        return [np.asarray(o, dtype=np.float32) for o in outs]
+
     def close(self) -> None:
         self.session = None
 

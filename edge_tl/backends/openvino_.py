@@ -74,14 +74,23 @@ class OpenVINORunner:
             # Report what really runs: a device that ignored the f32 hint is not an fp32 target.
             self.precision = {"bf16": "bf16", "f16": "fp16"}[self.precision_hint]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> Any:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         request = self._requests.get(x.shape)
         if request is None:
             compiled = compile_static(self._core, self._model, x.shape, self._device, self._config)
             request = self._requests[x.shape] = compiled.create_infer_request()
         request.infer({0: x})
-        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+        return request
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return np.array(self._infer(batch).get_output_tensor(0).data, dtype=np.float32)
+
+    def run_outputs(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the graph, in its order (an anomaly graph: logits, anomaly_map)."""
+        request = self._infer(batch)
+        return [np.array(request.get_output_tensor(i).data, dtype=np.float32)
+                for i in range(len(self._model.outputs))]
 
     def close(self) -> None:
         self._requests.clear()

@@ -115,6 +115,8 @@ def _gates(target: Target, values: dict[str, float | None]) -> list[dict[str, An
     for name, limit in target.gates.model_dump().items():
         if limit is None:
             continue
+        if name not in values:  # a gate of the other task (classifier top-1 vs anomaly AUROC)
+            continue
         value = values.get(name)
         passed = value is not None and (value >= limit if name.startswith("min_") else value <= limit)
         out.append({"name": name, "limit": limit, "value": value, "passed": bool(passed)})
@@ -167,6 +169,14 @@ def _layer_summary(result: dict[str, Any], top: int = 10) -> dict[str, Any]:
             "top": [r | {"share": r["ms"] / total} for r in layers[:top]]}
 
 
+def is_anomaly_run(run: RunDir) -> bool:
+    """True for a ``finetune --task anomaly`` run (its reports carry AUROC and decision figures)."""
+    from ..manifest import read_json
+
+    path = run.finetune / "manifest.json"
+    return path.is_file() and read_json(path).get("task") == "anomaly"
+
+
 def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = True,
                  wait_quiet: float = 0.0, session: dict[str, Any] | None = None, layers: bool = False,
                  steps: Steps | None = None, memory: bool = True, throughput_s: float = 2.0) -> dict[str, Any]:
@@ -178,7 +188,9 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
     resident memory in a fresh process. ``throughput_s``: seconds of the throughput-mode run (0: skip).
     """
     say = steps or Steps(True)
-    base: dict[str, Any] = {"target": target.name, "profile": target.model_dump(), "eval_set": evalset.describe(),
+    anomaly = is_anomaly_run(run)
+    base: dict[str, Any] = {"task": "anomaly" if anomaly else "classification", "target": target.name,
+                            "profile": target.model_dump(), "eval_set": evalset.describe(),
                             "n": len(evalset.labels), "classes": evalset.classes, "host": host_info(),
                             "versions": versions(), "notes": [], "session": session or new_session(),
                             "measured_at": _now()}
@@ -217,6 +229,13 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
         say(f"accuracy on {len(evalset.labels)} images, batch-1 latency ({target.iterations} calls), "
             f"batch-{target.batch_size} throughput…")
         cand = measure(runner, evalset, target)
+        if anomaly:
+            from ..anomaly.report import plot_data
+            from ..manifest import read_json
+
+            pre = read_json(run.finetune / "manifest.json")["preprocessing"]
+            base["anomaly_plot"] = plot_data(runner, evalset, cand["logits"], target.batch_size, pre["mean"],
+                                             pre["std"])
         precision = getattr(runner, "precision", target.precision)
         float_parts = getattr(runner, "float_precision", None)
         engine = getattr(runner, "build_info", None)
@@ -310,8 +329,18 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
                              + ". Re-run on a quiet host (or with --wait-quiet SECONDS).")
         log.warning("UNRELIABLE: %s (%s): %s of %s are not to be trusted", what, "; ".join(unreliable),
                     figure, target.name)
-    gates = _gates(target, {"max_top1_drop": candidate["top1_drop"], "min_agreement": candidate["agreement"],
-                            "max_p95_ms": candidate["latency_ms"]["p95"]})
+    if anomaly:
+        from ..anomaly.metrics import compare
+
+        figures = compare(cand["logits"], evalset.logits, evalset.labels)
+        candidate |= figures["candidate"]
+        reference |= figures["reference"]
+        gates = _gates(target, {"max_auroc_drop": candidate["auroc_drop"],
+                                "min_decision_agreement": candidate["decision_agreement"],
+                                "max_p95_ms": candidate["latency_ms"]["p95"]})
+    else:
+        gates = _gates(target, {"max_top1_drop": candidate["top1_drop"], "min_agreement": candidate["agreement"],
+                                "max_p95_ms": candidate["latency_ms"]["p95"]})
     if state is not None and state["precision"] != "int8":
         base["notes"].append(f"an INT8 profile whose graph is {state['label']}: it runs as a float model "
                              "with quantise/dequantise hops; compare with the float target")
@@ -322,7 +351,9 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
     if layer_info is not None:
         report["layers"] = layer_info
     lat = candidate["latency_ms"]
-    say(f"done: top-1 {100 * candidate['top1']:.2f} % on {evalset.describe()['name']}, p50 {lat['p50']:.2f} ms, "
+    headline = (f"AUROC {candidate['auroc']:.4f}, decision agreement {candidate['decision_agreement']:.4f}"
+                if anomaly and candidate.get("auroc") is not None else f"top-1 {100 * candidate['top1']:.2f} %")
+    say(f"done: {headline} on {evalset.describe()['name']}, p50 {lat['p50']:.2f} ms, "
         + (f"{streams_result['images_per_s']:.0f} img/s in throughput mode, " if streams_result else "")
         + ("passed" if report["passed"] else "FAILED"))
     return report

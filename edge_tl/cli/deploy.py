@@ -11,7 +11,7 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -121,7 +121,8 @@ def _expand(paths: list[Path], require: bool = True) -> list[Path]:
 def _line(p: Prediction, name: str) -> str:
     """One text line of ``predict``: label, score, decision, this image's share of its batch call."""
     batch = f" (batch of {p.batch_size})" if p.batch_size > 1 else ""
-    return f"{p.label:<18} {p.score:.4f}  {p.decision:<7} {p.ms:7.1f} ms/image{batch}  {name}"
+    anomaly = f"anomaly {p.anomaly_score:.3f}  " if p.anomaly_score is not None else ""
+    return f"{p.label:<18} {p.score:.4f}  {anomaly}{p.decision:<7} {p.ms:7.1f} ms/image{batch}  {name}"
 
 
 @app.command()
@@ -144,6 +145,8 @@ def predict(
                                    "classified frames (default: until the stream ends)."),
     device: str = typer.Option(None, "--device", metavar="NAME", help="Override the bundle's device."),
     threads: int = typer.Option(None, "--threads", metavar="N", help="Override the bundle's thread count."),
+    heatmap: Path = typer.Option(None, "--heatmap", metavar="DIR", help="Anomaly bundles: write a PNG overlay "
+                                 "of each image's anomaly map to DIR (image files only)."),
 ) -> None:
     """Classify images, video files or camera streams with a bundle (no torch needed).
 
@@ -177,6 +180,8 @@ def predict(
     failed: list[str] = []
     total = 0
     with Runtime(bundle, device=device, threads=threads) as rt:
+        if heatmap is not None and rt.task != "anomaly":
+            raise EdgeTLError(f"--heatmap needs an anomaly bundle; {bundle} is a classifier")
         for kind, what in groups:
             if kind == "stream":
                 total += _predict_stream(rt, str(what), json_lines, batch, fps, max_frames)
@@ -197,6 +202,8 @@ def predict(
                         errors[f] = str(exc)
                 preds = dict(zip(good, rt.predict_inputs(np.stack(inputs), [str(f) for f in good], started=start),
                                  strict=True)) if good else {}
+                if heatmap is not None and good:
+                    _write_heatmaps(rt, good, np.stack(inputs), heatmap, color)
                 for f in chunk:
                     if f in errors:
                         failed.append(errors[f])
@@ -210,6 +217,17 @@ def predict(
     if failed:
         raise EdgeTLError(f"{len(failed)} of {total} image(s) could not be classified; "
                           f"first: {failed[0]}")
+
+
+def _write_heatmaps(rt: Runtime, files: list[Path], inputs: Any, folder: Path, color: str | None) -> None:
+    """One ``<name>.heatmap.png`` per image in ``folder``: the model's input crop with its anomaly map."""
+    from ..runtime.core import to_image
+    from ..runtime.heatmap import save_overlay
+
+    maps = rt.anomaly_maps(inputs)
+    for f, amap in zip(files, maps, strict=True):
+        crop = rt.preprocess.resize_and_crop(to_image(str(f), color))
+        save_overlay(crop, amap, folder / f"{f.stem}.heatmap.png")
 
 
 def _is_stream(source: str) -> bool:

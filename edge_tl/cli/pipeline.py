@@ -49,11 +49,14 @@ def run_cmd(pipeline: Path = typer.Argument(..., metavar="PIPELINE.toml", help="
 def dataset(name: str = typer.Argument(..., metavar="NAME", help="elpv (solar cells; pip install elpv-dataset)."),
             out: Path = typer.Option(..., "--out", metavar="DIR", help="ImageFolder to create."),
             threshold: float = typer.Option(0.5, help="elpv: defect probability at or above which a cell is "
-                                            "'defect'.")) -> None:
+                                            "'defect'."),
+            anomaly: bool = typer.Option(False, "--anomaly", help="Lay it out for good-only anomaly detection: "
+                                         "train/good (70 % of the defect-free cells), test/good, test/defect.")
+            ) -> None:
     """Import a public defect data set as an ImageFolder."""
     if name != "elpv":
         raise ConfigError(f"unknown data set {name!r}; available: elpv")
-    from ..datasets import import_elpv
+    from ..datasets import import_elpv, import_elpv_anomaly
 
-    counts = import_elpv(out, threshold)
+    counts = import_elpv_anomaly(out, threshold) if anomaly else import_elpv(out, threshold)
     console().print(f"[green]imported[/] elpv -> {out}: {counts}")

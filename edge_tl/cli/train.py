@@ -47,14 +47,45 @@ def finetune(
                                "onnxruntime | torch."),
     input_size: int = typer.Option(None, metavar="N", help="Square input side in pixels (default: the weights' "
                                    "own, 224): larger keeps fine defects visible, at a latency cost."),
+    task: str = typer.Option("classify", metavar="classify|anomaly",
+                             help="classify (an ImageFolder of labelled classes) | anomaly (DATA_DIR holds good "
+                             "images only, or name the good class with --ok-class; PatchCore/PaDiM)."),
+    method: str = typer.Option("patchcore", metavar="patchcore|padim", help="anomaly: the method."),
+    val: Path = typer.Option(None, "--val", metavar="DIR", help="anomaly: labelled folder (a good/ok folder and "
+                             "defect folders) that sets the threshold (one half) and gives AUROC (the other)."),
+    ok_class: str = typer.Option(None, "--ok-class", metavar="NAME", help="anomaly: the good class folder in "
+                                 "DATA_DIR or --val (default: the folder named good or ok)."),
+    coreset: float = typer.Option(0.01, metavar="FRACTION", help="anomaly (patchcore): bank size as a fraction of "
+                                  "the training patches (greedy coreset)."),
+    bank_size: int = typer.Option(None, metavar="N", help="anomaly (patchcore): bank entries (overrides --coreset)."),
+    dim: int = typer.Option(None, metavar="D", help="anomaly: random projection of the patch features to D "
+                            "dimensions (default: none; fewer dimensions cost less per image)."),
+    holdout: float = typer.Option(None, metavar="FRACTION", help="anomaly: good images kept out of the bank for "
+                                  "the threshold and the figures (default 0.2 without --val, 0 with it)."),
+    max_false_reject: float = typer.Option(None, metavar="RATE", help="anomaly: set the threshold so that the "
+                                           "false-reject rate's 95 %% upper bound is within RATE (default with "
+                                           "defect images: max F1; without: 0.05)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
-    """Fine-tune a pretrained backbone on an image folder.
+    """Fine-tune a pretrained backbone on an image folder, or fit a good-only anomaly model (--task anomaly).
 
     Writes RUN/finetune/ (model.pt, manifest.json, split.json). Needs the train extra (torch):
     pip install 'edge-tl[train]'.
     """
     require_training()
+    if task == "anomaly":
+        from ..anomaly.fit import fit_anomaly
+
+        manifest = fit_anomaly(data_dir, out, arch=arch, weights=weights, method=method, val_dir=val,
+                               ok_class=ok_class, holdout=holdout, coreset=coreset, bank_size=bank_size, dim=dim,
+                               resize=resize, input_size=input_size, max_false_reject=max_false_reject, seed=seed,
+                               engine=engine, quiet=quiet or state.quiet)
+        console().print(anomaly_summary(manifest, out), soft_wrap=True)
+        return
+    if task != "classify":
+        from ..errors import ConfigError
+
+        raise ConfigError(f"unknown --task {task!r}; choose classify or anomaly")
     from ..stages.finetune import finetune as run_finetune
     from ..training import TrainConfig
 
@@ -76,3 +107,19 @@ def finetune_summary(manifest: dict, out: Path) -> str:
             f"val top-1 {m['val_top1']:.4f}, balanced accuracy {m['val_balanced_accuracy']:.4f} "
             f"(best epoch {m['best_epoch']}), {t['train_seconds']:.1f} s on {t['device']} -> {out / 'finetune'}\n"
             f"per-class recall (validation): {recalls}")
+
+
+def anomaly_summary(manifest: dict, out: Path) -> str:
+    """Two lines: the bank, threshold rule and time; the held-out figures."""
+    m, b, t = manifest["metrics"], manifest["bank"], manifest["timings"]
+
+    def f(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    return (f"[green]fitted[/] {manifest['method']['name']} on {manifest['data']['train_good']} good images "
+            f"({manifest['arch']}): bank {b['entries']} x {b['dim']} ({b['mb']:.1f} MB), threshold "
+            f"{manifest['threshold']['raw']:.4g} ({manifest['threshold']['rule']}), {t['train_seconds']:.1f} s "
+            f"-> {out / 'finetune'}\n"
+            f"held out ({m['val_n_good']} good, {m['val_n_defect']} defect): AUROC {f(m['val_auroc'])}, "
+            f"F1 {f(m['val_f1'])}, false-reject {f(m['val_false_reject_rate'])}, escape {f(m['val_escape_rate'])}; "
+            f"AUROC on all labelled images {f(m['auroc_all_labelled'])}")

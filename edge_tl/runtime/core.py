@@ -62,6 +62,8 @@ class Prediction:
     path: str | None = None
     batch_size: int = 1
     batch_ms: float | None = None
+    # Anomaly bundles: the normalised anomaly score (1.0 = the shipped threshold; defect above it).
+    anomaly_score: float | None = None
 
     def to_dict(self, logits: bool = False) -> dict[str, Any]:
         """JSON-ready fields: path, label, score, decision, ms_per_image (``ms``), batch_size, batch_ms
@@ -70,6 +72,8 @@ class Prediction:
         out: dict[str, Any] = {"path": self.path, "label": self.label, "score": round(self.score, 6),
                                "decision": self.decision, "ms_per_image": round(self.ms, 3),
                                "batch_size": self.batch_size, "batch_ms": round(batch_ms, 3)}
+        if self.anomaly_score is not None:
+            out["anomaly_score"] = round(self.anomaly_score, 6)
         if logits:
             out["logits"] = [float(v) for v in self.logits]
         return out
@@ -151,6 +155,7 @@ class Runtime:
         self.manifest = read_bundle(self.path, verify=verify)
         m = self.manifest
         self.classes: list[str] = list(m["classes"])
+        self.task: str = m.get("task", "classification")
         self.preprocess = Preprocess.from_dict(m["preprocessing"])
         self.policy = Policy.from_dict(m["policy"], self.classes)
         model = m["model"]
@@ -274,9 +279,27 @@ class Runtime:
         batch_ms = (time.perf_counter() - start) * 1000.0
         n = max(1, len(inputs))
         out = []
+        anomaly = self.task == "anomaly"
         for path, row, (k, score, decision) in zip(paths, logits, self.policy.decide_logits(logits), strict=True):
-            out.append(Prediction(self.classes[k], k, score, decision, batch_ms / n, row, path, n, batch_ms))
+            s = float(row[1] - row[0] + 1.0) if anomaly else None  # logits [0, s - 1]: see anomaly.model
+            out.append(Prediction(self.classes[k], k, score, decision, batch_ms / n, row, path, n, batch_ms, s))
         return out
+
+    def anomaly_maps(self, inputs: np.ndarray) -> np.ndarray:
+        """(N, h, w) normalised anomaly maps (1.0 = the threshold) of inputs made by ``prepare``.
+
+        Raises EdgeTLError for a classifier bundle or a backend whose runner returns one output only.
+        """
+        if self.task != "anomaly":
+            raise EdgeTLError(f"{self.path} is a classifier bundle: it has no anomaly map")
+        run_outputs = getattr(self._runner, "run_outputs", None)
+        if run_outputs is None:
+            raise EdgeTLError(f"the {self.backend} runner returns no anomaly map")
+        maps = []
+        for i in range(0, len(inputs), self.batch_size):
+            with self._lock:
+                maps.append(run_outputs(inputs[i:i + self.batch_size])[1][:, 0])
+        return np.concatenate(maps) if maps else np.zeros((0, 1, 1), np.float32)
 
     def probabilities(self, images: Sequence[ImageInput], *, color: str | None = None) -> np.ndarray:
         """(N, classes) softmax probabilities."""

@@ -220,6 +220,7 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
                 "name": f"{run.root.name}-{t.name}",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "classes": classes,
+                **anomaly_section(run),
                 "preprocessing": pre.to_dict(),
                 "input": {"name": "input", "layout": "NCHW", "dtype": "float32",
                           "shape": [None, 3, pre.crop, pre.crop],
@@ -249,6 +250,19 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
         runner.close()
     log.debug("bundle written in %.1f s", time.perf_counter() - started)
     return manifest
+
+
+def anomaly_section(run: RunDir) -> dict[str, Any]:
+    """``task`` and, for an anomaly run, ``anomaly``: method, bank (entries, MB, sha256), threshold and
+    normalisation. The bank and the threshold are constants inside the model file, whose sha256 the
+    runtime checks on open: a changed byte in either refuses to open."""
+    ft = read_manifest(run.finetune, verify=False)
+    if ft.get("task") != "anomaly":
+        return {"task": "classification"}
+    return {"task": "anomaly", "anomaly": {"method": ft["method"]["name"], "bank": ft["bank"],
+                                           "threshold": ft["threshold"], "normalisation": ft["normalisation"],
+                                           "in_model_file": "bank, threshold and normalisation are constants "
+                                                            "of the graph"}}
 
 
 def _self_check(folder: Path, t: Target) -> None:

@@ -27,18 +27,21 @@ FLOAT_ONNX = "float.onnx"
 
 
 def export_onnx(model: Any, path: Path, input_size: int, opset: int) -> None:
-    """Export with a dynamic batch axis (input ``input``, output ``logits``) and check the graph."""
+    """Export with a dynamic batch axis (input ``input``, output ``logits``; an anomaly model adds
+    ``anomaly_map``, see ``anomaly.model``) and check the graph."""
     torch = require("torch", "train")
     onnx = require("onnx", "train")
     import warnings
 
     model = model.eval().cpu()
+    names = list(getattr(model, "output_names", ("logits",)))
+    module = model.for_export() if hasattr(model, "for_export") else model
     dummy = torch.zeros(1, 3, input_size, input_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=opset,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(module, (dummy,), str(path), dynamo=False, opset_version=opset,
+                          input_names=["input"], output_names=names,
+                          dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}})
     onnx.checker.check_model(str(path))
 
 
@@ -74,6 +77,8 @@ def export(run_dir: str | Path, target_name: str, calibration: str | None = None
         log.warning("--calibration is ignored: %s is not an INT8 target", target.name)
     if qat_epochs < 0:
         raise ConfigError(f"--qat takes a number of epochs ≥ 0, got {qat_epochs}")
+    if qat_epochs and src_manifest.get("task") == "anomaly":
+        raise ConfigError("--qat trains a classifier; an anomaly model has nothing to train (export it without --qat)")
     if qat_epochs and not target.quantized:
         log.warning("--qat is ignored: %s is not an INT8 target", target.name)
     evalset = load_eval_set(ensure_eval_set(run, quiet))

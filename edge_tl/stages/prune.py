@@ -149,6 +149,9 @@ def prune_run(run_dir: str | Path, ratio: float, recover_epochs: int | None = No
     model, ft_manifest = load_model(ft)
     if ft_manifest.get("structure"):
         raise ArtifactError(f"{ft} holds an already pruned model; prune the fine-tuned one")
+    if ft_manifest.get("task") == "anomaly":
+        raise ConfigError(f"{ft} is an anomaly model: prune works on classifiers (shrink an anomaly model "
+                          "with --bank-size, --dim or --input-size instead)")
     arch, classes = ft_manifest["arch"], ft_manifest["classes"]
     pre = Preprocess.from_dict(ft_manifest["preprocessing"])
     root, train, val = split_from_json(read_json(ft / "split.json"))

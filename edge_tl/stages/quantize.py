@@ -560,11 +560,38 @@ def _quiet_library_logging() -> Iterator[None]:
         nncf_logger.setLevel(saved[1])
 
 
+# An anomaly graph (``anomaly.model``) quantises its backbone only: the nearest-neighbour distances
+# ‖a‖² − 2a·b + ‖b‖² subtract large, nearly equal terms, and with the bank in 8 bits every decision of
+# the synthetic test set's model flipped (agreement 0.5 at any fallback). Nodes outside the backbone
+# (exported under ``/features/``) stay float on every backend.
+ANOMALY_OUTPUT = "anomaly_map"
+BACKBONE_SCOPE = "/features/"
+
+
+def fixed_float_onnx(graph: Any) -> list[str]:
+    """Names of the nodes of an ONNX graph that must stay float (an anomaly graph's distance part)."""
+    if not any(o.name == ANOMALY_OUTPUT for o in graph.output):
+        return []
+    return [n.name for n in graph.node if not n.name.startswith(BACKBONE_SCOPE)]
+
+
+def fixed_float_openvino(model: Any) -> list[str]:
+    """The same for an OpenVINO model converted from the ONNX graph (friendly names keep the ONNX names)."""
+    if not any(ANOMALY_OUTPUT in o.get_names() for o in model.outputs):
+        return []
+    return [op.get_friendly_name() for op in model.get_ops()
+            if op.get_type_name() not in ("Parameter", "Result", "Constant")
+            and not op.get_friendly_name().startswith(BACKBONE_SCOPE)]
+
+
 def _qdq(pre_path: Path, out_path: Path, settings: dict[str, Any], cache: Path,
          reader: _Reader | None = None, exclude: list[str] | tuple[str, ...] = ()) -> None:
     """One quantize_static call; ranges come from ``cache`` (computed from ``reader`` the first time)."""
+    import onnx
+
     qz = require("onnxruntime.quantization", "runtime")
     qtype = {"uint8": qz.QuantType.QUInt8, "int8": qz.QuantType.QInt8}
+    exclude = [*exclude, *fixed_float_onnx(onnx.load(str(pre_path), load_external_data=False).graph)]
     extra: dict[str, Any] = {"ActivationSymmetric": settings["activation_symmetric"],
                              "WeightSymmetric": settings["weight_symmetric"],
                              "QuantizeBias": settings["quantize_bias"]}
@@ -989,9 +1016,10 @@ def nncf_quantize_onnx(float_onnx: Path, dest: Path, inputs: np.ndarray, signed:
     n = len(inputs)
     calib = nncf.Dataset([inputs[i:i + 1] for i in range(n)], lambda x: {input_name: x})
     extra: dict[str, Any] = {}
-    if pixels is not None:
-        # Quantisers in front of the restoring ops would round the normalised input again.
-        extra["ignored_scope"] = nncf.IgnoredScope(names=list(pixels.float_ops), validate=False)
+    # Quantisers in front of the restoring ops would round the normalised input again.
+    float_ops = [*(pixels.float_ops if pixels is not None else ()), *fixed_float_onnx(model.graph)]
+    if float_ops:
+        extra["ignored_scope"] = nncf.IgnoredScope(names=float_ops, validate=False)
     t0 = time.perf_counter()
     with _quiet_library_logging():
         qmodel = nncf.quantize(
@@ -1228,9 +1256,10 @@ def _quantize_openvino(target: Target, float_onnx: Path, out_dir: Path, cset: Ca
     calib = nncf.Dataset([cset.inputs[i:i + 1] for i in range(n)])
     common = {"subset_size": n, "fast_bias_correction": False, "target_device": _nncf_device(target.device),
               "preset": nncf.QuantizationPreset.PERFORMANCE}
-    if pixels is not None:
-        # Quantisers in front of the restoring ops would round the normalised input again.
-        common["ignored_scope"] = nncf.IgnoredScope(names=list(pixels.float_ops))
+    # Quantisers in front of the restoring ops would round the normalised input again.
+    float_ops = [*(pixels.float_ops if pixels is not None else ()), *fixed_float_openvino(model)]
+    if float_ops:
+        common["ignored_scope"] = nncf.IgnoredScope(names=float_ops, validate=False)
     t0 = time.perf_counter()
     with _quiet_library_logging():
         qmodel = nncf.quantize(model, calib, **common)

@@ -1,0 +1,1 @@
+"""Good-only anomaly detection (``finetune --task anomaly``): PatchCore and PaDiM on ImageNet features."""

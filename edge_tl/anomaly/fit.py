@@ -1,0 +1,413 @@
+"""``edge-tl finetune GOOD_DIR --task anomaly``: good images -> ``RUN/finetune/`` (PatchCore or PaDiM).
+
+The run looks like a two-class classifier run to every later stage (classes ``[good, defect]``, a
+``split.json`` whose ``val`` images build ``eval.npz``), so export, bench, bundle and the device runtime
+take it unchanged; see :mod:`.model` for the graph's outputs.
+
+Which images do what (held-out truth):
+
+- ``train``: good images only, the ones the bank (or the Gaussians) is built from.
+- ``threshold``: labelled images that choose the threshold; never scored in the reported figures.
+- ``val``: labelled images the figures (and later ``eval.npz``, the bench, the bundle's policy) come from.
+
+The labelled images are the good images held out of ``GOOD_DIR`` (``holdout``), the images of ``--val
+DIR`` (its good class and every other class as ``defect``) and, when ``GOOD_DIR`` is an ImageFolder with
+``--ok-class``, its other classes as ``defect``. They are split in two halves per class (seeded). AUROC
+needs no threshold and is also given on both halves together (``auroc_all_labelled``).
+
+Threshold: with defect images among the ``threshold`` images, the one that maximises F1 (defect as the
+positive class) there, as anomalib's adaptive threshold does; with good images only, or with
+``max_false_reject`` set, the lowest one whose one-sided Clopper-Pearson upper bound of the false-reject
+rate on the ``threshold`` good images is within ``max_false_reject``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import Sample, _check, find_files, name_left_out, stratified_split
+from ..errors import ConfigError, DataError
+from ..progress import progress
+from .metrics import decision_metrics
+from .model import METHODS, AnomalySpec, backbone_stages, build_anomaly_model, stride_cuts
+
+log = logging.getLogger("edge_tl")
+
+CLASSES = ["good", "defect"]
+GOOD_NAMES = ("good", "ok")
+# Patches kept per fit before the coreset (a random subset when there are more): bounds memory and the
+# coreset's time on a CPU (k-center is k passes over the pool).
+MAX_POOL = 200_000
+PADIM_EPS = 0.01  # the paper's covariance regulariser
+
+
+def _decodable(paths: list[Path], workers: int = 4) -> tuple[list[Path], list[dict[str, str]]]:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = list(pool.map(_check, paths))
+    ok = [p for p, r in zip(paths, reasons, strict=True) if r is None]
+    bad = [{"path": str(p), "reason": r} for p, r in zip(paths, reasons, strict=True) if r is not None]
+    if bad:
+        log.warning("skipped %s", name_left_out([b["path"] for b in bad], "unreadable image(s)"))
+    return ok, bad
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _good_class(folder: Path, classes: list[str], ok_class: str | None, flag: str) -> str:
+    if ok_class is not None:
+        if ok_class not in classes:
+            raise DataError(f"{folder} has no class folder {ok_class!r} (found {', '.join(classes)})")
+        return ok_class
+    named = [c for c in classes if c.lower() in GOOD_NAMES]
+    if len(named) != 1:
+        raise DataError(f"{folder} has class folders {', '.join(classes)}: name the good one with {flag}")
+    return named[0]
+
+
+def scan_good_and_labelled(good_dir: Path, val_dir: Path | None, ok_class: str | None
+                           ) -> tuple[list[Path], list[tuple[Path, int]], list[dict[str, str]]]:
+    """(good training candidates, labelled images (path, 0 good / 1 defect), skipped files).
+
+    ``good_dir``: a folder of good images (any depth), or an ImageFolder whose good class is ``ok_class``.
+    Raises DataError for a missing or empty folder, or class folders without a named good class.
+    """
+    if not good_dir.is_dir():
+        raise DataError(f"data folder not found: {good_dir}")
+    classes = _class_dirs(good_dir)
+    labelled: list[tuple[Path, int]] = []
+    skipped: list[dict[str, str]] = []
+    if ok_class is not None or len(classes) >= 2:
+        good_cls = _good_class(good_dir, classes, ok_class, "--ok-class")
+        good, bad = _decodable(find_files(good_dir / good_cls)[0])
+        skipped += bad
+        for c in classes:
+            if c != good_cls:
+                imgs, bad = _decodable(find_files(good_dir / c)[0])
+                labelled += [(p, 1) for p in imgs]
+                skipped += bad
+    else:
+        images, others = find_files(good_dir)
+        if others:
+            log.warning("left out %s under %s", name_left_out([str(p.relative_to(good_dir)) for p in others]),
+                        good_dir)
+        good, bad = _decodable(images)
+        skipped += bad
+    if not good:
+        raise DataError(f"no readable good images under {good_dir}")
+    if val_dir is not None:
+        if not val_dir.is_dir():
+            raise DataError(f"--val folder not found: {val_dir}")
+        vclasses = _class_dirs(val_dir)
+        if len(vclasses) < 2:
+            raise DataError(f"--val {val_dir} needs a good folder and at least one defect folder")
+        good_cls = _good_class(val_dir, vclasses, ok_class, "--ok-class")
+        for c in vclasses:
+            imgs, bad = _decodable(find_files(val_dir / c)[0])
+            labelled += [(p, 0 if c == good_cls else 1) for p in imgs]
+            skipped += bad
+    return good, labelled, skipped
+
+
+def _batches(paths: list[Path], pre: Any, batch: int) -> Any:
+    """NCHW float32 batches of preprocessed images (one that fails to decode now is skipped and named)."""
+    from ..preprocess import load_image
+
+    for i in range(0, len(paths), batch):
+        arrs, kept = [], []
+        for p in paths[i:i + batch]:
+            try:
+                arrs.append(pre(load_image(p)))
+                kept.append(p)
+            except Exception as exc:  # noqa: BLE001 - one bad image costs itself, not the fit
+                log.warning("skipped %s (%s: %s)", p, type(exc).__name__, exc)
+        if arrs:
+            yield np.stack(arrs).astype(np.float32), kept
+
+
+def _features(engine: Any, paths: list[Path], pre: Any, quiet: bool, what: str,
+              batch: int = 32) -> tuple[list[np.ndarray], list[Path]]:
+    """Patch features (B, D, h, w) per batch for ``paths``, and the paths that decoded."""
+    import torch
+
+    out, kept = [], []
+    with progress(quiet) as bar:
+        task = bar.add_task(what, total=len(paths), info="")
+        for x, ok in _batches(paths, pre, batch):
+            out.append(engine(torch.from_numpy(x)).numpy())
+            kept += ok
+            bar.advance(task, len(ok))
+    return out, kept
+
+
+def _fit_patchcore(feats: list[np.ndarray], coreset: float, bank_size: int | None, seed: int,
+                   quiet: bool) -> tuple[np.ndarray, dict[str, Any]]:
+    from .coreset import greedy_coreset
+
+    dim = feats[0].shape[1]
+    total = sum(f.shape[0] * f.shape[2] * f.shape[3] for f in feats)
+    patches = np.concatenate([f.transpose(0, 2, 3, 1).reshape(-1, dim) for f in feats])
+    rng = np.random.default_rng(seed)
+    if len(patches) > MAX_POOL:
+        patches = patches[np.sort(rng.choice(len(patches), MAX_POOL, replace=False))]
+    k = bank_size if bank_size is not None else max(1, math.ceil(coreset * total))
+    k = min(k, len(patches))
+    started = time.perf_counter()
+    idx = greedy_coreset(patches, k, seed=seed)
+    bank = np.ascontiguousarray(patches[idx], dtype=np.float32)
+    return bank, {"patches": int(total), "pool": len(patches), "entries": int(k),
+                  "fraction": k / total, "coreset_seconds": time.perf_counter() - started,
+                  "selection": "greedy k-center on a 64-d random projection (Sener & Savarese 2018)"}
+
+
+def _fit_padim(feats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    import torch
+
+    x = torch.from_numpy(np.concatenate(feats)).double()  # (N, D, h, w)
+    n, d = x.shape[:2]
+    if n < 2:
+        raise DataError("PaDiM needs at least 2 good training images")
+    x = x.flatten(2).permute(2, 0, 1)  # (P, N, D)
+    mean = x.mean(1)
+    delta = x - mean.unsqueeze(1)
+    cov = delta.transpose(1, 2) @ delta / (n - 1) + PADIM_EPS * torch.eye(d, dtype=torch.float64)
+    inv = torch.linalg.inv(cov)
+    return mean.float().numpy(), inv.float().numpy(), {"positions": int(mean.shape[0]), "eps": PADIM_EPS}
+
+
+def raw_scores(model: Any, engine: Any, paths: list[Path], pre: Any, quiet: bool,
+               what: str) -> tuple[np.ndarray, list[Path]]:
+    """Raw image scores (max patch distance, before normalisation) of ``paths``."""
+    import torch
+
+    scores, kept = [], []
+    with progress(quiet) as bar, torch.inference_mode():
+        task = bar.add_task(what, total=len(paths), info="")
+        for x, ok in _batches(paths, pre, 16):
+            amap = model.head(engine(torch.from_numpy(x)))
+            scores.append(amap.flatten(1).max(1).values.numpy())
+            kept += ok
+            bar.advance(task, len(ok))
+    return (np.concatenate(scores) if scores else np.zeros(0, np.float32)), kept
+
+
+def choose_threshold(scores: np.ndarray, labels: np.ndarray, max_false_reject: float | None,
+                     confidence: float) -> dict[str, Any]:
+    """The decision threshold on raw scores, and how it was chosen (module docstring)."""
+    from ..runtime.policy import _events_allowed, rate_upper_bound
+
+    good = np.sort(scores[labels == 0])
+    if not len(good):
+        raise DataError("no good images to set the threshold on (hold some out or give --val)")
+    if (labels == 1).any() and max_false_reject is None:
+        cand = np.unique(scores)
+        best, best_f1 = 0, -1.0
+        for i, t in enumerate(cand):  # defect when score > t
+            pred = scores > t
+            tp = int((pred & (labels == 1)).sum())
+            f1 = 2 * tp / max(1, int(pred.sum()) + int((labels == 1).sum()))
+            if f1 > best_f1:
+                best, best_f1 = i, f1
+        # Midway to the next score up: the same decisions here, the widest margin for new images.
+        raw = float(cand[best] + cand[best + 1]) / 2 if best + 1 < len(cand) else float(cand[best])
+        return {"rule": "max F1 on the threshold images (midway between the two scores it separates)",
+                "raw": raw, "f1": best_f1}
+    target = 0.05 if max_false_reject is None else max_false_reject
+    k = _events_allowed(len(good), target, confidence)
+    note = None
+    if k < 0:
+        k = 0
+        note = (f"{len(good)} good threshold images cannot show a false-reject rate within {target:.3g} at "
+                f"{confidence:.0%} confidence; the threshold is the highest good score")
+    raw = float(good[len(good) - 1 - k])
+    return {"rule": f"false-reject upper bound within {target:.3g} at {confidence:.0%} confidence",
+            "raw": raw, "good_above": k, "false_reject_upper_bound": rate_upper_bound(k, len(good), confidence),
+            "note": note}
+
+
+def fit_anomaly(good_dir: str | Path, out: str | Path, *, arch: str = "mobilenet_v2", weights: str = "imagenet",
+                method: str = "patchcore", val_dir: str | Path | None = None, ok_class: str | None = None,
+                holdout: float | None = None, coreset: float = 0.01, bank_size: int | None = None,
+                dim: int | None = None, resize: str = "shorter", input_size: int | None = None,
+                max_false_reject: float | None = None, confidence: float = 0.95, seed: int = 0,
+                engine: str = "auto", quiet: bool = True) -> dict[str, Any]:
+    """Fit PatchCore or PaDiM on the good images of ``good_dir``; write ``out/finetune/``; return its manifest.
+
+    ``coreset``: the PatchCore bank as a fraction of all training patches (``bank_size`` overrides it
+    with a count). ``dim``: features after the random projection (default: no projection).
+    ``holdout``: share of the good images kept out of the bank for the threshold and the figures
+    (default 0.2 without ``--val``, 0 with it). Raises DataError/ConfigError before any work for bad
+    input; nothing is written until the fit has finished.
+    """
+    import dataclasses
+
+    import torch
+
+    from ..features import PrefixEngine
+    from ..manifest import check_writable, staged_folder, write_json, write_manifest
+    from ..models import preprocessing_for
+    from ..rundir import RunDir
+    from ..stages.finetune import choose_resize
+    from ..weights import resolve_weights
+
+    if method not in METHODS:
+        raise ConfigError(f"unknown --method {method!r}; choose {', '.join(METHODS)}")
+    if not 0 < coreset <= 1:
+        raise ConfigError(f"--coreset is a fraction of the training patches in (0, 1], got {coreset}")
+    if bank_size is not None and bank_size < 1:
+        raise ConfigError(f"--bank-size must be at least 1, got {bank_size}")
+    if max_false_reject is not None and not 0 < max_false_reject < 1:
+        raise ConfigError(f"--max-false-reject must be in (0, 1), got {max_false_reject}")
+    check_writable(out)
+    good_dir = Path(good_dir)
+    good, labelled, skipped = scan_good_and_labelled(good_dir, Path(val_dir) if val_dir else None, ok_class)
+    holdout = (0.0 if val_dir else 0.2) if holdout is None else holdout
+    if not 0 <= holdout < 1:
+        raise ConfigError(f"--holdout must be in [0, 1), got {holdout}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(good))
+    n_hold = round(holdout * len(good))
+    train = [good[i] for i in sorted(order[n_hold:])]
+    labelled = [(good[i], 0) for i in sorted(order[:n_hold])] + labelled
+    if not train:
+        raise DataError(f"no good images left to fit on under {good_dir}")
+    if sum(1 for _, y in labelled if y == 0) < 2:
+        raise DataError("at least 2 labelled good images are needed for the threshold and the figures: "
+                        "raise --holdout or give --val DIR with a good folder")
+    # Threshold half / reported half, per class.
+    lab_samples = [Sample(str(p.resolve()), y) for p, y in labelled]
+    counts = np.bincount([s.label for s in lab_samples], minlength=2)
+    if counts[1] == 1:
+        raise DataError("a single defect image cannot be split between the threshold and the figures")
+    thr_samples, val_samples = stratified_split(lab_samples, 0.5, seed)
+
+    state, source = resolve_weights(arch, weights)
+    pre = preprocessing_for(arch, source.get("entry"))
+    if input_size is not None:
+        if not 32 <= input_size <= 1024:
+            raise ConfigError(f"--input-size must be between 32 and 1024 pixels, got {input_size}")
+        pre = dataclasses.replace(pre, crop=input_size, resize=round(input_size * pre.resize / pre.crop))
+    from ..data import ImageFolder
+
+    probe = ImageFolder(Path("/"), CLASSES, [Sample(str(p.resolve()), 0) for p in train])
+    mode, resize_info = choose_resize(probe, probe.samples, pre, resize)
+    pre = dataclasses.replace(pre, resize_mode=mode)
+
+    import torchvision.models as tvm
+
+    backbone = getattr(tvm, arch)(weights=None)
+    backbone.load_state_dict(state)
+    cut8, cut16, chans = stride_cuts(backbone_stages(backbone, arch).copy(), pre.crop)
+    channels = sum(chans)
+    dim = channels if dim is None else dim
+    if not 1 <= dim <= channels:
+        raise ConfigError(f"--dim must be between 1 and {channels} (the features' channels), got {dim}")
+    grid = math.ceil(pre.crop / 8)
+
+    started = time.time()
+    torch.manual_seed(seed)
+    spec = AnomalySpec(arch, method, cut8, cut16, channels, dim, bank=1, grid=grid)
+    model = build_anomaly_model(spec, state)
+    if dim != channels:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            model.features.project.weight.copy_(torch.randn(dim, channels, 1, 1, generator=gen) / dim ** 0.5)
+    feat_engine = PrefixEngine(model.features, (3, pre.crop, pre.crop), "cpu", engine)
+    feats, train_kept = _features(feat_engine, train, pre, quiet, "features (good images)")
+    if not feats:
+        raise DataError(f"none of the good images under {good_dir} can be read")
+    grid_hw = feats[0].shape[2:]
+    if method == "patchcore":
+        bank, bank_info = _fit_patchcore(feats, coreset, bank_size, seed, quiet)
+        spec = dataclasses.replace(spec, bank=len(bank), grid=int(grid_hw[0]))
+        model = build_anomaly_model(spec, state)
+        model.load_state_dict({**_features_state(feat_engine.module), "head.bank": torch.from_numpy(bank),
+                               "head.bank_sq": torch.from_numpy((bank * bank).sum(1)),
+                               "threshold": torch.ones(())})
+        stored = [bank]
+    else:
+        mean, inv, bank_info = _fit_padim(feats)
+        spec = dataclasses.replace(spec, bank=len(mean), grid=int(grid_hw[0]))
+        model = build_anomaly_model(spec, state)
+        model.load_state_dict({**_features_state(feat_engine.module), "head.mean": torch.from_numpy(mean),
+                               "head.inv_cov": torch.from_numpy(inv), "threshold": torch.ones(())})
+        stored = [mean, inv]
+    del feats
+    fit_seconds = time.time() - started
+
+    thr_paths = [Path(s.path) for s in thr_samples]
+    thr_raw, thr_kept = raw_scores(model, feat_engine, thr_paths, pre, quiet, "threshold images")
+    thr_labels = _labels_of(thr_samples, thr_kept)
+    threshold = choose_threshold(thr_raw, thr_labels, max_false_reject, confidence)
+    if threshold["raw"] <= 0:
+        raise DataError("every threshold image scores 0: the good images leave nothing to tell apart")
+    model.threshold.fill_(threshold["raw"])
+    val_paths = [Path(s.path) for s in val_samples]
+    val_raw, val_kept = raw_scores(model, feat_engine, val_paths, pre, quiet, "validation images")
+    val_labels = _labels_of(val_samples, val_kept)
+    s_val, s_thr = val_raw / threshold["raw"], thr_raw / threshold["raw"]
+    val_m = decision_metrics(s_val, val_labels)
+    all_m = decision_metrics(np.concatenate([s_thr, s_val]), np.concatenate([thr_labels, val_labels]))
+    from ..bench.accuracy import classification_metrics
+
+    logits = np.stack([np.zeros_like(s_val), s_val - 1], 1)
+    cls = classification_metrics(logits, val_labels, CLASSES)
+
+    bank_bytes = b"".join(np.ascontiguousarray(a, np.float32).tobytes() for a in stored)
+    run = RunDir(Path(out))
+    from ..checkpoint import MODEL_FILE, save_state
+
+    with staged_folder(run.finetune) as tmp:
+        save_state(model, tmp / MODEL_FILE)
+        write_json(tmp / "split.json", {
+            "root": "/", "classes": CLASSES, "seed": seed, "val_fraction": 0.5, "task": "anomaly",
+            "train": [[str(p.resolve()), 0] for p in train_kept],
+            "threshold": [[str(p.resolve()), int(y)] for p, y in zip(thr_kept, thr_labels, strict=True)],
+            "val": [[str(p.resolve()), int(y)] for p, y in zip(val_kept, val_labels, strict=True)],
+            "skipped": skipped})
+        manifest = write_manifest(
+            tmp, "finetune", files=[MODEL_FILE, "split.json"],
+            arch=arch, classes=CLASSES, preprocessing=pre.to_dict(), structure=None, weights=source,
+            task="anomaly", mode=f"anomaly ({method})", anomaly=spec.to_dict(),
+            method={"name": method, "source": {"patchcore": "Roth et al., CVPR 2022",
+                                               "padim": "Defard et al., ICPR 2021"}[method],
+                    "layers": {"stride_8": f"backbone stages [0, {cut8})", "stride_16": f"stages [{cut8}, {cut16})",
+                               "channels": chans}, "aggregation": "3x3 average", "projection_dim": dim,
+                    **bank_info},
+            bank={"entries": spec.bank, "dim": dim, "mb": len(bank_bytes) / 1e6,
+                  "sha256": hashlib.sha256(bank_bytes).hexdigest()},
+            threshold=threshold,
+            normalisation={"score": "raw / threshold (1.0 = the threshold)",
+                           "logits": "[0, score - 1]: argmax is defect exactly when score > 1",
+                           "anomaly_map": "each patch's raw distance / threshold, stride 8"},
+            resize=resize_info,
+            data={"root": str(good_dir.resolve()), "val_dir": str(Path(val_dir).resolve()) if val_dir else None,
+                  "n_images": len(train_kept) + len(thr_kept) + len(val_kept), "train_good": len(train_kept),
+                  "threshold_per_class": np.bincount(thr_labels, minlength=2).tolist(),
+                  "val_per_class": np.bincount(val_labels, minlength=2).tolist(), "skipped": skipped},
+            metrics={"val_top1": cls["top1"], "val_balanced_accuracy": cls["balanced_accuracy"],
+                     "per_class_recall": cls["per_class_recall"], "confusion": cls["confusion"],
+                     **{f"val_{k}": v for k, v in val_m.items()},
+                     "auroc_all_labelled": all_m["auroc"], "best_epoch": 0, "history": []},
+            timings={"started": started, "train_seconds": fit_seconds, "seconds_per_epoch": fit_seconds,
+                     "device": "cpu", "world_size": 1, "feature_engine": feat_engine.name},
+        )
+    return manifest
+
+
+def _features_state(features: Any) -> dict[str, Any]:
+    return {f"features.{k}": v for k, v in features.state_dict().items()}
+
+
+def _labels_of(samples: list[Sample], kept: list[Path]) -> np.ndarray:
+    by_path = {s.path: s.label for s in samples}
+    return np.asarray([by_path[str(p)] for p in kept], np.int64)

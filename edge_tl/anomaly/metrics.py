@@ -1,0 +1,68 @@
+"""Anomaly figures from normalised scores (numpy only: a device bench needs no torch or scikit-learn).
+
+A normalised score ``s`` is the raw score divided by the shipped threshold: ``s > 1`` is ``defect``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def scores_from_logits(logits: np.ndarray) -> np.ndarray:
+    """Normalised scores (N,) from an anomaly graph's logits (N, 2) = ``[0, s - 1]``."""
+    return (logits[:, 1] - logits[:, 0] + 1.0).astype(np.float64)
+
+
+def auroc(labels: np.ndarray, s: np.ndarray) -> float | None:
+    """Image AUROC (defect = 1 positive), None without both classes.
+
+    scikit-learn's ``roc_auc_score`` where it is installed; otherwise the same number from the
+    Mann-Whitney U statistic with tied scores given their mean rank (so a device bench without
+    scikit-learn reports it too).
+    """
+    pos, neg = labels == 1, labels == 0
+    if not pos.any() or not neg.any():
+        return None
+    try:
+        from sklearn.metrics import roc_auc_score
+    except ImportError:
+        order = np.argsort(s, kind="mergesort")
+        ranks = np.empty(len(s), np.float64)
+        sorted_s = s[order]
+        i = 0
+        while i < len(s):  # mean rank over each run of ties (1-based)
+            j = i
+            while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+                j += 1
+            ranks[order[i:j + 1]] = (i + j) / 2 + 1
+            i = j + 1
+        n_pos, n_neg = int(pos.sum()), int(neg.sum())
+        return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(labels, s))
+
+
+def decision_metrics(s: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """AUROC, F1, false-reject and escape rates of normalised scores ``s`` against labels (0 good,
+    1 defect); a rate is None when its class has no images."""
+    pred = s > 1.0
+    good, bad = labels == 0, labels == 1
+    tp = int((pred & bad).sum())
+    return {"n_good": int(good.sum()), "n_defect": int(bad.sum()), "auroc": auroc(labels, s),
+            "f1": 2 * tp / (int(pred.sum()) + int(bad.sum())) if bad.any() else None,
+            "false_reject_rate": float(pred[good].mean()) if good.any() else None,
+            "escape_rate": float((~pred[bad]).mean()) if bad.any() else None}
+
+
+def compare(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """The candidate's anomaly figures against the reference's (both logits (N, 2)): the report fields
+    ``auroc``, ``f1``, ``false_reject_rate``, ``escape_rate``, ``decision_agreement``,
+    ``max_score_drift`` (max |Δs|, in units of the threshold) and ``auroc_drop``."""
+    s_c, s_r = scores_from_logits(candidate), scores_from_logits(reference)
+    cand, ref = decision_metrics(s_c, labels), decision_metrics(s_r, labels)
+    drop = ref["auroc"] - cand["auroc"] if cand["auroc"] is not None and ref["auroc"] is not None else None
+    return {"candidate": cand | {"decision_agreement": float(((s_c > 1) == (s_r > 1)).mean()) if len(s_c) else 0.0,
+                                 "max_score_drift": float(np.abs(s_c - s_r).max()) if len(s_c) else 0.0,
+                                 "auroc_drop": drop},
+            "reference": ref}

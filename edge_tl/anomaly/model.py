@@ -1,0 +1,197 @@
+"""Anomaly graphs: an ImageNet backbone's mid-level patch features scored against good parts.
+
+One ``AnomalyModel`` is what every stage after ``finetune --task anomaly`` handles: it is saved as a
+plain state_dict, exported to ONNX like a classifier and run by the same runners. Its outputs:
+
+- ``logits`` (N, 2) for the classes ``[good, defect]``: ``[0, s - 1]`` where ``s`` is the image's
+  normalised anomaly score (raw score / threshold, so 1.0 *is* the threshold). The threshold and the
+  normalisation therefore live inside the graph and cannot be lost in export, and every tool built for
+  classifiers (argmax decisions, agreement, INT8 gates, the runtime's review band) works unchanged:
+  argmax = ``defect`` exactly when ``s > 1``.
+- ``anomaly_map`` (N, 1, h, w): each patch's normalised distance (same scale), at stride 8.
+
+Methods:
+
+- PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022): a memory
+  bank of patch features of good images (greedy coreset, :mod:`.coreset`); a patch's distance is its
+  Euclidean distance to the nearest bank entry, written as matrix products
+  ``‖a‖² − 2a·b + ‖b‖²`` (``cdist`` does not export), min over the bank; the image score is the max
+  over patches. The paper's nearest-neighbour reweighting of the score is left out.
+- PaDiM (Defard et al., "PaDiM: a Patch Distribution Modeling Framework", ICPR 2021): one Gaussian per
+  patch position; a patch's distance is its Mahalanobis distance to its position's Gaussian.
+
+Features (both methods): the backbone's last blocks at stride 8 and at stride 16, each averaged over a
+3×3 neighbourhood (PatchCore's local aggregation), the stride-16 map upsampled to stride 8, both
+concatenated, and optionally reduced by a fixed random projection (a 1×1 convolution; Johnson-
+Lindenstrauss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import ConfigError
+
+METHODS = ("patchcore", "padim")
+
+
+@dataclass(frozen=True)
+class AnomalySpec:
+    """Everything needed to rebuild an ``AnomalyModel`` skeleton before its state_dict is loaded."""
+
+    arch: str
+    method: str
+    cut8: int  # number of backbone stages up to and including the last stride-8 one
+    cut16: int  # ... the last stride-16 one
+    channels: int  # concatenated feature channels before projection
+    dim: int  # feature dimension after projection (== channels when there is none)
+    bank: int  # PatchCore: bank entries; PaDiM: patch positions
+    grid: int  # feature map side (input side / 8)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AnomalySpec:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+def backbone_stages(model: Any, arch: str) -> list[Any]:
+    """The backbone as an ordered list of modules that run one after the other (head excluded)."""
+    import torch.nn as nn
+
+    if hasattr(model, "features"):
+        return list(model.features.children())
+    if hasattr(model, "layer1"):  # ResNets
+        return [nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool),
+                model.layer1, model.layer2, model.layer3, model.layer4]
+    raise ConfigError(f"--task anomaly does not know how to split {arch} into stages")
+
+
+def stride_cuts(stages: list[Any], input_size: int) -> tuple[int, int, list[int]]:
+    """(cut8, cut16, channels): how many stages reach the last stride-8 and stride-16 outputs, and
+    those outputs' channel counts, found by running a dummy image through the stages."""
+    import torch
+
+    x = torch.zeros(1, 3, input_size, input_size)
+    last: dict[int, tuple[int, int]] = {}
+    with torch.inference_mode():
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            stride = round(input_size / x.shape[-1])
+            last[stride] = (i + 1, int(x.shape[1]))
+    if 8 not in last or 16 not in last:
+        raise ConfigError(f"the backbone has no stride-8 and stride-16 stages at input {input_size}")
+    return last[8][0], last[16][0], [last[8][1], last[16][1]]
+
+
+def _torch_modules() -> Any:
+    """Module classes are defined lazily: ``import edge_tl`` must not import torch."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class PatchFeatures(nn.Module):
+        """(N, 3, H, W) image -> (N, dim, H/8, W/8) locally aggregated patch features."""
+
+        def __init__(self, stages: list[nn.Module], cut8: int, cut16: int, channels: int, dim: int) -> None:
+            super().__init__()
+            self.to8 = nn.Sequential(*stages[:cut8])
+            self.to16 = nn.Sequential(*stages[cut8:cut16])
+            self.project = nn.Conv2d(channels, dim, 1, bias=False) if dim != channels else nn.Identity()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f8 = self.to8(x)
+            f16 = self.to16(f8)
+            f8 = F.avg_pool2d(f8, 3, 1, 1, count_include_pad=False)
+            f16 = F.avg_pool2d(f16, 3, 1, 1, count_include_pad=False)
+            f16 = F.interpolate(f16, size=f8.shape[-2:], mode="bilinear", align_corners=False)
+            return self.project(torch.cat([f8, f16], 1))
+
+    class PatchCoreHead(nn.Module):
+        """Features -> raw distance map (N, 1, h, w): each patch's Euclidean distance to its nearest bank entry."""
+
+        def __init__(self, bank: int, dim: int) -> None:
+            super().__init__()
+            self.register_buffer("bank", torch.zeros(bank, dim))
+            self.register_buffer("bank_sq", torch.zeros(bank))
+
+        def forward(self, f: torch.Tensor) -> torch.Tensor:
+            n, _, h, w = f.shape
+            a = f.flatten(2).transpose(1, 2)  # (N, P, D)
+            d2 = (a * a).sum(-1, keepdim=True) - 2.0 * torch.matmul(a, self.bank.t()) + self.bank_sq
+            nearest = d2.min(-1).values.clamp_min(0.0)
+            return nearest.sqrt().reshape(n, 1, h, w)
+
+    class PaDiMHead(nn.Module):
+        """Features -> Mahalanobis distance map (N, 1, h, w) to each position's Gaussian."""
+
+        def __init__(self, positions: int, dim: int) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(positions, dim))
+            self.register_buffer("inv_cov", torch.zeros(positions, dim, dim))
+
+        def forward(self, f: torch.Tensor) -> torch.Tensor:
+            n, _, h, w = f.shape
+            delta = f.flatten(2).permute(2, 0, 1) - self.mean.unsqueeze(1)  # (P, N, D)
+            m = (torch.matmul(delta, self.inv_cov) * delta).sum(-1).clamp_min(0.0)  # (P, N)
+            return m.sqrt().t().reshape(n, 1, h, w)
+
+    class AnomalyModel(nn.Module):
+        """Image -> logits (N, 2) = [0, s - 1] (``with_map`` adds anomaly_map (N, 1, h, w)), ``s`` = score /
+        threshold."""
+
+        def __init__(self, features: nn.Module, head: nn.Module) -> None:
+            super().__init__()
+            self.features = features
+            self.head = head
+            self.register_buffer("threshold", torch.ones(()))
+
+        def raw(self, x: torch.Tensor) -> torch.Tensor:
+            """Un-normalised distance map (N, 1, h, w)."""
+            return self.head(self.features(x))
+
+        # What the exported graph returns, in order (``stages.export.export_onnx`` reads it).
+        output_names = ("logits", "anomaly_map")
+
+        def with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            amap = self.raw(x) / self.threshold
+            s = amap.flatten(1).max(1, keepdim=True).values
+            return torch.cat([torch.zeros_like(s), s - 1.0], 1), amap
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            """Logits only, like a classifier: every torch-side comparison uses this."""
+            return self.with_map(x)[0]
+
+        def for_export(self) -> nn.Module:
+            # In eval mode: the exporter puts a module back into the mode it found it in, and a wrapper
+            # left in training mode would put this model's BatchNorms into training mode with it.
+            return _WithMap(self).eval()
+
+    class _WithMap(nn.Module):
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.model.with_map(x)
+
+    return PatchFeatures, PatchCoreHead, PaDiMHead, AnomalyModel
+
+
+def build_anomaly_model(spec: AnomalySpec, backbone_state: dict | None = None) -> Any:
+    """An ``AnomalyModel`` for ``spec``: the ImageNet backbone (``backbone_state``, or empty for a
+    state_dict to be loaded next), a zero bank and threshold 1. In eval mode."""
+    import torchvision.models as tvm
+
+    if spec.method not in METHODS:
+        raise ConfigError(f"unknown --method {spec.method!r}; choose {', '.join(METHODS)}")
+    PatchFeatures, PatchCoreHead, PaDiMHead, AnomalyModel = _torch_modules()
+    backbone = getattr(tvm, spec.arch)(weights=None)
+    if backbone_state is not None:
+        backbone.load_state_dict(backbone_state)
+    stages = backbone_stages(backbone, spec.arch)
+    features = PatchFeatures(stages, spec.cut8, spec.cut16, spec.channels, spec.dim)
+    head = PatchCoreHead(spec.bank, spec.dim) if spec.method == "patchcore" else PaDiMHead(spec.bank, spec.dim)
+    return AnomalyModel(features, head).eval()

@@ -1,0 +1,218 @@
+"""Good-only anomaly detection: fit, export parity per backend, bench figures, bundle -> runtime, heat maps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_tl.cli import main
+
+from .anomaly_data import write_anomaly_set
+
+FP32 = ("cpu-onnxruntime-fp32", "cpu-openvino-fp32")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_anomaly_set(tmp_path_factory.mktemp("anomaly") / "set")
+
+
+@pytest.fixture(scope="module")
+def run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """PatchCore on the synthetic good images, exported for both CPU fp32 targets and OpenVINO INT8."""
+    from edge_tl.anomaly.fit import fit_anomaly
+    from edge_tl.stages.export import export
+
+    out = tmp_path_factory.mktemp("anomaly-run") / "run"
+    fit_anomaly(data / "train" / "good", out, val_dir=data / "test", coreset=0.1)
+    for t in (*FP32, "cpu-openvino-int8"):
+        export(out, t)
+    return out
+
+
+def test_fit_on_good_images_finds_pasted_defects_held_out(run: Path) -> None:
+    m = json.loads((run / "finetune" / "manifest.json").read_text())
+    assert m["task"] == "anomaly" and m["classes"] == ["good", "defect"]
+    split = json.loads((run / "finetune" / "split.json").read_text())
+    # Bank images, threshold images and reported images are three disjoint sets.
+    sets = [{p for p, _ in split[k]} for k in ("train", "threshold", "val")]
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    assert all(y == 0 for _, y in split["train"])
+    assert m["metrics"]["val_auroc"] >= 0.95 and m["metrics"]["val_escape_rate"] <= 0.2
+    bank = m["bank"]
+    assert bank["entries"] == m["method"]["entries"] and 0 < bank["mb"] < 5 and len(bank["sha256"]) == 64
+
+
+def test_fp32_exports_give_the_torch_scores(run: Path) -> None:
+    from edge_tl.anomaly.metrics import scores_from_logits
+    from edge_tl.backends import RunnerSpec, open_runner
+    from edge_tl.evalset import load_eval_set
+
+    ev = load_eval_set(run / "eval.npz")
+    ref = scores_from_logits(ev.logits)
+    for t in FP32:
+        folder = run / "targets" / t
+        file = json.loads((folder / "manifest.json").read_text())["model_file"]
+        runner = open_runner(RunnerSpec(folder / file, t.split("-")[1], "cpu" if "onnx" in t else "CPU"))
+        try:
+            logits, amap = runner.run_outputs(ev.inputs)
+        finally:
+            runner.close()
+        s = scores_from_logits(logits)
+        assert np.abs(s - ref).max() < 1e-3, t
+        assert ((s > 1) == (ref > 1)).all(), t
+        # The image score is the map's maximum: the map is on the same (threshold) scale.
+        assert np.allclose(amap.reshape(len(amap), -1).max(1), s, atol=1e-4)
+
+
+def test_int8_quantises_the_backbone_and_keeps_the_distances_float(run: Path) -> None:
+    m = json.loads((run / "targets" / "cpu-openvino-int8" / "manifest.json").read_text())
+    assert m["validation"]["agreement"] == 1.0
+    import openvino as ov
+
+    model = ov.Core().read_model(str(run / "targets" / "cpu-openvino-int8" / "model.xml"))
+    fq = [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"]
+    names = [op.get_friendly_name() for op in fq]
+    assert len(fq) > 20, "the backbone is quantised"
+    matmul = [op for op in model.get_ops() if op.get_type_name() == "MatMul"]
+    assert matmul and all(inp.get_source_output().get_node().get_type_name() != "FakeQuantize"
+                          for op in matmul for inp in op.inputs()), names[:5]
+
+
+def test_bench_reports_anomaly_figures_and_gates(run: Path) -> None:
+    from edge_tl.bench.run import bench
+
+    (report,) = bench(run, ["cpu-onnxruntime-fp32"], quiet=True)
+    c = report["candidate"]
+    assert report["task"] == "anomaly"
+    for field in ("auroc", "f1", "false_reject_rate", "escape_rate", "decision_agreement", "max_score_drift"):
+        assert field in c
+    assert c["decision_agreement"] == 1.0 and c["max_score_drift"] < 1e-3 and abs(c["auroc_drop"]) < 1e-6
+    assert {g["name"] for g in report["gates"]} == {"max_auroc_drop", "min_decision_agreement"}
+    assert report["passed"]
+
+
+def test_bundle_carries_threshold_and_policy_to_the_runtime(run: Path, data: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_tl.runtime import Runtime
+    from edge_tl.stages.bundle import bundle
+
+    out = tmp_path / "bundle"
+    manifest = bundle(run, "cpu-onnxruntime-fp32", out, max_escape=0.0)
+    ft = json.loads((run / "finetune" / "manifest.json").read_text())
+    assert manifest["task"] == "anomaly"
+    assert manifest["anomaly"]["threshold"]["raw"] == ft["threshold"]["raw"]
+    assert manifest["anomaly"]["bank"]["sha256"] == ft["bank"]["sha256"]
+    images = sorted((data / "test").rglob("*.png"))
+    with Runtime(out) as rt:
+        assert rt.task == "anomaly"
+        preds = rt.predict_batch([str(p) for p in images])
+    for pred in preds:
+        assert pred.anomaly_score is not None
+        # The decision follows the tuned policy: never "ok" above the shipped threshold.
+        if pred.anomaly_score > 1:
+            assert pred.decision != "ok"
+    defects = [pred for p, pred in zip(images, preds, strict=True) if p.parent.name == "defect"]
+    assert sum(pred.decision == "ok" for pred in defects) <= 1
+    # The CLI gives the same scores (JSON lines carry anomaly_score) and writes heat maps.
+    heat = tmp_path / "heat"
+    assert main(["predict", str(out), *map(str, images[:3]), "--json", "--heatmap", str(heat)]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [round(x["anomaly_score"], 4) for x in lines] == [round(p.anomaly_score, 4) for p in preds[:3]]
+    assert sorted(f.name for f in heat.iterdir()) == sorted(f"{p.stem}.heatmap.png" for p in images[:3])
+    # One flipped byte in the model file (where the bank lives) refuses to open.
+    model = out / "model.onnx"
+    raw = bytearray(model.read_bytes())
+    raw[-100] ^= 0x01
+    model.write_bytes(bytes(raw))
+    assert main(["predict", str(out), str(images[0])]) == 2
+    assert "model.onnx" in capsys.readouterr().err
+
+
+def test_heat_map_peaks_on_the_pasted_defect(run: Path, data: Path, tmp_path: Path) -> None:
+    from edge_tl.runtime import Runtime
+    from edge_tl.stages.bundle import bundle
+
+    out = tmp_path / "bundle"
+    bundle(run, "cpu-openvino-fp32", out)
+    boxes = json.loads((data / "boxes.json").read_text())
+    hits = 0
+    with Runtime(out) as rt:
+        for name, (x0, y0, x1, y1) in boxes.items():
+            path = data / "test" / "defect" / name
+            amap = rt.anomaly_maps(rt.prepare(str(path))[None])[0]
+            # The crop is the model's input: the image (96 px) resized to 256 and centre-cropped to 224.
+            scale, off = 256 / 96, (256 - 224) / 2
+            gy, gx = np.unravel_index(int(amap.argmax()), amap.shape)
+            cy, cx = (gy + 0.5) * 224 / amap.shape[0], (gx + 0.5) * 224 / amap.shape[1]
+            box = [x0 * scale - off, y0 * scale - off, x1 * scale - off, y1 * scale - off]
+            margin = 16  # two patches of slack: the 3x3 aggregation spreads a defect
+            hits += box[0] - margin <= cx <= box[2] + margin and box[1] - margin <= cy <= box[3] + margin
+    assert hits >= len(boxes) - 1
+
+
+def test_padim_fits_and_exports(data: Path, tmp_path: Path) -> None:
+    from edge_tl.anomaly.fit import fit_anomaly
+    from edge_tl.stages.export import export
+
+    m = fit_anomaly(data / "train" / "good", tmp_path / "padim", method="padim", val_dir=data / "test", dim=48)
+    assert m["anomaly"]["method"] == "padim" and m["anomaly"]["dim"] == 48
+    assert m["metrics"]["val_auroc"] >= 0.9
+    tm = export(tmp_path / "padim", "cpu-onnxruntime-fp32")
+    assert tm["validation"]["agreement"] == 1.0
+
+
+def test_good_only_threshold_holds_the_false_reject_bound(data: Path, tmp_path: Path) -> None:
+    from edge_tl.anomaly.fit import fit_anomaly
+
+    # 6 good threshold images: 0 rejects bound the rate at 0.39 (95 %), within 0.45 but not within 0.3.
+    m = fit_anomaly(data / "train" / "good", tmp_path / "r", holdout=0.5, coreset=0.05, max_false_reject=0.45)
+    t = m["threshold"]
+    assert t["rule"].startswith("false-reject upper bound") and t["false_reject_upper_bound"] <= 0.45
+    assert t["note"] is None
+    assert m["metrics"]["val_auroc"] is None and m["metrics"]["val_n_defect"] == 0
+    m = fit_anomaly(data / "train" / "good", tmp_path / "r2", holdout=0.5, coreset=0.05, max_false_reject=0.3)
+    assert m["threshold"]["false_reject_upper_bound"] > 0.3 and "cannot show" in m["threshold"]["note"]
+
+
+def test_bad_input_is_one_line_and_exit_2(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    both = tmp_path / "both"
+    shutil.copytree(data / "test", both)
+    (both / "extra").mkdir()
+    shutil.copy(next((data / "test" / "defect").iterdir()), both / "extra" / "x.png")
+    # Class folders, none named good: the user must say which one is.
+    assert main(["finetune", str(both), "--task", "anomaly", "--out", str(tmp_path / "r")]) == 2
+    assert "--ok-class" in capsys.readouterr().err
+    assert main(["finetune", str(data / "train" / "good"), "--task", "anomaly", "--method", "knn",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r" / "finetune").exists()
+
+
+def test_auroc_without_scikit_learn_matches_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from sklearn.metrics import roc_auc_score
+
+    from edge_tl.anomaly.metrics import auroc
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    s = np.round(rng.normal(size=200) + labels, 1)  # with ties
+    expected = roc_auc_score(labels, s)
+    monkeypatch.setitem(sys.modules, "sklearn.metrics", None)
+    assert auroc(labels, s) == pytest.approx(expected, abs=1e-12)
+
+
+def test_greedy_coreset_covers_every_cluster() -> None:
+    from edge_tl.anomaly.coreset import greedy_coreset
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 16)) * 20
+    x = np.concatenate([c + rng.normal(size=(200, 16)) for c in centres]).astype(np.float32)
+    idx = greedy_coreset(x, 5, seed=1, project_dim=64)
+    assert sorted(set(idx // 200)) == [0, 1, 2, 3, 4]
+    assert len(greedy_coreset(x, 5000)) == len(x)
