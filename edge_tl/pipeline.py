@@ -46,9 +46,19 @@ class FinetuneStep(_Strict):
     patience: int = 5
     views: int = 2
     balance: Literal["none", "weights", "sampler"] = "none"
-    resize: Literal["shorter", "full", "letterbox", "auto"] = "shorter"
+    resize: Literal["shorter", "full", "letterbox", "auto"] | None = None  # None: shorter; full for anomaly
     engine: Literal["auto", "onnxruntime", "torch"] = "auto"
     input_size: int | None = Field(None, ge=32, le=1024)
+    # --task anomaly (good-only anomaly detection; ``data`` holds good images)
+    task: Literal["classify", "anomaly"] = "classify"
+    method: Literal["padim", "patchcore"] = "padim"
+    val: str | None = None
+    ok_class: str | None = None
+    coreset: float = Field(0.01, gt=0, le=1)
+    bank_size: int | None = Field(None, ge=1)
+    dim: int | None = Field(None, ge=1)
+    holdout: float | None = Field(None, ge=0, lt=1)
+    max_false_reject: float | None = Field(None, gt=0, lt=1)
 
 
 class PruneStep(_Strict):
@@ -174,14 +184,24 @@ def run_pipeline(path: Path, quiet: bool = False,
 
     ft = p.finetune
     run = rel(ft.out)
-    tuned = finetune(rel(ft.data), run, arch=ft.arch, weights=ft.weights if ft.weights in ("imagenet", "none")
-                     else rel(ft.weights), val_fraction=ft.val_fraction, resize=ft.resize,
-                     input_size=ft.input_size,
-                     train_cfg=TrainConfig(mode=ft.mode, epochs=ft.epochs, unfreeze=ft.unfreeze, seed=ft.seed,
-                                           device=ft.device, quiet=quiet, views=ft.views, balance=ft.balance,
-                                           engine=ft.engine, patience=ft.patience, progressive=ft.progressive,
-                                           batch_size=ft.batch_size, workers=ft.workers,
-                                           backbone_lr_scale=ft.backbone_lr_scale, lr=ft.lr))
+    weights = ft.weights if ft.weights in ("imagenet", "none") else rel(ft.weights)
+    if ft.task == "anomaly":
+        from .anomaly.fit import fit_anomaly
+
+        tuned = fit_anomaly(rel(ft.data), run, arch=ft.arch, weights=weights, method=ft.method,
+                            val_dir=rel(ft.val) if ft.val else None, ok_class=ft.ok_class, holdout=ft.holdout,
+                            coreset=ft.coreset, bank_size=ft.bank_size, dim=ft.dim, resize=ft.resize,
+                            input_size=ft.input_size, max_false_reject=ft.max_false_reject, seed=ft.seed,
+                            engine=ft.engine, quiet=quiet)
+    else:
+        tuned = finetune(rel(ft.data), run, arch=ft.arch, weights=weights, val_fraction=ft.val_fraction,
+                         resize=ft.resize or "shorter", input_size=ft.input_size,
+                         train_cfg=TrainConfig(mode=ft.mode, epochs=ft.epochs, unfreeze=ft.unfreeze, seed=ft.seed,
+                                               device=ft.device, quiet=quiet, views=ft.views, balance=ft.balance,
+                                               engine=ft.engine, patience=ft.patience,
+                                               progressive=ft.progressive, batch_size=ft.batch_size,
+                                               workers=ft.workers, backbone_lr_scale=ft.backbone_lr_scale,
+                                               lr=ft.lr))
     if p.prune is not None:
         from .stages.prune import prune
 

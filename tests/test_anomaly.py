@@ -23,12 +23,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """PatchCore on the synthetic good images, exported for both CPU fp32 targets and OpenVINO INT8."""
+    """PatchCore on the synthetic good images (whole frame, the anomaly default), exported for both CPU fp32
+    targets and OpenVINO INT8."""
     from edge_tl.anomaly.fit import fit_anomaly
     from edge_tl.stages.export import export
 
     out = tmp_path_factory.mktemp("anomaly-run") / "run"
-    fit_anomaly(data / "train" / "good", out, val_dir=data / "test", coreset=0.1)
+    fit_anomaly(data / "train" / "good", out, method="patchcore", val_dir=data / "test", coreset=0.1)
     for t in (*FP32, "cpu-openvino-int8"):
         export(out, t)
     return out
@@ -145,8 +146,8 @@ def test_heat_map_peaks_on_the_pasted_defect(run: Path, data: Path, tmp_path: Pa
         for name, (x0, y0, x1, y1) in boxes.items():
             path = data / "test" / "defect" / name
             amap = rt.anomaly_maps(rt.prepare(str(path))[None])[0]
-            # The crop is the model's input: the image (96 px) resized to 256 and centre-cropped to 224.
-            scale, off = 256 / 96, (256 - 224) / 2
+            # The model's input is the whole image (96 px) resized to 224 (the anomaly default, resize full).
+            scale, off = 224 / 96, 0.0
             gy, gx = np.unravel_index(int(amap.argmax()), amap.shape)
             cy, cx = (gy + 0.5) * 224 / amap.shape[0], (gx + 0.5) * 224 / amap.shape[1]
             box = [x0 * scale - off, y0 * scale - off, x1 * scale - off, y1 * scale - off]
@@ -159,8 +160,9 @@ def test_padim_fits_and_exports(data: Path, tmp_path: Path) -> None:
     from edge_tl.anomaly.fit import fit_anomaly
     from edge_tl.stages.export import export
 
-    m = fit_anomaly(data / "train" / "good", tmp_path / "padim", method="padim", val_dir=data / "test", dim=48)
-    assert m["anomaly"]["method"] == "padim" and m["anomaly"]["dim"] == 48
+    m = fit_anomaly(data / "train" / "good", tmp_path / "padim", val_dir=data / "test")  # the defaults
+    assert m["anomaly"]["method"] == "padim" and m["anomaly"]["dim"] == 64
+    assert m["preprocessing"]["resize_mode"] == "full"
     assert m["metrics"]["val_auroc"] >= 0.9
     tm = export(tmp_path / "padim", "cpu-onnxruntime-fp32")
     assert tm["validation"]["agreement"] == 1.0
@@ -182,11 +184,12 @@ def test_good_only_threshold_holds_the_false_reject_bound(data: Path, tmp_path: 
 def test_bad_input_is_one_line_and_exit_2(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     both = tmp_path / "both"
     shutil.copytree(data / "test", both)
-    (both / "extra").mkdir()
-    shutil.copy(next((data / "test" / "defect").iterdir()), both / "extra" / "x.png")
-    # Class folders, none named good: the user must say which one is.
+    (both / "good").rename(both / "fine")
+    # Class folders, none named good or ok: the user must say which one is.
     assert main(["finetune", str(both), "--task", "anomaly", "--out", str(tmp_path / "r")]) == 2
     assert "--ok-class" in capsys.readouterr().err
+    assert main(["finetune", str(both), "--task", "anomaly", "--ok-class", "nosuch", "--out", str(tmp_path / "r")]) == 2
+    assert "no class folder 'nosuch'" in capsys.readouterr().err
     assert main(["finetune", str(data / "train" / "good"), "--task", "anomaly", "--method", "knn",
                  "--out", str(tmp_path / "r")]) == 2
     assert not (tmp_path / "r" / "finetune").exists()

@@ -15,8 +15,10 @@ DIR`` (its good class and every other class as ``defect``) and, when ``GOOD_DIR`
 ``--ok-class``, its other classes as ``defect``. They are split in two halves per class (seeded). AUROC
 needs no threshold and is also given on both halves together (``auroc_all_labelled``).
 
-Threshold: with defect images among the ``threshold`` images, the one that maximises F1 (defect as the
-positive class) there, as anomalib's adaptive threshold does; with good images only, or with
+Threshold: with defect images among the ``threshold`` images, the one that maximises balanced accuracy
+there (Youden's J; unlike F1, which anomalib's adaptive threshold maximises, it does not depend on how
+many defects the folder happens to hold: on elpv, with 410 defect and 226 good images, the F1 threshold
+rejected 47 % of the good cells); with good images only, or with
 ``max_false_reject`` set, the lowest one whose one-sided Clopper-Pearson upper bound of the false-reject
 rate on the ``threshold`` good images is within ``max_false_reject``.
 """
@@ -47,6 +49,11 @@ GOOD_NAMES = ("good", "ok")
 # coreset's time on a CPU (k-center is k passes over the pool).
 MAX_POOL = 200_000
 PADIM_EPS = 0.01  # the paper's covariance regulariser
+# Defaults chosen on elpv (README, "Anomaly detection"): PaDiM at 64 random dimensions scored image AUROC
+# 0.877 against 0.879 at 128 with a quarter of the memory (13 MB); the whole cell ("full") 0.868 against
+# 0.840 for PatchCore with the centre crop.
+PADIM_DIM = 64
+DEFAULT_RESIZE = "full"
 
 
 def _decodable(paths: list[Path], workers: int = 4) -> tuple[list[Path], list[dict[str, str]]]:
@@ -170,18 +177,28 @@ def _fit_patchcore(feats: list[np.ndarray], coreset: float, bank_size: int | Non
 
 
 def _fit_padim(feats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Per-position mean and inverse covariance. The covariance is scikit-learn's Ledoit-Wolf shrinkage
+    estimate (plus the paper's small ridge): with ~1,000 images for 64-128 dimensions the sample
+    covariance is noisy, and on elpv shrinkage raised image AUROC from 0.879 to 0.885 (mono 0.907 ->
+    0.920, poly 0.899 -> 0.905; 128 dimensions, the paper's fixed 0.01 ridge before)."""
     import torch
+    from sklearn.covariance import ledoit_wolf
 
-    x = torch.from_numpy(np.concatenate(feats)).double()  # (N, D, h, w)
+    x = np.concatenate(feats)  # (N, D, h, w) float32: float64 only per position, not the whole set
     n, d = x.shape[:2]
     if n < 2:
         raise DataError("PaDiM needs at least 2 good training images")
-    x = x.flatten(2).permute(2, 0, 1)  # (P, N, D)
-    mean = x.mean(1)
-    delta = x - mean.unsqueeze(1)
-    cov = delta.transpose(1, 2) @ delta / (n - 1) + PADIM_EPS * torch.eye(d, dtype=torch.float64)
-    inv = torch.linalg.inv(cov)
-    return mean.float().numpy(), inv.float().numpy(), {"positions": int(mean.shape[0]), "eps": PADIM_EPS}
+    x = x.reshape(n, d, -1).transpose(2, 0, 1)  # (P, N, D)
+    mean = x.mean(1, dtype=np.float64)
+    shrinkage = np.empty(len(x))
+    cov = np.empty((len(x), d, d))
+    for p in range(len(x)):
+        cov[p], shrinkage[p] = ledoit_wolf(x[p].astype(np.float64))
+    cov += PADIM_EPS * np.eye(d)
+    inv = torch.linalg.inv(torch.from_numpy(cov)).numpy()
+    return mean.astype(np.float32), inv.astype(np.float32), {
+        "positions": len(mean), "covariance": "Ledoit-Wolf shrinkage (scikit-learn) + ridge", "eps": PADIM_EPS,
+        "shrinkage_median": float(np.median(shrinkage))}
 
 
 def raw_scores(model: Any, engine: Any, paths: list[Path], pre: Any, quiet: bool,
@@ -210,17 +227,17 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray, max_false_reject: f
         raise DataError("no good images to set the threshold on (hold some out or give --val)")
     if (labels == 1).any() and max_false_reject is None:
         cand = np.unique(scores)
-        best, best_f1 = 0, -1.0
+        bad = labels == 1
+        best, best_j = 0, -2.0
         for i, t in enumerate(cand):  # defect when score > t
             pred = scores > t
-            tp = int((pred & (labels == 1)).sum())
-            f1 = 2 * tp / max(1, int(pred.sum()) + int((labels == 1).sum()))
-            if f1 > best_f1:
-                best, best_f1 = i, f1
+            j = float(pred[bad].mean() - pred[~bad].mean())  # Youden's J = balanced accuracy * 2 - 1
+            if j > best_j:
+                best, best_j = i, j
         # Midway to the next score up: the same decisions here, the widest margin for new images.
         raw = float(cand[best] + cand[best + 1]) / 2 if best + 1 < len(cand) else float(cand[best])
-        return {"rule": "max F1 on the threshold images (midway between the two scores it separates)",
-                "raw": raw, "f1": best_f1}
+        return {"rule": "max balanced accuracy (Youden's J) on the threshold images, midway between the two "
+                        "scores it separates", "raw": raw, "balanced_accuracy": (best_j + 1) / 2}
     target = 0.05 if max_false_reject is None else max_false_reject
     k = _events_allowed(len(good), target, confidence)
     note = None
@@ -235,15 +252,17 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray, max_false_reject: f
 
 
 def fit_anomaly(good_dir: str | Path, out: str | Path, *, arch: str = "mobilenet_v2", weights: str = "imagenet",
-                method: str = "patchcore", val_dir: str | Path | None = None, ok_class: str | None = None,
+                method: str = "padim", val_dir: str | Path | None = None, ok_class: str | None = None,
                 holdout: float | None = None, coreset: float = 0.01, bank_size: int | None = None,
-                dim: int | None = None, resize: str = "shorter", input_size: int | None = None,
+                dim: int | None = None, resize: str | None = None, input_size: int | None = None,
                 max_false_reject: float | None = None, confidence: float = 0.95, seed: int = 0,
                 engine: str = "auto", quiet: bool = True) -> dict[str, Any]:
     """Fit PatchCore or PaDiM on the good images of ``good_dir``; write ``out/finetune/``; return its manifest.
 
     ``coreset``: the PatchCore bank as a fraction of all training patches (``bank_size`` overrides it
-    with a count). ``dim``: features after the random projection (default: no projection).
+    with a count). ``dim``: features after the random projection (default: 64 for PaDiM, whose
+    inverse covariances grow with its square; none for PatchCore). ``resize``: default ``full`` (the whole
+    frame: a centre crop would hide a defect at the part's border, and no one would know).
     ``holdout``: share of the good images kept out of the bank for the threshold and the figures
     (default 0.2 without ``--val``, 0 with it). Raises DataError/ConfigError before any work for bad
     input; nothing is written until the fit has finished.
@@ -254,9 +273,8 @@ def fit_anomaly(good_dir: str | Path, out: str | Path, *, arch: str = "mobilenet
 
     from ..features import PrefixEngine
     from ..manifest import check_writable, staged_folder, write_json, write_manifest
-    from ..models import preprocessing_for
     from ..rundir import RunDir
-    from ..stages.finetune import choose_resize
+    from ..stages.finetune import choose_resize, weights_preprocessing
     from ..weights import resolve_weights
 
     if method not in METHODS:
@@ -291,15 +309,11 @@ def fit_anomaly(good_dir: str | Path, out: str | Path, *, arch: str = "mobilenet
     thr_samples, val_samples = stratified_split(lab_samples, 0.5, seed)
 
     state, source = resolve_weights(arch, weights)
-    pre = preprocessing_for(arch, source.get("entry"))
-    if input_size is not None:
-        if not 32 <= input_size <= 1024:
-            raise ConfigError(f"--input-size must be between 32 and 1024 pixels, got {input_size}")
-        pre = dataclasses.replace(pre, crop=input_size, resize=round(input_size * pre.resize / pre.crop))
+    pre = weights_preprocessing(arch, source, input_size)
     from ..data import ImageFolder
 
     probe = ImageFolder(Path("/"), CLASSES, [Sample(str(p.resolve()), 0) for p in train])
-    mode, resize_info = choose_resize(probe, probe.samples, pre, resize)
+    mode, resize_info = choose_resize(probe, probe.samples, pre, resize or DEFAULT_RESIZE)
     pre = dataclasses.replace(pre, resize_mode=mode)
 
     import torchvision.models as tvm
@@ -308,7 +322,8 @@ def fit_anomaly(good_dir: str | Path, out: str | Path, *, arch: str = "mobilenet
     backbone.load_state_dict(state)
     cut8, cut16, chans = stride_cuts(backbone_stages(backbone, arch).copy(), pre.crop)
     channels = sum(chans)
-    dim = channels if dim is None else dim
+    if dim is None:
+        dim = min(PADIM_DIM, channels) if method == "padim" else channels
     if not 1 <= dim <= channels:
         raise ConfigError(f"--dim must be between 1 and {channels} (the features' channels), got {dim}")
     grid = math.ceil(pre.crop / 8)

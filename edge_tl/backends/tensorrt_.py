@@ -440,17 +440,19 @@ class CudaIO:
         _check(self.rt.cudaMemcpyAsync(self.inp.device, self.inp.host, array.nbytes, kind, self.stream),
                "cudaMemcpyAsync (host to device)")
 
-    def download(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-        """Queue a device->host copy of the output buffer, wait for the stream, return a fresh array."""
+    def download(self, dtype: np.dtype, shape: tuple[int, ...], buffer: _Buffer | None = None) -> np.ndarray:
+        """Queue a device->host copy of the output buffer (or ``buffer``: an extra output's), wait for the
+        stream, return a fresh array."""
+        out = buffer or self.out
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape)) * dtype.itemsize
-        if nbytes > self.out.nbytes:
-            raise ValueError(f"output of {nbytes} bytes exceeds the {self.out.nbytes}-byte buffer")
+        if nbytes > out.nbytes:
+            raise ValueError(f"output of {nbytes} bytes exceeds the {out.nbytes}-byte buffer")
         kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _check(self.rt.cudaMemcpyAsync(self.out.host, self.out.device, nbytes, kind, self.stream),
+        _check(self.rt.cudaMemcpyAsync(out.host, out.device, nbytes, kind, self.stream),
                "cudaMemcpyAsync (device to host)")
         _check(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-        return self.out.host_array(dtype, shape).copy()
+        return out.host_array(dtype, shape).copy()
 
     def close(self) -> None:
         if self.stream is None:
@@ -490,10 +492,11 @@ class TensorRTRunner:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1 or len(outputs) != 1:
+        if len(inputs) != 1 or not outputs:
             raise ArtifactError(f"{engine_path} has inputs {inputs} and outputs {outputs}; expected one "
-                                "of each")
-        self.input, self.output = inputs[0], outputs[0]
+                                "input and at least one output")
+        # The first output is the logits; an anomaly graph adds its anomaly map (run_outputs).
+        self.input, self.output, self.extra_outputs = inputs[0], outputs[0], outputs[1:]
         self.context = engine.create_execution_context()
         shape = tuple(engine.get_tensor_shape(self.input))
         max_shape = tuple(engine.get_tensor_profile_shape(self.input, 0)[2]) if -1 in shape else shape
@@ -508,6 +511,13 @@ class TensorRTRunner:
         # The buffers never move, so their addresses are bound once.
         self.context.set_tensor_address(self.input, self.io.inp.device)
         self.context.set_tensor_address(self.output, self.io.out.device)
+        # Every output needs a bound buffer, read or not (UNVERIFIED on hardware: no TensorRT here).
+        self.extra: list[tuple[str, np.dtype, _Buffer]] = []
+        for name in self.extra_outputs:
+            dtype = _np_dtype(trt, engine.get_tensor_dtype(name))
+            buf = _Buffer(rt, int(np.prod(tuple(self.context.get_tensor_shape(name)))) * dtype.itemsize)
+            self.context.set_tensor_address(name, buf.device)
+            self.extra.append((name, dtype, buf))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """NCHW float32 in, (N, classes) float32 logits out in host memory, after the GPU has finished."""
@@ -524,7 +534,21 @@ class TensorRTRunner:
         shape = tuple(self.context.get_tensor_shape(self.output))
         return self.io.download(self.out_dtype, shape).astype(np.float32, copy=False)
 
+    def run_outputs(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output in the engine's order (an anomaly graph: logits, anomaly_map)."""
+        if len(batch) > self.max_batch:
+            parts = [self.run_outputs(batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
+            return [np.concatenate(p) for p in zip(*parts, strict=True)]
+        out = [self.run(batch)]
+        for name, dtype, buf in self.extra:
+            shape = tuple(self.context.get_tensor_shape(name))
+            out.append(self.io.download(dtype, shape, buf).astype(np.float32, copy=False))
+        return out
+
     def close(self) -> None:
+        for _, _, buf in getattr(self, "extra", []):
+            buf.free()
+        self.extra = []
         if getattr(self, "io", None) is not None:
             self.io.close()
             self.io = None

@@ -2,7 +2,8 @@
 
 The plots are hand-written inline SVG on purpose: benches run on devices with the torch-free runtime,
 where no plotting library (matplotlib, plotly) is installed, and a report must open from a USB stick
-or a CI artifact with no network. So: stdlib only, no external CSS/JS/fonts/images, every piece of
+or a CI artifact with no network. So: stdlib (and numpy, which every runtime has) only, no external
+CSS/JS/fonts; the only images are an anomaly report's heat maps, inlined as data URIs; every piece of
 text from the report passes through ``html.escape``.
 """
 
@@ -16,10 +17,13 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import ArtifactError
 from ..manifest import write_bytes
 from .hostload import describe, describe_spread, unreliable_label
 from .labels import eval_set_key, eval_set_text, load_short, measured_text, precision_text, session_id
+from .report import is_anomaly, missing_class_note
 
 # Okabe–Ito: distinguishable with the common colour-vision deficiencies, readable on white.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#8C6D31", "#000000"]
@@ -191,37 +195,45 @@ def _place_labels(pts: list[tuple[float, float, str]], bounds: Box, obstacles: l
 
 
 def scatter_svg(points: list[dict[str, Any]], ref_top1: float | None,
-                title: str = "Accuracy vs latency") -> str:
-    """Top-1 (%) against p50 latency (ms), a bar to p95; points: ``{label, p50, p95, top1, color, ref}``."""
-    pts = [p for p in points if p.get("p50") is not None and p.get("top1") is not None]
+                title: str = "Accuracy vs latency", metric: str = "top-1") -> str:
+    """Top-1 (%) against p50 latency (ms), a bar to p95; points: ``{label, p50, p95, y, color, ref}``.
+
+    ``metric="AUROC"`` (anomaly reports): ``y`` and ``ref_top1`` are AUROCs, drawn on a 0–1 axis."""
+    pts = [p for p in points if p.get("p50") is not None and p.get("y") is not None]
     if not pts:
         return '<p class="sub">No point has both an accuracy and a latency.</p>'
+    # top-1 reads as a percentage; an AUROC is conventionally quoted as a 0-1 figure
+    scale, axis_label = (100.0, "top-1 accuracy [%]") if metric == "top-1" else (1.0, metric)
+
+    def tip_value(v: float) -> str:
+        return f"{100 * v:.2f} %" if metric == "top-1" else f"{v:.4f}"
+
     w, h, left, top, right, bottom = 920, 390, 70, 40, 200, 346
     ax = _axis([p["p50"] for p in pts] + [p.get("p95") or p["p50"] for p in pts], left, w - right)
-    ys = [100 * p["top1"] for p in pts] + ([100 * ref_top1] if ref_top1 is not None else [])
-    pad = max((max(ys) - min(ys)) * 0.15, 1.0)
+    ys = [scale * p["y"] for p in pts] + ([scale * ref_top1] if ref_top1 is not None else [])
+    pad = max((max(ys) - min(ys)) * 0.15, scale / 100)
     # Headroom above the top point so a 100 % marker isn't cut by the frame; no tick above 100 %.
     ay = _Axis(max(0.0, min(ys) - pad), max(ys) + pad / 4, bottom, top)
     body = _xgrid(ax, top, bottom, "p50 latency per call [ms] (bar to p95)")
     body.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#444"/>')
-    for t in (t for t in ay.ticks() if t <= 100):
+    for t in (t for t in ay.ticks() if t <= scale):
         y = ay(t)
         body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w - right}" y2="{y:.1f}" stroke="#eee"/>'
                     f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#444">'
                     f'{ay.label(t)}</text>')
     body.append(f'<text transform="translate(18,{(top + bottom) / 2}) rotate(-90)" text-anchor="middle">'
-                'top-1 accuracy [%]</text>')
+                f'{_e(axis_label)}</text>')
     obstacles: list[Box] = []
     if ref_top1 is not None:
-        y = ay(100 * ref_top1)
+        y = ay(scale * ref_top1)
         obstacles.append((w - right + 4, y - 8, w - right + 100, y + 6))
         body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w - right}" y2="{y:.1f}" stroke="{REF_COLOR}" '
                     f'stroke-dasharray="6,4"/><text x="{w - right + 6}" y="{y + 4:.1f}" fill="#666">'
-                    'reference top-1</text>')
-    pts.sort(key=lambda p: (p["p50"], -p["top1"]))
-    xy = [(ax(p["p50"]), ay(100 * p["top1"]), p["label"]) for p in pts]
+                    f'reference {_e(metric)}</text>')
+    pts.sort(key=lambda p: (p["p50"], -p["y"]))
+    xy = [(ax(p["p50"]), ay(scale * p["y"]), p["label"]) for p in pts]
     for p, (x, y, _), (lx, ly) in zip(pts, xy, _place_labels(xy, (2, top - 8, w - 2, h - 4), obstacles), strict=True):
-        tip = f'{p["label"]}: top-1 {100 * p["top1"]:.2f} %, p50 {p["p50"]:.3f} ms'
+        tip = f'{p["label"]}: {metric} {tip_value(p["y"])}, p50 {p["p50"]:.3f} ms'
         if p.get("p95"):
             body.append(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{ax(p["p95"]):.1f}" y2="{y:.1f}" '
                         f'stroke="{p["color"]}" stroke-width="2" stroke-opacity="0.6"/>')
@@ -276,6 +288,175 @@ def confusion_svg(matrix: list[list[int]], classes: list[str], title: str = "Con
     return _svg(w, h, title, body)
 
 
+GOOD_COLOR, DEFECT_COLOR = PALETTE[2], PALETTE[4]  # bluish green / vermillion: apart for every colour vision
+
+
+def _finite(values: Any) -> np.ndarray:
+    """Scores as a float array without NaN/inf: one broken score must not hide the rest of a figure."""
+    a = np.asarray(values if values is not None else [], dtype=np.float64).ravel()
+    return a[np.isfinite(a)]
+
+
+def _legend(x: float, y: float, items: list[tuple[str, str, str | None]]) -> list[str]:
+    """Swatch + text per ``(color, text, dash)`` row from (x, y) down: a filled box for ``dash`` None,
+    else a line ("" solid, or an SVG dash pattern)."""
+    out = []
+    for i, (color, text, dash) in enumerate(items):
+        yy = y + 18 * i
+        pattern = f' stroke-dasharray="{dash}"' if dash else ""
+        out.append(f'<rect x="{x}" y="{yy - 6}" width="18" height="12" fill="{color}" fill-opacity="0.45" '
+                   f'stroke="{color}"/>' if dash is None else
+                   f'<line x1="{x}" y1="{yy}" x2="{x + 18}" y2="{yy}" stroke="{color}" stroke-width="2"{pattern}/>')
+        out.append(f'<text x="{x + 24}" y="{yy + 4}">{_e(text)}</text>')
+    return out
+
+
+def score_histogram_svg(good: Any, defect: Any, threshold: float = 1.0,
+                        title: str = "Anomaly scores: good vs defect images") -> str:
+    """Overlaid histograms (same bins) of the normalised scores of good and defect images, with the
+    shipped threshold as a vertical line: how far apart the classes are, and which side each lands on."""
+    g, d = _finite(good), _finite(defect)
+    if not len(g) and not len(d):
+        return '<p class="sub">No anomaly scores in this report.</p>'
+    allv = np.concatenate([g, d, [threshold]])
+    lo, hi = float(allv.min()), float(allv.max())
+    span = (hi - lo) or 1.0
+    nbins = int(min(40, max(10, round(1.5 * math.sqrt(len(g) + len(d))))))
+    width = span * 1.04 / nbins
+    # The threshold falls on a bin edge, so no bar straddles it: a bar is all-pass or all-reject.
+    start = threshold - math.ceil((threshold - (lo - span * 0.02)) / width - 1e-9) * width
+    edges = start + width * np.arange(math.ceil((hi - start) / width + 1e-9) + 1)
+    if edges[-1] <= hi:  # the last edge is inclusive in np.histogram; the max score must fall inside
+        edges = np.append(edges, edges[-1] + width)
+    hg, _ = np.histogram(g, edges)
+    hd, _ = np.histogram(d, edges)
+    w, h, left, top, right, bottom = 920, 330, 60, 40, 170, 276
+    ax = _Axis(float(edges[0]), float(edges[-1]), left, w - right)
+    peak = int(max(hg.max(initial=0), hd.max(initial=0), 1))
+    ay = _Axis(0.0, peak * 1.1, bottom, top)
+    body = _xgrid(ax, top, bottom, "anomaly score / threshold (above 1: rejected as defect)")
+    body.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#444"/>')
+    for t in ay.ticks():
+        if abs(t - round(t)) > 1e-9:  # image counts: whole numbers only
+            continue
+        y = ay(t)
+        body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w - right}" y2="{y:.1f}" stroke="#eee"/>'
+                    f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#444">{round(t)}</text>')
+    body.append(f'<text transform="translate(18,{(top + bottom) / 2}) rotate(-90)" text-anchor="middle">'
+                'images</text>')
+    for counts, color, name in ((hg, GOOD_COLOR, "good"), (hd, DEFECT_COLOR, "defect")):
+        for k, c in enumerate(counts):
+            if not c:
+                continue
+            x0, x1, y = ax(edges[k]), ax(edges[k + 1]), ay(c)
+            body.append(f'<rect class="bar-{name}" x="{x0:.1f}" y="{y:.1f}" width="{max(x1 - x0, 1):.1f}" '
+                        f'height="{bottom - y:.1f}" fill="{color}" fill-opacity="0.45" stroke="{color}">'
+                        f'<title>{name}: {c} image(s) scoring {edges[k]:.3f} to {edges[k + 1]:.3f}</title></rect>')
+    xt = ax(threshold)
+    body.append(f'<line class="threshold" x1="{xt:.1f}" y1="{top - 4}" x2="{xt:.1f}" y2="{bottom}" '
+                f'stroke="#cf222e" stroke-width="2" stroke-dasharray="5,3"/>'
+                f'<text x="{xt + 4:.1f}" y="{top + 8}" fill="#cf222e">threshold</text>')
+    body += _legend(w - right + 16, top + 12, [(GOOD_COLOR, f"good ({len(g)})", None),
+                                               (DEFECT_COLOR, f"defect ({len(d)})", None),
+                                               ("#cf222e", f"threshold ({threshold:g})", "5,3")])
+    return _svg(w, h, title, body)
+
+
+def roc_curve(good: Any, defect: Any) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """(false-positive rates, true-positive rates, AUROC) with defect as the positive class; None when a
+    class has no scores. Tied scores form one step (a diagonal segment), so ties count half, as in
+    the Mann-Whitney AUROC of :func:`edge_tl.anomaly.metrics.auroc`."""
+    g, d = _finite(good), _finite(defect)
+    if not len(g) or not len(d):
+        return None
+    s = np.concatenate([d, g])
+    y = np.concatenate([np.ones(len(d)), np.zeros(len(g))])
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # the last index of each run of equal scores
+    tpr = np.r_[0.0, np.cumsum(y)[last] / len(d)]
+    fpr = np.r_[0.0, np.cumsum(1 - y)[last] / len(g)]
+    return fpr, tpr, float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def roc_svg(good: Any, defect: Any, threshold: float = 1.0) -> str:
+    """ROC curve of the normalised scores (defect positive), the chance diagonal, and the shipped
+    threshold's operating point (its FPR is the false-reject rate, 1 - its TPR the escape rate)."""
+    roc = roc_curve(good, defect)
+    if roc is None:
+        missing = "defect" if not len(_finite(defect)) else "good"
+        return (f'<p class="sub roc-skipped">No ROC curve: the evaluation set has no {missing} image, and a ROC '
+                "curve needs both good and defect images.</p>")
+    fpr, tpr, auc = roc
+    side, left, top = 300, 64, 40
+    w, bottom = left + side + 190, top + side
+    ax, ay = _Axis(0.0, 1.0, left, left + side), _Axis(0.0, 1.0, bottom, top)
+    body = _xgrid(ax, top, bottom, "false-positive rate (good rejected)")
+    body.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#444"/>')
+    for t in ay.ticks():
+        y = ay(t)
+        body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + side}" y2="{y:.1f}" stroke="#e6e6e6"/>'
+                    f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#444">{ay.label(t)}</text>')
+    body.append(f'<text transform="translate(18,{(top + bottom) / 2}) rotate(-90)" text-anchor="middle">'
+                "true-positive rate (defects caught)</text>")
+    body.append(f'<line x1="{ax(0)}" y1="{ay(0)}" x2="{ax(1)}" y2="{ay(1)}" stroke="{REF_COLOR}" '
+                'stroke-dasharray="6,4"/>')
+    xy = " ".join(f"{ax(float(a)):.1f},{ay(float(b)):.1f}" for a, b in zip(fpr, tpr, strict=True))
+    body.append(f'<polygon points="{ax(1)},{ay(0)} {ax(0)},{ay(0)} {xy}" fill="{PALETTE[0]}" fill-opacity="0.08"/>'
+                f'<polyline class="roc" points="{xy}" fill="none" stroke="{PALETTE[0]}" stroke-width="2">'
+                f"<title>ROC curve, AUROC {auc:.4f}</title></polyline>")
+    g, d = _finite(good), _finite(defect)
+    op_fpr, op_tpr = float((g > threshold).mean()), float((d > threshold).mean())
+    body.append(f'<circle cx="{ax(op_fpr):.1f}" cy="{ay(op_tpr):.1f}" r="5" fill="#cf222e" stroke="#fff">'
+                f"<title>threshold {threshold:g}: false-reject rate {100 * op_fpr:.1f} %, defects caught "
+                f"{100 * op_tpr:.1f} %</title></circle>")
+    body += _legend(left + side + 20, top + 12, [(PALETTE[0], "ROC curve", ""), (REF_COLOR, "chance", "6,4")])
+    body.append(f'<circle cx="{left + side + 29}" cy="{top + 48}" r="5" fill="#cf222e" stroke="#fff"/>'
+                f'<text x="{left + side + 44}" y="{top + 52}">threshold {threshold:g}</text>')
+    return _svg(w, bottom + 44, f"ROC curve (AUROC {auc:.4f})", body)
+
+
+def _file_name(path: Any) -> str:
+    return str(path).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def heatmaps_html(heatmaps: list[dict[str, Any]], threshold: float = 1.0) -> str:
+    """The heat-map overlays in a row, each with its label, score and file name. Only ``data:image/``
+    URIs are shown: the page must stay one self-contained file, and a report read from disk must not
+    make it fetch anything."""
+    figs = []
+    for m in heatmaps or []:
+        png = str(m.get("png") or "")
+        if not png.startswith("data:image/"):
+            continue
+        score = m.get("score")
+        verdict = "" if not isinstance(score, (int, float)) else (" (rejected)" if score > threshold else " (passed)")
+        name = _file_name(m.get("path") or "")
+        figs.append(f'<figure class="heatmap"><img src="{_e(png)}" width="160" height="160" '
+                    f'alt="{_e(f"heat map of {name}")}" title="{_e(m.get("path") or "")}">'
+                    f"<figcaption>{_e(m.get('label', '?'))} · score {_f(score, 3)}{verdict}<br>{_e(name)}"
+                    "</figcaption></figure>")
+    if not figs:
+        return '<p class="sub">No heat-map overlays in this report (the runtime gave no anomaly map).</p>'
+    return f'<div class="grid">{"".join(figs)}</div>'
+
+
+def anomaly_figures(plot: dict[str, Any] | None) -> str:
+    """The anomaly part of a target page: score histogram, ROC curve and heat-map overlays."""
+    if not plot:
+        return '<p class="sub">This report has no anomaly scores to draw (written by an older bench).</p>'
+    thr = float(plot.get("threshold") or 1.0)
+    good, defect = plot.get("good") or [], plot.get("defect") or []
+    maps = heatmaps_html(plot.get("heatmaps") or [], thr)
+    return (f'<div class="grid"><figure>{score_histogram_svg(good, defect, thr)}<figcaption>Scores are '
+            "normalised: 1.0 is the shipped threshold; above it an image is rejected as defect. Good images "
+            "right of the line are false rejects, defect images left of it escapes.</figcaption></figure>"
+            f"<figure>{roc_svg(good, defect, thr)}<figcaption>Defect is the positive class; the red dot is the "
+            "shipped threshold's operating point.</figcaption></figure></div>"
+            "<h3>Heat maps</h3><p class=\"sub\">The highest-scoring defect images and the highest-scoring good "
+            f"image, with the candidate's anomaly map laid over them.</p>{maps}")
+
+
 def _status(r: dict[str, Any]) -> str:
     if r.get("skipped"):
         return f'<span class="skip">skipped</span>: {_e(r["skipped"])}'
@@ -291,6 +472,8 @@ def _badge(r: dict[str, Any]) -> str:
 def _gate_value(name: str, v: Any) -> str:
     if v is None:
         return "–"
+    if name == "max_auroc_drop":  # an AUROC difference (0-1 scale), not top-1 percentage points
+        return _f(v, 4)
     return (_f(v, 2, " points") if name.endswith("drop") else _f(v, 2, " ms") if name.endswith("_ms")
             else _f(v, 4))
 
@@ -324,21 +507,22 @@ def _lat_rows(r: dict[str, Any], color: str, label: str | None = None) -> list[d
     return rows
 
 
-def _points(reports: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float | None]:
+def _points(reports: list[dict[str, Any]], key: str = "top1") -> tuple[list[dict[str, Any]], float | None]:
+    """Scatter points of ``reports`` with ``key`` (``top1``, or ``auroc`` for anomaly reports) as y."""
     pts, ref_p50, ref_p95, ref_top1 = [], [], [], None
     for i, r in enumerate(reports):
         ref = r.get("reference") or {}
-        ref_top1 = ref.get("top1") if ref.get("top1") is not None else ref_top1
+        ref_top1 = ref.get(key) if ref.get(key) is not None else ref_top1
         if ref.get("latency_ms"):
             ref_p50.append(ref["latency_ms"]["p50"])
             ref_p95.append(ref["latency_ms"].get("p95"))
         lat = (r.get("candidate") or {}).get("latency_ms") or {}
         pts.append({"label": r["target"], "p50": lat.get("p50"), "p95": lat.get("p95"),
-                    "top1": (r.get("candidate") or {}).get("top1"), "color": PALETTE[i % len(PALETTE)]})
+                    "y": (r.get("candidate") or {}).get(key), "color": PALETTE[i % len(PALETTE)]})
     if ref_p50:  # each bench times the reference again; plot it once, at the median of those timings
         pts.append({"label": "reference (torch fp32)", "p50": statistics.median(ref_p50), "ref": True,
                     "p95": statistics.median([v for v in ref_p95 if v is not None] or ref_p50),
-                    "top1": ref_top1, "color": REF_COLOR})
+                    "y": ref_top1, "color": REF_COLOR})
     return pts, ref_top1
 
 
@@ -378,7 +562,8 @@ def _unreliable_box(r: dict[str, Any]) -> str:
 
 
 def render_html(report: dict[str, Any]) -> str:
-    """One target's page: reference vs candidate, latency, accuracy vs latency, confusion, gates."""
+    """One target's page: reference vs candidate, latency, accuracy vs latency, confusion, gates; for an
+    anomaly report, AUROC and decision rates instead of top-1, plus score histogram, ROC and heat maps."""
     r, name = report, str(report.get("target", "?"))
     ref, cand = r.get("reference") or {}, r.get("candidate") or {}
     host, prof = r.get("host") or {}, r.get("profile") or {}
@@ -389,18 +574,36 @@ def render_html(report: dict[str, Any]) -> str:
     out = ['<p class="sub"><a href="index.html">all targets of this run</a></p>',
            f'<h1>{_e(name)} {_badge(r)}</h1><p class="sub">{"<br>".join(f for f in facts if f)}</p>',
            _unreliable_box(r), _notes(r)]
+    anomaly = is_anomaly(r)
     if r.get("skipped"):
-        out.append(f'<p><b>Skipped:</b> {_e(r["skipped"])}</p>'
-                   f'<p>Reference top-1: {_pct(ref.get("top1"), 2)}</p>')
+        out.append(f'<p><b>Skipped:</b> {_e(r["skipped"])}</p>')
+        if not anomaly:
+            out.append(f'<p>Reference top-1: {_pct(ref.get("top1"), 2)}</p>')
+        elif ref.get("auroc") is not None:
+            out.append(f'<p>Reference AUROC: {_f(ref["auroc"], 4)}</p>')
     else:
         rl, cl = ref.get("latency_ms") or {}, cand.get("latency_ms") or {}
         tm = cand.get("throughput_mode") or {}
+        # An anomaly model is judged by how it ranks (AUROC) and decides (rates at the shipped
+        # threshold); its top-1 as a 2-class "classifier" says less, so it is left out of its page.
+        figures = [
+            ("AUROC", _f(ref.get("auroc"), 4), _f(cand.get("auroc"), 4)),
+            ("AUROC drop", "", _f(cand.get("auroc_drop"), 4)),
+            ("F1 (defect positive)", _f(ref.get("f1"), 3), _f(cand.get("f1"), 3)),
+            ("false-reject rate (good images rejected)", _pct(ref.get("false_reject_rate"), 2),
+             _pct(cand.get("false_reject_rate"), 2)),
+            ("escape rate (defect images passed)", _pct(ref.get("escape_rate"), 2), _pct(cand.get("escape_rate"), 2)),
+            ("decision agreement with reference", "", _pct(cand.get("decision_agreement"), 2)),
+            ("max score drift vs reference", "", _f(cand.get("max_score_drift"), 4, " × threshold")),
+            ("images: good / defect", "", f'{_e(cand.get("n_good", "–"))} / {_e(cand.get("n_defect", "–"))}'),
+        ] if anomaly else [
+            ("top-1", _pct(ref.get("top1"), 2), _pct(cand.get("top1"), 2)),
+            ("balanced accuracy", _pct(ref.get("balanced_accuracy"), 2), _pct(cand.get("balanced_accuracy"), 2)),
+            ("top-1 drop", "", _f(cand.get("top1_drop"), 2, " points")),
+            ("agreement with reference", "", _pct(cand.get("agreement"), 2))]
         rows = [("format / precision", f'{_e(ref.get("format"))} / {_e(ref.get("precision"))}',
                  f'{_e(cand.get("format"))} / {_e(precision_text(cand))}'),
-                ("top-1", _pct(ref.get("top1"), 2), _pct(cand.get("top1"), 2)),
-                ("balanced accuracy", _pct(ref.get("balanced_accuracy"), 2), _pct(cand.get("balanced_accuracy"), 2)),
-                ("top-1 drop", "", _f(cand.get("top1_drop"), 2, " points")),
-                ("agreement with reference", "", _pct(cand.get("agreement"), 2)),
+                *figures,
                 *((f"{k} latency", _f(rl.get(k), 2, " ms"), _f(cl.get(k), 2, " ms"))
                   for k in ("p50", "p95", "p99")),
                 ("throughput, one batch at a time", _f(ref.get("throughput_ips"), 1, " img/s"),
@@ -430,17 +633,24 @@ def render_html(report: dict[str, Any]) -> str:
             rows.append(("layers kept in float", "", _e(len(fl) if isinstance(fl, (list, dict)) else fl)))
         body = "".join(f"<tr><td>{a}</td><td>{b}</td><td>{c}</td></tr>" for a, b, c in rows)
         out.append(f"<table><tr><th></th><th>reference</th><th>candidate</th></tr>{body}</table>")
+        missing = missing_class_note(cand) if anomaly else None
+        if missing:
+            out.append(f'<div class="note">Not evaluated: {_e(missing)}.</div>')
         label = unreliable_label(r)
         mark = f' <span class="fail">(unreliable: {_e(label)})</span>' if label else ""
         spread = describe_spread(r.get("speedup_spread"))
         out.append(f'<p><b>Speed-up</b> (reference p50 / candidate p50): {_f(r.get("speedup"), 2, "×")}{mark}'
                    + (f'<br><span class="sub">per timing block: {_e(spread)}</span>' if spread else "") + "</p>")
         out.append(f"<h2>Gates</h2>{gates_table([r], with_target=False)}")
-        pts, ref_top1 = _points([r])
+        if anomaly:
+            out.append(f"<h2>Anomaly scores</h2>{anomaly_figures(r.get('anomaly_plot'))}")
+        pts, ref_top1 = _points([r], "auroc" if anomaly else "top1")
         no_ref = "" if rl else " The reference latency was not measured on this host (no torch)."
+        scatter = (scatter_svg(pts, ref_top1, "AUROC vs latency", metric="AUROC") if anomaly
+                   else scatter_svg(pts, ref_top1))
         out.append(f"<h2>Latency</h2><figure>{latency_svg(_lat_rows(r, PALETTE[0]))}"
                    f"<figcaption>{_LAT_CAPTION}{no_ref}</figcaption></figure>"
-                   f"<figure>{scatter_svg(pts, ref_top1)}<figcaption>Dot: p50; bar: p50 to p95."
+                   f"<figure>{scatter}<figcaption>Dot: p50; bar: p50 to p95."
                    "</figcaption></figure>")
         if tm:
             out.append(f'<p class="sub">Throughput mode: {_e(tm.get("mode"))}; {_e(tm.get("requests"))} requests '
@@ -448,6 +658,7 @@ def render_html(report: dict[str, Any]) -> str:
         if r.get("layers"):
             out.append(f"<h2>Where the time goes</h2>{layers_table(r['layers'])}")
         if cand.get("confusion"):
+            # an anomaly report's 2x2 matrix is its decisions at the threshold (good/defect)
             recall = cand.get("per_class_recall") or {}
             out.append(f'<h2>Candidate confusion matrix</h2><div class="grid"><figure>'
                        f'{confusion_svg(cand["confusion"], r.get("classes") or [], name)}</figure>'
@@ -498,9 +709,15 @@ def _group_facts(group: list[dict[str, Any]]) -> dict[str, Any]:
     tops = {round((r.get("reference") or {}).get("top1"), 6) for r in group
             if (r.get("reference") or {}).get("top1") is not None}
     sessions = sorted({session_id(r) for r in group if not r.get("skipped")})
-    return {"reference_top1": ref_top1, "reference_top1_consistent": len(tops) <= 1, "sessions": sessions,
-            "mixed_sessions": len(sessions) > 1,
-            "busy_rows": [r["target"] for r in group if (r.get("host_load") or {}).get("busy")]}
+    facts = {"reference_top1": ref_top1, "reference_top1_consistent": len(tops) <= 1, "sessions": sessions,
+             "mixed_sessions": len(sessions) > 1,
+             "busy_rows": [r["target"] for r in group if (r.get("host_load") or {}).get("busy")]}
+    if any(is_anomaly(r) for r in group):  # only anomaly sets get the key: classifier data stays as it was
+        aurocs = [(r.get("reference") or {}).get("auroc") for r in group]
+        aurocs = [a for a in aurocs if a is not None]
+        facts |= {"reference_auroc": aurocs[0] if aurocs else None,
+                  "reference_auroc_consistent": len({round(a, 6) for a in aurocs}) <= 1}
+    return facts
 
 
 def _link(r: dict[str, Any]) -> str:
@@ -510,8 +727,12 @@ def _link(r: dict[str, Any]) -> str:
 def _index_group(group: list[dict[str, Any]], k: int, n_groups: int) -> list[str]:
     ran = [r for r in group if not r.get("skipped") and r.get("candidate")]
     facts = _group_facts(group)
-    head = ("<tr><th>target</th><th>format / precision</th><th>top-1</th><th>bal. acc.</th><th>drop</th>"
-            "<th>agreement</th>"
+    # One run is one task; a skipped row of an anomaly run may lack ``task``, so any anomaly row decides.
+    anomaly = "reference_auroc" in facts
+    metric_heads = ("<th>AUROC</th><th>AUROC drop</th><th>F1</th><th>false reject</th><th>escape</th>"
+                    "<th>decision agreement</th>" if anomaly else
+                    "<th>top-1</th><th>bal. acc.</th><th>drop</th><th>agreement</th>")
+    head = ("<tr><th>target</th><th>format / precision</th>" + metric_heads +
             "<th>p50</th><th>p95</th><th>speed-up</th><th>throughput mode</th><th>size</th>"
             "<th style='text-align:left'>measured · session · host load</th>"
             "<th style='text-align:left'>status</th></tr>")
@@ -527,17 +748,26 @@ def _index_group(group: list[dict[str, Any]], k: int, n_groups: int) -> list[str
         tm = (c.get("throughput_mode") or {}).get("images_per_s")
         when = "–" if r.get("skipped") else (f'{_e(measured_text(r))}<br><span class="sub">{_e(session_id(r))}'
                                              f'</span><br>{_e(load_short(r.get("host_load")))}')
-        rows.append(f"<tr><td>{link}</td><td class=st>{fmt}</td><td>{_pct(c.get('top1'), 2)}</td>"
-                    f"<td>{_pct(c.get('balanced_accuracy'), 2)}</td>"
-                    f"<td>{_f(c.get('top1_drop'), 2, ' pts')}</td><td>{_pct(c.get('agreement'), 2)}</td>"
+        metrics = (f"<td>{_f(c.get('auroc'), 4)}</td><td>{_f(c.get('auroc_drop'), 4)}</td>"
+                   f"<td>{_f(c.get('f1'), 3)}</td><td>{_pct(c.get('false_reject_rate'), 2)}</td>"
+                   f"<td>{_pct(c.get('escape_rate'), 2)}</td><td>{_pct(c.get('decision_agreement'), 2)}</td>"
+                   if anomaly else
+                   f"<td>{_pct(c.get('top1'), 2)}</td><td>{_pct(c.get('balanced_accuracy'), 2)}</td>"
+                   f"<td>{_f(c.get('top1_drop'), 2, ' pts')}</td><td>{_pct(c.get('agreement'), 2)}</td>")
+        rows.append(f"<tr><td>{link}</td><td class=st>{fmt}</td>{metrics}"
                     f"<td>{_f(lat.get('p50'), 2, ' ms')}</td><td>{_f(lat.get('p95'), 2, ' ms')}</td>"
                     f"<td>{_f(r.get('speedup'), 2, '×')}{warn}</td><td>{_f(tm, 0, ' img/s')}</td>"
                     f"<td>{_f(c.get('size_mb'), 2, ' MB')}</td><td class='st when'>{when}</td>"
                     f"<td class=st>{_status(r)}</td></tr>")
     title = eval_set_text(group[0])
-    ref_line = (f"reference: full model, torch fp32, top-1 {_pct(facts['reference_top1'], 2)} on this evaluation set"
-                + ("" if facts["reference_top1_consistent"] else
-                   " (the rows' reports disagree on it: the reference model changed between benches)"))
+    if anomaly:
+        ref_line = (f"reference: full model, torch fp32, AUROC {_f(facts['reference_auroc'], 4)} on this evaluation "
+                    "set" + ("" if facts["reference_auroc_consistent"] else
+                             " (the rows' reports disagree on it: the reference model changed between benches)"))
+    else:
+        ref_line = (f"reference: full model, torch fp32, top-1 {_pct(facts['reference_top1'], 2)} on this evaluation "
+                    "set" + ("" if facts["reference_top1_consistent"] else
+                             " (the rows' reports disagree on it: the reference model changed between benches)"))
     out = [f'<section class="evalset" data-eval-set="{_e(eval_set_key(group[0]))}">'
            f"<h2>Evaluation set {k} of {n_groups}: {_e(title)}</h2>"
            f"<p class='sub reference-top1'>{_e(ref_line)} · {len(group)} target(s), {len(ran)} measured</p>"]
@@ -553,12 +783,14 @@ def _index_group(group: list[dict[str, Any]], k: int, n_groups: int) -> list[str
     if ran:
         lat_rows = [row for i, r in enumerate(ran)
                     for row in _lat_rows(r, PALETTE[i % len(PALETTE)], r["target"])]
-        pts, ref_top1 = _points(ran)
+        pts, ref_top1 = _points(ran, "auroc" if anomaly else "top1")
+        what, scatter = (("AUROC", scatter_svg(pts, ref_top1, "AUROC vs latency", metric="AUROC")) if anomaly
+                         else ("Top-1", scatter_svg(pts, ref_top1)))
         out.append(f"<h3>Latency distribution</h3><figure>{latency_svg(lat_rows)}<figcaption>{_LAT_CAPTION} "
                    "Each target's grey row is the reference timed in the same bench run."
                    "</figcaption></figure>"
-                   f"<h3>Accuracy vs latency</h3><figure>{scatter_svg(pts, ref_top1)}<figcaption>Top-1 on this "
-                   "evaluation set only; the reference ◆ sits at the median of its timings across the benches."
+                   f"<h3>{'AUROC' if anomaly else 'Accuracy'} vs latency</h3><figure>{scatter}<figcaption>{what} on "
+                   "this evaluation set only; the reference ◆ sits at the median of its timings across the benches."
                    "</figcaption></figure>")
     out.append("</section>")
     return out
@@ -589,7 +821,8 @@ def render_index(reports: list[dict[str, Any]], title: str) -> str:
 
 
 def index_json(reports: list[dict[str, Any]], title: str) -> dict[str, Any]:
-    """The run index as data: one entry per evaluation set, its reference top-1, sessions and rows."""
+    """The run index as data: one entry per evaluation set, its reference top-1 (and AUROC, for an
+    anomaly run), sessions and rows (anomaly rows with their AUROC and decision figures)."""
     sets = []
     for group in group_reports(reports):
         facts = _group_facts(group)
@@ -608,6 +841,10 @@ def index_json(reports: list[dict[str, Any]], title: str) -> dict[str, Any]:
                          "throughput_mode_ips": (c.get("throughput_mode") or {}).get("images_per_s"),
                          "model_rss_mb": c.get("model_rss_mb"), "timing_reliable": r.get("timing_reliable"),
                          "passed": r.get("passed"), "skipped": r.get("skipped")})
+            if is_anomaly(r):  # what an anomaly row is judged by; classifier rows keep their old keys only
+                rows[-1] |= {"task": "anomaly"} | {k: c.get(k) for k in (
+                    "auroc", "auroc_drop", "f1", "false_reject_rate", "escape_rate", "decision_agreement",
+                    "max_score_drift", "n_good", "n_defect")}
         ident = group[0].get("eval_set")
         sets.append({"eval_set": ident if isinstance(ident, dict) else {"path": ident},
                      "eval_set_text": eval_set_text(group[0]), **facts, "rows": rows})

@@ -18,19 +18,68 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def is_anomaly(report: dict[str, Any]) -> bool:
+    """True for a good-only anomaly report; reports written before the ``task`` key are classifiers."""
+    return report.get("task") == "anomaly"
+
+
+def anomaly_rows(ref: dict[str, Any], cand: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(figure, reference, candidate) rows of an anomaly report: what its gates and users judge it by."""
+    return [
+        ("AUROC", _fmt(ref.get("auroc"), 4), _fmt(cand.get("auroc"), 4)),
+        ("AUROC drop", "", _fmt(cand.get("auroc_drop"), 4)),
+        ("F1 (defect positive)", _fmt(ref.get("f1")), _fmt(cand.get("f1"))),
+        ("false-reject rate (good rejected)", _fmt(ref.get("false_reject_rate"), 4),
+         _fmt(cand.get("false_reject_rate"), 4)),
+        ("escape rate (defects passed)", _fmt(ref.get("escape_rate"), 4), _fmt(cand.get("escape_rate"), 4)),
+        ("decision agreement", "", _fmt(cand.get("decision_agreement"), 4)),
+        ("max score drift (× threshold)", "", _fmt(cand.get("max_score_drift"), 4)),
+        ("images: good / defect", "", f"{_fmt(cand.get('n_good'))} / {_fmt(cand.get('n_defect'))}"),
+    ]
+
+
+def missing_class_note(cand: dict[str, Any]) -> str | None:
+    """Why some anomaly figures are "–": an evaluation set without defect (or good) images."""
+    if cand.get("n_defect") == 0:
+        return "no defect image in the evaluation set: AUROC, F1 and the escape rate cannot be computed"
+    if cand.get("n_good") == 0:
+        return "no good image in the evaluation set: AUROC and the false-reject rate cannot be computed"
+    return None
+
+
+def headline(report: dict[str, Any]) -> str:
+    """One console line of an anomaly report: the figures a QC decision rests on."""
+    ref, cand = report.get("reference") or {}, report.get("candidate") or {}
+    if report.get("skipped"):
+        return f"{report['target']}: skipped: {report['skipped']}"
+
+    def pct(v: Any) -> str:
+        return "–" if v is None else f"{100 * v:.2f} %"
+
+    return (f"{report['target']}: AUROC {_fmt(cand.get('auroc'), 4)} (reference {_fmt(ref.get('auroc'), 4)}), "
+            f"decision agreement {pct(cand.get('decision_agreement'))}, "
+            f"false-reject {pct(cand.get('false_reject_rate'))}, escape {pct(cand.get('escape_rate'))}, "
+            + ("passed" if report.get("passed") else "FAILED"))
+
+
 def markdown(report: dict[str, Any]) -> str:
     """A Markdown table of one report (reference vs candidate) plus its gates."""
     ref, cand = report["reference"], report.get("candidate") or {}
     if report.get("skipped"):
         return f"# {report['target']}\n\nSkipped: {report['skipped']}\n"
+    anomaly = is_anomaly(report)
     rl, cl = ref.get("latency_ms") or {}, cand.get("latency_ms") or {}
     tm = cand.get("throughput_mode") or {}
-    rows = [
-        ("format / precision", f"{ref['format']} / {ref['precision']}", f"{cand['format']} / {precision_text(cand)}"),
+    # An anomaly model's top-1 is its thresholded decision as a 2-class "classifier": the AUROC and
+    # decision rates say the same more usefully, so they take the top-1 rows' place.
+    figures = anomaly_rows(ref, cand) if anomaly else [
         ("top-1", _fmt(ref.get("top1")), _fmt(cand.get("top1"))),
         ("balanced accuracy", _fmt(ref.get("balanced_accuracy")), _fmt(cand.get("balanced_accuracy"))),
         ("top-1 drop (points)", "", _fmt(cand.get("top1_drop"), 2)),
-        ("agreement", "", _fmt(cand.get("agreement"), 4)),
+        ("agreement", "", _fmt(cand.get("agreement"), 4))]
+    rows = [
+        ("format / precision", f"{ref['format']} / {ref['precision']}", f"{cand['format']} / {precision_text(cand)}"),
+        *figures,
         ("p50 ms", _fmt(rl.get("p50"), 2), _fmt(cl.get("p50"), 2)),
         ("p95 ms", _fmt(rl.get("p95"), 2), _fmt(cl.get("p95"), 2)),
         ("p99 ms", _fmt(rl.get("p99"), 2), _fmt(cl.get("p99"), 2)),
@@ -50,7 +99,8 @@ def markdown(report: dict[str, Any]) -> str:
     # Per-class recall, with a class that has no evaluation image shown as such: its recall is not 0
     # and not fine, it is unknown, and the gates above say nothing about it.
     ref_recall, cand_recall = ref.get("per_class_recall") or {}, cand.get("per_class_recall") or {}
-    classes = list(report.get("classes") or cand_recall or ref_recall)
+    # good/defect recall of an anomaly report is 1 - false-reject / 1 - escape rate, shown above
+    classes = [] if anomaly else list(report.get("classes") or cand_recall or ref_recall)
     unevaluated = [c for c in classes if c in cand_recall and cand_recall[c] is None]
 
     def recall(table: dict[str, Any], c: str) -> str:
@@ -66,6 +116,9 @@ def markdown(report: dict[str, Any]) -> str:
     if unevaluated:
         lines += ["", f"**Not evaluated:** {', '.join(unevaluated)} (no evaluation image: too few images to hold "
                   "one out); every figure and gate here covers the other classes only."]
+    missing = missing_class_note(cand) if anomaly else None
+    if missing:
+        lines += ["", f"**Not evaluated:** {missing}."]
     label = unreliable_label(report)
     mark = f" (unreliable: {label})" if label else ""
     lines += ["", f"**speedup** (reference p50 / candidate p50): {_fmt(report.get('speedup'), 2)}×{mark}", ""]
@@ -85,7 +138,10 @@ def markdown(report: dict[str, Any]) -> str:
     if "host_load" in report:
         lines += [describe(report["host_load"]), ""]
     lines += ["| gate | limit | value | passed |", "|---|---|---|---|"]
-    lines += [f"| {g['name']} | {_fmt(g['limit'])} | {_fmt(g['value'])} | {'yes' if g['passed'] else '**NO**'} |"
+    # AUROC drops of 0.0025 vs a 0.01 limit need the 4th digit; classifier gates keep 3
+    digits = {"max_auroc_drop": 4, "min_decision_agreement": 4}
+    lines += [f"| {g['name']} | {_fmt(g['limit'], digits.get(g['name'], 3))} | "
+              f"{_fmt(g['value'], digits.get(g['name'], 3))} | {'yes' if g['passed'] else '**NO**'} |"
               for g in report["gates"]]
     for note in report.get("notes", []):
         lines.append(f"\n> {note}")
@@ -111,10 +167,27 @@ def layers_text(layers: dict[str, Any]) -> str:
 
 def summary_table(reports: list[dict[str, Any]]) -> str:
     """One Markdown row per target, for ``bench --all-targets`` and the benchmark script: each row says
-    its precision (the INT8 graph's real state), evaluation set, date and host load."""
+    its precision (the INT8 graph's real state), evaluation set, date and host load. Anomaly reports get
+    a table of their own, with AUROC and decision rates where classifiers show top-1."""
+    anomaly = [r for r in reports if is_anomaly(r)]
+    if not anomaly:
+        return _summary(reports, anomaly=False)
+    # A skipped report of an anomaly run may lack ``task`` (written before any figure was measured):
+    # it belongs with the anomaly rows unless real classifier rows are there too.
+    classifier = [r for r in reports if not is_anomaly(r) and not r.get("skipped")]
+    if not classifier:
+        return _summary(reports, anomaly=True)
+    rest = [r for r in reports if not is_anomaly(r)]
+    return _summary(rest, anomaly=False) + "\n\n" + _summary(anomaly, anomaly=True)
+
+
+def _summary(reports: list[dict[str, Any]], anomaly: bool) -> str:
     sets = {eval_set_text(r) for r in reports}
     head = ("| target | precision | top-1 | bal. acc. | drop | agreement | p50 ms | p95 ms | speedup | "
             "img/s (throughput mode) | size MB | measured | host load | passed |")
+    if anomaly:
+        head = head.replace("| top-1 | bal. acc. | drop | agreement |", "| AUROC | AUROC drop | F1 | false reject "
+                            "| escape | decision agreement | max score drift |")
     lines = []
     if len(sets) == 1:
         lines += [f"Evaluation set: {sets.pop()}", ""]
@@ -128,8 +201,12 @@ def summary_table(reports: list[dict[str, Any]]) -> str:
         label = unreliable_label(r)
         speedup = _fmt(r.get("speedup"), 2) + (f" (UNRELIABLE: {label})" if label else "")
         tm = (c.get("throughput_mode") or {}).get("images_per_s")
-        cells = [r["target"], precision_text(c) if c else "–", _fmt(c.get("top1")), _fmt(c.get("balanced_accuracy")),
-                 _fmt(c.get("top1_drop"), 2), _fmt(c.get("agreement"), 4), _fmt(lat.get("p50"), 2),
+        figures = ([_fmt(c.get("auroc"), 4), _fmt(c.get("auroc_drop"), 4), _fmt(c.get("f1")),
+                    _fmt(c.get("false_reject_rate"), 4), _fmt(c.get("escape_rate"), 4),
+                    _fmt(c.get("decision_agreement"), 4), _fmt(c.get("max_score_drift"), 4)] if anomaly else
+                   [_fmt(c.get("top1")), _fmt(c.get("balanced_accuracy")), _fmt(c.get("top1_drop"), 2),
+                    _fmt(c.get("agreement"), 4)])
+        cells = [r["target"], precision_text(c) if c else "–", *figures, _fmt(lat.get("p50"), 2),
                  _fmt(lat.get("p95"), 2), speedup, _fmt(tm, 0), _fmt(c.get("size_mb"), 2),
                  "–" if r.get("skipped") else measured_text(r),
                  "–" if r.get("skipped") else load_short(r.get("host_load"))]

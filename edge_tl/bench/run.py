@@ -426,7 +426,8 @@ def bench(run_dir: str | Path, targets: list[str] | None, data: str | None = Non
                 failed = False
             if reason is not None:
                 ident = evalset.describe()
-                report = {"target": target.name, "profile": target.model_dump(), "eval_set": ident,
+                report = {"task": "anomaly" if is_anomaly_run(run) else "classification",
+                          "target": target.name, "profile": target.model_dump(), "eval_set": ident,
                           "n": ident["n"], "classes": evalset.classes, "host": host_info(),
                           "versions": versions(), "notes": [], "session": session, "measured_at": _now(),
                           "reference": {"format": "torch", "precision": "fp32", "top1": classification_metrics(

@@ -31,9 +31,9 @@ def bench(
                                      "CPUs; if they never do, bench anyway and mark the timings unreliable."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Measure accuracy, drift, latency, throughput and memory of targets against the full torch model;
-    exit 1 on a failed gate."""
-    from ..bench.report import layers_text, markdown, summary_table
+    """Measure accuracy, drift, latency, throughput and memory of targets against the full torch model
+    (for an anomaly run: AUROC, decision agreement, false-reject and escape rates); exit 1 on a failed gate."""
+    from ..bench.report import headline, is_anomaly, layers_text, markdown, summary_table
     from ..bench.run import bench as run_bench
 
     if not target and not all_targets:
@@ -42,6 +42,11 @@ def bench(
                         json_path=str(json_path) if json_path else None, quiet=quiet or state.quiet,
                         wait_quiet=wait_quiet, export=export, layers=layers)
     print(markdown(reports[0]) if len(reports) == 1 else summary_table(reports))
+    anomaly = [r for r in reports if is_anomaly(r)]
+    if anomaly:
+        # The tables above are wide; a QC decision rests on these four figures, so close with them
+        # one line per target, where a terminal or a CI log shows them last.
+        print("\n" + "\n".join(headline(r) for r in anomaly))
     if layers and len(reports) > 1:
         for r in reports:
             if r.get("layers"):

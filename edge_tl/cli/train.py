@@ -38,10 +38,11 @@ def finetune(
     balance: str = typer.Option("none", metavar="none|weights|sampler",
                                 help="Imbalanced classes: none | weights (loss weighted per class) | "
                                 "sampler (classes drawn equally often); early stopping then uses balanced accuracy."),
-    resize: str = typer.Option("shorter", metavar="shorter|full|letterbox|auto",
+    resize: str = typer.Option(None, metavar="shorter|full|letterbox|auto",
                                help="How an image becomes the square input: shorter (resize + centre "
                                "crop, ImageNet's recipe) | full (whole frame, squeezed) | letterbox (whole frame, "
-                               "padded) | auto (letterbox when the crop would drop a median > 45 %)."),
+                               "padded) | auto (letterbox when the crop would drop a median > 45 %). "
+                               "Default: shorter; full for --task anomaly."),
     engine: str = typer.Option("auto", metavar="auto|onnxruntime|torch",
                                help="What runs the frozen layers once: auto (ONNX Runtime on a CPU) | "
                                "onnxruntime | torch."),
@@ -50,7 +51,9 @@ def finetune(
     task: str = typer.Option("classify", metavar="classify|anomaly",
                              help="classify (an ImageFolder of labelled classes) | anomaly (DATA_DIR holds good "
                              "images only, or name the good class with --ok-class; PatchCore/PaDiM)."),
-    method: str = typer.Option("patchcore", metavar="patchcore|padim", help="anomaly: the method."),
+    method: str = typer.Option("padim", metavar="padim|patchcore", help="anomaly: padim (one Gaussian per patch "
+                               "position: fixtured, aligned parts; cheap) | patchcore (a bank of good patches, "
+                               "position-free)."),
     val: Path = typer.Option(None, "--val", metavar="DIR", help="anomaly: labelled folder (a good/ok folder and "
                              "defect folders) that sets the threshold (one half) and gives AUROC (the other)."),
     ok_class: str = typer.Option(None, "--ok-class", metavar="NAME", help="anomaly: the good class folder in "
@@ -59,12 +62,12 @@ def finetune(
                                   "the training patches (greedy coreset)."),
     bank_size: int = typer.Option(None, metavar="N", help="anomaly (patchcore): bank entries (overrides --coreset)."),
     dim: int = typer.Option(None, metavar="D", help="anomaly: random projection of the patch features to D "
-                            "dimensions (default: none; fewer dimensions cost less per image)."),
+                            "dimensions (default: 64 for padim, none for patchcore; fewer cost less per image)."),
     holdout: float = typer.Option(None, metavar="FRACTION", help="anomaly: good images kept out of the bank for "
                                   "the threshold and the figures (default 0.2 without --val, 0 with it)."),
     max_false_reject: float = typer.Option(None, metavar="RATE", help="anomaly: set the threshold so that the "
                                            "false-reject rate's 95 %% upper bound is within RATE (default with "
-                                           "defect images: max F1; without: 0.05)."),
+                                           "defect images: max balanced accuracy; without: 0.05)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Fine-tune a pretrained backbone on an image folder, or fit a good-only anomaly model (--task anomaly).
@@ -94,7 +97,7 @@ def finetune(
                       quiet=quiet or state.quiet, views=views, backbone_lr_scale=backbone_lr_scale,
                       balance=balance, engine=engine)
     manifest = run_finetune(data_dir, out, arch=arch, weights=weights, val_fraction=val_fraction, train_cfg=cfg,
-                            resize=resize, input_size=input_size)
+                            resize=resize or "shorter", input_size=input_size)
     if manifest:
         console().print(finetune_summary(manifest, out), soft_wrap=True)
 

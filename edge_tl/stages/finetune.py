@@ -55,6 +55,17 @@ def choose_resize(folder: ImageFolder, samples: list, pre: Preprocess, resize: s
     return mode, info
 
 
+def weights_preprocessing(arch: str, source: dict[str, Any], input_size: int | None) -> Preprocess:
+    """The preprocessing the resolved weights expect, at ``input_size`` when given (the shorter-side
+    resize keeps the weights' resize/crop ratio). Raises ConfigError outside 32..1024 pixels."""
+    pre = preprocessing_for(arch, source.get("entry"))
+    if input_size is None:
+        return pre
+    if not 32 <= input_size <= 1024:
+        raise ConfigError(f"--input-size must be between 32 and 1024 pixels, got {input_size}")
+    return dataclasses.replace(pre, crop=input_size, resize=round(input_size * pre.resize / pre.crop))
+
+
 def finetune(data_dir: str | Path, out: str | Path, *, arch: str = "mobilenet_v2", weights: str = "imagenet",
              val_fraction: float = 0.2, train_cfg: Any = None, resize: str = "shorter",
              input_size: int | None = None) -> dict[str, Any]:
@@ -83,11 +94,7 @@ def finetune(data_dir: str | Path, out: str | Path, *, arch: str = "mobilenet_v2
     if not val:
         raise DataError(f"{data_dir}: too few images for a validation split (every class needs ≥ 2)")
     state, source = resolve_weights(arch, weights)
-    pre = preprocessing_for(arch, source.get("entry"))
-    if input_size is not None:
-        if not 32 <= input_size <= 1024:
-            raise ConfigError(f"--input-size must be between 32 and 1024 pixels, got {input_size}")
-        pre = dataclasses.replace(pre, crop=input_size, resize=round(input_size * pre.resize / pre.crop))
+    pre = weights_preprocessing(arch, source, input_size)
     mode, resize_info = choose_resize(folder, train, pre, resize)
     pre = dataclasses.replace(pre, resize_mode=mode)
     if resize == "auto":
