@@ -219,3 +219,19 @@ def test_greedy_coreset_covers_every_cluster() -> None:
     idx = greedy_coreset(x, 5, seed=1, project_dim=64)
     assert sorted(set(idx // 200)) == [0, 1, 2, 3, 4]
     assert len(greedy_coreset(x, 5000)) == len(x)
+
+
+def test_pipeline_file_fits_and_exports_an_anomaly_model(data: Path, tmp_path: Path) -> None:
+    from edge_tl.pipeline import run_pipeline
+
+    path = tmp_path / "p.toml"
+    path.write_text(f'[finetune]\ndata = "{data / "train" / "good"}"\nout = "run"\ntask = "anomaly"\n'
+                    f'val = "{data / "test"}"\n\n[export]\ntargets = ["cpu-onnxruntime-fp32"]\n')
+    manifest, reports, bundled = run_pipeline(path, quiet=True)
+    assert manifest["task"] == "anomaly" and manifest["anomaly"]["method"] == "padim"
+    assert reports == [] and bundled is None
+    split = json.loads((tmp_path / "run" / "finetune" / "split.json").read_text())
+    # Paths are relative to the images' common folder, which every stage joins them to.
+    assert Path(split["root"]) == data.resolve() and not Path(split["val"][0][0]).is_absolute()
+    tm = json.loads((tmp_path / "run" / "targets" / "cpu-onnxruntime-fp32" / "manifest.json").read_text())
+    assert tm["validation"]["agreement"] == 1.0

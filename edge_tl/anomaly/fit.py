@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -381,13 +382,22 @@ def fit_anomaly(good_dir: str | Path, out: str | Path, *, arch: str = "mobilenet
     run = RunDir(Path(out))
     from ..checkpoint import MODEL_FILE, save_state
 
+    # Good images and --val may live in different trees: paths are relative to their common folder, so
+    # reports name a real folder and split.json stays readable.
+    used = [p.resolve() for p in (*train_kept, *thr_kept, *val_kept)]
+    common = Path(os.path.commonpath([str(p) for p in used]))
+    common = common if common.is_dir() else common.parent
+
+    def rel(p: Path) -> str:
+        return str(p.resolve().relative_to(common))
+
     with staged_folder(run.finetune) as tmp:
         save_state(model, tmp / MODEL_FILE)
         write_json(tmp / "split.json", {
-            "root": "/", "classes": CLASSES, "seed": seed, "val_fraction": 0.5, "task": "anomaly",
-            "train": [[str(p.resolve()), 0] for p in train_kept],
-            "threshold": [[str(p.resolve()), int(y)] for p, y in zip(thr_kept, thr_labels, strict=True)],
-            "val": [[str(p.resolve()), int(y)] for p, y in zip(val_kept, val_labels, strict=True)],
+            "root": str(common), "classes": CLASSES, "seed": seed, "val_fraction": 0.5, "task": "anomaly",
+            "train": [[rel(p), 0] for p in train_kept],
+            "threshold": [[rel(p), int(y)] for p, y in zip(thr_kept, thr_labels, strict=True)],
+            "val": [[rel(p), int(y)] for p, y in zip(val_kept, val_labels, strict=True)],
             "skipped": skipped})
         manifest = write_manifest(
             tmp, "finetune", files=[MODEL_FILE, "split.json"],
