@@ -108,9 +108,9 @@ def selection_of(x: np.ndarray, logits: np.ndarray, classes: list[str]) -> Any:
 def unscaled_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fallback tests below choose on near-ties picked for *this* graph's flips: count them as they
     are (the ×2 error scale stands in for the wider margins of training images, which these are not)."""
-    from edge_tl.stages import quantize as quantize_module
+    from edge_tl.stages.quantize import fallback
 
-    monkeypatch.setattr(quantize_module, "SELECTION_ERROR_SCALE", 1.0)
+    monkeypatch.setattr(fallback, "SELECTION_ERROR_SCALE", 1.0)
 
 
 @pytest.mark.parametrize(("builtin", "act_dtype", "symmetric"), [

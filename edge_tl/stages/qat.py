@@ -14,7 +14,7 @@ Why torch.ao and not NNCF's torch QAT: on a CPU, NNCF's fake quantisers compile 
 first use (measured here: minutes on 2 cores, and a timeout under load), while torch's fake-quant ops
 are built in and export to standard ``QuantizeLinear``/``DequantizeLinear`` pairs that both ONNX
 Runtime and OpenVINO read. The epoch that ships is chosen on the selection set (training images that
-are neither calibration nor validation images); validation only judges it (``quantize._held_out``).
+are neither calibration nor validation images); validation only judges it (``quantize.fallback.held_out``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,172 @@
+"""INT8 per target: calibration, quantisation in the form each runtime wants, accuracy-aware fallback.
+
+Called by ``export`` for every int8 target. One fp32 ONNX graph goes in; what comes out depends on
+the runtime (design.md):
+
+* ``onnx_qdq`` (ONNX Runtime, TensorRT): a static QDQ graph from ``onnxruntime.quantization``.
+  Activation type, symmetry and per-channel weights come from the profile: x86 u8 activations with
+  signed per-channel weights (the u8s8 kernels), ARM64 signed activations (its SDOT kernels are
+  s8s8), TensorRT symmetric int8 with zero point 0 everywhere (the only QDQ form its
+  explicit-precision mode accepts). On x86 CPUs without VNNI (AVX2 only) ONNX Runtime's fully
+  integer u8s8 kernels saturate their 16-bit pair sums: there min/max QDQ flipped 50 of 360 NEU
+  answers and 289 of 525 elpv answers (the same graph emulated in float: 1 of 360).
+* ``nncf``: NNCF post-training quantisation with full bias correction. OpenVINO: of the OpenVINO
+  model, its input first restored to 8-bit pixels so the first quantiser is exact (``pixel_grid``).
+  ONNX Runtime (the x86 default) and TensorRT: of the ONNX graph, per-tensor activations;
+  unsigned activations (x86) also get the pixel grid, int8 ones (TensorRT) NNCF's unsigned
+  quantisers turned into signed zero-point-0 ones (``nncf_onnx.signed_activations``). On the NEU model
+  bias correction is what keeps the symmetric TensorRT graph within the gate: ORT's min/max symmetric
+  QDQ flips 7 of 360 answers, NNCF's 1.
+
+Then the gates, chosen and judged on different images. The float layers are *chosen* on a selection
+set (``calibration.build_selection_set``: training images that are neither calibration nor validation
+images, with the source float model's logits; ``fallback.Judge``); the validation set (eval.npz) only
+*judges* the graph that ships, afterwards (``fallback.held_out``), and a miss there is shipped and
+reported, never searched again. If the all-INT8 model misses ``max_top1_drop`` / ``min_agreement`` on
+the selection set, the layers most sensitive to quantisation are kept in float, as few as the gate
+allows there. ONNX Runtime QDQ: each quantised layer is kept in float alone and the logit error it
+removes is measured on the calibration images; layers are then excluded in that order, searching
+for the smallest count that passes (the calibration ranges are computed once and cached).
+OpenVINO and NNCF's ONNX graphs: the same ranking over the activation quantisers, each bypassed alone
+(``openvino_.sensitivity``, ``onnxruntime_.sensitivity``), then the fewest bypassed that pass
+(``fallback.bypass_fewest``). (NNCF's own ``quantize_with_accuracy_control`` was tried first: on the
+pruned NEU model, 2 answers off the gate, it reverted all 64 quantised ops in 10 minutes; bypassing the
+one input quantiser the ranking puts first passes, in about a minute.) Either way the manifest lists the
+layers left in float and why, and says plainly when no choice of layers can pass.
+
+Last, INT8 has to pay: the float and INT8 graphs are timed in this process on the target's backend;
+when INT8 is slower, ``export`` warns (and ``bench`` says so again on the device).
+
+The package, one module per backend of the same shape (``backend.Backend``), as NNCF lays out its
+backends:
+
+* ``__init__`` (this module): ``quantize_for_target``, the driver. It builds the calibration set and
+  the judge, hands the target to its backend (``BACKENDS``), times the result and writes
+  calibration.json.
+* ``backend``: the ``Backend`` protocol every backend module satisfies, and what they share (the
+  anomaly graph's float part, ``anomaly_float_names``).
+* ``fallback``: the gates, the selection set and ``Judge``, the fallback record before and after the
+  search, ``search_fewest`` and ``bypass_fewest``, the held-out verdict, the report. No runtime.
+* ``onnxruntime_``: the QDQ graph ONNX Runtime and TensorRT execute, made by ``quantize_static``
+  (``quantize_qdq``) or by NNCF (``nncf_onnx``).
+* ``openvino_``: NNCF's OpenVINO model.
+* ``qat_``: quantisation-aware training's graph (``stages/qat.py`` trains), judged in any backend.
+* ``speed``: ``speed_check``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...calibration import SelectionSet, build_calibration_set, build_selection_set, write_calibration_json
+from ...errors import ConfigError
+from ...evalset import EvalSet
+from ...manifest import read_manifest
+from ...preprocess import Preprocess
+from ...rundir import RunDir
+from ...targets import Target
+from . import onnxruntime_, openvino_, qat_
+from .backend import Backend
+from .fallback import gate_values, make_judge, report_fallback, search_fewest
+from .nncf_onnx import nncf_quantize_onnx
+from .onnxruntime_ import activation_quantizers as _activation_quantizers
+from .onnxruntime_ import logits as _ort_logits
+from .onnxruntime_ import ort_settings
+from .onnxruntime_ import without as onnx_without
+from .openvino_ import logits as _ov_logits
+from .openvino_ import without as ov_without
+from .speed import speed_check
+
+__all__ = [
+    "BACKENDS", "CALIBRATION_JSON", "_activation_quantizers", "_ort_logits", "_ov_logits", "gate_values",
+    "nncf_quantize_onnx", "onnx_without", "ort_settings", "ov_without", "quantize_for_target", "search_fewest",
+    "speed_check",
+]
+
+log = logging.getLogger("edge_tl")
+
+CALIBRATION_JSON = "calibration.json"
+
+# The module that makes each backend's INT8 model. OpenVINO quantises its own model; every other backend
+# executes the ONNX graph.
+BACKENDS: dict[str, Backend] = {"onnxruntime": onnxruntime_, "tensorrt": onnxruntime_, "openvino": openvino_}
+
+
+def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path, out_dir: Path,
+                        calibration: str | None, evalset: EvalSet, src_logits: np.ndarray,
+                        quiet: bool = True, model_logits: Callable[[np.ndarray], np.ndarray] | None = None,
+                        selection: SelectionSet | None = None, qat_epochs: int = 0,
+                        model: Any = None) -> tuple[list[str], dict[str, Any]]:
+    """Write ``target.model_file`` (INT8) and ``calibration.json`` into ``out_dir``.
+
+    Returns the files written (relative to ``out_dir``) and the fields merged into the target
+    manifest: ``calibration``, ``quantizer``, ``float_layers``, ``fallback``, ``speed_check`` and
+    ``int8_speedup_over_float``. ``float_onnx`` is left in place (bench times it against the INT8 model).
+
+    ``evalset`` (validation) is held out: float layers are chosen on a selection set of training
+    images (``selection``, else ``build_selection_set``) with the source float model's logits
+    (``model_logits(inputs)``, else the torch model in ``src`` is loaded), and ``evalset`` only gives
+    the verdict (``fallback.held_out``). ``qat_epochs`` > 0: quantisation-aware training of ``model``
+    (the torch model in ``src``; loaded when None) instead of post-training quantisation
+    (``qat_.quantize_qat``).
+    """
+    q = target.quantizer
+    if q.method == "none":
+        raise ConfigError(f"{target.name}: precision is int8 but quantizer.method is 'none' "
+                          "(use onnx_qdq or nncf)")
+    if q.method == "onnx_qdq" and target.backend not in ("onnxruntime", "tensorrt"):
+        raise ConfigError(f"{target.name}: quantizer.method 'onnx_qdq' needs backend onnxruntime or "
+                          f"tensorrt, not {target.backend}")
+    backend = BACKENDS.get(target.backend, onnxruntime_)
+    # Bad combinations fail early (ONNX graphs: the QDQ form the runtime accepts).
+    settings = backend.settings(target)
+    src_manifest = read_manifest(src, verify=False)
+    pre = Preprocess.from_dict(src_manifest["preprocessing"])
+    cset = build_calibration_set(run, pre, src_manifest["classes"], q.calibration_size,
+                                 user_source=calibration, quiet=quiet)
+    float_values = gate_values(src_logits, evalset, target.gates) if len(evalset.labels) else None
+    gate_reference = "full model"
+    if float_values is not None and not float_values["passed"]:
+        # A pruned float model can already miss the gate against the full model; then no float layers
+        # could pass, but quantisation must still not add its own loss on top: judge it against the
+        # float model it came from (the bench still reports against the full model).
+        log.warning("%s: the float %s model already misses the gate against the full model (%s); the INT8 "
+                    "fallback judges quantisation against the float %s model instead", target.name, src.name,
+                    "; ".join(float_values["failed"]), src.name)
+        evalset = dataclasses.replace(evalset, logits=src_logits)
+        float_values = gate_values(src_logits, evalset, target.gates)
+        gate_reference = f"float {src.name} model (it misses the gate against the full model)"
+    judge, sel = make_judge(target, run, src, evalset, src_logits, gate_reference != "full model",
+                            lambda: build_selection_set(run, pre, src_manifest["classes"], cset, quiet=quiet)
+                            if selection is None else selection, model_logits)
+
+    if qat_epochs:
+        if model is None:
+            from ...checkpoint import load_model
+
+            model, _ = load_model(src)
+        files, info = qat_.quantize_qat(backend, target, run, model, out_dir, cset, judge, sel, float_values, pre,
+                                        qat_epochs, quiet)
+    else:
+        files, info = backend.quantize(target, settings, float_onnx, out_dir, cset, judge, float_values, pre)
+
+    speed = speed_check(target, float_onnx, out_dir / target.model_file)
+    info["speed_check"] = speed
+    info["gate_reference"] = gate_reference
+    info["int8_speedup_over_float"] = speed.get("speedup")
+    methods = {"onnx_qdq": q.calibration_method, "qat": "moving-average min/max observers, then trained weights"}
+    calibration_summary = cset.summary() | {"method": methods.get(info["quantizer"]["method"],
+                                                                  "nncf (min/max statistics, bias correction)")}
+    # The selection images are listed beside the calibration images: both sets are auditable by sha256.
+    write_calibration_json(out_dir / CALIBRATION_JSON, cset, method=calibration_summary["method"],
+                           target=target.name, preprocessing=pre.to_dict(),
+                           selection=(sel.summary() | {"images": sel.images}) if sel is not None else None)
+    info["calibration"] = calibration_summary
+    report_fallback(target, info["fallback"])
+    return [*files, CALIBRATION_JSON], info

@@ -1,0 +1,499 @@
+"""The ONNX backend: INT8 as a QDQ graph, which ONNX Runtime and TensorRT both execute.
+
+``quantize`` makes it with ``onnxruntime.quantization`` (``quantize_qdq``: static QDQ in the form the
+runtime wants, layers kept in float by re-quantising without them) or with NNCF (``nncf_onnx``, whose
+fallback bypasses activation quantisers: ``without``, ``sensitivity``). On TensorRT a NNCF graph that misses
+the gate on the selection set is replaced by the QDQ path with its layer fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...calibration import CalibrationSet
+from ...errors import ConfigError, require
+from ...manifest import atomic_path
+from ...preprocess import Preprocess
+from ...targets import Target
+from .backend import ANOMALY_OUTPUT, EVAL_BATCH, anomaly_float_names, quiet_library_logging, rel_error
+from .fallback import (
+    SENSITIVITY_IMAGES,
+    Judge,
+    fallback_start,
+    float_reason,
+    gate_margin,
+    held_out,
+    search_fewest,
+    short,
+)
+
+log = logging.getLogger("edge_tl")
+
+WHERE = "ONNX Runtime CPU"
+QUANTIZER_OP = "QuantizeLinear"
+MODEL = "graph"
+CAL_BATCH = 8  # images per calibration inference (ranges are min/max over all of them anyway)
+
+
+# --------------------------------------------------------------------------------------------------
+# The backend's entry points (``backend.Backend``)
+
+
+def settings(target: Target) -> dict[str, Any]:
+    return ort_settings(target)
+
+
+def quantize(target: Target, settings: dict[str, Any], float_onnx: Path, out_dir: Path, cset: CalibrationSet,
+             judge: Judge, float_values: dict[str, Any] | None, pre: Preprocess,
+             ) -> tuple[list[str], dict[str, Any]]:
+    """``quantizer.method`` ``onnx_qdq``: ``quantize_qdq``; ``nncf``: NNCF's graph (``nncf_onnx``), and when
+    it misses the gate on the selection set and has no fallback of its own (TensorRT), the QDQ path."""
+    if target.quantizer.method != "nncf":
+        return quantize_qdq(target, settings, float_onnx, out_dir, cset, judge, float_values)
+    from . import nncf_onnx
+
+    files, info = nncf_onnx.quantize_nncf(target, float_onnx, out_dir, cset, judge, float_values, pre)
+    if info["fallback"]["status"] == "needed":
+        # NNCF's graph misses the gate on the selection set: the QDQ path below can keep chosen layers
+        # in float (chosen on the same selection set; validation still only judges).
+        first = {k: v for k, v in info["fallback"].items() if k not in ("selection", "float_layers")}
+        first_quantizer = info["quantizer"]
+        files, info = quantize_qdq(target, settings, float_onnx, out_dir, cset, judge, float_values)
+        info["fallback"]["first_try"] = first | {
+            "quantizer": first_quantizer,
+            "status": "missed the gate on the selection set; replaced by onnx_qdq with fallback"}
+    return files, info
+
+
+def from_qdq(qdq: bytes, target: Target, out_dir: Path) -> tuple[list[str], Any]:
+    dest = out_dir / target.model_file
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(qdq)
+    return [dest.name], qdq
+
+
+def logits(model: Any, inputs: np.ndarray, threads: int = 2, batch: int = EVAL_BATCH) -> np.ndarray:
+    """``model``: a path, the serialised graph, or a ModelProto."""
+    if not isinstance(model, (str, bytes)):
+        model = model.SerializeToString()
+    sess = _ort_session(model, threads)
+    name = sess.get_inputs()[0].name
+    return np.concatenate([np.asarray(sess.run(None, {name: inputs[i:i + batch]})[0], np.float32)
+                           for i in range(0, len(inputs), batch)])
+
+
+def without(qmodel: Any, names: list[str] | tuple[str, ...]) -> Any:
+    """A copy of QDQ graph ``qmodel`` in which the activation QuantizeLinear nodes ``names`` and their
+    DequantizeLinear partners are bypassed: every reader of that tensor computes on its float value
+    (its weights stay int8). ``openvino_.without`` for ONNX: exactly the graph that ships, in milliseconds,
+    where a re-quantisation with an ignored scope would also redo the bias correction around it."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(qmodel)
+    g = m.graph
+    wanted = set(names)
+    rewire: dict[str, str] = {}
+    drop: set[str] = set()
+    for q in activation_quantizers(m):
+        if q.name not in wanted:
+            continue
+        drop.add(q.name)
+        for dq in g.node:
+            if dq.op_type == "DequantizeLinear" and dq.input[0] == q.output[0]:
+                rewire[dq.output[0]] = q.input[0]
+                drop.add(dq.name)
+    keep = [n for n in g.node if n.name not in drop]
+    for n in keep:
+        for i, inp in enumerate(n.input):
+            if inp in rewire:
+                n.input[i] = rewire[inp]
+    for out in g.output:
+        if out.name in rewire:  # a graph output stays named as it was: an Identity carries the float value
+            keep.append(onnx.helper.make_node("Identity", [rewire[out.name]], [out.name]))
+    del g.node[:]
+    g.node.extend(keep)
+    return m
+
+
+def sensitivity(qmodel: Any, float_model: Any, inputs: np.ndarray, threads: int = 2,
+                ) -> tuple[float, list[dict[str, Any]]]:
+    """Each activation quantiser of QDQ graph ``qmodel`` bypassed alone: how much of the INT8 logit error
+    it removes, most sensitive first (rows: ``name``, ``consumers``, ``sensitivity``, ``error_if_float``)."""
+    ref = logits(float_model.SerializeToString(), inputs, threads)
+    base = rel_error(logits(qmodel.SerializeToString(), inputs, threads), ref)
+    rows = []
+    for q in activation_quantizers(qmodel):
+        dqs = {n.output[0] for n in qmodel.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]}
+        consumers = sorted({n.name for n in qmodel.graph.node if set(n.input) & dqs})
+        variant = without(qmodel, [q.name]).SerializeToString()
+        err = rel_error(logits(variant, inputs, threads), ref)
+        rows.append({"name": q.name, "consumers": consumers, "sensitivity": base - err, "error_if_float": err})
+    rows.sort(key=lambda r: (-r["sensitivity"], r["name"]))
+    return base, rows
+
+
+def fixed_float(model: Any) -> list[str]:
+    """Names of the nodes of an ONNX model that must stay float (an anomaly graph's distance part)."""
+    graph = model.graph
+    if not any(o.name == ANOMALY_OUTPUT for o in graph.output):
+        return []
+    return anomaly_float_names([n.name for n in graph.node])
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared by both ONNX quantisers
+
+
+def host_threads(target: Target) -> int:
+    # TensorRT's threads setting means nothing to ONNX Runtime on this host: use a few cores.
+    return target.threads if target.backend == "onnxruntime" else min(4, os.cpu_count() or 1)
+
+
+def _ort_session(model: str | bytes, threads: int = 2) -> Any:
+    ort = require("onnxruntime", "runtime")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def preprocess_graph(float_onnx: Path, dest: Path) -> None:
+    """ORT's quantisation pre-processing: shape inference and the basic (standard-op) graph optimisations."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with quiet_library_logging():
+        try:
+            quant_pre_process(str(float_onnx), str(dest))
+        except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs
+            quant_pre_process(str(float_onnx), str(dest), skip_symbolic_shape=True)
+
+
+def activation_quantizers(model: Any) -> list[Any]:
+    """QuantizeLinear nodes of a QDQ graph that quantise an activation (not a constant weight)."""
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in constants]
+
+
+# --------------------------------------------------------------------------------------------------
+# ONNX Runtime QDQ (quantize_static)
+
+
+class _Reader:
+    """ONNX Runtime CalibrationDataReader over preprocessed images (duck-typed: get_next/rewind)."""
+
+    def __init__(self, input_name: str, inputs: np.ndarray, batch: int = CAL_BATCH) -> None:
+        self.input_name = input_name
+        self.batches = [inputs[i:i + batch] for i in range(0, len(inputs), batch)]
+        self.start, self.end = 0, len(self.batches)
+        self.pos = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.pos >= self.end:
+            return None
+        self.pos += 1
+        return {self.input_name: self.batches[self.pos - 1]}
+
+    def rewind(self) -> None:
+        self.pos = self.start
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end = start_index, min(end_index, len(self.batches))
+        self.pos = start_index
+
+
+def ort_settings(target: Target) -> dict[str, Any]:
+    """The quantize_static arguments for this target's QDQ form (and a readable summary)."""
+    q = target.quantizer
+    if target.backend == "tensorrt" and (q.activations != "int8" or not q.symmetric_activations):
+        raise ConfigError(f"{target.name}: TensorRT needs symmetric int8 activations (zero point 0); set "
+                          "quantizer.activations = 'int8' and quantizer.symmetric_activations = true")
+    if target.backend == "tensorrt" and not q.per_channel:
+        log.warning("%s: TensorRT runs per-channel weight scales best; per_channel is off", target.name)
+    if target.backend == "tensorrt":
+        form = "TensorRT explicit precision: symmetric int8 activations and weights, zero point 0"
+    elif q.activations == "uint8":
+        form = "x86 u8s8: unsigned activations, signed weights (VNNI / AVX2 kernels)"
+    else:
+        form = "s8s8: signed activations and weights (ARM64 SDOT / I8MM kernels)"
+    return {
+        "activations": q.activations, "weights": q.weights, "per_channel": q.per_channel,
+        "activation_symmetric": q.symmetric_activations, "weight_symmetric": True,
+        # reduce_range (7-bit weights) only helps x86 CPUs without VNNI; the dev hosts have VNNI and
+        # ARM/TensorRT never need it.
+        "reduce_range": False, "calibration_method": q.calibration_method, "form": form,
+        # TensorRT takes int8 Q/DQ only and adds biases in float itself; an int32 bias DQ is rejected
+        # (onnx-tensorrt#850). The CPU kernels want the int32 bias (it folds into QLinearConv).
+        "quantize_bias": target.backend != "tensorrt",
+    }
+
+
+def _calibrate_method(name: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
+def _qdq(pre_path: Path, out_path: Path, settings: dict[str, Any], cache: Path,
+         reader: _Reader | None = None, exclude: list[str] | tuple[str, ...] = ()) -> None:
+    """One quantize_static call; ranges come from ``cache`` (computed from ``reader`` the first time)."""
+    import onnx
+
+    qz = require("onnxruntime.quantization", "runtime")
+    qtype = {"uint8": qz.QuantType.QUInt8, "int8": qz.QuantType.QInt8}
+    exclude = [*exclude, *fixed_float(onnx.load(str(pre_path), load_external_data=False))]
+    extra: dict[str, Any] = {"ActivationSymmetric": settings["activation_symmetric"],
+                             "WeightSymmetric": settings["weight_symmetric"],
+                             "QuantizeBias": settings["quantize_bias"]}
+    method = _calibrate_method(settings["calibration_method"])
+    if reader is not None and settings["calibration_method"] != "minmax":
+        # Histogram calibrators keep every activation of a collect pass in memory: collect in chunks.
+        n = len(reader)
+        extra["CalibStridedMinMax"] = max(d for d in range(1, 5) if n % d == 0)
+    with quiet_library_logging():
+        qz.quantize_static(str(pre_path), str(out_path), reader, quant_format=qz.QuantFormat.QDQ,
+                           per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
+                           activation_type=qtype[settings["activations"]],
+                           weight_type=qtype[settings["weights"]], nodes_to_exclude=list(exclude),
+                           calibrate_method=method, extra_options=extra, calibration_cache_path=str(cache))
+
+
+def quantized_nodes(model: Any) -> list[str]:
+    """Names of the compute nodes of a QDQ graph that read a DequantizeLinear output, in graph order."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") or not n.name:
+            continue
+        if any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input):
+            out.append(n.name)
+    return out
+
+
+_FOLDED_ACTIVATIONS = ("Relu", "Clip")
+
+
+def keep_float(qmodel: Any, names: list[str] | tuple[str, ...], float_model: Any) -> Any:
+    """A copy of QDQ graph ``qmodel`` in which the nodes ``names`` compute in float.
+
+    Mirrors what quantize_static does with ``nodes_to_exclude``: their quantised initialisers
+    (weights, bias) become the float originals, and an activation input leaves its Q/DQ pair only
+    when nothing else keeps that tensor quantised (a quantised producer quantises its outputs). Made
+    in milliseconds instead of a re-quantisation, it is used to *measure* and *search*; the shipped
+    graph is always made, and re-checked, by quantize_static.
+    """
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(qmodel)
+    g = m.graph
+    producers = {o: n for n in g.node for o in n.output}
+    f_producers = {o: n for n in float_model.graph.node for o in n.output}
+    f_nodes = {n.name: n for n in float_model.graph.node}
+    f_inits = {i.name: i for i in float_model.graph.initializer}
+    # The quantiser reuses some original names (a bias DQ's output keeps the bias name): ours get a suffix.
+    defined = {i.name for i in g.initializer} | {i.name for i in g.input} | set(producers)
+    new_nodes: list[tuple[Any, Any]] = []  # (insert after this node, node)
+
+    def float_initializer(name: str) -> str:
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(f_inits[name])
+        tensor.name = f"{name}__float"
+        if tensor.name not in defined:
+            g.initializer.append(tensor)
+            defined.add(tensor.name)
+        return tensor.name
+
+    def float_activation(tensor: str) -> str:
+        """The float value of ``tensor``: where the quantiser folded a Relu/Clip into the Q range, the
+        producer's raw output is unclipped, so the activation is put back for the float reader."""
+        act, made_by = f_producers.get(tensor), producers.get(tensor)
+        if act is None or act.op_type not in _FOLDED_ACTIVATIONS or made_by is None or made_by.op_type == act.op_type:
+            return tensor
+        out = f"{tensor}__float"
+        if out not in defined:
+            node = onnx.NodeProto()
+            node.CopyFrom(act)
+            node.name = f"{act.name}__float"
+            node.input[0] = tensor
+            for i in range(1, len(node.input)):
+                if node.input[i] in f_inits:
+                    node.input[i] = float_initializer(node.input[i])
+            node.output[0] = out
+            new_nodes.append((made_by, node))
+            defined.add(out)
+        return out
+
+    wanted = set(names)
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def stays_quantized(q: Any) -> bool:
+        """Whether quantize_static would still quantize tensor ``q.input[0]`` with ``names`` excluded:
+        its producer is quantized (outputs of quantized nodes get Q/DQ) or another reader wants it."""
+        made_by = producers.get(q.input[0])
+        if made_by is not None and made_by.name not in wanted:
+            return True
+        readers = [c for dq in consumers.get(q.output[0], []) for c in consumers.get(dq.output[0], [])]
+        return any(r.name not in wanted for r in readers)
+
+    for node in g.node:
+        if node.name not in wanted:
+            continue
+        fnode = f_nodes.get(node.name)
+        for idx, inp in enumerate(list(node.input)):
+            dq = producers.get(inp)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producers.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                if not stays_quantized(q):
+                    node.input[idx] = float_activation(q.input[0])
+            elif fnode is not None and idx < len(fnode.input) and fnode.input[idx] in f_inits:
+                node.input[idx] = float_initializer(fnode.input[idx])
+    for after, node in new_nodes:  # keep the node list topologically sorted
+        pos = next(i for i, n in enumerate(g.node) if n is after or n.name == after.name)
+        g.node.insert(pos + 1, node)
+    return m
+
+
+def layer_sensitivity(pre_path: Path, q_path: Path, inputs: np.ndarray, threads: int = 2,
+                      ) -> tuple[float, list[dict[str, Any]]]:
+    """Each quantised node kept in float alone: how much of the INT8 logit error it removes.
+
+    Returns the all-INT8 relative logit error and one row per node (``name``, ``op_type``,
+    ``sensitivity`` = error removed, ``error_if_float``), most sensitive first.
+    """
+    import onnx
+
+    float_model = onnx.load(str(pre_path))
+    qmodel = onnx.load(str(q_path))
+    ops = {n.name: n.op_type for n in qmodel.graph.node}
+    ref = logits(str(pre_path), inputs, threads)
+    base = rel_error(logits(str(q_path), inputs, threads), ref)
+    rows = []
+    for name in quantized_nodes(qmodel):
+        variant = keep_float(qmodel, [name], float_model).SerializeToString()
+        err = rel_error(logits(variant, inputs, threads), ref)
+        rows.append({"name": name, "op_type": ops[name], "sensitivity": base - err, "error_if_float": err})
+    rows.sort(key=lambda r: (-r["sensitivity"], r["name"]))
+    return base, rows
+
+
+def quantize_qdq(target: Target, settings: dict[str, Any], float_onnx: Path, out_dir: Path,
+                 cset: CalibrationSet, judge: Judge, float_values: dict[str, Any] | None
+                 ) -> tuple[list[str], dict[str, Any]]:
+    """Static QDQ with ``quantize_static``; when the gate misses on the selection set, the layers most
+    sensitive to quantisation (``layer_sensitivity``) are excluded, as few as pass (searched on
+    ``keep_float`` approximations, confirmed on re-quantised graphs)."""
+    import onnx
+
+    ort = require("onnxruntime", "runtime")
+    dest = out_dir / target.model_file
+    threads = host_threads(target)
+    with tempfile.TemporaryDirectory(prefix="edge-tl-quant-") as work_str:
+        work = Path(work_str)
+        pre_path, cache = work / "pre.onnx", work / "ranges.json"
+        preprocess_graph(float_onnx, pre_path)
+        input_name = onnx.load(str(pre_path), load_external_data=False).graph.input[0].name
+        t0 = time.perf_counter()
+        # Histogram calibrators stack a chunk's activations into one array: equal batches (one image) only.
+        cal_batch = CAL_BATCH if settings["calibration_method"] == "minmax" else 1
+        _qdq(pre_path, work / "q-0.onnx", settings, cache, reader=_Reader(input_name, cset.inputs, cal_batch))
+        calib_seconds = time.perf_counter() - t0
+
+        trials: dict[int, dict[str, Any]] = {}  # graphs made by quantize_static (what ships)
+        approx: dict[int, dict[str, Any]] = {}  # keep_float approximations (for the search)
+        ranked: list[dict[str, Any]] = []
+        models: dict[str, Any] = {}
+
+        def logits_of(model: str | bytes) -> Callable[[np.ndarray], np.ndarray]:
+            # The batch size export's validation and bench use: near-ties can depend on it.
+            return lambda inputs: logits(model, inputs, threads, target.batch_size)
+
+        def evaluate(model: str | bytes, k: int) -> dict[str, Any]:
+            # Chosen on the selection set only; validation judges the shipped graph (held_out).
+            values = judge.on_selection(logits_of(model))
+            return values | {"k": k, "margin": gate_margin(values, target.gates)}
+
+        def real(k: int) -> dict[str, Any]:
+            if k not in trials:
+                path = work / f"q-{k}.onnx"
+                if not path.exists():
+                    _qdq(pre_path, path, settings, cache, exclude=[r["name"] for r in ranked[:k]])
+                trials[k] = evaluate(str(path), k)
+            return trials[k]
+
+        def approximate(k: int) -> dict[str, Any]:
+            if k not in approx:
+                variant = keep_float(models["q"], [r["name"] for r in ranked[:k]], models["float"])
+                approx[k] = evaluate(variant.SerializeToString(), k)
+            return approx[k]
+
+        chosen = 0
+        fallback = fallback_start(target, judge, float_values, WHERE, logits_of(str(work / "q-0.onnx")))
+        if fallback["status"] not in ("no gates", "disabled"):
+            if fallback["status"] == "needed":
+                n_sens = min(SENSITIVITY_IMAGES, len(cset.inputs))
+                base_err, ranked = layer_sensitivity(pre_path, work / "q-0.onnx", cset.inputs[:n_sens],
+                                                     threads)
+                models["q"], models["float"] = onnx.load(str(work / "q-0.onnx")), onnx.load(str(pre_path))
+                n = len(ranked)
+                # Search on fast approximations, then confirm on real quantize_static graphs from the
+                # guess upwards (usually one re-quantisation).
+                guess = search_fewest(n, approximate)
+                found = search_fewest(n, real, failing=(guess if guess is not None else n) - 1)
+                fallback |= {"candidates": n, "int8_logit_error": base_err,
+                             "sensitivity_measured_on": f"{n_sens} calibration images ({cset.source}), "
+                             "logit error vs the float graph, one layer kept in float at a time"}
+                if found is not None:
+                    chosen = found
+                    fallback["status"] = "passed"
+                else:
+                    # Nothing passes: ship the best of what was tried, and say so.
+                    chosen = max(trials.values(), key=lambda t: (t["margin"], -t["k"]))["k"]
+                    fallback |= {"status": "cannot pass", "message": (
+                        f"INT8 cannot pass the gate on the selection set even with all {n} quantised layers in "
+                        f"float (best tried: {chosen} in float, {'; '.join(trials[chosen]['failed'])}); "
+                        "use the fp32 target or calibrate on images closer to production (--calibration)")}
+            fallback["after"] = short(real(chosen))
+            fallback["trials"] = [
+                {"float_layers": t["k"], "graph": graph, "top1_drop": t["top1_drop"],
+                 "agreement": t["agreement"], "passed": t["passed"]}
+                for graph, table in (("approximate", approx), ("quantize_static", trials))
+                for _, t in sorted(table.items())]
+        shutil.copyfile(work / f"q-{chosen}.onnx", dest)
+        fallback["float_layers"] = [r["name"] for r in ranked[:chosen]]
+        held_out(target, fallback, judge, WHERE, logits_of(str(dest)))
+
+    float_layers = [
+        {"name": r["name"], "op_type": r["op_type"], "sensitivity": r["sensitivity"], "rank": i + 1,
+         "reason": float_reason(fallback, i, len(ranked))}
+        for i, r in enumerate(ranked[:chosen])
+    ]
+    fallback["float_layers"] = [r["name"] for r in float_layers]
+    model = onnx.load(str(dest), load_external_data=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if target.backend == "tensorrt" and (opset is None or opset < 13):
+        raise ConfigError(f"{target.name}: the QDQ graph has opset {opset}; TensorRT's per-channel QDQ "
+                          "needs opset >= 13 (raise the profile's opset)")
+    quantizer = {"method": "onnx_qdq", "library": f"onnxruntime {ort.__version__}", "format": "QDQ",
+                 "opset": opset, "calibration_seconds": calib_seconds, **settings}
+    return [dest.name], {"quantizer": quantizer, "float_layers": float_layers, "fallback": fallback}
