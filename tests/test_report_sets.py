@@ -100,6 +100,17 @@ def test_index_separates_evaluation_sets_and_sessions(tmp_path: Path) -> None:
     assert "different bench sessions" not in render_index(reports[:1], "run")
 
 
+def test_index_does_not_call_a_skipped_target_passed() -> None:
+    own = _ident("validation split", "a", 525)
+    measured = _report("cpu-openvino-int8", own, 0.83, 0.83, "s1", "2026-11-30T05:00:00Z")
+    skipped = _report("jetson-orin-trt-int8", own, 0.83, 0.83, "s1", "2026-11-30T05:01:00Z") | {
+        "candidate": None, "passed": True, "skipped": "tensorrt is not installed"}
+    rows = {r["target"]: r for r in index_json([measured, skipped], "run")["evaluation_sets"][0]["rows"]}
+    assert rows["cpu-openvino-int8"]["passed"] is True
+    assert rows["jetson-orin-trt-int8"]["passed"] is None
+    assert rows["jetson-orin-trt-int8"]["skipped"] == "tensorrt is not installed"
+
+
 def test_console_table_and_pages_name_set_date_and_load() -> None:
     own = _ident("validation split", "a", 525)
     r = _report("cpu-openvino-int8", own, 0.83, 0.83, "s9", "2026-11-30T06:10:00Z")

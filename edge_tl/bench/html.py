@@ -840,7 +840,9 @@ def index_json(reports: list[dict[str, Any]], title: str) -> dict[str, Any]:
                          "p50_ms": lat.get("p50"), "p95_ms": lat.get("p95"), "speedup": r.get("speedup"),
                          "throughput_mode_ips": (c.get("throughput_mode") or {}).get("images_per_s"),
                          "model_rss_mb": c.get("model_rss_mb"), "timing_reliable": r.get("timing_reliable"),
-                         "passed": r.get("passed"), "skipped": r.get("skipped")})
+                         # A skipped target was never judged: null, not the report's ``passed: true`` (which
+                         # only keeps what this host cannot run out of the run's exit code).
+                         "passed": None if r.get("skipped") else r.get("passed"), "skipped": r.get("skipped")})
             if is_anomaly(r):  # what an anomaly row is judged by; classifier rows keep their old keys only
                 rows[-1] |= {"task": "anomaly"} | {k: c.get(k) for k in (
                     "auroc", "auroc_drop", "f1", "false_reject_rate", "escape_rate", "decision_agreement",
