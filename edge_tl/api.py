@@ -51,13 +51,17 @@ def finetune(data_dir: PathLike, out: PathLike, *, arch: str = "mobilenet_v2", w
              mode: str = "linear", epochs: int | None = None, unfreeze: int = 3, progressive: bool = False,
              lr: float | None = None, backbone_lr_scale: float = 0.1, batch_size: int = 32,
              val_fraction: float = 0.2, seed: int = 0, device: str = "auto", workers: int = 2,
-             patience: int = 5, views: int = 2, balance: str = "none", resize: str = "shorter",
-             engine: str = "auto", input_size: int | None = None, quiet: bool = True) -> dict[str, Any]:
+             patience: int = 5, views: int = 2, balance: str = "none", resize: str | None = None,
+             engine: str = "auto", input_size: int | None = None, baseline: str = "none",
+             quiet: bool = True) -> dict[str, Any]:
     """Fine-tune an ImageNet backbone on an ImageFolder; writes ``out/finetune/``.
 
     ``data_dir``: one sub-folder per class (any image format Pillow reads, any size; each image is
     resized to the backbone's input, 224x224 for mobilenet_v2, or ``input_size`` pixels square).
-    ``weights``: ``"imagenet"``, ``"none"`` or the path of a state_dict. ``mode``: ``"linear"``
+    ``weights``: ``"imagenet"``, ``"none"``, ``"run:RUN"`` (the backbone of an earlier edge-tl run; its
+    preprocessing is carried, and ``resize`` None takes it) or the path of a state_dict. ``baseline``:
+    ``"scratch"`` also trains the same arch from random initialisation and records the transfer's gain in
+    ``metrics["baseline"]``. ``mode``: ``"linear"``
     (frozen backbone, cached features), ``"partial"`` (also the last ``unfreeze`` blocks) or
     ``"full"``. ``val_fraction`` of each class is held out (stratified, by ``seed``); the first
     ``export`` or ``bench`` stores them as ``RUN/eval.npz``, preprocessed (N, 3, H, W), with the
@@ -78,7 +82,7 @@ def finetune(data_dir: PathLike, out: PathLike, *, arch: str = "mobilenet_v2", w
                       quiet=quiet, views=views, backbone_lr_scale=backbone_lr_scale, balance=balance,
                       engine=engine)
     return run(data_dir, out, arch=arch, weights=weights, val_fraction=val_fraction, train_cfg=cfg, resize=resize,
-               input_size=input_size)
+               input_size=input_size, baseline=baseline)
 
 
 def prune(run: PathLike, ratio: float = 0.3, *, round_to: int = 16, recover: str = "auto",
@@ -100,6 +104,29 @@ def prune(run: PathLike, ratio: float = 0.3, *, round_to: int = 16, recover: str
                      quiet=quiet, device=device, recover=recover, round_to=round_to)
 
 
+def adapt(run: PathLike, unlabeled: PathLike, *, method: str = "adabn", target_val: PathLike | None = None,
+          source: str | None = None, device: str = "auto", quiet: bool = True, **settings: Any) -> dict[str, Any]:
+    """Adapt the run's classifier to a new line, camera or product variant from the unlabelled images under
+    ``unlabeled`` and write ``RUN/adapt/`` (``export(..., source="adapt")`` ships it).
+
+    ``method``: ``"adabn"`` (BatchNorm statistics re-estimated on the new images), ``"self-train"``
+    (confident, augmentation-consistent, class-balanced pseudo-labels) or ``"both"``. ``target_val``: a
+    labelled folder of the new domain with the run's classes, only for the report (``manifest["report"]``:
+    source-only vs adapted top-1 and balanced accuracy). ``source``: ``"finetune"`` or ``"prune"``
+    (default: prune when present). ``settings``: the fields of ``stages.adapt.AdaptSettings``
+    (``threshold``, ``class_factor``, ``epochs``, ``rounds``, ``tolerance``, ``distill``, ``views``,
+    ``bn_images``, ``anchor``, ``lr``, ``seed``). Returns the manifest. Raises MissingExtraError without
+    torch, ArtifactError when the run has no model, ConfigError for a bad option or an anomaly run,
+    DataError when no unlabelled image is readable or ``target_val`` has other classes.
+    """
+    _require_training()
+    from .stages.adapt import AdaptSettings
+    from .stages.adapt import adapt as run_adapt
+
+    return run_adapt(run, unlabeled, method, target_val, source, settings=AdaptSettings(method=method, **settings),
+                     device=device, quiet=quiet)
+
+
 def export(run: PathLike, target: str, *, calibration: str | None = None, source: str | None = None,
            qat: int = 0, quiet: bool = True) -> dict[str, Any]:
     """Export the run's model for one target (a built-in name or a profile file's path) to
@@ -107,7 +134,8 @@ def export(run: PathLike, target: str, *, calibration: str | None = None, source
     built from, then check it against the torch model on ``eval.npz`` where this host can run it.
 
     ``calibration``: INT8 only, a folder of (unlabelled) images to calibrate on (default: the
-    training split). ``source``: ``"finetune"`` or ``"prune"`` (default: prune when present).
+    training split). ``source``: ``"finetune"``, ``"prune"`` or ``"adapt"`` (``rundir.MODEL_STAGES``;
+    default: prune when present, else finetune).
     ``qat``: INT8 only, epochs of quantisation-aware training instead of post-training quantisation
     (``manifest["quantizer"]["history"]`` has the selection-set score per epoch).
     Returns the target manifest; ``manifest["validation"]`` holds ``agreement`` (fraction of argmax
@@ -191,4 +219,4 @@ def open_bundle(path: PathLike, **kwargs: Any) -> Any:
     return run_open(path, **kwargs)
 
 
-__all__ = ["bench", "bundle", "export", "finetune", "open_bundle", "prune", "run_pipeline"]
+__all__ = ["adapt", "bench", "bundle", "export", "finetune", "open_bundle", "prune", "run_pipeline"]

@@ -112,8 +112,11 @@ def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
 def build_model(arch: str, num_classes: int, backbone_state: dict | None = None, seed: int = 0) -> nn.Module:
     """Build ``arch`` with ImageNet-shaped weights loaded (if given), then a new ``num_classes`` head.
 
-    The new head is initialised from ``seed`` alone (torch's own ``nn.Linear`` rule, drawn from a
-    private generator), so the same seed gives the same model whatever ran before in the process.
+    ``backbone_state`` may leave out the head's keys (an earlier run's backbone, ``--weights run:``):
+    the head is replaced anyway. Any other missing or unexpected key, or a tensor of the wrong shape,
+    is a ConfigError. The new head is initialised from ``seed`` alone (torch's own ``nn.Linear`` rule,
+    drawn from a private generator), so the same seed gives the same model whatever ran before in the
+    process.
     """
     require("torch", "train")
     import torch
@@ -123,7 +126,16 @@ def build_model(arch: str, num_classes: int, backbone_state: dict | None = None,
     spec = get_arch(arch)
     model = getattr(tvm, arch)(weights=None)
     if backbone_state is not None:
-        model.load_state_dict(backbone_state)
+        try:
+            missing, unexpected = model.load_state_dict(backbone_state, strict=False)
+        except RuntimeError as exc:  # a tensor of another shape: torch lists every one, keep the first
+            detail = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
+            raise ConfigError(f"the weights do not fit {arch}: {detail}") from exc
+        missing = [k for k in missing if k != spec.head and not k.startswith(spec.head + ".")]
+        if missing or unexpected:
+            parts = [f"{len(keys)} {what} key(s), e.g. {keys[0]}"
+                     for what, keys in (("missing", missing), ("unexpected", list(unexpected))) if keys]
+            raise ConfigError(f"the weights do not fit {arch}: {'; '.join(parts)}")
     old = get_submodule(model, spec.head)
     if not isinstance(old, nn.Linear):
         raise ConfigError(f"{arch}: {spec.head} is not a linear layer; the registry entry is wrong")

@@ -49,6 +49,7 @@ class FinetuneStep(_Strict):
     resize: Literal["shorter", "full", "letterbox", "auto"] | None = None  # None: shorter; full for anomaly
     engine: Literal["auto", "onnxruntime", "torch"] = "auto"
     input_size: int | None = Field(None, ge=32, le=1024)
+    baseline: Literal["none", "scratch"] = "none"  # classify only
     # --task anomaly (good-only anomaly detection; ``data`` holds good images)
     task: Literal["classify", "anomaly"] = "classify"
     method: Literal["padim", "patchcore"] = "padim"
@@ -184,9 +185,19 @@ def run_pipeline(path: Path, quiet: bool = False,
 
     ft = p.finetune
     run = rel(ft.out)
-    weights = ft.weights if ft.weights in ("imagenet", "none") else rel(ft.weights)
+    if ft.weights in ("imagenet", "none"):
+        weights = ft.weights
+    elif ft.weights.startswith("run:"):  # run:PATH, PATH relative to the file like every other path
+        weights = "run:" + rel(ft.weights[len("run:"):])
+    else:
+        weights = rel(ft.weights)
     if ft.task == "anomaly":
         from .anomaly.fit import fit_anomaly
+
+        if ft.baseline != "none":
+            raise ConfigError(f"{path}: key 'finetune.baseline': for task = \"classify\" only")
+        if weights.startswith("run:"):
+            raise ConfigError(f"{path}: key 'finetune.weights': run: is for task = \"classify\" only")
 
         tuned = fit_anomaly(rel(ft.data), run, arch=ft.arch, weights=weights, method=ft.method,
                             val_dir=rel(ft.val) if ft.val else None, ok_class=ft.ok_class, holdout=ft.holdout,
@@ -195,7 +206,7 @@ def run_pipeline(path: Path, quiet: bool = False,
                             engine=ft.engine, quiet=quiet)
     else:
         tuned = finetune(rel(ft.data), run, arch=ft.arch, weights=weights, val_fraction=ft.val_fraction,
-                         resize=ft.resize or "shorter", input_size=ft.input_size,
+                         resize=ft.resize, input_size=ft.input_size, baseline=ft.baseline,
                          train_cfg=TrainConfig(mode=ft.mode, epochs=ft.epochs, unfreeze=ft.unfreeze, seed=ft.seed,
                                                device=ft.device, quiet=quiet, views=ft.views, balance=ft.balance,
                                                engine=ft.engine, patience=ft.patience,

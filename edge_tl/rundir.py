@@ -8,6 +8,13 @@ from pathlib import Path
 from .errors import ArtifactError, ConfigError
 from .manifest import MANIFEST
 
+# The stages that hold a torch classification model, each with the command that writes it: the one
+# list of what `export --from` accepts (adapt reads the first two). Each folder is RUN/<stage>.
+MODEL_STAGES: dict[str, str] = {"finetune": "edge-tl finetune", "prune": "edge-tl prune", "adapt": "edge-tl adapt"}
+# What --from means when it is not given: prune when present, else finetune. Never adapt: an adapted
+# model is meant for another line or camera than the labelled one, so it ships only when asked for.
+DEFAULT_SOURCES = ("prune", "finetune")
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -24,6 +31,10 @@ class RunDir:
         return self.root / "prune"
 
     @property
+    def adapt(self) -> Path:
+        return self.root / "adapt"
+
+    @property
     def eval_npz(self) -> Path:
         return self.root / "eval.npz"
 
@@ -34,16 +45,19 @@ class RunDir:
     def reports(self) -> Path:
         return self.root / "reports"
 
-    def source(self, which: str | None = None) -> Path:
-        """The torch stage to export from: ``finetune``, ``prune``, or (None) prune when present."""
-        if which not in (None, "finetune", "prune"):
-            raise ConfigError(f"--from must be finetune or prune, got {which!r}")
+    def source(self, which: str | None = None, stages: tuple[str, ...] | None = None) -> Path:
+        """The torch stage to export (or adapt) from: one of ``stages`` (default: every one of
+        ``MODEL_STAGES``), or (None) the first of ``DEFAULT_SOURCES`` that is present."""
+        stages = stages or tuple(MODEL_STAGES)
+        if which not in (None, *stages):
+            choices = f"{', '.join(stages[:-1])} or {stages[-1]}" if len(stages) > 1 else stages[0]
+            raise ConfigError(f"--from must be {choices}, got {which!r}")
         if which is None:
-            which = "prune" if (self.prune / MANIFEST).is_file() else "finetune"
-        folder = self.prune if which == "prune" else self.finetune
+            which = next((s for s in DEFAULT_SOURCES if s in stages and (self.root / s / MANIFEST).is_file()),
+                         "finetune")
+        folder = self.root / which
         if not (folder / MANIFEST).is_file():
-            hint = "edge-tl prune" if which == "prune" else "edge-tl finetune"
-            raise ArtifactError(f"{folder} has no finished model; run `{hint}` first")
+            raise ArtifactError(f"{folder} has no finished model; run `{MODEL_STAGES[which]}` first")
         return folder
 
     def require_finetune(self) -> Path:

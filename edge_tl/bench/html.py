@@ -124,6 +124,20 @@ def _xgrid(ax: _Axis, top: float, bottom: float, label: str) -> list[str]:
     return out
 
 
+def _ygrid(ay: _Axis, left: float, right: float, label: str) -> list[str]:
+    """The y axis of a plot whose ``ay`` maps values to pixels from ``ay.a`` (bottom) to ``ay.b`` (top):
+    the axis line, a light grid line and a label per tick, the rotated axis title."""
+    top, bottom = ay.b, ay.a
+    out = [f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#444"/>']
+    for t in ay.ticks():
+        y = ay(t)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#e6e6e6"/>'
+                   f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#444">{ay.label(t)}</text>')
+    out.append(f'<text transform="translate(18,{(top + bottom) / 2}) rotate(-90)" text-anchor="middle">'
+               f'{_e(label)}</text>')
+    return out
+
+
 def _box_stats(lat: dict[str, Any]) -> dict[str, float] | None:
     samples = [float(s) for s in lat.get("samples") or []]
     st = {k: float(lat[k]) for k in ("p50", "p95", "p99", "min") if lat.get(k) is not None}
@@ -392,13 +406,7 @@ def roc_svg(good: Any, defect: Any, threshold: float = 1.0) -> str:
     w, bottom = left + side + 190, top + side
     ax, ay = _Axis(0.0, 1.0, left, left + side), _Axis(0.0, 1.0, bottom, top)
     body = _xgrid(ax, top, bottom, "false-positive rate (good rejected)")
-    body.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#444"/>')
-    for t in ay.ticks():
-        y = ay(t)
-        body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + side}" y2="{y:.1f}" stroke="#e6e6e6"/>'
-                    f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#444">{ay.label(t)}</text>')
-    body.append(f'<text transform="translate(18,{(top + bottom) / 2}) rotate(-90)" text-anchor="middle">'
-                "true-positive rate (defects caught)</text>")
+    body += _ygrid(ay, left, left + side, "true-positive rate (defects caught)")
     body.append(f'<line x1="{ax(0)}" y1="{ay(0)}" x2="{ax(1)}" y2="{ay(1)}" stroke="{REF_COLOR}" '
                 'stroke-dasharray="6,4"/>')
     xy = " ".join(f"{ax(float(a)):.1f},{ay(float(b)):.1f}" for a, b in zip(fpr, tpr, strict=True))
@@ -642,6 +650,7 @@ def render_html(report: dict[str, Any]) -> str:
         out.append(f'<p><b>Speed-up</b> (reference p50 / candidate p50): {_f(r.get("speedup"), 2, "×")}{mark}'
                    + (f'<br><span class="sub">per timing block: {_e(spread)}</span>' if spread else "") + "</p>")
         out.append(f"<h2>Gates</h2>{gates_table([r], with_target=False)}")
+        out.append(transfer_html(r.get("transfer")))
         if anomaly:
             out.append(f"<h2>Anomaly scores</h2>{anomaly_figures(r.get('anomaly_plot'))}")
         pts, ref_top1 = _points([r], "auroc" if anomaly else "top1")
@@ -674,6 +683,31 @@ def render_html(report: dict[str, Any]) -> str:
 
 _LAT_CAPTION = ("Box: p25–p75; thick line: p50; ◇: p95; whisker: min–p99; dots: every timed call; red dashed "
                 "line: the target's max_p95_ms gate.")
+
+
+def transfer_html(transfer: dict[str, Any] | None) -> str:
+    """Where the backbone came from and, with ``finetune --baseline scratch``, whether transfer helped:
+    top-1 and balanced accuracy against the same architecture trained from random weights, per class."""
+    if not transfer:
+        return ""
+    names = {"imagenet": "ImageNet", "none": "random initialisation", "file": "state_dict file", "run": "edge-tl run"}
+    chain = " ← ".join(f'{_e(names.get(s.get("kind"), s.get("kind")))}'
+                       + (f' <span class="sub">{_e(s["path"])}</span>' if s.get("kind") in ("run", "file") else "")
+                       for s in transfer.get("sources") or [])
+    out = f"<h2>Transfer</h2><p>Backbone: this model ← {chain}</p>"
+    b = transfer.get("baseline")
+    if b:
+        verdict = "helped" if b.get("transfer_helped") else "did NOT help (negative transfer)"
+        out += (f'<p>Against the same architecture trained from random weights (same split, mode, epochs, seed): '
+                f'top-1 {_pct(b.get("val_top1"), 2)} from scratch, gain {_f(100 * b["transfer_gain_top1"], 2)} '
+                f'points; balanced accuracy gain {_f(100 * b["transfer_gain_balanced_accuracy"], 2)} points: '
+                f'<b class="{"pass" if b.get("transfer_helped") else "fail"}">transfer {verdict}</b>.</p>')
+        gains = b.get("per_class_gain") or {}
+        if gains:
+            rows = "".join(f"<tr><td>{_e(c)}</td><td>{_f(None if g is None else 100 * g, 2)}</td></tr>"
+                           for c, g in gains.items())
+            out += f"<table><tr><th>class</th><th>recall gain over scratch [points]</th></tr>{rows}</table>"
+    return out
 
 
 def layers_table(layers: dict[str, Any]) -> str:
@@ -885,3 +919,29 @@ def write_index(reports_dir: str | Path, title: str | None = None, data_sets: bo
     write_bytes(dest, render_index(reports, name).encode())
     write_bytes(reports_dir / "index.json", (json.dumps(index_json(reports, name), indent=2) + "\n").encode())
     return dest
+
+
+def curve_svg(rows: list[dict[str, Any]], title: str = "Top-1 against labelled images per class") -> str:
+    """Mean top-1 (%) against images per class (log axis), a bar from the worst to the best repeat;
+    rows: ``{"x": images per class, "label", "mean", "min", "max"}`` (accuracies 0–1)."""
+    pts = [r for r in rows if r.get("x") and r.get("mean") is not None]
+    if not pts:
+        return '<p class="sub">No point to plot.</p>'
+    w, h, left, top, right, bottom = 720, 340, 70, 40, 30, 296
+    xs = [float(r["x"]) for r in pts]
+    ax = _Axis(min(xs) / 1.3, max(xs) * 1.3, left, w - right, log=True)
+    lo = min(100 * r["min"] for r in pts)
+    ay = _Axis(max(0.0, lo - 5), 100.0, bottom, top)
+    body = _xgrid(ax, top, bottom, "labelled training images per class")
+    body += _ygrid(ay, left, w - right, "validation top-1 [%]")
+    pts.sort(key=lambda r: r["x"])
+    line = " ".join(f"{ax(r['x']):.1f},{ay(100 * r['mean']):.1f}" for r in pts)
+    body.append(f'<polyline points="{line}" fill="none" stroke="{PALETTE[0]}" stroke-width="2"/>')
+    for r in pts:
+        x, y = ax(r["x"]), ay(100 * r["mean"])
+        tip = f'{r["label"]} per class: top-1 {100 * r["mean"]:.2f} % (range {100 * r["min"]:.2f}–{100 * r["max"]:.2f})'
+        body.append(f'<line x1="{x:.1f}" y1="{ay(100 * r["min"]):.1f}" x2="{x:.1f}" y2="{ay(100 * r["max"]):.1f}" '
+                    f'stroke="{PALETTE[0]}" stroke-width="1.5"/><circle cx="{x:.1f}" cy="{y:.1f}" r="4.5" '
+                    f'fill="{PALETTE[0]}"><title>{_e(tip)}</title></circle>'
+                    f'<text x="{x + 7:.1f}" y="{y - 7:.1f}" fill="#333">{_e(r["label"])}</text>')
+    return _svg(w, h, title, body)

@@ -177,6 +177,25 @@ def is_anomaly_run(run: RunDir) -> bool:
     return path.is_file() and read_json(path).get("task") == "anomaly"
 
 
+def transfer_facts(run: RunDir) -> dict[str, Any] | None:
+    """Where the model's backbone came from (the chain of sources, newest first) and, when finetune ran
+    ``--baseline scratch``, how it compares with training from random weights. None without a finetune
+    manifest (a device benching from eval.npz) or for an anomaly run."""
+    from ..manifest import read_json
+
+    path = run.finetune / "manifest.json"
+    if not path.is_file():
+        return None
+    m = read_json(path)
+    if m.get("task") == "anomaly":
+        return None
+    chain, w = [], m.get("weights") or {}
+    while w:
+        chain.append({k: w.get(k) for k in ("kind", "path", "sha256", "enum") if w.get(k) is not None})
+        w = w.get("parent") or {}
+    return {"sources": chain, "baseline": (m.get("metrics") or {}).get("baseline"), "classes": m.get("classes")}
+
+
 def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = True,
                  wait_quiet: float = 0.0, session: dict[str, Any] | None = None, layers: bool = False,
                  steps: Steps | None = None, memory: bool = True, throughput_s: float = 2.0) -> dict[str, Any]:
@@ -193,7 +212,7 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
                             "profile": target.model_dump(), "eval_set": evalset.describe(),
                             "n": len(evalset.labels), "classes": evalset.classes, "host": host_info(),
                             "versions": versions(), "notes": [], "session": session or new_session(),
-                            "measured_at": _now()}
+                            "measured_at": _now(), "transfer": transfer_facts(run)}
     ref_metrics = classification_metrics(evalset.logits, evalset.labels, evalset.classes)
     reference: dict[str, Any] = {"format": "torch", "precision": "fp32", "top1": ref_metrics["top1"],
                                  "balanced_accuracy": ref_metrics["balanced_accuracy"], "latency_ms": None,

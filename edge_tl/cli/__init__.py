@@ -19,7 +19,7 @@ from ..errors import EdgeTLError, GateFailed
 from ._app import GLOBAL_FLAGS, app, state
 
 # Command modules, imported for their registrations (each owns its commands).
-_COMMANDS = ("train", "compress", "ship", "bench", "targets", "deploy", "pipeline")
+_COMMANDS = ("train", "compress", "ship", "bench", "targets", "deploy", "pipeline", "transfer", "adapt")
 for _name in _COMMANDS:
     try:
         importlib.import_module(f"{__name__}.{_name}")

@@ -63,6 +63,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "finetune": ("edge-tl finetune data/parts --out runs/parts",
                  "edge-tl finetune data/parts --out runs/parts --mode partial --unfreeze 1 --epochs 15"),
     "prune": ("edge-tl prune runs/parts --ratio 0.3",),
+    "adapt": ("edge-tl adapt runs/parts --unlabeled data/line2-frames --method both --target-val data/line2-labelled",),
     "export": ("edge-tl export runs/parts --target cpu-onnxruntime-int8",
                "edge-tl export runs/parts --target my-line.toml --calibration data/camera-frames"),
     "bench": ("edge-tl bench runs/parts --target cpu-onnxruntime-int8",
@@ -76,6 +77,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
               "edge-tl watch bundles/parts rtsp://10.0.0.7/stream1 --fps 2 --log line3.jsonl"),
     "run": ("edge-tl run examples/elpv-demo.toml",),
     "dataset": ("edge-tl dataset elpv --out data/elpv",),
+    "select": ("edge-tl select data/parts --target cpu-openvino-int8 --budget-ms 5 --out runs/select",
+               "edge-tl select data/lineB --target cpu-onnxruntime-fp32 --source runs/lineA --verify 3"),
+    "curve": ("edge-tl curve data/parts --shots 1,5,10,20,all --repeats 3 --out runs/curve",),
 }
 
 

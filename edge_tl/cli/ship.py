@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..progress import console
+from ..rundir import MODEL_STAGES
 from ._app import app, state
 
 
@@ -18,8 +19,9 @@ def export(
     calibration: str = typer.Option(None, metavar="DIR|LIST",
                                     help="INT8: folder of (unlabelled) images to calibrate on, "
                                     "e.g. from the production camera. Default: the training split."),
-    from_: str = typer.Option(None, "--from", metavar="finetune|prune",
-                                help="finetune | prune (default: prune when present)."),
+    from_: str = typer.Option(None, "--from", metavar="|".join(MODEL_STAGES),
+                              help=f"{' | '.join(MODEL_STAGES)} (default: prune when present, else finetune; "
+                              "an adapted model only when asked for)."),
     qat: int = typer.Option(0, "--qat", metavar="N", help="INT8: quantisation-aware training for N epochs "
                             "(distilled from the float model) instead of post-training quantisation; for models "
                             "whose INT8 graph misses the gate. 0: off."),

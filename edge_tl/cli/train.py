@@ -16,8 +16,10 @@ def finetune(
     out: Path = typer.Option(..., "--out", metavar="RUN", help="Run directory to write (RUN/finetune/)."),
     arch: str = typer.Option("mobilenet_v2", metavar="NAME", help="Backbone (mobilenet_v2, mobilenet_v3_small, "
                              "mobilenet_v3_large, resnet18, resnet50, efficientnet_b0)."),
-    weights: str = typer.Option("imagenet", metavar="imagenet|none|PATH",
-                                help="imagenet | none | PATH to a state_dict."),
+    weights: str = typer.Option("imagenet", metavar="imagenet|none|run:RUN|PATH",
+                                help="imagenet | none (random initialisation) | run:RUN (the backbone of an earlier "
+                                "classification run: RUN, meaning RUN/finetune, or its finetune/ folder; same --arch; "
+                                "the new run keeps its preprocessing) | PATH to a state_dict."),
     mode: str = typer.Option("linear", metavar="linear|partial|full",
                              help="linear (frozen backbone, cached features) | partial | full."),
     epochs: int = typer.Option(None, help="Epochs (default: 30 linear, 8 partial/full)."),
@@ -68,6 +70,11 @@ def finetune(
     max_false_reject: float = typer.Option(None, metavar="RATE", help="anomaly: set the threshold so that the "
                                            "false-reject rate's 95 %% upper bound is within RATE (default with "
                                            "defect images: max balanced accuracy; without: 0.05)."),
+    baseline: str = typer.Option("none", metavar="none|scratch",
+                                 help="scratch: also train the same --arch from random initialisation (same split, "
+                                 "mode, epochs and seed; in linear mode a random frozen backbone with a trained head) "
+                                 "and record what the transfer gained, per class too (metrics.baseline). "
+                                 "classify only."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Fine-tune a pretrained backbone on an image folder, or fit a good-only anomaly model (--task anomaly).
@@ -78,6 +85,14 @@ def finetune(
     require_training()
     if task == "anomaly":
         from ..anomaly.fit import fit_anomaly
+        from ..errors import ConfigError
+        from ..weights import RUN_PREFIX
+
+        if baseline != "none":
+            raise ConfigError("--baseline is for --task classify (an anomaly model has no from-scratch counterpart)")
+        if weights.startswith(RUN_PREFIX):
+            raise ConfigError("--weights run: is for --task classify; an anomaly model starts from imagenet, none "
+                              "or a state_dict file")
 
         manifest = fit_anomaly(data_dir, out, arch=arch, weights=weights, method=method, val_dir=val,
                                ok_class=ok_class, holdout=holdout, coreset=coreset, bank_size=bank_size, dim=dim,
@@ -97,19 +112,30 @@ def finetune(
                       quiet=quiet or state.quiet, views=views, backbone_lr_scale=backbone_lr_scale,
                       balance=balance, engine=engine)
     manifest = run_finetune(data_dir, out, arch=arch, weights=weights, val_fraction=val_fraction, train_cfg=cfg,
-                            resize=resize or "shorter", input_size=input_size)
+                            resize=resize, input_size=input_size, baseline=baseline)
     if manifest:
         console().print(finetune_summary(manifest, out), soft_wrap=True)
 
 
 def finetune_summary(manifest: dict, out: Path) -> str:
-    """Two lines: validation top-1, balanced accuracy and time; per-class recall."""
+    """Two lines: validation top-1, balanced accuracy and time; per-class recall. With ``--baseline
+    scratch`` a third: transfer against scratch, and the classes where transfer lowered recall."""
     m, t = manifest["metrics"], manifest["timings"]
     recalls = ", ".join(f"{c} {'not evaluated' if r is None else f'{r:.3f}'}" for c, r in m["per_class_recall"].items())
-    return (f"[green]fine-tuned[/] {manifest['arch']} ({manifest['mode']}) on {manifest['data']['n_images']} images: "
+    text = (f"[green]fine-tuned[/] {manifest['arch']} ({manifest['mode']}) on {manifest['data']['n_images']} images: "
             f"val top-1 {m['val_top1']:.4f}, balanced accuracy {m['val_balanced_accuracy']:.4f} "
             f"(best epoch {m['best_epoch']}), {t['train_seconds']:.1f} s on {t['device']} -> {out / 'finetune'}\n"
             f"per-class recall (validation): {recalls}")
+    b = m.get("baseline")
+    if b:
+        verdict = "helped" if b["transfer_helped"] else "did not help"
+        if b["negative_transfer_classes"]:
+            worse = ", ".join(f"{c} {m['per_class_recall'][c]:.2f} vs {b['per_class_recall'][c]:.2f}"
+                              for c in b["negative_transfer_classes"])
+            verdict += f"; lower recall than scratch on {worse}"
+        text += (f"\ntransfer vs scratch: top-1 {m['val_top1']:.2f} vs {b['val_top1']:.2f} "
+                 f"({b['transfer_gain_top1']:+.2f}), balanced {b['transfer_gain_balanced_accuracy']:+.2f}; {verdict}")
+    return text
 
 
 def anomaly_summary(manifest: dict, out: Path) -> str:

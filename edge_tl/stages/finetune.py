@@ -55,9 +55,18 @@ def choose_resize(folder: ImageFolder, samples: list, pre: Preprocess, resize: s
     return mode, info
 
 
-def weights_preprocessing(arch: str, source: dict[str, Any], input_size: int | None) -> Preprocess:
+def weights_preprocessing(arch: str, source: dict[str, Any], input_size: int | None,
+                          resize: str | None = None) -> Preprocess:
     """The preprocessing the resolved weights expect, at ``input_size`` when given (the shorter-side
-    resize keeps the weights' resize/crop ratio). Raises ConfigError outside 32..1024 pixels."""
+    resize keeps the weights' resize/crop ratio). Raises ConfigError outside 32..1024 pixels.
+
+    An earlier run's backbone (``--weights run:``, source kind ``run``) comes with its run's contract,
+    which the new run keeps whole (size, resize mode, interpolation, normalisation): a backbone trained
+    on one contract must not silently get another. An ``input_size`` or ``resize`` (``auto`` and None
+    excepted: they take the source's) that differs from it is a ConfigError.
+    """
+    if source.get("kind") == "run":
+        return _source_preprocessing(source, input_size, resize)
     pre = preprocessing_for(arch, source.get("entry"))
     if input_size is None:
         return pre
@@ -66,21 +75,75 @@ def weights_preprocessing(arch: str, source: dict[str, Any], input_size: int | N
     return dataclasses.replace(pre, crop=input_size, resize=round(input_size * pre.resize / pre.crop))
 
 
+def _source_preprocessing(source: dict[str, Any], input_size: int | None, resize: str | None) -> Preprocess:
+    """The contract of the run a ``--weights run:`` backbone comes from; conflicting options are refused."""
+    if resize not in (None, "auto", *RESIZE_MODES):
+        raise ConfigError(f"unknown --resize {resize!r}; choose auto, {', '.join(RESIZE_MODES)}")
+    pre = Preprocess.from_dict(source["preprocessing"])
+    conflicts = []
+    if input_size is not None and input_size != pre.crop:
+        conflicts.append(f"--input-size {input_size}")
+    if resize not in (None, "auto", pre.resize_mode):
+        conflicts.append(f"--resize {resize}")
+    if conflicts:
+        raise ConfigError(
+            f"{' and '.join(conflicts)} conflicts with --weights run:{source['path']}: the source run was trained "
+            f"at {pre.crop} px, {pre.resize_mode}; its backbone keeps that preprocessing, so leave the option out "
+            "(the new run takes the source's) or start from --weights imagenet")
+    return pre
+
+
+def scratch_baseline(transferred: dict[str, Any], scratch: Any, classes: list[str]) -> dict[str, Any]:
+    """``metrics["baseline"]``: the same-budget model trained from random initialisation (``scratch``, a
+    FitResult) against the transferred one (``transferred``: its validation metrics), per class too.
+
+    Transfer helped when it gained balanced accuracy; ``negative_transfer_classes`` are the classes
+    whose validation recall is lower with the transferred backbone than from scratch (classes without
+    validation images have gain None and are never listed).
+    """
+    t_rec, s_rec = transferred["per_class_recall"], scratch.val["per_class_recall"]
+    gain = {c: (None if t_rec.get(c) is None or s_rec.get(c) is None else t_rec[c] - s_rec[c]) for c in classes}
+    gain_bal = transferred["balanced_accuracy"] - scratch.val["balanced_accuracy"]
+    return {"kind": "scratch", "val_top1": scratch.val["top1"],
+            "val_balanced_accuracy": scratch.val["balanced_accuracy"], "per_class_recall": s_rec,
+            "best_epoch": scratch.best_epoch,
+            "transfer_gain_top1": transferred["top1"] - scratch.val["top1"],
+            "transfer_gain_balanced_accuracy": gain_bal, "per_class_gain": gain,
+            "transfer_helped": bool(gain_bal > 0),
+            "negative_transfer_classes": [c for c, g in gain.items() if g is not None and g < 0],
+            "train_seconds": scratch.seconds}
+
+
 def finetune(data_dir: str | Path, out: str | Path, *, arch: str = "mobilenet_v2", weights: str = "imagenet",
-             val_fraction: float = 0.2, train_cfg: Any = None, resize: str = "shorter",
-             input_size: int | None = None) -> dict[str, Any]:
+             val_fraction: float = 0.2, train_cfg: Any = None, resize: str | None = None,
+             input_size: int | None = None, baseline: str = "none") -> dict[str, Any]:
     """Fine-tune ``arch`` on ``data_dir`` and write ``out/finetune/``; returns its manifest.
 
+    ``weights``: ``imagenet``, ``none``, the path of a state_dict, or ``run:PATH``: the backbone of an
+    earlier classification run (PATH is its run directory, meaning RUN/finetune, or the RUN/finetune
+    folder itself), with a new head for this data's classes; the new run then keeps that run's
+    preprocessing contract, and the manifest's ``weights`` records the chain of sources (``parent``).
     ``resize``: how an image becomes the model's square input (``Preprocess.resize_mode``: shorter,
-    full, letterbox) or ``auto`` (``choose_resize``); recorded in the preprocessing contract, so
-    export, calibration, bench and the device runtime all do the same. ``input_size``: the square
-    input's side in pixels instead of the weights' own (224 for the ImageNet models; the ``shorter``
-    resize keeps the weights' resize/crop ratio, 256/224). Everything that can be wrong
-    with the input (data, arch, weights, options) is checked before training starts, and nothing is
-    written until training has finished.
+    full, letterbox) or ``auto`` (``choose_resize``); None: shorter, or the source run's with
+    ``run:``. Recorded in the preprocessing contract, so export, calibration, bench and the device
+    runtime all do the same. ``input_size``: the square input's side in pixels instead of the
+    weights' own (224 for the ImageNet models; the ``shorter`` resize keeps the weights' resize/crop
+    ratio, 256/224). ``baseline="scratch"``: afterwards train a second model of ``arch`` from random
+    initialisation on the same split with the same TrainConfig (mode, epochs, seed, ...) and record
+    how much the transfer gained over it, overall and per class, in ``metrics["baseline"]``
+    (``scratch_baseline``; the scratch model itself is not kept). In ``linear`` mode that model is a
+    random frozen backbone with a trained head: the same training budget, which is the fair
+    comparison for what the transferred features bring. Everything that can be wrong with the input
+    (data, arch, weights, options) is checked before training starts, and nothing is written until
+    training has finished.
     """
     from ..training import TrainConfig, fit, init_distributed
 
+    if baseline not in ("none", "scratch"):
+        raise ConfigError(f"unknown --baseline {baseline!r}; choose none or scratch")
+    if baseline == "scratch" and weights == "none":
+        raise ConfigError("--baseline scratch compares the transferred weights with random initialisation; "
+                          "with --weights none there is nothing to compare")
     cfg: TrainConfig = train_cfg or TrainConfig()
     if cfg.mode not in ("linear", "partial", "full"):
         raise ConfigError(f"unknown --mode {cfg.mode!r}; choose linear, partial or full")
@@ -94,8 +157,14 @@ def finetune(data_dir: str | Path, out: str | Path, *, arch: str = "mobilenet_v2
     if not val:
         raise DataError(f"{data_dir}: too few images for a validation split (every class needs ≥ 2)")
     state, source = resolve_weights(arch, weights)
-    pre = weights_preprocessing(arch, source, input_size)
-    mode, resize_info = choose_resize(folder, train, pre, resize)
+    pre = weights_preprocessing(arch, source, input_size, resize)
+    if source["kind"] == "run":
+        # The source's resize mode, whatever the crop loss says ("auto" only measures it here).
+        _, resize_info = choose_resize(folder, train, pre, "auto")
+        mode = pre.resize_mode
+        resize_info.update(requested=resize or mode, reason="the source run's preprocessing (--weights run:)")
+    else:
+        mode, resize_info = choose_resize(folder, train, pre, resize or "shorter")
     pre = dataclasses.replace(pre, resize_mode=mode)
     if resize == "auto":
         log.info("resize: %s (%s)", mode, resize_info["reason"])
@@ -107,6 +176,18 @@ def finetune(data_dir: str | Path, out: str | Path, *, arch: str = "mobilenet_v2
 
     started = time.time()
     result = fit(model, arch, folder.root, folder.classes, train, val, pre, cfg)
+    metrics_baseline = None
+    if baseline == "scratch":  # every rank trains it (fit is collective under torchrun)
+        import torch
+
+        if not cfg.quiet:
+            log.info("baseline: training %s from random initialisation (%s mode, same split and settings)",
+                     arch, cfg.mode)
+        torch.manual_seed(cfg.seed)  # the backbone's random init draws from the global generator
+        scratch = build_model(arch, len(folder.classes), None, seed=cfg.seed)
+        metrics_baseline = scratch_baseline(result.val, fit(scratch, arch, folder.root, folder.classes, train, val,
+                                                            pre, cfg), folder.classes)
+        del scratch
     if not init_distributed(cfg.device).main:
         return {}
     run = RunDir(Path(out))
@@ -127,7 +208,8 @@ def finetune(data_dir: str | Path, out: str | Path, *, arch: str = "mobilenet_v2
             metrics={"val_top1": result.val["top1"], "val_balanced_accuracy": result.val["balanced_accuracy"],
                      "per_class_recall": result.val["per_class_recall"],
                      "confusion": result.val["confusion"], "best_epoch": result.best_epoch,
-                     "history": result.history},
+                     "history": result.history,
+                     **({"baseline": metrics_baseline} if metrics_baseline is not None else {})},
             timings={"started": started, "train_seconds": result.seconds,
                      "seconds_per_epoch": result.seconds_per_epoch, "device": result.device,
                      "world_size": result.world_size},

@@ -333,55 +333,18 @@ def _subset(samples: list[Sample], n: int, seed: int) -> list[Sample]:
     return random.Random(seed).sample(samples, min(n, len(samples)))
 
 
-def _batches(root: Path, samples: list[Sample], pre: Preprocess, batch_size: int) -> Any:
-    """Eval-preprocessed image batches (unreadable files dropped)."""
-    from torch.utils.data import DataLoader
-
-    from ..training import ImageDataset, collate
-
-    loader = DataLoader(ImageDataset(root, samples, pre, train=False), batch_size=batch_size,
-                        shuffle=False, num_workers=0, collate_fn=collate)
-    for x, y, _i, _bad in loader:
-        if len(x):
-            yield x, y
-
-
 def recalibrate_batchnorm(model: nn.Module, root: Path, samples: list[Sample], pre: Preprocess,
                           device: str = "cpu", *, limit: int = BN_CALIBRATION_IMAGES, seed: int = 0,
                           batch_size: int = 32, quiet: bool = True) -> int:
     """Recompute every BatchNorm's running mean/variance from ``samples``; returns the images used.
 
-    Weights do not change: the model runs without gradients, in eval mode except for the BatchNorm
-    layers, whose statistics become the plain average over all batches (momentum ``None``). The model
-    is left in eval mode on the CPU.
+    Up to ``limit`` images in a random order (``_subset``), averaged by ``batchnorm.estimate_statistics``
+    (weights do not change). The model is left in eval mode on the CPU.
     """
-    import torch
+    from ..batchnorm import batchnorms, estimate_statistics
 
-    from ..progress import progress
-
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return 0
-    chosen = _subset(samples, limit, seed)
-    momenta = [m.momentum for m in bns]
-    model.to(device).eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    seen = 0
-    try:
-        with torch.no_grad(), progress(quiet) as bar:
-            task = bar.add_task("BatchNorm statistics", total=len(chosen), info="")
-            for x, _y in _batches(root, chosen, pre, batch_size):
-                model(x.to(device))
-                seen += len(x)
-                bar.advance(task, len(x))
-    finally:
-        for m, momentum in zip(bns, momenta, strict=True):
-            m.momentum = momentum
-        model.eval().cpu()
-    if not seen:
+    seen = estimate_statistics(model, root, _subset(samples, limit, seed), pre, device, batch_size, quiet)
+    if not seen and batchnorms(model):
         raise ArtifactError(f"none of the training images under {root} can be read any more")
     return seen
 
@@ -392,13 +355,15 @@ def _taylor_gradients(model: nn.Module, root: Path, samples: list[Sample], pre: 
     BatchNorm statistics do not move)."""
     import torch
 
+    from ..batchnorm import image_batches
+
     model.to(device).eval()
     model.zero_grad(set_to_none=True)
     for p in model.parameters():
         p.requires_grad_(True)
     crit = torch.nn.CrossEntropyLoss()
     chosen = _subset(samples, TAYLOR_IMAGES, seed)
-    for x, y in _batches(root, chosen, pre, 32):
+    for x, y in image_batches(root, chosen, pre, 32):
         loss = crit(model(x.to(device)), y.to(device)) * len(x) / len(chosen)
         loss.backward()
     model.cpu()
