@@ -111,7 +111,19 @@ def selected(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     out = tmp_path_factory.mktemp("select")
     cands = [Candidate("mobilenet_v2", "imagenet", 64), Candidate("mobilenet_v2", "imagenet", 96),
              Candidate("mobilenet_v2", "none", 96), Candidate("resnet18", "imagenet", 64)]
-    result = select(image_folder, "cpu-onnxruntime-fp32", out, candidates=cands, per_class=8, verify_k=2)
+    with pytest.MonkeyPatch.context() as mp:
+        # torchvision's download is the last place resnet18's weights are looked for: make it fail here
+        # without even a DNS lookup (tests touch no network; a lookup left the process unstable)
+        import torchvision.models._api as tv_api
+
+        def offline(*_a: object, **_k: object) -> None:
+            raise OSError("no network in tests")
+
+        mp.setattr(tv_api, "load_state_dict_from_url", offline)
+        # workers=0: forked loader workers leave torch's SIGCHLD handler in this process, and a later test
+        # that SIGKILLs a child of its own (test_watch) then crashed the whole pytest process
+        result = select(image_folder, "cpu-onnxruntime-fp32", out, candidates=cands, per_class=8, verify_k=2,
+                        workers=0)
     return {"out": out, "result": result}
 
 

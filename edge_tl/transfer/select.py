@@ -311,7 +311,7 @@ def finetune_command(data_dir: Path, row: dict[str, Any]) -> str:
 
 
 def verify(rows: list[dict[str, Any]], k: int, data_dir: Path, out: Path, seed: int, val_fraction: float,
-           quiet: bool = True) -> dict[str, Any]:
+           quiet: bool = True, workers: int = 2) -> dict[str, Any]:
     """Fine-tunes the top ``k`` scored candidates (``finetune``'s default linear mode, same split and seed)
     into ``out/verify/<n>`` and returns Kendall's tau between each score and the real validation top-1."""
     from scipy.stats import kendalltau
@@ -324,7 +324,7 @@ def verify(rows: list[dict[str, Any]], k: int, data_dir: Path, out: Path, seed: 
         m = finetune(data_dir, out / "verify" / f"{i}-{r['arch']}-{r['input_size']}", arch=r["arch"],
                      weights=r["weights"], val_fraction=val_fraction,
                      input_size=None if r["weights"].startswith("run:") else r["input_size"],
-                     train_cfg=TrainConfig(seed=seed, quiet=quiet))
+                     train_cfg=TrainConfig(seed=seed, quiet=quiet, workers=workers))
         r["verified_val_top1"] = m["metrics"]["val_top1"]
         r["verified_val_balanced_accuracy"] = m["metrics"]["val_balanced_accuracy"]
     real = [r["verified_val_top1"] for r in top]
@@ -340,10 +340,12 @@ def verify(rows: list[dict[str, Any]], k: int, data_dir: Path, out: Path, seed: 
 
 def select(data_dir: str | Path, target: str, out: str | Path, *, candidates: list[Candidate] | None = None,
            budget_ms: float | None = None, per_class: int | None = 200, verify_k: int = 0, seed: int = 0,
-           val_fraction: float = 0.2, engine: str = "auto", quiet: bool = True) -> dict[str, Any]:
+           val_fraction: float = 0.2, engine: str = "auto", quiet: bool = True, workers: int = 2) -> dict[str, Any]:
     """Scores ``candidates`` (``default_candidates()`` when None) on ``data_dir``'s training split,
     measures their latency on ``target``, ranks them and writes ``out/select.json`` and
-    ``out/select.html``. Returns the JSON's content. Raises ConfigError/DataError for bad input."""
+    ``out/select.html``. Returns the JSON's content. ``workers``: data-loading processes of the ``verify``
+    fine-tunes (0 in a process that later kills children of its own: torch's loader installs a SIGCHLD
+    handler). Raises ConfigError/DataError for bad input."""
     from ..data import scan_image_folder, stratified_split
     from ..manifest import check_writable, write_json
     from ..targets import get_target
@@ -407,7 +409,7 @@ def select(data_dir: str | Path, target: str, out: str | Path, *, candidates: li
     elif budget_ms is not None:
         result["recommendation_reason"] = f"no pretrained candidate measured within {budget_ms} ms on {tgt.name}"
     if verify_k:
-        result["verify"] = verify(rows, verify_k, data_dir, out, seed, val_fraction, quiet)
+        result["verify"] = verify(rows, verify_k, data_dir, out, seed, val_fraction, quiet, workers)
     result["seconds"] = time.perf_counter() - started
     write_json(out / "select.json", result)
     write_select_html(out / "select.html", result)
