@@ -110,7 +110,8 @@ def test_negative_transfer_pareto_and_budget() -> None:
 def selected(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("select")
     cands = [Candidate("mobilenet_v2", "imagenet", 64), Candidate("mobilenet_v2", "imagenet", 96),
-             Candidate("mobilenet_v2", "none", 96), Candidate("resnet18", "imagenet", 64)]
+             Candidate("mobilenet_v2", "none", 96), Candidate("resnet18", "imagenet", 64),
+             Candidate("resnet18", "none", 64, if_pretrained=True)]
     with pytest.MonkeyPatch.context() as mp:
         # torchvision's download is the last place resnet18's weights are looked for: make it fail here
         # without even a DNS lookup (tests touch no network; a lookup left the process unstable)
@@ -131,7 +132,10 @@ def test_select_ranks_scores_and_measures(selected: dict) -> None:
     result, out = selected["result"], selected["out"]
     rows = {r["name"]: r for r in result["candidates"]}
     assert set(rows) == {"mobilenet_v2/imagenet@64", "mobilenet_v2/imagenet@96", "mobilenet_v2/scratch@96",
-                         "resnet18/imagenet@64"}
+                         "resnet18/imagenet@64", "resnet18/scratch@64"}
+    # a default scratch candidate is skipped when no pretrained one of its architecture scored
+    skipped = rows["resnet18/scratch@64"]
+    assert skipped["status"] == "unavailable" and "no pretrained" in skipped["reason"]
     # resnet18's ImageNet weights are not installed here: listed with the reason, not an error
     assert rows["resnet18/imagenet@64"]["status"] == "unavailable"
     assert "resnet18" in rows["resnet18/imagenet@64"]["reason"]
@@ -143,6 +147,7 @@ def test_select_ranks_scores_and_measures(selected: dict) -> None:
         assert r["latency"]["status"] == "measured" and r["latency"]["fp32"]["p50_ms"] > 0
     assert result["recommendation"]["name"] != "mobilenet_v2/scratch@96"
     assert "--arch mobilenet_v2 --weights imagenet --input-size" in result["recommendation"]["command"]
+    assert "probe top-1" in result["recommendation"]["why"]
     v = result["verify"]
     assert v["k"] == 2 and len(v["val_top1"]) == 2 and all(0 <= t <= 1 for t in v["val_top1"])
     assert v["kendall_tau_linear_top1"] in (-1.0, 1.0, None)  # two candidates: the order held or flipped
@@ -175,7 +180,9 @@ def test_select_cli(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert " 1 mobilenet_v2/imagenet@64: probe top-1" in out and "recommended:" in out
     bad = tmp_path / "bad.toml"
     bad.write_text('[[candidate]]\nweights = "imagenet"\n')
-    for args in (["--candidates", str(bad)], ["--sizes", "12"], ["--budget-ms", "-1"]):
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[[candidate]]\narch = "mobilenet_v9"\n')
+    for args in (["--candidates", str(bad)], ["--candidates", str(typo)], ["--sizes", "12"], ["--budget-ms", "-1"]):
         assert main(["select", str(image_folder), "-t", "cpu-onnxruntime-fp32", "--out", str(tmp_path / "x"),
                      *args]) == 2
         err = capsys.readouterr().err.strip()

@@ -168,7 +168,7 @@ def test_a_preprocessing_conflict_with_the_source_is_refused(
         finetuned_run: Path, image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, src = resolve_weights("mobilenet_v2", f"run:{finetuned_run}")
     for size, resize in ((160, None), (None, "letterbox"), (192, "full")):
-        with pytest.raises(ConfigError, match="the source run was trained at 224 px, shorter"):
+        with pytest.raises(ConfigError, match="the source run was trained at 224 px with --resize shorter"):
             weights_preprocessing("mobilenet_v2", src, size, resize)
     # Options that agree with the source, or leave the choice to it, are fine.
     for size, resize in ((None, None), (224, "shorter"), (None, "auto")):
@@ -181,7 +181,7 @@ def test_a_preprocessing_conflict_with_the_source_is_refused(
     assert main([*base, "--input-size", "160"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --input-size 160 conflicts with --weights run:") and err.count("\n") == 1
-    assert "trained at 224 px, shorter" in err
+    assert "trained at 224 px with --resize shorter" in err
     assert main([*base, "--resize", "letterbox"]) == 2
     assert "--resize letterbox conflicts" in capsys.readouterr().err
     assert main([*base, "--arch", "resnet18"]) == 2

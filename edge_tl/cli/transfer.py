@@ -76,7 +76,7 @@ def select(
                   f"LogME {r['logme']:.3f}, {prec} p50 {p50}{flags}", highlight=False)
     rec = result.get("recommendation")
     if rec:
-        con.print(f"[green]recommended:[/] {rec['name']} -> {rec['command']}", highlight=False)
+        con.print(f"[green]recommended:[/] {rec['name']} ({rec['why']}) -> {rec['command']}", highlight=False)
     else:
         con.print(f"[yellow]{result.get('recommendation_reason', 'no recommendation')}[/]", highlight=False)
     if "verify" in result:

@@ -88,8 +88,8 @@ def _source_preprocessing(source: dict[str, Any], input_size: int | None, resize
     if conflicts:
         raise ConfigError(
             f"{' and '.join(conflicts)} conflicts with --weights run:{source['path']}: the source run was trained "
-            f"at {pre.crop} px, {pre.resize_mode}; its backbone keeps that preprocessing, so leave the option out "
-            "(the new run takes the source's) or start from --weights imagenet")
+            f"at {pre.crop} px with --resize {pre.resize_mode}; its backbone keeps that preprocessing, so leave the "
+            "option out (the new run takes the source's) or start from --weights imagenet")
     return pre
 
 

@@ -47,7 +47,8 @@ def write_select_html(dest: Path, result: dict[str, Any]) -> None:
     trs, pts = [], []
     for i, r in enumerate(result["candidates"]):
         if r["status"] != "scored":
-            trs.append(f"<tr><td>{escape(r['name'])}</td><td colspan=\"8\" class=\"st\">unavailable: "
+            span = 8 if prec != "fp32" else 7
+            trs.append(f"<tr><td>{escape(r['name'])}</td><td colspan=\"{span}\" class=\"st\">unavailable: "
                        f"{escape(r['reason'])}</td></tr>")
             continue
         lat = r.get("latency") or {}
@@ -55,8 +56,9 @@ def write_select_html(dest: Path, result: dict[str, Any]) -> None:
         fp = (lat.get("fp32") or {}).get("p50_ms")
         flags = ", ".join([f.replace("_", " ") for f in r.get("flags", [])] + (["Pareto"] if r.get("pareto") else []))
         lat_cell = _f(p50, 2) if lat.get("status") == "measured" else escape(lat.get("reason", "–"))
+        fp_cell = f"<td>{_f(fp, 2)}</td>" if prec != "fp32" else ""
         trs.append(f"<tr><td>{r['rank']}. {escape(r['name'])}</td><td>{_f(r['linear_top1'])}</td>"
-                   f"<td>{_f(r['knn_top1'])}</td><td>{_f(r['logme'], 3)}</td><td>{lat_cell}</td><td>{_f(fp, 2)}</td>"
+                   f"<td>{_f(r['knn_top1'])}</td><td>{_f(r['logme'], 3)}</td><td>{lat_cell}</td>{fp_cell}"
                    f"<td>{_f(r.get('verified_val_top1'))}</td><td class=\"st\">{escape(flags)}</td></tr>")
         if p50 is not None:
             pts.append({"label": r["name"], "p50": p50, "p95": (lat.get(prec) or {}).get("p95_ms"),
@@ -65,7 +67,7 @@ def write_select_html(dest: Path, result: dict[str, Any]) -> None:
     budget = f"within {result['budget_ms']} ms" if result["budget_ms"] else "no latency budget"
     rec_html = (f'<p class="note">Recommended ({escape(budget)}): '
                 f"<b>{escape(rec['name'])}</b> (probe top-1 {rec['linear_top1']:.4f}, {prec} p50 "
-                f"{_f(rec['p50_ms'], 2)} ms). <code>{escape(rec['command'])}</code></p>"
+                f"{_f(rec['p50_ms'], 2)} ms): {escape(rec.get('why', ''))}. <code>{escape(rec['command'])}</code></p>"
                 if rec else f'<p class="warn">{escape(result.get("recommendation_reason", "no recommendation"))}</p>')
     ver = result.get("verify")
     ver_html = ""
@@ -82,7 +84,8 @@ def write_select_html(dest: Path, result: dict[str, Any]) -> None:
             f'{result["scored_on"]["images"]} training images (at most {result["per_class"]} per class; validation '
             f'untouched) · {result["seconds"]:.0f} s</p>{rec_html}'
             "<table><tr><th>candidate</th><th>probe top-1 (5-fold)</th><th>kNN top-1</th><th>LogME</th>"
-            f"<th>{prec} p50 [ms]</th><th>fp32 p50 [ms]</th><th>verified val top-1</th><th>flags</th></tr>"
+            f"<th>{prec} p50 [ms]</th>{'<th>fp32 p50 [ms]</th>' if prec != 'fp32' else ''}"
+            "<th>verified val top-1</th><th>flags</th></tr>"
             f"{''.join(trs)}</table>"
             f"<figure>{scatter_svg(pts, None, title='Probe top-1 vs measured latency', metric='top-1')}"
             "<figcaption>Probe top-1 is a 5-fold cross-validated linear probe of frozen features on the training "

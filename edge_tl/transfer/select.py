@@ -51,6 +51,8 @@ class Candidate:
     arch: str
     weights: str
     input_size: int | None = None
+    # a default scratch candidate is scored only when a pretrained one of its architecture was
+    if_pretrained: bool = False
 
     @property
     def name(self) -> str:
@@ -67,7 +69,7 @@ def default_candidates(sizes: tuple[int, ...] = DEFAULT_SIZES, sources: tuple[st
     from ..models import architectures
 
     out = [Candidate(a, "imagenet", s) for a in architectures() for s in sizes]
-    out += [Candidate(a, "none", max(sizes)) for a in architectures()]
+    out += [Candidate(a, "none", max(sizes), if_pretrained=True) for a in architectures()]
     out += [Candidate(_run_arch(r), f"run:{r}", None) for r in sources]
     return out
 
@@ -99,6 +101,12 @@ def load_candidates(path: Path) -> list[Candidate]:
         if unknown or "arch" not in row:
             raise ConfigError(f"--candidates {path}: candidate {i + 1} needs arch (and may set weights, "
                               f"input_size); unknown: {', '.join(sorted(unknown)) or 'none'}")
+        from ..models import get_arch
+
+        try:
+            get_arch(str(row["arch"]))
+        except ConfigError as exc:
+            raise ConfigError(f"--candidates {path}: candidate {i + 1}: {exc}") from None
         out.append(Candidate(str(row["arch"]), str(row.get("weights", "imagenet")), row.get("input_size")))
     return out
 
@@ -368,7 +376,7 @@ def select(data_dir: str | Path, target: str, out: str | Path, *, candidates: li
     # scratch last: it is the baseline of the pretrained sources of its architecture
     for c in sorted(cands, key=lambda c: c.weights == "none"):
         pretrained = {r["arch"] for r in rows if r["status"] == "scored"}
-        if candidates is None and c.weights == "none" and c.arch not in pretrained:
+        if c.if_pretrained and c.arch not in pretrained:
             # a random backbone alone is never the answer; without a pretrained one to compare it with
             # it would only cost time (resnet50's features at 224 px: minutes on 2 cores)
             rows.append({"name": c.name, "arch": c.arch, "weights": c.weights, "status": "unavailable",
@@ -404,8 +412,15 @@ def select(data_dir: str | Path, target: str, out: str | Path, *, candidates: li
         "candidates": rows, "recommendation": None, "seconds": time.perf_counter() - started,
     }
     if rec is not None:
+        pool = [r for r in rows if r["status"] == "scored" and not r["scratch"]
+                and (budget_ms is None or (_lat(r, precision) or float("inf")) <= budget_ms)]
+        best = max(pool, key=lambda r: r["linear_top1"])
+        why = ("the best probe top-1" if rec is best else
+               f"the fastest within one standard error ({100 * margin(best):.1f} points) of the best probe "
+               f"top-1, {best['name']} at {best['linear_top1']:.4f}")
         result["recommendation"] = {"name": rec["name"], "linear_top1": rec["linear_top1"],
-                                    "p50_ms": _lat(rec, precision), "command": finetune_command(data_dir, rec)}
+                                    "p50_ms": _lat(rec, precision), "command": finetune_command(data_dir, rec),
+                                    "why": why + (f", within {budget_ms} ms" if budget_ms is not None else "")}
     elif budget_ms is not None:
         result["recommendation_reason"] = f"no pretrained candidate measured within {budget_ms} ms on {tgt.name}"
     if verify_k:
