@@ -128,7 +128,7 @@ def adapt(run: PathLike, unlabeled: PathLike, *, method: str = "adabn", target_v
 
 
 def export(run: PathLike, target: str, *, calibration: str | None = None, source: str | None = None,
-           qat: int = 0, quiet: bool = True) -> dict[str, Any]:
+           qat: int = 0, ood: bool = True, quiet: bool = True) -> dict[str, Any]:
     """Export the run's model for one target (a built-in name or a profile file's path) to
     ``RUN/targets/<name>/``: ONNX, an INT8 QDQ graph, OpenVINO IR or the ONNX a TensorRT engine is
     built from, then check it against the torch model on ``eval.npz`` where this host can run it.
@@ -137,7 +137,9 @@ def export(run: PathLike, target: str, *, calibration: str | None = None, source
     training split). ``source``: ``"finetune"``, ``"prune"`` or ``"adapt"`` (``rundir.MODEL_STAGES``;
     default: prune when present, else finetune).
     ``qat``: INT8 only, epochs of quantisation-aware training instead of post-training quantisation
-    (``manifest["quantizer"]["history"]`` has the selection-set score per epoch).
+    (``manifest["quantizer"]["history"]`` has the selection-set score per epoch). ``ood``: a classifier's
+    graph gets a second output, ``ood_score`` (``edge_tl/ood.py``; ``manifest["ood"]`` says what it was
+    fitted and calibrated on and the target's limit).
     Returns the target manifest; ``manifest["validation"]`` holds ``agreement`` (fraction of argmax
     equal to the torch model's) and ``max_abs_logit_diff``, or is None when this host cannot run the
     target. Raises MissingExtraError (torch, onnx, openvino, nncf), ConfigError for an unknown target
@@ -145,7 +147,7 @@ def export(run: PathLike, target: str, *, calibration: str | None = None, source
     """
     from .stages.export import export as run_export
 
-    return run_export(run, target, calibration=calibration, source=source, quiet=quiet, qat_epochs=qat)
+    return run_export(run, target, calibration=calibration, source=source, quiet=quiet, qat_epochs=qat, ood=ood)
 
 
 def bench(run: PathLike, targets: list[str] | None = None, *, data: PathLike | None = None,
@@ -181,7 +183,8 @@ def bench(run: PathLike, targets: list[str] | None = None, *, data: PathLike | N
 def bundle(run: PathLike, target: str, out: PathLike, *, golden: int = 8, ok_classes: list[str] | None = None,
            defect_classes: list[str] | None = None, max_escape: float | None = None,
            max_false_reject: float | None = None, ok_threshold: float | None = None,
-           defect_threshold: float = 0.5, quiet: bool = True) -> dict[str, Any]:
+           defect_threshold: float = 0.5, ood_limit: float | None = None, use_ood: bool = True,
+           quiet: bool = True) -> dict[str, Any]:
     """Package an exported target for a device in ``out``: model, preprocessing, QC policy, sha256 of
     every file and ``golden`` images with their expected logits (the runtime refuses to classify if it
     does not reproduce them). Open it with ``open_bundle(out)`` (``edge_tl.runtime``, no torch).
@@ -190,14 +193,17 @@ def bundle(run: PathLike, target: str, out: PathLike, *, golden: int = 8, ok_cla
     probability in [0, 1]) is fixed (``ok_threshold``) or tuned on the validation split to a
     false-reject rate (``max_false_reject``, default 0.01) or an escape rate (``max_escape``: the
     share of defects passed as ok); a defect answer below ``defect_threshold`` becomes ``review``.
-    Give at most one of the three. Returns ``bundle.json``. Raises ArtifactError when the target is not
+    Give at most one of the three. An image whose ``ood_score`` exceeds ``ood_limit`` (default: the limit
+    the export calibrated for this target) is ``review`` with the reason ``out_of_distribution``;
+    ``use_ood=False`` switches that off. Returns ``bundle.json``. Raises ArtifactError when the target is not
     exported (the message gives the command that exports it), ConfigError for a bad option.
     """
     from .stages.bundle import bundle as run_bundle
 
     return run_bundle(run, target, out, golden, ok_classes=ok_classes, defect_classes=defect_classes,
                       max_false_reject=max_false_reject, ok_threshold=ok_threshold,
-                      defect_threshold=defect_threshold, max_escape=max_escape, quiet=quiet)
+                      defect_threshold=defect_threshold, max_escape=max_escape, ood_limit=ood_limit,
+                      use_ood=use_ood, quiet=quiet)
 
 
 def run_pipeline(path: PathLike, *, quiet: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]],

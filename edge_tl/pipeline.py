@@ -81,6 +81,7 @@ class ExportStep(_Strict):
     calibration: str | None = None
     source: Literal["finetune", "prune"] | None = None
     qat: int = Field(0, ge=0)
+    ood: bool = True  # the ood_score output (`--no-ood` is ood = false)
 
 
 class BenchStep(_Strict):
@@ -108,6 +109,8 @@ class BundleStep(_Strict):
     max_false_reject: float | None = Field(default=None, ge=0, lt=1)
     ok_threshold: float | None = Field(default=None, ge=0, le=1)
     defect_threshold: float = Field(0.5, ge=0, le=1)
+    ood_limit: float | None = Field(default=None, gt=0)
+    ood: bool = True  # review out-of-distribution images (`--no-ood` is ood = false)
 
 
 class Pipeline(_Strict):
@@ -130,9 +133,9 @@ CLI_ONLY = {
 # CLI option name -> pipeline key, where they differ.
 CLI_TO_KEY = {
     "finetune": {"data_dir": "data"},
-    "export": {"target": "targets", "from_": "source"},
+    "export": {"target": "targets", "from_": "source", "no_ood": "ood"},
     "bench": {"target": "targets", "json_path": "json"},
-    "bundle": {"ok_class": "ok_classes", "defect_class": "defect_classes"},
+    "bundle": {"ok_class": "ok_classes", "defect_class": "defect_classes", "no_ood": "ood"},
 }
 STEPS: dict[str, type[_Strict]] = {"finetune": FinetuneStep, "prune": PruneStep, "export": ExportStep,
                                   "bench": BenchStep, "bundle": BundleStep}
@@ -223,7 +226,7 @@ def run_pipeline(path: Path, quiet: bool = False,
     if p.export is not None:
         for t in p.export.targets:
             export(run, rel_target(t), calibration=rel(p.export.calibration) if p.export.calibration else None,
-                   source=p.export.source, quiet=quiet, qat_epochs=p.export.qat)
+                   source=p.export.source, quiet=quiet, qat_epochs=p.export.qat, ood=p.export.ood)
             exported.append(t)
     reports: list[dict[str, Any]] = []
     if p.bench is not None:
@@ -246,5 +249,5 @@ def run_pipeline(path: Path, quiet: bool = False,
         shipped = bundle(run, rel_target(b.target), rel(b.out), n_golden=b.golden, ok_classes=b.ok_classes,
                          defect_classes=b.defect_classes, max_escape=b.max_escape,
                          max_false_reject=b.max_false_reject, ok_threshold=b.ok_threshold,
-                         defect_threshold=b.defect_threshold, quiet=quiet)
+                         defect_threshold=b.defect_threshold, ood_limit=b.ood_limit, use_ood=b.ood, quiet=quiet)
     return tuned, reports, shipped

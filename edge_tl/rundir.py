@@ -58,7 +58,25 @@ class RunDir:
         folder = self.root / which
         if not (folder / MANIFEST).is_file():
             raise ArtifactError(f"{folder} has no finished model; run `{MODEL_STAGES[which]}` first")
+        self.check_fresh(folder)
         return folder
+
+    def check_fresh(self, folder: Path) -> None:
+        """ArtifactError when the model in ``folder`` was made from a parent model in this run that has
+        since been replaced (a prune or adapt of an older fine-tune): exporting it would ship a model the
+        newer fine-tune's eval set, policy and reports do not describe. Walks the chain to finetune."""
+        from .manifest import read_json, sha256_file
+
+        while folder.name != "finetune":
+            parent = read_json(folder / MANIFEST).get("parent") or {}
+            stage = Path(parent.get("path", "")).parent.name
+            current = self.root / stage / "model.pt"
+            if stage not in MODEL_STAGES or not current.is_file():
+                return  # made from a model outside this run (or one since removed): nothing to compare
+            if sha256_file(current) != parent.get("sha256"):
+                raise ArtifactError(f"{folder} was made from an older {stage} model than {current}; run "
+                                    f"`{MODEL_STAGES[folder.name]} {self.root}` again first")
+            folder = self.root / stage
 
     def require_finetune(self) -> Path:
         if not (self.finetune / MANIFEST).is_file():

@@ -244,17 +244,19 @@ def frame_record(frame: Frame, pred: Any) -> dict[str, Any]:
 
 def watch_stream(runtime: Any, source: str | Stream, log_path: str | os.PathLike[str], *,
                  fps: float | None = None, max_frames: int | None = None, stop: threading.Event | None = None,
-                 batch: int | None = None) -> Counter[str]:
+                 batch: int | None = None, drift: Any = None) -> Counter[str]:
     """Classify a stream's frames and append one line per frame to ``log_path`` (JSONL or CSV, the
     columns of a folder watch plus ``frame`` and ``stream_time_s``); returns the decisions' counts.
 
     Runs until the stream ends (a video file), ``max_frames`` frames, or ``stop`` is set. Each line
     is written (and fsynced) before the next frame is read. One watcher per log (a lock), as for
     folders. ``source`` may be a ``Stream`` opened already (it is closed at the end); ``fps`` and
-    ``max_frames`` then come from it.
+    ``max_frames`` then come from it. ``drift``: the ``runtime.watch.DriftMonitor`` that warns when the
+    share of out-of-distribution frames crosses its limit (default one; only for a bundle using ood).
     """
-    from .runtime.watch import ResultLog, take_lock
+    from .runtime.watch import DriftMonitor, ResultLog, take_lock
 
+    monitor = (drift or DriftMonitor()) if getattr(runtime, "ood", False) else None
     result_log = ResultLog(Path(log_path))
     lock = take_lock(result_log.path)
     counts: Counter[str] = Counter()
@@ -265,6 +267,9 @@ def watch_stream(runtime: Any, source: str | Stream, log_path: str | os.PathLike
             for frame, pred in classify_frames(runtime, stream, batch=size, stop=stop):
                 result_log.append([frame_record(frame, pred)])
                 counts[pred.decision] += 1
+                message = monitor.update([pred.reason == "out_of_distribution"]) if monitor else None
+                if message:
+                    log.warning("watch %s: %s", stream.name, message)
     finally:
         result_log.close()
         os.close(lock)

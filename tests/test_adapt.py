@@ -148,10 +148,11 @@ def test_manifest_hashes_every_unlabelled_image_and_records_the_bad_ones(
         run / "adapt" / "model.pt")
 
 
-def test_export_from_adapt_ships_the_adapted_model(adabn: tuple[Path, torch.nn.Module, dict],
+def test_export_from_adapt_ships_the_adapted_model(adabn: tuple[Path, torch.nn.Module, dict], domain: dict[str, Path],
                                                    tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import onnxruntime as ort
 
+    domain_val = domain["val"]
     src, model, _ = adabn
     run = tmp_path / "run"
     shutil.copytree(src, run)
@@ -169,6 +170,15 @@ def test_export_from_adapt_ships_the_adapted_model(adabn: tuple[Path, torch.nn.M
         adapted, original = model(torch.from_numpy(x)).numpy(), source(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(onnx_out, adapted, atol=1e-4, rtol=1e-4)
     assert np.abs(onnx_out - original).max() > 1e-2  # ... not the fine-tuned one
+    # Its ood score knows the new line as home: fitted on the unlabelled images, the shifted camera's
+    # labelled images (never seen) are mostly in distribution.
+    assert "unlabelled" in m["ood"]["fitted_on"]["what"] and m["ood"]["limit"] == 1.0
+    from edge_tl.preprocess import Preprocess
+
+    pre = Preprocess.from_dict(m["preprocessing"])
+    xs = np.stack([pre(Image.open(p).convert("RGB")) for p in sorted(domain_val.rglob("*.png"))])
+    ood = ort.InferenceSession(str(target / "model.onnx")).run(["ood_score"], {"input": xs})[0]
+    assert np.mean(ood > 1.0) <= 0.25
     # and the bundle takes that target like any other
     assert main(["bundle", str(run), "--target", "cpu-onnxruntime-fp32", "--out", str(tmp_path / "b"), "-q"]) == 0
     assert json.loads((tmp_path / "b" / "bundle.json").read_text())["source"]["source_stage"] == "adapt"
@@ -295,3 +305,19 @@ def test_export_from_names_every_model_stage(run_copy: Path) -> None:
         RunDir(run_copy).source("bogus")
     with pytest.raises(Exception, match="run `edge-tl adapt` first"):
         RunDir(run_copy).source("adapt")
+
+
+def test_an_adapted_model_of_an_older_fine_tune_is_not_exported(adabn: tuple[Path, torch.nn.Module, dict],
+                                                                tmp_path: Path) -> None:
+    from edge_tl.errors import ArtifactError
+
+    src, _, _ = adabn
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    assert RunDir(run).source("adapt") == run / "adapt"
+    path = run / "adapt" / "manifest.json"
+    m = json.loads(path.read_text())
+    m["parent"]["sha256"] = "0" * 64  # as if finetune had been run again since
+    path.write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="older finetune model"):
+        RunDir(run).source("adapt")

@@ -80,7 +80,10 @@ print(json.dumps({{"rc": rc, "label": p.label, "torch": sys.modules["torch"] is 
     lines = proc.stdout.strip().splitlines()
     predicted, summary = json.loads(lines[0]), json.loads(lines[-1])
     assert summary == {"rc": 0, "label": summary["label"], "torch": False}
-    assert set(predicted) == {"path", "label", "score", "decision", "ms_per_image", "batch_size", "batch_ms"}
+    # reason: only for a review decision (low_confidence or out_of_distribution)
+    assert set(predicted) - {"reason"} == {"path", "label", "score", "decision", "ms_per_image", "batch_size",
+                                           "batch_ms", "ood_score"}
+    assert ("reason" in predicted) == (predicted["decision"] == "review")
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -125,7 +128,7 @@ def test_batch_equals_singles(bundles: dict[str, Path], images: list[Path], targ
     np.testing.assert_allclose(np.stack([p.logits for p in batch]), np.stack([p.logits for p in singles]),
                                atol=1e-4, rtol=1e-4)
     assert all(p.path == str(i) for p, i in zip(batch, images, strict=True))
-    assert all(p.decision == rt.policy.decide(p.label, p.score) for p in batch)
+    assert all(p.decision == rt.policy.decide(p.label, p.score, p.ood_score) for p in batch)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -213,7 +216,8 @@ def test_predict_command_on_a_folder(bundles: dict[str, Path], images: list[Path
     assert main(["predict", str(bundles[TARGETS[1]]), str(folder), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == len(images)
-    assert all(set(r) == {"path", "label", "score", "decision", "ms_per_image", "batch_size", "batch_ms"} for r in rows)
+    assert all(set(r) - {"reason"} == {"path", "label", "score", "decision", "ms_per_image", "batch_size", "batch_ms",
+                                       "ood_score"} for r in rows)
     assert all(r["decision"] in ("ok", "defect", "review") and 0 < r["score"] <= 1 for r in rows)
     # One unreadable file: every other image still gets its answer, the bad one an error line, exit 2.
     (folder / "broken.png").write_bytes(b"\x89PNG not really")

@@ -326,12 +326,15 @@ def _legend(x: float, y: float, items: list[tuple[str, str, str | None]]) -> lis
 
 
 def score_histogram_svg(good: Any, defect: Any, threshold: float = 1.0,
-                        title: str = "Anomaly scores: good vs defect images") -> str:
-    """Overlaid histograms (same bins) of the normalised scores of good and defect images, with the
-    shipped threshold as a vertical line: how far apart the classes are, and which side each lands on."""
+                        title: str = "Anomaly scores: good vs defect images",
+                        names: tuple[str, str] = ("good", "defect"),
+                        xlabel: str = "anomaly score / threshold (above 1: rejected as defect)") -> str:
+    """Overlaid histograms (same bins) of the normalised scores of good and defect images (or any two
+    sets, ``names``), with the shipped threshold as a vertical line: how far apart the sets are, and
+    which side each lands on."""
     g, d = _finite(good), _finite(defect)
     if not len(g) and not len(d):
-        return '<p class="sub">No anomaly scores in this report.</p>'
+        return '<p class="sub">No scores in this report.</p>'
     allv = np.concatenate([g, d, [threshold]])
     lo, hi = float(allv.min()), float(allv.max())
     span = (hi - lo) or 1.0
@@ -348,7 +351,7 @@ def score_histogram_svg(good: Any, defect: Any, threshold: float = 1.0,
     ax = _Axis(float(edges[0]), float(edges[-1]), left, w - right)
     peak = int(max(hg.max(initial=0), hd.max(initial=0), 1))
     ay = _Axis(0.0, peak * 1.1, bottom, top)
-    body = _xgrid(ax, top, bottom, "anomaly score / threshold (above 1: rejected as defect)")
+    body = _xgrid(ax, top, bottom, xlabel)
     body.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#444"/>')
     for t in ay.ticks():
         if abs(t - round(t)) > 1e-9:  # image counts: whole numbers only
@@ -358,20 +361,20 @@ def score_histogram_svg(good: Any, defect: Any, threshold: float = 1.0,
                     f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#444">{round(t)}</text>')
     body.append(f'<text transform="translate(18,{(top + bottom) / 2}) rotate(-90)" text-anchor="middle">'
                 'images</text>')
-    for counts, color, name in ((hg, GOOD_COLOR, "good"), (hd, DEFECT_COLOR, "defect")):
+    for counts, color, name, css in ((hg, GOOD_COLOR, names[0], "good"), (hd, DEFECT_COLOR, names[1], "defect")):
         for k, c in enumerate(counts):
             if not c:
                 continue
             x0, x1, y = ax(edges[k]), ax(edges[k + 1]), ay(c)
-            body.append(f'<rect class="bar-{name}" x="{x0:.1f}" y="{y:.1f}" width="{max(x1 - x0, 1):.1f}" '
+            body.append(f'<rect class="bar-{css}" x="{x0:.1f}" y="{y:.1f}" width="{max(x1 - x0, 1):.1f}" '
                         f'height="{bottom - y:.1f}" fill="{color}" fill-opacity="0.45" stroke="{color}">'
-                        f'<title>{name}: {c} image(s) scoring {edges[k]:.3f} to {edges[k + 1]:.3f}</title></rect>')
+                        f'<title>{_e(name)}: {c} image(s) scoring {edges[k]:.3f} to {edges[k + 1]:.3f}</title></rect>')
     xt = ax(threshold)
     body.append(f'<line class="threshold" x1="{xt:.1f}" y1="{top - 4}" x2="{xt:.1f}" y2="{bottom}" '
                 f'stroke="#cf222e" stroke-width="2" stroke-dasharray="5,3"/>'
                 f'<text x="{xt + 4:.1f}" y="{top + 8}" fill="#cf222e">threshold</text>')
-    body += _legend(w - right + 16, top + 12, [(GOOD_COLOR, f"good ({len(g)})", None),
-                                               (DEFECT_COLOR, f"defect ({len(d)})", None),
+    body += _legend(w - right + 16, top + 12, [(GOOD_COLOR, f"{names[0]} ({len(g)})", None),
+                                               (DEFECT_COLOR, f"{names[1]} ({len(d)})", None),
                                                ("#cf222e", f"threshold ({threshold:g})", "5,3")])
     return _svg(w, h, title, body)
 
@@ -651,6 +654,8 @@ def render_html(report: dict[str, Any]) -> str:
                    + (f'<br><span class="sub">per timing block: {_e(spread)}</span>' if spread else "") + "</p>")
         out.append(f"<h2>Gates</h2>{gates_table([r], with_target=False)}")
         out.append(transfer_html(r.get("transfer")))
+        out.append(adaptation_html(r.get("adaptation")))
+        out.append(ood_html(r.get("ood")))
         if anomaly:
             out.append(f"<h2>Anomaly scores</h2>{anomaly_figures(r.get('anomaly_plot'))}")
         pts, ref_top1 = _points([r], "auroc" if anomaly else "top1")
@@ -683,6 +688,42 @@ def render_html(report: dict[str, Any]) -> str:
 
 _LAT_CAPTION = ("Box: p25–p75; thick line: p50; ◇: p95; whisker: min–p99; dots: every timed call; red dashed "
                 "line: the target's max_p95_ms gate.")
+
+
+def ood_html(ood: dict[str, Any] | None) -> str:
+    """The out-of-distribution section: the share of this report's images above the limit, and the score
+    distributions of the validation images (in distribution) and of this report's images."""
+    if not ood:
+        return ""
+    val = ood.get("validation_scores") or []
+    fig = score_histogram_svg(val, ood.get("scores") or [], ood["limit"],
+                              title="Out-of-distribution scores: validation images vs this report's images",
+                              names=("validation", str(ood.get("data") or "this data")),
+                              xlabel="ood score (1.0: the export's threshold; right of the limit: review)")
+    return (f'<h2>Out-of-distribution score</h2><p><b>{_pct(ood.get("share_flagged"))}</b> of the {ood["n"]} '
+            f'images of {_e(ood.get("data"))} score above the limit {_f(ood["limit"], 3)} (<span class="sub">'
+            f'{_e(ood.get("limit_source"))}</span>): the runtime sends them to review as out_of_distribution. '
+            f'The score is fitted on {_e(ood.get("fitted_on"))}.</p><figure>{fig}</figure>')
+
+
+def adaptation_html(adaptation: dict[str, Any] | None) -> str:
+    """For a model adapted to a new line: method, unlabelled set, and source-only vs adapted accuracy on
+    the labelled target images given with ``--target-val`` (report only)."""
+    if not adaptation:
+        return ""
+    u = adaptation.get("unlabeled") or {}
+    out = (f'<h2>Adaptation</h2><p>Adapted with <b>{_e(adaptation.get("method"))}</b> on '
+           f'{_e(u.get("n_images"))} unlabelled images of {_e(u.get("root"))}.</p>')
+    rep = adaptation.get("report")
+    if not rep:
+        return out + ('<p class="sub">No labelled target images were given (--target-val): no accuracy on the '
+                      'new line.</p>')
+    rows = "".join(f'<tr><td>{name}</td><td>{_pct(rep[k].get("top1"), 2)}</td>'
+                   f'<td>{_pct(rep[k].get("balanced_accuracy"), 2)}</td></tr>'
+                   for k, name in (("source", "source only"), ("adapted", "adapted")) if rep.get(k))
+    return out + (f'<table><tr><th>on {_e(rep.get("n_images"))} labelled images of {_e(rep.get("root"))}</th>'
+                  f'<th>top-1</th><th>balanced accuracy</th></tr>{rows}</table>'
+                  f'<p class="sub">{_e(rep.get("note"))}</p>')
 
 
 def transfer_html(transfer: dict[str, Any] | None) -> str:

@@ -177,6 +177,33 @@ def is_anomaly_run(run: RunDir) -> bool:
     return path.is_file() and read_json(path).get("task") == "anomaly"
 
 
+def ood_facts(runner: Any, evalset: EvalSet, target: Target, ood: dict[str, Any]) -> dict[str, Any]:
+    """The share of ``evalset``'s images whose ood_score exceeds the target's limit, with the scores and
+    the validation images' scores (from the export) for the report's two distributions."""
+    bs = target.batch_size
+    scores = np.concatenate([np.asarray(runner.run_outputs(evalset.inputs[i:i + bs])[1], np.float64).reshape(-1)
+                             for i in range(0, len(evalset.inputs), bs)])
+    limit = float(ood["limit"])
+    return {"limit": limit, "limit_source": ood.get("limit_source"), "n": len(scores),
+            "share_flagged": float(np.mean(scores > limit)) if len(scores) else None,
+            "data": evalset.describe().get("name"), "scores": [round(float(v), 4) for v in scores[:2000]],
+            "validation_scores": ood.get("validation_scores"), "fitted_on": (ood.get("fitted_on") or {}).get("what")}
+
+
+def adaptation_facts(run: RunDir, target: Target) -> dict[str, Any] | None:
+    """For a target exported from ``RUN/adapt``: the method, the unlabelled set and, where ``--target-val``
+    gave labels, source-only vs adapted accuracy on the new line (``adapt``'s report). Else None."""
+    from ..manifest import read_json
+
+    tm, am = run.target(target.name) / "manifest.json", run.adapt / "manifest.json"
+    if not (tm.is_file() and am.is_file()) or read_json(tm).get("source_stage") != "adapt":
+        return None
+    m = read_json(am)
+    return {"method": m.get("method"), "unlabeled": {k: (m.get("unlabeled") or {}).get(k)
+                                                     for k in ("root", "n_images", "n_skipped")},
+            "report": m.get("report")}
+
+
 def transfer_facts(run: RunDir) -> dict[str, Any] | None:
     """Where the model's backbone came from (the chain of sources, newest first) and, when finetune ran
     ``--baseline scratch``, how it compares with training from random weights. None without a finetune
@@ -213,6 +240,7 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
                             "n": len(evalset.labels), "classes": evalset.classes, "host": host_info(),
                             "versions": versions(), "notes": [], "session": session or new_session(),
                             "measured_at": _now(), "transfer": transfer_facts(run)}
+    base["adaptation"] = adaptation_facts(run, target)
     ref_metrics = classification_metrics(evalset.logits, evalset.labels, evalset.classes)
     reference: dict[str, Any] = {"format": "torch", "precision": "fp32", "top1": ref_metrics["top1"],
                                  "balanced_accuracy": ref_metrics["balanced_accuracy"], "latency_ms": None,
@@ -248,6 +276,10 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
         say(f"accuracy on {len(evalset.labels)} images, batch-1 latency ({target.iterations} calls), "
             f"batch-{target.batch_size} throughput…")
         cand = measure(runner, evalset, target)
+        if manifest.get("ood") and hasattr(runner, "run_outputs"):
+            base["ood"] = ood_facts(runner, evalset, target, manifest["ood"])
+            base["notes"].append(f"out of distribution: {base['ood']['share_flagged']:.1%} of the {base['ood']['n']} "
+                                 f"images score above the limit {base['ood']['limit']:.3g} (review in the runtime)")
         if anomaly:
             from ..anomaly.report import plot_data
             from ..manifest import read_json

@@ -44,6 +44,10 @@ def bundle(
                                      "ok answers go to review)."),
     defect_threshold: float = typer.Option(0.5, "--defect-threshold", help="Confidence a defect answer "
                                            "needs; below it the decision is 'review'."),
+    ood_limit: float = typer.Option(None, "--ood-limit", help="ood_score above which an image is 'review' "
+                                    "(out_of_distribution). Default: calibrated on this target's validation "
+                                    "scores at the export's false-alarm rate (about 1.0 for fp32)."),
+    no_ood: bool = typer.Option(False, "--no-ood", help="Do not review out-of-distribution images."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Package an exported target for a device: model, preprocessing, policy, hashes, golden images."""
@@ -53,7 +57,7 @@ def bundle(
     m = run_bundle(run, target, out, golden, ok_classes=list(ok_class or []) or None,
                    defect_classes=list(defect_class or []) or None, max_false_reject=max_false_reject,
                    ok_threshold=ok_threshold, defect_threshold=defect_threshold, max_escape=max_escape,
-                   quiet=quiet or state.quiet)
+                   ood_limit=ood_limit, use_ood=not no_ood, quiet=quiet or state.quiet)
     g = m["golden"]
     console().print(
         f"[green]bundled[/] {m['target']['name']} -> {out}: {len(g['images'])} golden images (max |Δlogit| "
@@ -86,7 +90,9 @@ def policy_line(p: dict) -> str:
     recall = None if v["escape_rate"] is None else 1.0 - v["escape_rate"]
     return (f"ok classes: {oks}; {how}; on {v['n']} validation images ({v['n_defect']} defects): defect recall "
             f"(not passed) {pct(recall)}, escape {pct(v['escape_rate'])}, false-reject {pct(v['false_reject_rate'])}, "
-            f"review {pct(v['review_rate'])}")
+            f"review {pct(v['review_rate'])}"
+            + (f" (out of distribution {pct(v['out_of_distribution_rate'])}, ood limit {p['ood_limit']:g})"
+               if "out_of_distribution_rate" in v else ""))
 
 
 def _expand(paths: list[Path], require: bool = True) -> list[Path]:
@@ -122,7 +128,10 @@ def _line(p: Prediction, name: str) -> str:
     """One text line of ``predict``: label, score, decision, this image's share of its batch call."""
     batch = f" (batch of {p.batch_size})" if p.batch_size > 1 else ""
     anomaly = f"anomaly {p.anomaly_score:.3f}  " if p.anomaly_score is not None else ""
-    return f"{p.label:<18} {p.score:.4f}  {anomaly}{p.decision:<7} {p.ms:7.1f} ms/image{batch}  {name}"
+    ood = f"ood {p.ood_score:.2f}  " if p.ood_score is not None else ""
+    why = " (out of distribution)" if p.reason == "out_of_distribution" else ""
+    return (f"{p.label:<18} {p.score:.4f}  {anomaly}{ood}{p.decision:<7} {p.ms:7.1f} ms/image{batch}  "
+            f"{name}{why}")
 
 
 @app.command()
@@ -284,6 +293,11 @@ def watch(
     color: str = typer.Option(None, "--color", metavar="RGB|BGR", help="Channel order of raw .npy frames."),
     device: str = typer.Option(None, "--device", metavar="NAME", help="Override the bundle's device."),
     threads: int = typer.Option(None, "--threads", metavar="N", help="Override the bundle's thread count."),
+    drift_window: int = typer.Option(200, "--drift-window", metavar="N", help="Images in the rolling share of "
+                                     "out-of-distribution answers."),
+    drift_limit: float = typer.Option(0.1, "--drift-limit", metavar="SHARE", help="Log a drift warning when "
+                                      "more than this share of the last --drift-window images is out of "
+                                      "distribution."),
 ) -> None:
     """Classify each new image in FOLDER exactly once, appending results to a log (restart-safe); or
     each frame of a camera stream, one log line per frame (frame index and time in the line).
@@ -294,9 +308,10 @@ def watch(
 
     from ..errors import ConfigError
     from ..runtime import Runtime
-    from ..runtime.watch import Watcher
+    from ..runtime.watch import DriftMonitor, Watcher
     from ..streams import is_stream
 
+    drift = DriftMonitor(drift_window, drift_limit)
     stream = is_stream(folder)
     if stream and move_to is not None:
         raise ConfigError("--move-to applies to a drop folder, not a stream")
@@ -310,11 +325,11 @@ def watch(
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         if stream:
-            _watch_stream(bundle, folder, log_path, fps, max_frames, once, stop, device, threads)
+            _watch_stream(bundle, folder, log_path, fps, max_frames, once, stop, device, threads, drift)
             return
         with Runtime(bundle, device=device, threads=threads) as rt, \
                 Watcher(rt, folder, log_path, move_to=move_to, settle=settle, color=color,
-                        error_after=error_after) as w:
+                        error_after=error_after, drift=drift) as w:
             if not (once or state.quiet):
                 print(f"watching {folder} with {bundle} ({rt.backend}); results -> {w.log.path}",
                       file=sys.stderr)
@@ -331,7 +346,8 @@ def watch(
 
 
 def _watch_stream(bundle: Path, source: str, log_path: Path | None, fps: float | None, max_frames: int | None,
-                  once: bool, stop: threading.Event, device: str | None, threads: int | None) -> None:
+                  once: bool, stop: threading.Event, device: str | None, threads: int | None,
+                  drift: Any = None) -> None:
     from ..errors import ConfigError
     from ..runtime import Runtime
     from ..streams import Stream, is_live, watch_stream
@@ -345,6 +361,6 @@ def _watch_stream(bundle: Path, source: str, log_path: Path | None, fps: float |
             rate = f", at most {fps:g} frame(s)/s" if fps else ""
             print(f"watching stream {stream.shown} with {bundle} ({rt.backend}){rate}; results -> {log_file}",
                   file=sys.stderr)
-        counts = watch_stream(rt, stream, log_file, stop=stop)
+        counts = watch_stream(rt, stream, log_file, stop=stop, drift=drift)
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no frame"
     print(f"watch: {sum(counts.values())} frame(s) logged to {log_file} ({summary})", file=sys.stderr)

@@ -64,6 +64,10 @@ class Prediction:
     batch_ms: float | None = None
     # Anomaly bundles: the normalised anomaly score (1.0 = the shipped threshold; defect above it).
     anomaly_score: float | None = None
+    # Classifier bundles with an ood output: the out-of-distribution score (1.0 = the threshold calibrated
+    # at export; above the bundle's limit the decision is review).
+    ood_score: float | None = None
+    reason: str | None = None  # why the decision is review: low_confidence | out_of_distribution
 
     def to_dict(self, logits: bool = False) -> dict[str, Any]:
         """JSON-ready fields: path, label, score, decision, ms_per_image (``ms``), batch_size, batch_ms
@@ -74,6 +78,10 @@ class Prediction:
                                "batch_size": self.batch_size, "batch_ms": round(batch_ms, 3)}
         if self.anomaly_score is not None:
             out["anomaly_score"] = round(self.anomaly_score, 6)
+        if self.ood_score is not None:
+            out["ood_score"] = round(self.ood_score, 6)
+        if self.reason is not None:
+            out["reason"] = self.reason
         if logits:
             out["logits"] = [float(v) for v in self.logits]
         return out
@@ -158,6 +166,8 @@ class Runtime:
         self.task: str = m.get("task", "classification")
         self.preprocess = Preprocess.from_dict(m["preprocessing"])
         self.policy = Policy.from_dict(m["policy"], self.classes)
+        # The ood_score output (edge_tl/ood.py) is read only when the bundle's policy uses it.
+        self.ood = self.task == "classification" and m.get("ood") is not None and self.policy.ood_limit is not None
         model = m["model"]
         self.backend: str = model["backend"]
         self.device: str = device or model["device"]
@@ -224,13 +234,25 @@ class Runtime:
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         """Logits for an NCHW batch, in chunks of the bundle's batch size."""
+        return self._infer_all(batch)[0]
+
+    def _infer_all(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits (N, classes), ood_score (N,) or None when the bundle does not use it) for an NCHW batch."""
         if self._runner is None:
             raise EdgeTLError(f"the runtime for {self.path} is closed")
-        outs = []
+        outs, oods = [], []
         for i in range(0, len(batch), self.batch_size):
+            chunk = batch[i:i + self.batch_size]
             with self._lock:
-                outs.append(np.asarray(self._runner.run(batch[i:i + self.batch_size]), dtype=np.float32))
-        return np.concatenate(outs) if outs else np.zeros((0, len(self.classes)), np.float32)
+                if self.ood:
+                    logits, ood = self._runner.run_outputs(chunk)[:2]
+                    oods.append(np.asarray(ood, dtype=np.float32).reshape(-1))
+                else:
+                    logits = self._runner.run(chunk)
+            outs.append(np.asarray(logits, dtype=np.float32))
+        if not outs:
+            return np.zeros((0, len(self.classes)), np.float32), np.zeros(0, np.float32) if self.ood else None
+        return np.concatenate(outs), np.concatenate(oods) if self.ood else None
 
     def prepare(self, image: ImageInput, *, color: str | None = None) -> np.ndarray:
         """The model input (CHW float32) of one image; InputError for anything wrong with this image.
@@ -275,14 +297,17 @@ class Runtime:
         share of it (``batch_ms / len(inputs)``).
         """
         start = time.perf_counter() if started is None else started
-        logits = self._infer(inputs)
+        logits, ood = self._infer_all(inputs)
         batch_ms = (time.perf_counter() - start) * 1000.0
         n = max(1, len(inputs))
         out = []
         anomaly = self.task == "anomaly"
-        for path, row, (k, score, decision) in zip(paths, logits, self.policy.decide_logits(logits), strict=True):
+        decided = self.policy.decide_logits(logits, ood)
+        for i, (path, row, (k, score, decision)) in enumerate(zip(paths, logits, decided, strict=True)):
             s = float(row[1] - row[0] + 1.0) if anomaly else None  # logits [0, s - 1]: see anomaly.model
-            out.append(Prediction(self.classes[k], k, score, decision, batch_ms / n, row, path, n, batch_ms, s))
+            o = None if ood is None else float(ood[i])
+            out.append(Prediction(self.classes[k], k, score, decision, batch_ms / n, row, path, n, batch_ms, s,
+                                  o, self.policy.reason(decision, o)))
         return out
 
     def anomaly_maps(self, inputs: np.ndarray) -> np.ndarray:

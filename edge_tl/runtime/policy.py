@@ -39,7 +39,9 @@ from ..errors import ConfigError
 
 RULE = ("label = argmax(logits); score = softmax(logits)[label]; decision = 'ok' if label is an ok class "
         "and score >= ok_threshold, 'defect' if label is a defect class and score >= defect_threshold, "
-        "otherwise 'review'")
+        "otherwise 'review'; with an ood_limit, an image whose ood_score exceeds it is 'review' whatever its "
+        "label (reason out_of_distribution)")
+REASONS = ("low_confidence", "out_of_distribution")
 DECISIONS = ("ok", "defect", "review")
 OK_NAMES = frozenset({"ok", "good", "pass", "passed", "normal", "no_defect", "nodefect", "no-defect",
                       "defect_free", "defect-free", "clean", "non_defective", "non-defective"})
@@ -62,6 +64,9 @@ class Policy:
     defect_classes: tuple[str, ...]
     ok_threshold: float = 0.5
     defect_threshold: float = 0.5
+    # The model's ood_score (1.0 = its calibrated threshold, see edge_tl/ood.py) above which an image goes
+    # to review; None: not used (no ood output, or switched off at bundle time).
+    ood_limit: float | None = None
 
     def __post_init__(self) -> None:
         both = set(self.ok_classes) & set(self.defect_classes)
@@ -74,32 +79,48 @@ class Policy:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+        if self.ood_limit is not None and not self.ood_limit > 0:
+            raise ConfigError(f"the ood limit must be above 0, got {self.ood_limit}")
 
-    def decide(self, label: str, score: float) -> str:
-        """``ok``, ``defect`` or ``review`` for one answer."""
+    def out_of_distribution(self, ood: float | None) -> bool:
+        return self.ood_limit is not None and ood is not None and ood > self.ood_limit
+
+    def decide(self, label: str, score: float, ood: float | None = None) -> str:
+        """``ok``, ``defect`` or ``review`` for one answer (``ood``: its ood_score, if the model has one)."""
+        if self.out_of_distribution(ood):
+            return "review"
         if label in self.ok_classes:
             return "ok" if score >= self.ok_threshold else "review"
         return "defect" if score >= self.defect_threshold else "review"
 
-    def decide_logits(self, logits: np.ndarray) -> list[tuple[int, float, str]]:
-        """(class index, score, decision) for each row of ``logits``."""
+    def reason(self, decision: str, ood: float | None = None) -> str | None:
+        """Why an answer goes to review (``REASONS``); None for ``ok``/``defect``."""
+        if decision != "review":
+            return None
+        return "out_of_distribution" if self.out_of_distribution(ood) else "low_confidence"
+
+    def decide_logits(self, logits: np.ndarray, ood: np.ndarray | None = None) -> list[tuple[int, float, str]]:
+        """(class index, score, decision) for each row of ``logits`` (``ood``: (N,) ood_score, optional)."""
         probs = softmax(np.atleast_2d(logits))
         idx = probs.argmax(axis=1)
         out = []
         for i, k in enumerate(idx):
             score = float(probs[i, k])
-            out.append((int(k), score, self.decide(self.classes[k], score)))
+            o = None if ood is None else float(ood[i])
+            out.append((int(k), score, self.decide(self.classes[k], score, o)))
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": RULE, "ok_classes": list(self.ok_classes),
                 "defect_classes": list(self.defect_classes), "ok_threshold": float(self.ok_threshold),
-                "defect_threshold": float(self.defect_threshold)}
+                "defect_threshold": float(self.defect_threshold), "ood_limit": self.ood_limit}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], classes: Sequence[str]) -> Policy:
+        limit = d.get("ood_limit")
         return cls(tuple(classes), tuple(d["ok_classes"]), tuple(d["defect_classes"]),
-                   float(d["ok_threshold"]), float(d["defect_threshold"]))
+                   float(d["ok_threshold"]), float(d["defect_threshold"]),
+                   None if limit is None else float(limit))
 
 
 def make_policy(classes: Sequence[str], ok_classes: Sequence[str] | None = None,
@@ -128,10 +149,12 @@ def make_policy(classes: Sequence[str], ok_classes: Sequence[str] | None = None,
     return Policy(classes, ok, defect, ok_threshold, defect_threshold)
 
 
-def policy_stats(policy: Policy, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """What the policy does on labelled images: false rejects, escapes, review rate, wrong labels."""
+def policy_stats(policy: Policy, logits: np.ndarray, labels: np.ndarray,
+                 ood: np.ndarray | None = None) -> dict[str, Any]:
+    """What the policy does on labelled images: false rejects, escapes, review rate (and the share reviewed
+    as out of distribution, given ``ood``), wrong labels."""
     labels = np.asarray(labels, dtype=np.int64)
-    decided = policy.decide_logits(logits) if len(labels) else []
+    decided = policy.decide_logits(logits, ood) if len(labels) else []
     ok_idx = [policy.classes.index(c) for c in policy.ok_classes]
     true_ok = np.isin(labels, ok_idx)
     decisions = np.array([d for _, _, d in decided], dtype="<U6")
@@ -148,6 +171,8 @@ def policy_stats(policy: Policy, logits: np.ndarray, labels: np.ndarray) -> dict
         "escape_rate": rate(~true_ok & (decisions == "ok"), n_defect),
         "review_rate": rate(decisions == "review", len(labels)),
         "wrong_label_rate_of_automatic": rate(auto & (preds != labels), int(auto.sum())),
+        **({"out_of_distribution_rate": rate(np.asarray(ood) > policy.ood_limit, len(labels))}
+           if ood is not None and policy.ood_limit is not None else {}),
     }
 
 

@@ -32,6 +32,7 @@ Log formats: JSON lines (``.jsonl``, default) or CSV (``.csv``) with the columns
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import io
@@ -59,11 +60,51 @@ log = logging.getLogger("edge_tl")
 # ``ms_per_image``: the image's share of its batch's time (batch time / ``batch_size``). ``frame`` and
 # ``stream_time_s`` are set for camera streams (``edge_tl.streams``), ``size``/``mtime_ns`` for files.
 FIELDS = ["time", "path", "file", "size", "mtime_ns", "frame", "stream_time_s", "label", "score", "decision",
-          "ms_per_image", "batch_size", "error", "moved_to"]
+          "reason", "ood_score", "ms_per_image", "batch_size", "error", "moved_to"]
 DEFAULT_LOG = "edge-tl-results.jsonl"
 WATCHED_SUFFIXES = (*IMAGE_SUFFIXES, ".npy")
 
 Key = tuple[str, int, int]  # (file name, size, mtime_ns)
+
+DRIFT_WINDOW = 200
+# The export calibrates the ood threshold so that about 1 % of validation images exceed it; 10 % of the
+# last 200 is far outside what chance gives at 1 % (P < 1e-9, binomial), and reached within a few dozen
+# images when the line really changed (on elpv, half of the poly cells score above a mono model's limit).
+DRIFT_LIMIT = 0.10
+
+
+class DriftMonitor:
+    """The rolling share of out-of-distribution images among the last ``window`` classified ones.
+
+    ``update`` returns a message when the share crosses ``limit`` (up: the line, camera or product may have
+    changed; down: back to normal), else None. Nothing is said before ``window // 4`` images are in.
+    """
+
+    def __init__(self, window: int = DRIFT_WINDOW, limit: float = DRIFT_LIMIT) -> None:
+        if window < 1 or not 0.0 < limit < 1.0:
+            raise ConfigError(f"--drift-window must be ≥ 1 and --drift-limit in (0, 1), got {window}, {limit}")
+        self.window, self.limit = window, limit
+        self.flags: collections.deque[bool] = collections.deque(maxlen=window)
+        self.alarm = False
+
+    @property
+    def share(self) -> float:
+        return sum(self.flags) / len(self.flags) if self.flags else 0.0
+
+    def update(self, flags: list[bool]) -> str | None:
+        self.flags.extend(flags)
+        if len(self.flags) < max(1, self.window // 4):
+            return None
+        share = self.share
+        if not self.alarm and share > self.limit:
+            self.alarm = True
+            return (f"drift: {share:.0%} of the last {len(self.flags)} images are out of distribution (limit "
+                    f"{self.limit:.0%}): the line, camera or product may have changed; check the images and "
+                    "consider `edge-tl adapt`")
+        if self.alarm and share <= self.limit / 2:
+            self.alarm = False
+            return f"drift over: {share:.0%} of the last {len(self.flags)} images are out of distribution"
+        return None
 
 
 class ResultLog:
@@ -212,7 +253,8 @@ class Watcher:
     def __init__(self, runtime: Runtime, folder: str | os.PathLike[str],
                  log_path: str | os.PathLike[str] | None = None, *,
                  move_to: str | os.PathLike[str] | None = None, settle: float = 0.5, batch: int | None = None,
-                 color: str | None = None, error_after: float | None = None) -> None:
+                 color: str | None = None, error_after: float | None = None,
+                 drift: DriftMonitor | None = None) -> None:
         self.runtime = runtime
         self.folder = Path(folder)
         if not self.folder.is_dir():
@@ -227,6 +269,8 @@ class Watcher:
         self.error_after = max(settle, 10.0 * settle if error_after is None else error_after)
         self.batch = batch or runtime.batch_size
         self.color = color
+        # Only a bundle whose policy uses the ood output can notice a changed world.
+        self.drift = (drift or DriftMonitor()) if runtime.ood else None
         self.counts: Counter[str] = Counter()
         self.ignored: set[str] = set()  # non-image files now in the folder (each named once)
         self._seen: set[Key] = set()
@@ -402,7 +446,13 @@ class Watcher:
                  if inputs else [])
         for key, p in zip(good, preds, strict=True):
             records.append((key, {"label": p.label, "score": round(p.score, 6), "decision": p.decision,
+                                  "reason": p.reason,
+                                  "ood_score": None if p.ood_score is None else round(p.ood_score, 4),
                                   "error": None}))
+        if self.drift is not None and preds:
+            message = self.drift.update([p.reason == "out_of_distribution" for p in preds])
+            if message:
+                log.warning("watch %s: %s", self.folder, message)
         if not records:
             return 0
         ms = (time.perf_counter() - start) * 1000.0 / len(records)

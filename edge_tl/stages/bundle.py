@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -112,15 +113,19 @@ def _check_out(out: Path) -> None:
                           "(choose another --out)")
 
 
-def _run_chunks(runner: Any, x: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([np.asarray(runner.run(x[i:i + batch]), np.float32)
-                           for i in range(0, len(x), batch)])
+def _run_chunks(runner: Any, x: np.ndarray, batch: int, output: int = 0) -> np.ndarray:
+    """Output ``output`` of the model (0: logits) over ``x`` in batches."""
+    def one(chunk: np.ndarray) -> np.ndarray:
+        return runner.run(chunk) if output == 0 else runner.run_outputs(chunk)[output]
+
+    return np.concatenate([np.asarray(one(x[i:i + batch]), np.float32) for i in range(0, len(x), batch)])
 
 
 def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8, *,
            ok_classes: list[str] | None = None, defect_classes: list[str] | None = None,
            max_false_reject: float | None = None, ok_threshold: float | None = None,
-           defect_threshold: float = 0.5, max_escape: float | None = None, quiet: bool = True) -> dict[str, Any]:
+           defect_threshold: float = 0.5, max_escape: float | None = None, ood_limit: float | None = None,
+           use_ood: bool = True, quiet: bool = True) -> dict[str, Any]:
     """Write the deployment bundle of ``run_dir``'s exported ``target`` to ``out``; returns bundle.json.
 
     Policy: ``ok_classes``/``defect_classes`` split the classes (default: see ``make_policy``);
@@ -128,7 +133,10 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
     validation set to ``max_false_reject`` (default 1%), or, with ``max_escape``, to the lowest threshold
     that passes at most that share of the validation defects as ok (``tune_for_escape``);
     ``defect_threshold`` is the confidence a defect
-    answer needs before it is acted on (below it: ``review``).
+    answer needs before it is acted on (below it: ``review``). ``ood_limit``: the model's ood_score above
+    which an image is ``review`` with the reason ``out_of_distribution`` (``edge_tl/ood.py``); by default the
+    limit the export calibrated for this target (``stages.export.validate``). ``use_ood=False`` switches it
+    off; an export without the output has nothing to use.
     """
     t = get_target(target)
     run = RunDir(Path(run_dir))
@@ -180,7 +188,15 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
             policy, tuning = tune_ok_threshold(base_policy, cand, evalset.labels, target_fr)
             if not tuning["target_met"]:
                 log.warning("false-reject target %.3g not met: %s", target_fr, tuning["reason"])
-        stats = policy_stats(policy, cand, evalset.labels)
+        ood = tm.get("ood") if use_ood else None
+        val_ood = None
+        if ood is not None:
+            val_ood = _run_chunks(runner, evalset.inputs, t.batch_size, output=1)
+            limit_source = "given (--ood-limit)"
+            if ood_limit is None:
+                ood_limit, limit_source = ood["limit"], ood["limit_source"]
+            policy = replace(policy, ood_limit=float(ood_limit))
+        stats = policy_stats(policy, cand, evalset.labels, val_ood)
 
         with staged_folder(out) as tmp:
             for name in files:
@@ -201,6 +217,7 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
                                     f"diff {drift:.3g}): the images changed or Pillow differs from the one "
                                     f"that built {run.eval_npz}; rebuild it")
             expected = _run_chunks(runner, x, t.batch_size)
+            golden_ood = _run_chunks(runner, x, t.batch_size, output=1) if ood is not None else None
             reference = evalset.logits[picks]
             ref_diff = float(np.abs(expected - reference).max()) if len(picks) else 0.0
             # An unpruned fp32 model must reproduce the torch reference itself within the fp32 tolerance.
@@ -211,8 +228,9 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
                                         f"{ref_diff:.3g} (> fp32 tolerance); re-export the target")
             images = [{"file": rel, "class": classes[int(evalset.labels[i])],
                        "top1": classes[int(e.argmax())], "logits": e.tolist(),
-                       "reference_logits": r.tolist(), "source": evalset.paths[i]}
-                      for rel, i, e, r in zip(golden_files, picks, expected, reference, strict=True)]
+                       "reference_logits": r.tolist(), "source": evalset.paths[i],
+                       **({"ood_score": float(golden_ood[j])} if golden_ood is not None else {})}
+                      for j, (rel, i, e, r) in enumerate(zip(golden_files, picks, expected, reference, strict=True))]
             all_files = [*files, *golden_files]
             manifest = {
                 "format": FORMAT,
@@ -221,6 +239,10 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "classes": classes,
                 **anomaly_section(run),
+                "ood": None if ood is None else ood | {
+                    "limit": float(ood_limit), "limit_source": limit_source,
+                    "validation_flagged": float(np.mean(val_ood > ood_limit)) if len(val_ood) else None,
+                    "rule": "ood_score > limit: decision review, reason out_of_distribution"},
                 "preprocessing": pre.to_dict(),
                 "input": {"name": "input", "layout": "NCHW", "dtype": "float32",
                           "shape": [None, 3, pre.crop, pre.crop],

@@ -24,6 +24,7 @@ from ..targets import Target, command, get_target
 
 log = logging.getLogger("edge_tl")
 FLOAT_ONNX = "float.onnx"
+MAX_SCORES_KEPT = 2000
 
 
 def export_onnx(model: Any, path: Path, input_size: int, opset: int) -> None:
@@ -59,8 +60,11 @@ def run_all(runner: Any, inputs: np.ndarray, batch: int) -> np.ndarray:
 
 
 def export(run_dir: str | Path, target_name: str, calibration: str | None = None,
-           source: str | None = None, quiet: bool = True, qat_epochs: int = 0) -> dict[str, Any]:
+           source: str | None = None, quiet: bool = True, qat_epochs: int = 0, ood: bool = True) -> dict[str, Any]:
     """Export the run's model for ``target_name``; returns the target manifest.
+
+    A classifier's graph gets a second output, ``ood_score`` (``edge_tl/ood.py``, fitted by
+    ``stages/ood_fit.py``), unless ``ood`` is False.
 
     ``qat_epochs`` > 0 (INT8 targets): quantisation-aware training for that many epochs instead of
     post-training quantisation (``stages/qat.py``)."""
@@ -86,25 +90,43 @@ def export(run_dir: str | Path, target_name: str, calibration: str | None = None
     # judges it against the full model.
     src_logits = evalset.logits if src == run.finetune else torch_logits(model, evalset.inputs)
     started = time.perf_counter()
+    graph_model: Any = model
+    extra: dict[str, Any] = {}
+    if src_manifest.get("task") != "anomaly" and ood:
+        from ..models import get_arch
+        from ..ood import with_ood
+        from .ood_fit import fit_for_export
+
+        stats, threshold, record = fit_for_export(run, src, src_manifest, model, evalset.inputs, quiet=quiet)
+        graph_model = with_ood(model, get_arch(src_manifest["arch"]).head, stats, threshold)
+        extra["ood"] = record
     with staged_folder(run.target(target.name)) as tmp:
-        export_onnx(model, tmp / FLOAT_ONNX, crop, target.opset)
-        extra: dict[str, Any] = {}
+        export_onnx(graph_model, tmp / FLOAT_ONNX, crop, target.opset)
         if target.quantized:
             from .quantize import quantize_for_target
 
             # The INT8 fallback chooses its float layers on training images (never validation) and needs
             # this torch model's answers on them.
-            files, extra = quantize_for_target(target, run, src, tmp / FLOAT_ONNX, tmp, calibration,
+            files, quantized = quantize_for_target(target, run, src, tmp / FLOAT_ONNX, tmp, calibration,
                                                evalset, src_logits, quiet,
                                                model_logits=lambda inputs: torch_logits(model, inputs),
                                                qat_epochs=qat_epochs, model=model)
+            extra |= quantized
+            if qat_epochs and extra.pop("ood", None) is not None:
+                log.warning("the QAT graph has no ood_score output: out-of-distribution images are not flagged "
+                            "by this export (post-training quantisation keeps it)")
         else:
             from .convert import convert_float
 
             files = convert_float(target, tmp / FLOAT_ONNX, tmp)
         if target.backend == "tensorrt":
             extra |= _tensorrt_graph(target, tmp)
-        validation = validate(target, tmp, evalset.inputs, src_logits)
+        # An adapted model's in-distribution is the new line, not the validation split: its limit stays the
+        # one calibrated on the new line's held-out images (stages/ood_fit.py).
+        ood_fpr = extra["ood"]["false_alarm_target"] if "ood" in extra and src.name != "adapt" else None
+        validation = validate(target, tmp, evalset.inputs, src_logits, ood_fpr)
+        if "ood" in extra:
+            extra["ood"] |= _ood_limit(validation)
         if target.precision == "fp32" and validation and validation["agreement"] < 1.0:
             raise EdgeTLError(
                 f"fp32 export for {target.name} changed {validation['disagreements']} of "
@@ -144,8 +166,25 @@ def _tensorrt_graph(target: Target, folder: Path) -> dict[str, Any]:
     return out
 
 
-def validate(target: Target, folder: Path, inputs: np.ndarray, reference: np.ndarray) -> dict[str, Any] | None:
-    """Run the exported model where this host can; None when it cannot (e.g. TensorRT on a CPU box)."""
+def _ood_limit(validation: dict[str, Any] | None) -> dict[str, Any]:
+    """The target's own ood limit (see ``validate``), or the float model's threshold when it cannot run here."""
+    if validation is None or "ood_limit" not in validation:
+        return {"limit": 1.0, "limit_source": "the float model's threshold (not recalibrated on this target's "
+                                              "own scores)"}
+    n, scores = validation["n"], validation.pop("ood_scores")
+    return {"limit": validation.pop("ood_limit"),
+            "limit_source": f"this target's ood_score at the same quantile of the {n} validation images",
+            # For the bench report's distribution of in-distribution scores (a device has no eval run).
+            "validation_scores": [round(float(v), 4) for v in scores[:MAX_SCORES_KEPT]]}
+
+
+def validate(target: Target, folder: Path, inputs: np.ndarray, reference: np.ndarray,
+             ood_fpr: float | None = None) -> dict[str, Any] | None:
+    """Run the exported model where this host can; None when it cannot (e.g. TensorRT on a CPU box).
+
+    ``ood_fpr``: the graph has an ood_score output; ``ood_limit`` is then the score this target gives at
+    the ``1 - ood_fpr`` quantile of ``inputs`` (an INT8 backbone moves the scores of the float model, so
+    each target is calibrated on its own answers)."""
     backend, device = target.backend, target.device
     if backend == "tensorrt" and availability("tensorrt", device) is not None:
         # Without TensorRT here, the shipped ONNX graph is checked in ONNX Runtime instead.
@@ -154,14 +193,21 @@ def validate(target: Target, folder: Path, inputs: np.ndarray, reference: np.nda
         return None
     runner = open_runner(RunnerSpec(folder / target.model_file, backend, device, target.precision,
                                     target.threads, target.batch_size))
+    ood: dict[str, Any] = {}
     try:
         logits = run_all(runner, inputs, target.batch_size)
+        if ood_fpr is not None:
+            from ..ood import threshold_for
+
+            scores = np.concatenate([runner.run_outputs(inputs[i:i + target.batch_size])[1]
+                                     for i in range(0, len(inputs), target.batch_size)])
+            ood = {"ood_limit": threshold_for(scores, ood_fpr), "ood_scores": scores}
     finally:
         runner.close()
     agree = agreement(logits, reference)
     return {"backend": backend, "device": device, "n": len(reference), "agreement": agree,
             "disagreements": round((1 - agree) * len(reference)),
-            "max_abs_logit_diff": max_abs_diff(logits, reference)}
+            "max_abs_logit_diff": max_abs_diff(logits, reference), **ood}
 
 
 def read_target(run: RunDir, target: Target) -> dict[str, Any]:

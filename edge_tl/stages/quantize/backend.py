@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ...ood import OOD_OUTPUT, OOD_SCOPE
+
 if TYPE_CHECKING:
     from ...calibration import CalibrationSet
     from ...preprocess import Preprocess
@@ -107,3 +109,18 @@ BACKBONE_STAGES = ("/features/to8/", "/features/to16/")
 def anomaly_float_names(names: list[str]) -> list[str]:
     """Of an anomaly graph's node names, those that stay float (see above)."""
     return [n for n in names if not n.startswith(BACKBONE_STAGES)]
+
+
+def float_names(outputs: set[str], names: list[str]) -> list[str]:
+    """Of a graph's node names, those no quantiser may touch, from the graph's ``outputs``:
+
+    - an anomaly graph's distance part (see above);
+    - a classifier's out-of-distribution score (``edge_tl/ood.py``, nodes under ``/ood/``): a Mahalanobis
+      distance is a difference of nearly equal large terms, the same hazard as the anomaly distances. The
+      pooled features it reads may be quantised (the head reads them too).
+    """
+    if ANOMALY_OUTPUT in outputs:
+        return anomaly_float_names(names)
+    if OOD_OUTPUT in outputs:
+        return [n for n in names if n.startswith(OOD_SCOPE)]
+    return []

@@ -24,7 +24,7 @@ from ...errors import ConfigError, require
 from ...manifest import atomic_path
 from ...preprocess import Preprocess
 from ...targets import Target
-from .backend import ANOMALY_OUTPUT, EVAL_BATCH, anomaly_float_names, quiet_library_logging, rel_error
+from .backend import EVAL_BATCH, float_names, quiet_library_logging, rel_error
 from .fallback import (
     SENSITIVITY_IMAGES,
     Judge,
@@ -143,11 +143,8 @@ def sensitivity(qmodel: Any, float_model: Any, inputs: np.ndarray, threads: int 
 
 
 def fixed_float(model: Any) -> list[str]:
-    """Names of the nodes of an ONNX model that must stay float (an anomaly graph's distance part)."""
-    graph = model.graph
-    if not any(o.name == ANOMALY_OUTPUT for o in graph.output):
-        return []
-    return anomaly_float_names([n.name for n in graph.node])
+    """Names of the nodes of an ONNX model that must stay float (``backend.float_names``)."""
+    return float_names({o.name for o in model.graph.output}, [n.name for n in model.graph.node])
 
 
 # --------------------------------------------------------------------------------------------------

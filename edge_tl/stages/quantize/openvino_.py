@@ -22,7 +22,7 @@ from ...errors import require
 from ...preprocess import Preprocess
 from ...targets import Target
 from ..pixel_grid import PixelInput, pin_pixel_quantizer, restore_pixels
-from .backend import ANOMALY_OUTPUT, EVAL_BATCH, anomaly_float_names, quiet_library_logging, rel_error
+from .backend import EVAL_BATCH, float_names, quiet_library_logging, rel_error
 from .fallback import Judge, bypass_fewest, fallback_start, held_out, short
 
 log = logging.getLogger("edge_tl")
@@ -151,12 +151,11 @@ def sensitivity(qmodel: Any, float_model: Any, inputs: np.ndarray, threads: int 
 
 
 def fixed_float(model: Any) -> list[str]:
-    """The anomaly graph's float part in an OpenVINO model converted from the ONNX graph (friendly names
-    keep the ONNX names)."""
-    if not any(ANOMALY_OUTPUT in o.get_names() for o in model.outputs):
-        return []
-    return anomaly_float_names([op.get_friendly_name() for op in model.get_ops()
-                                if op.get_type_name() not in ("Parameter", "Result", "Constant")])
+    """``backend.float_names`` of an OpenVINO model converted from the ONNX graph (friendly names keep the
+    ONNX names)."""
+    outputs = {name for o in model.outputs for name in o.get_names()}
+    return float_names(outputs, [op.get_friendly_name() for op in model.get_ops()
+                                 if op.get_type_name() not in ("Parameter", "Result", "Constant")])
 
 
 def _nncf_device(device: str) -> Any:
