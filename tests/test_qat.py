@@ -73,6 +73,17 @@ def test_export_qat_trains_chooses_on_selection_and_judges_on_validation(run_cop
     n_train = len(split["train"]) - cal["selection"]["n"]
     assert q["trained_on"].startswith(f"{n_train} training images")
     assert m["validation"]["agreement"] >= 0.0 and (folder / m["model_file"]).is_file()
+    # The trained graph carries the float ood_score subgraph too, calibrated on its own validation scores.
+    from edge_tl.backends import RunnerSpec, open_runner
+
+    runner = open_runner(RunnerSpec(folder / m["model_file"], m["target"]["backend"], m["target"]["device"], "int8"))
+    try:
+        ev = load_eval_set(RunDir(run_copy).eval_npz)
+        logits, ood = runner.run_outputs(ev.inputs[:4])
+    finally:
+        runner.close()
+    assert logits.shape == (4, len(ev.classes)) and ood.shape == (4,) and np.isfinite(ood).all()
+    assert m["ood"]["limit"] > 0 and "validation images" in m["ood"]["limit_source"]
 
 
 def test_cli_qat_on_a_float_target_warns_and_negative_epochs_exit_2(run_copy: Path, capsys) -> None:

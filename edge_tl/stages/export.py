@@ -112,9 +112,6 @@ def export(run_dir: str | Path, target_name: str, calibration: str | None = None
                                                model_logits=lambda inputs: torch_logits(model, inputs),
                                                qat_epochs=qat_epochs, model=model)
             extra |= quantized
-            if qat_epochs and extra.pop("ood", None) is not None:
-                log.warning("the QAT graph has no ood_score output: out-of-distribution images are not flagged "
-                            "by this export (post-training quantisation keeps it)")
         else:
             from .convert import convert_float
 

@@ -123,3 +123,55 @@ def fit_for_export(run: RunDir, src: Path, src_manifest: dict[str, Any], model: 
     with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **stats.to_arrays(), threshold=np.float64(threshold), record=json.dumps(record))
     return stats, threshold, record
+
+
+def graft_ood(qdq: bytes, float_onnx: Path) -> bytes:
+    """``qdq`` (a serialised ONNX graph with one output, ``logits``) with the float ``ood_score`` subgraph of
+    ``float_onnx`` attached to the features its classifier head reads; ``qdq`` unchanged when
+    ``float_onnx`` has no such output.
+
+    For graphs built without ``with_ood`` (``export --qat`` trains and exports its own FX graph): the
+    subgraph's nodes (``/ood/…``), their initializers and the output are copied over, and its one outside
+    input (the pooled features) is renamed to the tensor the QDQ graph's final Gemm/MatMul reads.
+    Raises ArtifactError when either graph does not have that shape.
+    """
+    import onnx
+
+    from ..ood import OOD_OUTPUT, OOD_SCOPE
+
+    src = onnx.load(str(float_onnx))
+    out = next((o for o in src.graph.output if o.name == OOD_OUTPUT), None)
+    if out is None:
+        return qdq
+    graph = onnx.load_from_string(qdq)
+    nodes = [n for n in src.graph.node if n.name.startswith(OOD_SCOPE)]
+    inits = {i.name: i for i in src.graph.initializer}
+    # The exporter names some of the subgraph's Constant nodes outside its scope: they come along.
+    src_producers = {t: n for n in src.graph.node for t in n.output}
+    needed = {t for n in nodes for t in n.input if t} - {t for n in nodes for t in n.output}
+    nodes = [src_producers[t] for t in sorted(needed) if t in src_producers
+             and src_producers[t].op_type == "Constant"] + nodes
+    produced = {t for n in nodes for t in n.output}
+    outside = {t for n in nodes for t in n.input if t and t not in produced and t not in inits}
+    producers = {t: n for n in graph.graph.node for t in n.output}
+    head, name = None, "logits"
+    while name in producers:  # back from the logits through Q/DQ pairs and a bias Add to the head
+        node = producers[name]
+        if node.op_type in ("Gemm", "MatMul"):
+            head = node
+            break
+        name = node.input[0]
+    if len(outside) != 1 or head is None:
+        raise ArtifactError(f"cannot attach the ood_score subgraph: {len(outside)} outside inputs in "
+                            f"{float_onnx.name}, {'a' if head else 'no'} final Gemm/MatMul in the QAT graph")
+    feature, (old,) = head.input[0], outside
+    for n in nodes:
+        copied = graph.graph.node.add()
+        copied.CopyFrom(n)
+        for i, t in enumerate(copied.input):
+            if t == old:
+                copied.input[i] = feature
+    graph.graph.initializer.extend(inits[t] for t in sorted({t for n in nodes for t in n.input if t in inits}))
+    graph.graph.output.append(out)
+    onnx.checker.check_model(graph)
+    return graph.SerializeToString()

@@ -152,7 +152,7 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
 
             model, _ = load_model(src)
         files, info = qat_.quantize_qat(backend, target, run, model, out_dir, cset, judge, sel, float_values, pre,
-                                        qat_epochs, quiet)
+                                        qat_epochs, quiet, float_onnx)
     else:
         files, info = backend.quantize(target, settings, float_onnx, out_dir, cset, judge, float_values, pre)
 

@@ -17,20 +17,22 @@ from ...errors import require
 from ...preprocess import Preprocess
 from ...rundir import RunDir
 from ...targets import Target
+from ..ood_fit import graft_ood
 from .backend import Backend
 from .fallback import Judge, fallback_start, gate_margin, held_out
 
 
 def quantize_qat(backend: Backend, target: Target, run: RunDir, model: Any, out_dir: Path, cset: CalibrationSet,
                  judge: Judge, sel: SelectionSet | None, float_values: dict[str, Any] | None, pre: Preprocess,
-                 epochs: int, quiet: bool) -> tuple[list[str], dict[str, Any]]:
+                 epochs: int, quiet: bool, float_onnx: Path | None = None) -> tuple[list[str], dict[str, Any]]:
     """Quantisation-aware training (``stages/qat.py``), then the same verdicts as post-training INT8.
 
     Trains on the training split less the selection and validation images, keeps the epoch whose
     fake-quantised model does best against the gate on the selection set (epoch 0: calibrated, not
     trained), exports it as a QDQ graph (ONNX Runtime, TensorRT) or converts that to OpenVINO IR, and
     judges the graph the runtime will execute on the selection set and then on validation. No float
-    layers are searched for: QAT is for the models where that search ends mostly float."""
+    layers are searched for: QAT is for the models where that search ends mostly float. ``float_onnx``: the
+    exported float graph, whose ``ood_score`` subgraph (if any) is attached to the QAT graph (``graft_ood``)."""
     from ...data import split_from_json
     from ...manifest import read_json
     from .. import qat
@@ -55,7 +57,10 @@ def quantize_qat(backend: Backend, target: Target, run: RunDir, model: Any, out_
         return gate_margin(values, target.gates) + values["agreement"] * 1e-3
     qm, history = qat.train(qm, model, root, samples, pre, epochs, score=score, quiet=quiet)
     best = max(history, key=lambda h: (h["score"], h["epoch"]))["epoch"]
+    # The trained graph has logits only; the float graph's ood_score subgraph is attached to its features.
     qdq = qat.to_onnx(qm, pre.crop, target.opset)
+    if float_onnx is not None:
+        qdq = graft_ood(qdq, float_onnx)
     seconds = time.perf_counter() - t0
     files, runnable = backend.from_qdq(qdq, target, out_dir)
     where = backend.WHERE
