@@ -134,7 +134,8 @@ def test_entrypoint_prepares_the_bundle_then_serves_predict_and_bench(bundle: Pa
     assert proc.returncode == 0, proc.stderr
     assert "preparing" in proc.stderr and '"golden"' in proc.stderr  # the prepare summary, on stderr
     [line] = proc.stdout.splitlines()  # stdout is predict's alone
-    assert set(json.loads(line)) == {"path", "label", "score", "decision", "ms_per_image", "batch_size", "batch_ms"}
+    assert set(json.loads(line)) - {"reason"} == {"path", "label", "score", "decision", "ms_per_image", "batch_size",
+                                                  "batch_ms", "ood_score"}
     proc = _entrypoint(bundle, "bench", str(bundle), "--iterations", "5", "--warmup", "1")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["latency_ms"]["p50"] > 0

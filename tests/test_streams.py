@@ -196,7 +196,8 @@ def test_predict_states_each_images_share_of_its_batch(bundle: Path, tmp_path: P
     assert main(["predict", str(bundle), str(folder), "--json", "--batch", "4"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["batch_size"] for r in rows] == [4, 4, 4, 4, 2, 2]
-    assert set(rows[0]) == {"path", "label", "score", "decision", "ms_per_image", "batch_size", "batch_ms"}
+    assert set(rows[0]) - {"reason"} == {"path", "label", "score", "decision", "ms_per_image", "batch_size",
+                                         "batch_ms", "ood_score"}
     first, second = rows[:4], rows[4:]
     assert len({r["batch_ms"] for r in first}) == 1 and len({r["batch_ms"] for r in second}) == 1
     for r in rows:

@@ -128,10 +128,10 @@ def _line(p: Prediction, name: str) -> str:
     """One text line of ``predict``: label, score, decision, this image's share of its batch call."""
     batch = f" (batch of {p.batch_size})" if p.batch_size > 1 else ""
     anomaly = f"anomaly {p.anomaly_score:.3f}  " if p.anomaly_score is not None else ""
-    ood = f"ood {p.ood_score:.2f}  " if p.ood_score is not None else ""
-    why = " (out of distribution)" if p.reason == "out_of_distribution" else ""
-    return (f"{p.label:<18} {p.score:.4f}  {anomaly}{ood}{p.decision:<7} {p.ms:7.1f} ms/image{batch}  "
-            f"{name}{why}")
+    # The name stays last (the rest of the line): a flagged image says so in its ood field.
+    flagged = " > limit" if p.reason == "out_of_distribution" else ""
+    ood = f"ood {p.ood_score:.2f}{flagged}  " if p.ood_score is not None else ""
+    return f"{p.label:<18} {p.score:.4f}  {anomaly}{ood}{p.decision:<7} {p.ms:7.1f} ms/image{batch}  {name}"
 
 
 @app.command()
