@@ -81,8 +81,10 @@ class DriftMonitor:
     """
 
     def __init__(self, window: int = DRIFT_WINDOW, limit: float = DRIFT_LIMIT) -> None:
-        if window < 1 or not 0.0 < limit < 1.0:
-            raise ConfigError(f"--drift-window must be ≥ 1 and --drift-limit in (0, 1), got {window}, {limit}")
+        if window < 1:
+            raise ConfigError(f"--drift-window must be at least 1, got {window}")
+        if not 0.0 < limit < 1.0:
+            raise ConfigError(f"--drift-limit must be a share between 0 and 1, got {limit}")
         self.window, self.limit = window, limit
         self.flags: collections.deque[bool] = collections.deque(maxlen=window)
         self.alarm = False

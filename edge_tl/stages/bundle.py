@@ -149,6 +149,8 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
         raise ConfigError("give one of --ok-threshold, --max-false-reject and --max-escape")
     if n_golden < 1:
         raise ConfigError(f"--golden must be at least 1, got {n_golden}")
+    if ood_limit is not None and not ood_limit > 0:  # before any work (NaN included)
+        raise ConfigError(f"--ood-limit must be above 0, got {ood_limit}")
     _check_out(out)
     check_writable(out)
     tm = read_manifest(folder)
