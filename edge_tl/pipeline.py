@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -58,6 +58,7 @@ class FinetuneStep(_Strict):
     coreset: float = Field(0.01, gt=0, le=1)
     bank_size: int | None = Field(None, ge=1)
     dim: int | None = Field(None, ge=1)
+    clusters: Literal["auto"] | Annotated[int, Field(ge=1, le=8)] = "auto"
     holdout: float | None = Field(None, ge=0, lt=1)
     max_false_reject: float | None = Field(None, gt=0, lt=1)
 
@@ -206,7 +207,7 @@ def run_pipeline(path: Path, quiet: bool = False,
                             val_dir=rel(ft.val) if ft.val else None, ok_class=ft.ok_class, holdout=ft.holdout,
                             coreset=ft.coreset, bank_size=ft.bank_size, dim=ft.dim, resize=ft.resize,
                             input_size=ft.input_size, max_false_reject=ft.max_false_reject, seed=ft.seed,
-                            engine=ft.engine, quiet=quiet)
+                            clusters=ft.clusters, engine=ft.engine, quiet=quiet)
     else:
         tuned = finetune(rel(ft.data), run, arch=ft.arch, weights=weights, val_fraction=ft.val_fraction,
                          resize=ft.resize, input_size=ft.input_size, baseline=ft.baseline,

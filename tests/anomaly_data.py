@@ -57,3 +57,17 @@ def write_anomaly_set(root: Path, n_train: int = 24, n_good_val: int = 10, n_def
         boxes[f"d{i:03d}.png"] = box
     (root / "boxes.json").write_text(json.dumps(boxes))
     return root
+
+
+def write_two_mode_set(root: Path, n_train: int = 20, n_test: int = 5, size: int = 96) -> Path:
+    """Two kinds of good part (the grain horizontal, or turned 90 degrees), ``n_train`` of each in
+    ``root/train/good``; ``root/test/{good,defect}`` hold both kinds."""
+    for i in range(n_train):
+        save(texture(i, size), root / "train" / "good" / f"h{i:03d}.png")
+        save(texture(100 + i, size).T, root / "train" / "good" / f"v{i:03d}.png")
+    for i in range(n_test):
+        save(texture(1000 + i, size), root / "test" / "good" / f"h{i:03d}.png")
+        save(texture(1100 + i, size).T, root / "test" / "good" / f"v{i:03d}.png")
+        save(paste_defect(texture(2000 + i, size), i)[0], root / "test" / "defect" / f"h{i:03d}.png")
+        save(paste_defect(texture(2100 + i, size).T, i)[0], root / "test" / "defect" / f"v{i:03d}.png")
+    return root

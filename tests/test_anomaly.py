@@ -11,7 +11,7 @@ import pytest
 
 from edge_tl.cli import main
 
-from .anomaly_data import write_anomaly_set
+from .anomaly_data import write_anomaly_set, write_two_mode_set
 
 FP32 = ("cpu-onnxruntime-fp32", "cpu-openvino-fp32")
 
@@ -235,3 +235,65 @@ def test_pipeline_file_fits_and_exports_an_anomaly_model(data: Path, tmp_path: P
     assert Path(split["root"]) == data.resolve() and not Path(split["val"][0][0]).is_absolute()
     tm = json.loads((tmp_path / "run" / "targets" / "cpu-onnxruntime-fp32" / "manifest.json").read_text())
     assert tm["validation"]["agreement"] == 1.0
+
+
+def test_padim_modes_score_each_patch_against_its_nearest_mode() -> None:
+    import torch
+
+    from edge_tl.anomaly.model import _torch_modules
+
+    _, _, PaDiMHead, _ = _torch_modules()
+    torch.manual_seed(0)
+    p, d = 4, 3
+    two = PaDiMHead(p, d, clusters=2)
+    ones = [PaDiMHead(p, d) for _ in range(2)]
+    for k, one in enumerate(ones):
+        a = torch.randn(p, d, d)
+        one.mean.copy_(torch.randn(p, d) * 3)
+        one.inv_cov.copy_(a @ a.transpose(1, 2) + torch.eye(d))
+        two.mean[k] = one.mean
+        two.inv_cov[k] = one.inv_cov
+    f = torch.randn(5, d, 2, 2) * 3
+    expected = torch.minimum(ones[0](f), ones[1](f))
+    assert torch.allclose(two(f), expected, atol=1e-5)
+    assert not torch.allclose(ones[0](f), ones[1](f))
+
+
+def test_two_kinds_of_part_fit_as_two_modes_and_export(tmp_path: Path) -> None:
+    from edge_tl.anomaly.fit import MODE_TOLERANCE, fit_anomaly
+    from edge_tl.stages.export import export
+
+    data = write_two_mode_set(tmp_path / "set")
+    m = fit_anomaly(data / "train" / "good", tmp_path / "k2", val_dir=data / "test", clusters=2)
+    modes = m["method"]["clusters"]
+    # k-means splits the two kinds of part exactly.
+    assert m["anomaly"]["clusters"] == 2 and modes["images_per_mode"] == [20, 20]
+    positions, dim = m["anomaly"]["bank"], m["anomaly"]["dim"]
+    assert m["bank"]["mb"] == pytest.approx(2 * positions * (dim + dim * dim) * 4 / 1e6)
+    assert m["metrics"]["val_auroc"] >= 0.9
+    tm = export(tmp_path / "k2", "cpu-onnxruntime-fp32")
+    assert tm["validation"]["agreement"] == 1.0 and tm["validation"]["max_abs_logit_diff"] < 1e-3
+    # auto: the candidates are judged on the threshold images only, and the fewest modes within the
+    # tolerance of the best win.
+    m = fit_anomaly(data / "train" / "good", tmp_path / "auto", val_dir=data / "test")
+    modes = m["method"]["clusters"]
+    cands = {c["k"]: c["auroc_threshold_images"] for c in modes["candidates"]}
+    assert set(cands) == {1, 2}  # 3 modes of 40 images would leave one under the minimum
+    assert modes["k"] == min(k for k, a in cands.items() if a >= max(cands.values()) - MODE_TOLERANCE)
+    # Good images only: nothing to judge modes by, so one unless asked.
+    m = fit_anomaly(data / "train" / "good", tmp_path / "good-only", holdout=0.3)
+    assert m["method"]["clusters"]["k"] == 1
+
+
+def test_bad_clusters_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_two_mode_set(tmp_path / "set", n_train=10, n_test=2)
+    good = str(data / "train" / "good")
+    for args, said in ((["--clusters", "3"], "use fewer --clusters"),
+                       (["--clusters", "2", "--method", "patchcore"], "--clusters is for --method padim"),
+                       (["--clusters", "many"], "count of modes or auto"),
+                       (["--clusters", "9"], "between 1 and 8")):
+        assert main(["-q", "finetune", good, "--task", "anomaly", "--val", str(data / "test"),
+                     "--out", str(tmp_path / "r"), *args]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert said in err and len(err.splitlines()) == 1, (args, err)
+    assert not (tmp_path / "r" / "finetune").exists()

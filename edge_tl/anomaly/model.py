@@ -18,7 +18,11 @@ Methods:
   ``‖a‖² − 2a·b + ‖b‖²`` (``cdist`` does not export), min over the bank; the image score is the max
   over patches. The paper's nearest-neighbour reweighting of the score is left out.
 - PaDiM (Defard et al., "PaDiM: a Patch Distribution Modeling Framework", ICPR 2021): one Gaussian per
-  patch position; a patch's distance is its Mahalanobis distance to its position's Gaussian.
+  patch position; a patch's distance is its Mahalanobis distance to its position's Gaussian. With
+  ``clusters`` K > 1 the good images are first split into K modes (k-means on their pooled features: a
+  line that makes two kinds of part, say) with one PaDiM per mode, and a patch's distance is the smallest
+  over the modes. Mahalanobis distances are in units of each mode's own spread, so the modes need no
+  further normalisation against each other.
 
 Features (both methods): the backbone's last blocks at stride 8 and at stride 16, each averaged over a
 3×3 neighbourhood (PatchCore's local aggregation), the stride-16 map upsampled to stride 8, both
@@ -48,13 +52,15 @@ class AnomalySpec:
     dim: int  # feature dimension after projection (== channels when there is none)
     bank: int  # PatchCore: bank entries; PaDiM: patch positions
     grid: int  # feature map side (input side / 8)
+    clusters: int = 1  # PaDiM: modes of the good images, one Gaussian per position each
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AnomalySpec:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        # Runs fitted before ``clusters`` existed have one mode.
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def backbone_stages(model: Any, arch: str) -> list[Any]:
@@ -125,18 +131,26 @@ def _torch_modules() -> Any:
             return nearest.sqrt().reshape(n, 1, h, w)
 
     class PaDiMHead(nn.Module):
-        """Features -> Mahalanobis distance map (N, 1, h, w) to each position's Gaussian."""
+        """Features -> Mahalanobis distance map (N, 1, h, w) to each position's Gaussian (the nearest of the
+        ``clusters`` modes' Gaussians). Buffers: mean (P, D) and inv_cov (P, D, D), with a leading (K,)
+        axis when K > 1."""
 
-        def __init__(self, positions: int, dim: int) -> None:
+        def __init__(self, positions: int, dim: int, clusters: int = 1) -> None:
             super().__init__()
-            self.register_buffer("mean", torch.zeros(positions, dim))
-            self.register_buffer("inv_cov", torch.zeros(positions, dim, dim))
+            lead = (clusters,) if clusters > 1 else ()
+            self.register_buffer("mean", torch.zeros(*lead, positions, dim))
+            self.register_buffer("inv_cov", torch.zeros(*lead, positions, dim, dim))
 
         def forward(self, f: torch.Tensor) -> torch.Tensor:
             n, _, h, w = f.shape
-            delta = f.flatten(2).permute(2, 0, 1) - self.mean.unsqueeze(1)  # (P, N, D)
-            m = (torch.matmul(delta, self.inv_cov) * delta).sum(-1).clamp_min(0.0)  # (P, N)
-            return m.sqrt().t().reshape(n, 1, h, w)
+            x = f.flatten(2).permute(2, 0, 1)  # (P, N, D)
+            if self.mean.dim() == 2:
+                delta = x - self.mean.unsqueeze(1)  # (P, N, D)
+                m = (torch.matmul(delta, self.inv_cov) * delta).sum(-1)  # (P, N)
+            else:
+                delta = x.unsqueeze(0) - self.mean.unsqueeze(2)  # (K, P, N, D)
+                m = (torch.matmul(delta, self.inv_cov) * delta).sum(-1).min(0).values
+            return m.clamp_min(0.0).sqrt().t().reshape(n, 1, h, w)
 
     class AnomalyModel(nn.Module):
         """Image -> logits (N, 2) = [0, s - 1] (``with_map`` adds anomaly_map (N, 1, h, w)), ``s`` = score /
@@ -193,5 +207,6 @@ def build_anomaly_model(spec: AnomalySpec, backbone_state: dict | None = None) -
         backbone.load_state_dict(backbone_state)
     stages = backbone_stages(backbone, spec.arch)
     features = PatchFeatures(stages, spec.cut8, spec.cut16, spec.channels, spec.dim)
-    head = PatchCoreHead(spec.bank, spec.dim) if spec.method == "patchcore" else PaDiMHead(spec.bank, spec.dim)
+    head = (PatchCoreHead(spec.bank, spec.dim) if spec.method == "patchcore"
+            else PaDiMHead(spec.bank, spec.dim, spec.clusters))
     return AnomalyModel(features, head).eval()

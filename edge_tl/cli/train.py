@@ -65,6 +65,9 @@ def finetune(
     bank_size: int = typer.Option(None, metavar="N", help="anomaly (patchcore): bank entries (overrides --coreset)."),
     dim: int = typer.Option(None, metavar="D", help="anomaly: random projection of the patch features to D "
                             "dimensions (default: 64 for padim, none for patchcore; fewer cost less per image)."),
+    clusters: str = typer.Option("auto", metavar="auto|K", help="anomaly (padim): modes of the good images (k-means), "
+                                 "one Gaussian per position each; auto picks 1-3 on the --val threshold half "
+                                 "(one mode without defect images)."),
     holdout: float = typer.Option(None, metavar="FRACTION", help="anomaly: good images kept out of the bank for "
                                   "the threshold and the figures (default 0.2 without --val, 0 with it)."),
     max_false_reject: float = typer.Option(None, metavar="RATE", help="anomaly: set the threshold so that the "
@@ -97,7 +100,7 @@ def finetune(
         manifest = fit_anomaly(data_dir, out, arch=arch, weights=weights, method=method, val_dir=val,
                                ok_class=ok_class, holdout=holdout, coreset=coreset, bank_size=bank_size, dim=dim,
                                resize=resize, input_size=input_size, max_false_reject=max_false_reject, seed=seed,
-                               engine=engine, quiet=quiet or state.quiet)
+                               clusters=clusters, engine=engine, quiet=quiet or state.quiet)
         console().print(anomaly_summary(manifest, out), soft_wrap=True)
         return
     if task != "classify":
@@ -145,8 +148,10 @@ def anomaly_summary(manifest: dict, out: Path) -> str:
     def f(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
-    return (f"[green]fitted[/] {manifest['method']['name']} on {manifest['data']['train_good']} good images "
-            f"({manifest['arch']}): bank {b['entries']} x {b['dim']} ({b['mb']:.1f} MB), threshold "
+    modes = (manifest["method"].get("clusters") or {}).get("k", 1)
+    modes_text = f" in {modes} modes" if modes > 1 else ""
+    return (f"[green]fitted[/] {manifest['method']['name']} on {manifest['data']['train_good']} good images"
+            f"{modes_text} ({manifest['arch']}): bank {b['entries']} x {b['dim']} ({b['mb']:.1f} MB), threshold "
             f"{manifest['threshold']['raw']:.4g} ({manifest['threshold']['rule']}), {t['train_seconds']:.1f} s "
             f"-> {out / 'finetune'}\n"
             f"held out ({m['val_n_good']} good, {m['val_n_defect']} defect): AUROC {f(m['val_auroc'])}, "

@@ -277,13 +277,14 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
 
 
 def anomaly_section(run: RunDir) -> dict[str, Any]:
-    """``task`` and, for an anomaly run, ``anomaly``: method, bank (entries, MB, sha256), threshold and
+    """``task`` and, for an anomaly run, ``anomaly``: method, bank (entries, MB, sha256), PaDiM modes, threshold and
     normalisation. The bank and the threshold are constants inside the model file, whose sha256 the
     runtime checks on open: a changed byte in either refuses to open."""
     ft = read_manifest(run.finetune, verify=False)
     if ft.get("task") != "anomaly":
         return {"task": "classification"}
     return {"task": "anomaly", "anomaly": {"method": ft["method"]["name"], "bank": ft["bank"],
+                                           "modes": ft.get("anomaly", {}).get("clusters", 1),
                                            "threshold": ft["threshold"], "normalisation": ft["normalisation"],
                                            "in_model_file": "bank, threshold and normalisation are constants "
                                                             "of the graph"}}
