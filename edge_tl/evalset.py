@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -159,18 +159,59 @@ def crops_from_inputs(inputs: np.ndarray, pre: Preprocess) -> np.ndarray | None:
     return crops if np.array_equal(inputs_from_crops(crops, pre), inputs) else None
 
 
-def reference_logits(run: RunDir, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
-    """Logits of the full fine-tuned fp32 model (the reference of every comparison)."""
+def reference_logits(run: RunDir, inputs: np.ndarray, batch: int = 32, stage: str = "finetune") -> np.ndarray:
+    """Logits (N, C) of the fp32 torch model of ``stage``: the full fine-tuned one (the reference of every
+    comparison but an adapted target's, see ``with_reference``), or ``adapt``."""
     import torch
 
     from .checkpoint import load_model
 
-    model, _ = load_model(run.require_finetune())
+    model, _ = load_model(run.require_finetune() if stage == "finetune" else run.root / stage)
     outs = []
     with torch.inference_mode():
         for i in range(0, len(inputs), batch):
             outs.append(model(torch.from_numpy(inputs[i:i + batch])).float().numpy())
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+
+ADAPTED_REFERENCE = "reference.npz"  # in an adapted target's folder: the adapted model's eval.npz logits
+
+
+def with_reference(run: RunDir, evalset: EvalSet, target_manifest: dict[str, Any],
+                   target_folder: Path) -> tuple[EvalSet, str]:
+    """``evalset`` with the logits a target is judged against, and what they are.
+
+    Every target is judged against the full fine-tuned fp32 model (``eval.npz``: how far its answers
+    drift from it), except one exported from ``RUN/adapt``: adaptation changes the answers on purpose, so
+    judging it against the source would report the adaptation as drift. Its reference is the adapted
+    fp32 model: the logits its export stored (``reference.npz``, for the eval set they were computed on,
+    so a device without torch can bench it), else the adapted model run here (torch).
+    """
+    if target_manifest.get("source_stage") != "adapt":
+        return evalset, "full fine-tuned fp32 torch model"
+    what = "adapted fp32 torch model (RUN/adapt)"
+    stored = target_folder / ADAPTED_REFERENCE
+    sha = evalset.describe().get("sha256")
+    if stored.is_file():
+        with np.load(stored, allow_pickle=False) as z:
+            if str(z["eval_set_sha256"]) == str(sha) and len(z["logits"]) == len(evalset.labels):
+                return replace(evalset, logits=z["logits"]), what
+    try:
+        logits = reference_logits(run, evalset.inputs, stage="adapt")
+    except ImportError:
+        raise ArtifactError(f"{target_folder.name} was exported from RUN/adapt: judging it on these images needs "
+                            "the adapted model's answers, which only torch can give (pip install "
+                            "'edge-tl[train]'), or bench it on the run's eval.npz") from None
+    return replace(evalset, logits=logits), what
+
+
+def save_adapted_reference(folder: Path, evalset: EvalSet, logits: np.ndarray) -> str:
+    """Write ``reference.npz`` (the adapted model's logits on ``evalset``) into an export's staging
+    folder; returns its file name."""
+    with open(folder / ADAPTED_REFERENCE, "wb") as f:
+        np.savez_compressed(f, logits=np.asarray(logits, np.float32),
+                            eval_set_sha256=np.asarray(str(evalset.describe().get("sha256"))))
+    return ADAPTED_REFERENCE
 
 
 # --------------------------------------------------------------------------------------------------

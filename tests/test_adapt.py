@@ -181,7 +181,46 @@ def test_export_from_adapt_ships_the_adapted_model(adabn: tuple[Path, torch.nn.M
     assert np.mean(ood > 1.0) <= 0.25
     # and the bundle takes that target like any other
     assert main(["bundle", str(run), "--target", "cpu-onnxruntime-fp32", "--out", str(tmp_path / "b"), "-q"]) == 0
-    assert json.loads((tmp_path / "b" / "bundle.json").read_text())["source"]["source_stage"] == "adapt"
+    bundle = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert bundle["source"]["source_stage"] == "adapt"
+    # ... judged against the adapted model, not the source: the golden images' reference is the adapted
+    # model's answers, which the fp32 graph reproduces.
+    assert bundle["golden"]["reference"].startswith("adapted")
+    assert bundle["golden"]["reference_max_abs_logit_diff"] < 1e-3
+
+
+def test_bench_judges_an_adapted_target_against_the_adapted_model(
+        adabn: tuple[Path, torch.nn.Module, dict], domain: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_tl import evalset as evalset_mod
+    from edge_tl.bench.run import bench_target
+    from edge_tl.evalset import eval_set_from_folder, load_eval_set
+    from edge_tl.targets import get_target
+
+    src, _, _ = adabn
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    assert main(["export", str(run), "--target", "cpu-onnxruntime-fp32", "--from", "adapt", "-q"]) == 0
+    rd, target = RunDir(run), get_target("cpu-onnxruntime-fp32")
+    val = load_eval_set(rd.eval_npz)
+    new_line = eval_set_from_folder(rd, domain["val"])
+    for es in (val, new_line):
+        r = bench_target(rd, target, es, memory=False, throughput_s=0)
+        assert r["reference"]["model"].startswith("adapted")
+        assert r["candidate"]["agreement"] == 1.0 and abs(r["candidate"]["top1_drop"]) < 1e-9
+    # Against the source model it would not agree: the adaptation is not drift.
+    assert (val.logits.argmax(1) != np.load(run / "targets" / target.name / "reference.npz")["logits"].argmax(1)).any()
+    # A device without torch benches it from the logits the export stored for eval.npz.
+
+    def no_torch(*a: object, **k: object) -> None:
+        raise ImportError("torch")
+
+    monkeypatch.setattr(evalset_mod, "reference_logits", no_torch)
+    with_ref, what = evalset_mod.with_reference(rd, val, json.loads(
+        (run / "targets" / target.name / "manifest.json").read_text()), run / "targets" / target.name)
+    assert what.startswith("adapted") and not np.array_equal(with_ref.logits, val.logits)
+    with pytest.raises(evalset_mod.ArtifactError, match="needs"):
+        evalset_mod.with_reference(rd, new_line, {"source_stage": "adapt"}, run / "targets" / target.name)
 
 
 def test_self_training_runs_in_rounds_and_records_them(finetuned_run: Path, domain: dict[str, Path],

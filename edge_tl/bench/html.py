@@ -779,9 +779,11 @@ def group_reports(reports: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 def _group_facts(group: list[dict[str, Any]]) -> dict[str, Any]:
     """Reference top-1 on this set, the sessions the rows come from, and what they mean for comparing."""
-    ref_top1 = next(((r.get("reference") or {}).get("top1") for r in group
+    # An adapted target's reference is the adapted model (bench/run.py): the line names the full model's.
+    full = [r for r in group if not str((r.get("reference") or {}).get("model", "full")).startswith("adapted")]
+    ref_top1 = next(((r.get("reference") or {}).get("top1") for r in full
                      if (r.get("reference") or {}).get("top1") is not None), None)
-    tops = {round((r.get("reference") or {}).get("top1"), 6) for r in group
+    tops = {round((r.get("reference") or {}).get("top1"), 6) for r in full
             if (r.get("reference") or {}).get("top1") is not None}
     sessions = sorted({session_id(r) for r in group if not r.get("skipped")})
     facts = {"reference_top1": ref_top1, "reference_top1_consistent": len(tops) <= 1, "sessions": sessions,

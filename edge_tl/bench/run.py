@@ -34,7 +34,7 @@ import numpy as np
 
 from ..backends import RunnerSpec, availability, open_runner, open_streams, profile_layers
 from ..errors import EdgeTLError
-from ..evalset import EvalSet, ensure_eval_set, eval_set_from_folder, load_eval_set
+from ..evalset import EvalSet, ensure_eval_set, eval_set_from_folder, load_eval_set, with_reference
 from ..manifest import host_info, versions
 from ..rundir import RunDir
 from ..targets import Target, builtin_targets, get_target
@@ -241,11 +241,16 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
                             "versions": versions(), "notes": [], "session": session or new_session(),
                             "measured_at": _now(), "transfer": transfer_facts(run)}
     base["adaptation"] = adaptation_facts(run, target)
-    ref_metrics = classification_metrics(evalset.logits, evalset.labels, evalset.classes)
-    reference: dict[str, Any] = {"format": "torch", "precision": "fp32", "top1": ref_metrics["top1"],
-                                 "balanced_accuracy": ref_metrics["balanced_accuracy"], "latency_ms": None,
-                                 "throughput_ips": None, "size_mb": None}
     folder = run.target(target.name)
+    ref_model = "full fine-tuned fp32 torch model"
+    if (folder / "manifest.json").is_file():
+        from ..manifest import read_json
+
+        evalset, ref_model = with_reference(run, evalset, read_json(folder / "manifest.json"), folder)
+    ref_metrics = classification_metrics(evalset.logits, evalset.labels, evalset.classes)
+    reference: dict[str, Any] = {"format": "torch", "precision": "fp32", "model": ref_model,
+                                 "top1": ref_metrics["top1"], "balanced_accuracy": ref_metrics["balanced_accuracy"],
+                                 "latency_ms": None, "throughput_ips": None, "size_mb": None}
     reason = availability(target.backend, target.device)
     if reason is None and not (folder / "manifest.json").is_file():
         reason = f"not exported (run `edge-tl export {run.root} --target {target_arg(target)}`)"
@@ -313,7 +318,8 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
                 frunner.close()
         if availability("torch", _reference_device(target)) is None:
             say("reference (torch fp32): accuracy, then latency in alternating blocks with the candidate…")
-            ref_runner = open_runner(RunnerSpec(run.finetune, "torch", _reference_device(target), "fp32",
+            ref_folder = run.adapt if manifest.get("source_stage") == "adapt" else run.finetune
+            ref_runner = open_runner(RunnerSpec(ref_folder, "torch", _reference_device(target), "fp32",
                                                 target.threads, target.batch_size))
             try:
                 ref = measure(ref_runner, evalset, target, latency=False)
@@ -359,7 +365,7 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
                                  "speed): ship the float target here")
     if ref is not None:
         reference |= {"latency_ms": ref["latency_ms"], "throughput_ips": ref["throughput_ips"],
-                      "size_mb": (run.finetune / "model.pt").stat().st_size / 1e6}
+                      "size_mb": (ref_folder / "model.pt").stat().st_size / 1e6}
         base["timing"] = (f"batch-1 latency of the reference and the candidate timed in alternating blocks "
                           f"({target.iterations} calls each, {target.threads} threads, {target.warmup} warm-up calls)")
     else:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..backends import RunnerSpec, availability, open_runner
 from ..errors import ArtifactError, ConfigError
-from ..evalset import ensure_eval_set, load_eval_set
+from ..evalset import ensure_eval_set, load_eval_set, with_reference
 from ..manifest import (
     MANIFEST,
     check_writable,
@@ -162,7 +162,7 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
                           "not passed); name it with --ok-class")
     pre = Preprocess.from_dict(tm["preprocessing"])
     files = model_files(t)
-    evalset = load_eval_set(ensure_eval_set(run, quiet))
+    evalset, ref_model = with_reference(run, load_eval_set(ensure_eval_set(run, quiet)), tm, folder)
     if list(evalset.classes) != classes:
         raise ArtifactError(f"{run.eval_npz} has classes {evalset.classes}, the export has {classes}")
     backend, device = golden_backend(t)
@@ -222,8 +222,8 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
             golden_ood = _run_chunks(runner, x, t.batch_size, output=1) if ood is not None else None
             reference = evalset.logits[picks]
             ref_diff = float(np.abs(expected - reference).max()) if len(picks) else 0.0
-            # An unpruned fp32 model must reproduce the torch reference itself within the fp32 tolerance.
-            if t.precision == "fp32" and tm.get("source_stage") == "finetune":
+            # An unpruned fp32 model must reproduce its torch reference (full or adapted) within the fp32 tolerance.
+            if t.precision == "fp32" and tm.get("source_stage") in ("finetune", "adapt"):
                 bound = tol["atol"] + tol["rtol"] * np.abs(reference)
                 if (np.abs(expected - reference) > bound).any():
                     raise ArtifactError(f"{t.name} differs from the torch reference on golden images by "
@@ -258,7 +258,7 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
                 "target": t.model_dump(),
                 "golden": {"expected_from": {"backend": backend, "device": device, "precision": t.precision},
                            "tolerance": tol, "top1": "must equal",
-                           "reference": "full fine-tuned fp32 torch model (eval.npz)",
+                           "reference": f"{ref_model} (eval.npz images)",
                            "reference_max_abs_logit_diff": ref_diff, "images": images},
                 "source": {"run": str(run.root.resolve()), "arch": tm.get("arch"),
                            "source_stage": tm.get("source_stage"),

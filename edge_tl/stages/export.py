@@ -17,7 +17,7 @@ from ..backends import RunnerSpec, availability, open_runner
 from ..bench.accuracy import agreement, max_abs_diff
 from ..checkpoint import load_model
 from ..errors import ConfigError, EdgeTLError, require
-from ..evalset import ensure_eval_set, load_eval_set
+from ..evalset import ensure_eval_set, load_eval_set, save_adapted_reference
 from ..manifest import check_writable, read_manifest, staged_folder, write_manifest
 from ..rundir import RunDir
 from ..targets import Target, command, get_target
@@ -130,6 +130,8 @@ def export(run_dir: str | Path, target_name: str, calibration: str | None = None
                 f"{len(src_logits)} answers (max |Δlogit| {validation['max_abs_logit_diff']:.3g}); "
                 "nothing was written")
         kept = [FLOAT_ONNX] if (tmp / FLOAT_ONNX).exists() else []
+        if src.name == "adapt":  # bench and bundle judge this target against the adapted model
+            kept.append(save_adapted_reference(tmp, evalset, src_logits))
         all_files = sorted({*files, *kept, *extra.pop("files", [])})
         manifest = write_manifest(
             tmp, "export", parent=src / "model.pt", files=all_files,
