@@ -204,10 +204,14 @@ def test_bench_judges_an_adapted_target_against_the_adapted_model(
     rd, target = RunDir(run), get_target("cpu-onnxruntime-fp32")
     val = load_eval_set(rd.eval_npz)
     new_line = eval_set_from_folder(rd, domain["val"])
+    from edge_tl.bench.report import markdown
+
     for es in (val, new_line):
         r = bench_target(rd, target, es, memory=False, throughput_s=0)
-        assert r["reference"]["model"].startswith("adapted")
+        assert r["reference"]["model"].startswith("adapted") and "Reference: adapted" in markdown(r)
         assert r["candidate"]["agreement"] == 1.0 and abs(r["candidate"]["top1_drop"]) < 1e-9
+        # On the validation split (the old line) the report says where to judge an adapted model.
+        assert any("--data on labelled new-line images" in n for n in r["notes"]) == (es is val)
     # Against the source model it would not agree: the adaptation is not drift.
     assert (val.logits.argmax(1) != np.load(run / "targets" / target.name / "reference.npz")["logits"].argmax(1)).any()
     # A device without torch benches it from the logits the export stored for eval.npz.

@@ -100,12 +100,16 @@ def test_bench_reports_anomaly_figures_and_gates(run: Path) -> None:
 def test_bundle_carries_threshold_and_policy_to_the_runtime(run: Path, data: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     from edge_tl.runtime import Runtime
-    from edge_tl.stages.bundle import bundle
+    from edge_tl.stages.bundle import GOLDEN_ANOMALY_MARGIN, bundle
 
     out = tmp_path / "bundle"
     manifest = bundle(run, "cpu-onnxruntime-fp32", out, max_escape=0.0)
     ft = json.loads((run / "finetune" / "manifest.json").read_text())
     assert manifest["task"] == "anomaly"
+    # Golden images sit a quarter of the threshold or more from it (the margin is |s - 1|, not logits).
+    golden = manifest["golden"]["images"]
+    assert {g["class"] for g in golden} == {"good", "defect"}
+    assert all(abs(g["logits"][1]) >= GOLDEN_ANOMALY_MARGIN for g in golden)
     assert manifest["anomaly"]["threshold"]["raw"] == ft["threshold"]["raw"]
     assert manifest["anomaly"]["bank"]["sha256"] == ft["bank"]["sha256"]
     images = sorted((data / "test").rglob("*.png"))

@@ -520,7 +520,7 @@ def _fit_padim_modes(feats: list[np.ndarray], spec: AnomalySpec, state: dict, fe
         model.load_state_dict({**_features_state(feat_engine.module), "head.mean": torch.from_numpy(mean),
                                "head.inv_cov": torch.from_numpy(inv), "threshold": torch.ones(())})
         info["clusters"] = {"k": k, "images_per_mode": np.bincount(assign, minlength=k).tolist(),
-                            "by": "k-means (scikit-learn) on L2-normalised pooled features" if k > 1 else None}
+                            "by": "k-means (scikit-learn) on L2-normalised pooled features" if k > 1 else "no split"}
         fitted.append((k, model, kspec, info))
     if len(fitted) == 1:
         k, model, kspec, info = fitted[0]

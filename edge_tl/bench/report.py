@@ -110,6 +110,7 @@ def markdown(report: dict[str, Any]) -> str:
 
     rows += [(f"recall: {c}", recall(ref_recall, c), recall(cand_recall, c)) for c in classes]
     lines = [f"# {report['target']}", "", f"Evaluation set: {eval_set_text(report)}.",
+             *([f"Reference: {ref['model']}."] if ref.get("model") else []),
              f"Measured: {measured_text(report)}, session {session_id(report)}; host load "
              f"{load_short(report.get('host_load'))}.", "", "| | reference | candidate |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]

@@ -260,6 +260,9 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
     from ..manifest import read_manifest
 
     manifest = read_manifest(folder)
+    if manifest.get("source_stage") == "adapt" and evalset.identity.get("kind") == "validation split":
+        base["notes"].append("this target was adapted to a new line (RUN/adapt); the validation split is the old "
+                             "line's, where it may do worse: bench it with --data on labelled new-line images")
     spec = RunnerSpec(folder / target.model_file, target.backend, target.device, target.precision,
                       target.threads, target.batch_size)
     mem: dict[str, Any] = {}

@@ -71,7 +71,7 @@ def finetune(
     holdout: float = typer.Option(None, metavar="FRACTION", help="anomaly: good images kept out of the bank for "
                                   "the threshold and the figures (default 0.2 without --val, 0 with it)."),
     max_false_reject: float = typer.Option(None, metavar="RATE", help="anomaly: set the threshold so that the "
-                                           "false-reject rate's 95 %% upper bound is within RATE (default with "
+                                           "false-reject rate's 95 % upper bound is within RATE (default with "
                                            "defect images: max balanced accuracy; without: 0.05)."),
     baseline: str = typer.Option("none", metavar="none|scratch",
                                  help="scratch: also train the same --arch from random initialisation (same split, "
@@ -148,8 +148,9 @@ def anomaly_summary(manifest: dict, out: Path) -> str:
     def f(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
-    modes = (manifest["method"].get("clusters") or {}).get("k", 1)
-    modes_text = f" in {modes} modes" if modes > 1 else ""
+    clusters = manifest["method"].get("clusters") or {}
+    modes = clusters.get("k", 1)
+    modes_text = (f" in {modes} mode{'s' if modes > 1 else ''} ({clusters.get('rule')})" if clusters else "")
     return (f"[green]fitted[/] {manifest['method']['name']} on {manifest['data']['train_good']} good images"
             f"{modes_text} ({manifest['arch']}): bank {b['entries']} x {b['dim']} ({b['mb']:.1f} MB), threshold "
             f"{manifest['threshold']['raw']:.4g} ({manifest['threshold']['rule']}), {t['train_seconds']:.1f} s "

@@ -67,6 +67,9 @@ def golden_backend(target: Target) -> tuple[str, str]:
     return target.backend, target.device
 
 
+GOLDEN_ANOMALY_MARGIN = 0.25
+
+
 def pick_golden(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray, n: int, n_classes: int,
                 min_margin: float, classes: list[str] | None = None) -> list[int]:
     """Indices of golden images: at least one per class, then round-robin up to ``n``.
@@ -178,8 +181,11 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
                                     t.batch_size))
     try:
         cand = _run_chunks(runner, evalset.inputs, t.batch_size)
+        # An anomaly graph's logits are [0, s - 1]: its margin is |s - 1| in units of the threshold, where a
+        # quarter of the threshold is far from a coin flip (a classifier's margin is in logits).
+        margin = GOLDEN_ANOMALY_MARGIN if anomaly_section(run)["task"] == "anomaly" else 1.0
         picks = pick_golden(cand, evalset.logits, evalset.labels, n_golden, len(classes),
-                            min_margin=max(1.0, 4 * tol["atol"]), classes=classes)
+                            min_margin=max(margin, 4 * tol["atol"]), classes=classes)
         policy, tuning = base_policy, None
         if max_escape is not None:
             policy, tuning = tune_for_escape(base_policy, cand, evalset.labels, max_escape)
