@@ -18,7 +18,8 @@ FP32 = ("cpu-onnxruntime-fp32", "cpu-openvino-fp32")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_anomaly_set(tmp_path_factory.mktemp("anomaly") / "set")
+    # 20 good and 20 defect test images: a threshold half of 20, the fewest the INT8 fallback chooses on.
+    return write_anomaly_set(tmp_path_factory.mktemp("anomaly") / "set", n_good_val=20, n_defect=20)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,22 @@ def test_int8_quantises_the_backbone_and_keeps_the_distances_float(run: Path) ->
     matmul = [op for op in model.get_ops() if op.get_type_name() == "MatMul"]
     assert matmul and all(inp.get_source_output().get_node().get_type_name() != "FakeQuantize"
                           for op in matmul for inp in op.inputs()), names[:5]
+
+
+def test_int8_float_layers_are_chosen_on_the_threshold_images(run: Path) -> None:
+    """Not on the good images the head was fitted on (they score far below the threshold, so INT8 flips
+    few of them), and never on the reported half that judges the export."""
+    from edge_tl.calibration import SELECTION_THRESHOLD
+
+    split = json.loads((run / "finetune" / "split.json").read_text())
+    cal = json.loads((run / "targets" / "cpu-openvino-int8" / "calibration.json").read_text())
+    sel = cal["selection"]
+    assert sel["source"] == SELECTION_THRESHOLD and sel["disjoint_from_calibration"]
+    threshold = {p for p, _ in split["threshold"]}
+    chosen = {im["path"] for im in sel["images"]}
+    assert chosen == threshold, "every threshold image, and only those"
+    assert {c for c, n in sel["per_class"].items() if n} == {"good", "defect"}
+    assert not {im["sha256"] for im in sel["images"]} & {im["sha256"] for im in cal["images"]}
 
 
 def test_bench_reports_anomaly_figures_and_gates(run: Path) -> None:
