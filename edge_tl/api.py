@@ -25,7 +25,8 @@ all subclasses of ``EdgeTLError`` with a one-line message (the CLI prints exactl
 
 Stages import torch, ONNX Runtime and OpenVINO only when called, so importing this module is cheap
 (it is ``edge_tl.api``, not the package's top level, because ``edge_tl.bench`` is the bench package).
-Progress is silent by default (``quiet=True``); pass ``quiet=False`` for the CLI's progress output.
+Progress is silent by default (``quiet=True``: no progress, nor NNCF's bars or torch's and ONNX Runtime's
+notices; our warnings go to the ``edge_tl`` logger); pass ``quiet=False`` for the CLI's progress output.
 Conventions throughout: images are classified at the profile's input size (square, NCHW float32
 after the preprocessing recorded in the manifests); times are milliseconds; ``top1`` and agreement
 are fractions in [0, 1]; ``top1_drop`` is in percentage points.
@@ -34,10 +35,12 @@ are fractions in [0, 1]; ``top1_drop`` is in percentage points.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 PathLike = str | os.PathLike[str]
+_Stage = TypeVar("_Stage", bound=Callable[..., Any])
 
 
 def _require_training() -> None:
@@ -47,6 +50,28 @@ def _require_training() -> None:
     require("torchvision", "train")
 
 
+def _library_output(stage: _Stage) -> _Stage:
+    """Runs ``stage`` inside ``progress.library_output(quiet)``, as the CLI runs its commands: with
+    ``quiet`` (the default here) NNCF's progress bars, torch's and ONNX Runtime's notices print nothing
+    either, not only our own progress."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(stage)
+
+    @functools.wraps(stage)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from .progress import library_output
+
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        with library_output(bool(bound.arguments["quiet"])):
+            return stage(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
+
+
+@_library_output
 def finetune(data_dir: PathLike, out: PathLike, *, arch: str = "mobilenet_v2", weights: str = "imagenet",
              mode: str = "linear", epochs: int | None = None, unfreeze: int = 3, progressive: bool = False,
              lr: float | None = None, backbone_lr_scale: float = 0.1, batch_size: int = 32,
@@ -68,7 +93,7 @@ def finetune(data_dir: PathLike, out: PathLike, *, arch: str = "mobilenet_v2", w
     model's (N, classes) float32 logits as the reference for every later comparison.
 
     Returns the manifest (``out/finetune/manifest.json``): ``metrics`` (``val_top1``,
-    ``val_balanced_accuracy`` as fractions, ``per_class_recall``, ``best_epoch``), ``timings``
+    ``val_balanced_accuracy`` as fractions, ``per_class_recall``, ``epochs``: best (1-based), run, planned), ``timings``
     (``train_seconds``, ``device``), ``data`` (``n_images``, classes), the preprocessing contract.
     Raises MissingExtraError without torch, DataError for an unusable folder, ConfigError for a bad
     option.
@@ -85,27 +110,32 @@ def finetune(data_dir: PathLike, out: PathLike, *, arch: str = "mobilenet_v2", w
                input_size=input_size, baseline=baseline)
 
 
+@_library_output
 def prune(run: PathLike, ratio: float = 0.3, *, round_to: int = 16, recover: str = "auto",
           recover_epochs: int | None = None, importance: str = "l2", steps: int | None = None,
-          device: str = "auto", quiet: bool = True) -> dict[str, Any]:
+          device: str = "auto", data: PathLike | None = None, quiet: bool = True) -> dict[str, Any]:
     """Remove ``ratio`` (0 < ratio < 1) of every prunable layer's output channels, fine-tune to
     recover, and write ``RUN/prune/``; ``export`` then uses it by default.
 
     Kept channel counts are multiples of ``round_to`` (8, 16 or 32). ``recover``: ``"full"``,
     ``"partial"``, ``"head"`` or ``"auto"``; ``recover_epochs=0`` only recomputes BatchNorm statistics.
     Returns the manifest: channel counts per layer, MACs and parameters before and after, and the
-    recovered validation metrics. Raises MissingExtraError without torch/torch-pruning,
-    ArtifactError when ``RUN/finetune`` is missing, ConfigError for a bad option.
+    recovered validation metrics. ``data``: where the run's images are now when they moved (checked
+    against split.json's sha256). Raises MissingExtraError without torch/torch-pruning,
+    ArtifactError when ``RUN/finetune`` is missing, ConfigError for a bad option, DataError when the
+    run's images are gone or differ.
     """
     _require_training()
     from .stages.prune import prune as run_prune
 
     return run_prune(run, ratio, recover_epochs=recover_epochs, importance=importance, steps=steps,
-                     quiet=quiet, device=device, recover=recover, round_to=round_to)
+                     quiet=quiet, device=device, recover=recover, round_to=round_to, data=data)
 
 
+@_library_output
 def adapt(run: PathLike, unlabeled: PathLike, *, method: str = "adabn", target_val: PathLike | None = None,
-          source: str | None = None, device: str = "auto", quiet: bool = True, **settings: Any) -> dict[str, Any]:
+          source: str | None = None, device: str = "auto", data: PathLike | None = None, quiet: bool = True,
+          **settings: Any) -> dict[str, Any]:
     """Adapt the run's classifier to a new line, camera or product variant from the unlabelled images under
     ``unlabeled`` and write ``RUN/adapt/`` (``export(..., source="adapt")`` ships it).
 
@@ -124,18 +154,20 @@ def adapt(run: PathLike, unlabeled: PathLike, *, method: str = "adabn", target_v
     from .stages.adapt import adapt as run_adapt
 
     return run_adapt(run, unlabeled, method, target_val, source, settings=AdaptSettings(method=method, **settings),
-                     device=device, quiet=quiet)
+                     device=device, quiet=quiet, data=data)
 
 
+@_library_output
 def export(run: PathLike, target: str, *, calibration: str | None = None, source: str | None = None,
-           qat: int = 0, ood: bool = True, quiet: bool = True) -> dict[str, Any]:
+           qat: int = 0, ood: bool = True, data: str | None = None, quiet: bool = True) -> dict[str, Any]:
     """Export the run's model for one target (a built-in name or a profile file's path) to
     ``RUN/targets/<name>/``: ONNX, an INT8 QDQ graph, OpenVINO IR or the ONNX a TensorRT engine is
     built from, then check it against the torch model on ``eval.npz`` where this host can run it.
 
     ``calibration``: INT8 only, a folder of (unlabelled) images to calibrate on (default: the
-    training split). ``source``: ``"finetune"``, ``"prune"`` or ``"adapt"`` (``rundir.MODEL_STAGES``;
-    default: prune when present, else finetune).
+    training split). ``data``: where the run's images are now when they moved (checked against
+    split.json's sha256; DataError on a mismatch). ``source``: ``"finetune"``, ``"prune"`` or
+    ``"adapt"`` (``rundir.MODEL_STAGES``; default: prune when present, else finetune).
     ``qat``: INT8 only, epochs of quantisation-aware training instead of post-training quantisation
     (``manifest["quantizer"]["history"]`` has the selection-set score per epoch). ``ood``: a classifier's
     graph gets a second output, ``ood_score`` (``edge_tl/ood.py``; ``manifest["ood"]`` says what it was
@@ -147,19 +179,24 @@ def export(run: PathLike, target: str, *, calibration: str | None = None, source
     """
     from .stages.export import export as run_export
 
-    return run_export(run, target, calibration=calibration, source=source, quiet=quiet, qat_epochs=qat, ood=ood)
+    return run_export(run, target, calibration=calibration, source=source, quiet=quiet, qat_epochs=qat, ood=ood,
+                      data=data)
 
 
+@_library_output
 def bench(run: PathLike, targets: list[str] | None = None, *, data: PathLike | None = None,
           json_path: PathLike | None = None, wait_quiet: float = 0.0, export: bool = False, layers: bool = False,
-          quiet: bool = True) -> list[dict[str, Any]]:
+          latency: bool = True, quiet: bool = True) -> list[dict[str, Any]]:
     """Measure each target against the full fp32 torch model in one process; write and return reports.
 
     ``targets``: names or profile paths (None: every built-in target; those this host cannot run, or
     not exported, come back with ``report["skipped"]`` saying why). ``data``: another labelled folder
     with the same classes to evaluate on instead of the run's held-out split. ``export``: first export
     the chosen targets this host can run that are not exported yet. ``layers``: also record per-layer
-    timings. ``wait_quiet``: seconds to wait for a quiet host before timing.
+    timings. ``wait_quiet``: seconds to wait for a quiet host before timing. ``json_path``: also write the
+    JSON there (one target: its report; several: a list of reports in bench order). ``latency=False``:
+    accuracy only, nothing timed (latency figures null, a latency gate ``passed: None``, "not measured").
+    The torch reference is timed once per call for each threads / batch / input size / device.
 
     Each report is the JSON of ``RUN/reports/<target>.json``: ``reference`` and ``candidate`` with
     ``top1`` (fraction), ``latency_ms`` (``p50``/``p90``/``p99``/``mean``, batch 1, milliseconds),
@@ -175,16 +212,19 @@ def bench(run: PathLike, targets: list[str] | None = None, *, data: PathLike | N
         options["export"] = True
     if layers:
         options["layers"] = True
+    if not latency:
+        options["latency"] = False
     return run_bench(run, None if targets is None else [str(t) for t in targets],
                      data=str(data) if data else None, json_path=str(json_path) if json_path else None,
                      quiet=quiet, wait_quiet=wait_quiet, **options)
 
 
+@_library_output
 def bundle(run: PathLike, target: str, out: PathLike, *, golden: int = 8, ok_classes: list[str] | None = None,
            defect_classes: list[str] | None = None, max_escape: float | None = None,
            max_false_reject: float | None = None, ok_threshold: float | None = None,
            defect_threshold: float = 0.5, ood_limit: float | None = None, use_ood: bool = True,
-           quiet: bool = True) -> dict[str, Any]:
+           allow_failed: bool = False, quiet: bool = True) -> dict[str, Any]:
     """Package an exported target for a device in ``out``: model, preprocessing, QC policy, sha256 of
     every file and ``golden`` images with their expected logits (the runtime refuses to classify if it
     does not reproduce them). Open it with ``open_bundle(out)`` (``edge_tl.runtime``, no torch).
@@ -195,17 +235,20 @@ def bundle(run: PathLike, target: str, out: PathLike, *, golden: int = 8, ok_cla
     share of defects passed as ok); a defect answer below ``defect_threshold`` becomes ``review``.
     Give at most one of the three. An image whose ``ood_score`` exceeds ``ood_limit`` (default: the limit
     the export calibrated for this target) is ``review`` with the reason ``out_of_distribution``;
-    ``use_ood=False`` switches that off. Returns ``bundle.json``. Raises ArtifactError when the target is not
-    exported (the message gives the command that exports it), ConfigError for a bad option.
+    ``use_ood=False`` switches that off. The target must have passed ``bench`` (its report of this export in
+    ``RUN/reports/``) unless ``allow_failed`` (then ``bundle.json["bench"]`` records it). Returns ``bundle.json``.
+    Raises ArtifactError when the target is not exported (the message gives the command that exports it),
+    failed its bench or was not benched, ConfigError for a bad option.
     """
     from .stages.bundle import bundle as run_bundle
 
     return run_bundle(run, target, out, golden, ok_classes=ok_classes, defect_classes=defect_classes,
                       max_false_reject=max_false_reject, ok_threshold=ok_threshold,
                       defect_threshold=defect_threshold, max_escape=max_escape, ood_limit=ood_limit,
-                      use_ood=use_ood, quiet=quiet)
+                      use_ood=use_ood, allow_failed=allow_failed, quiet=quiet)
 
 
+@_library_output
 def run_pipeline(path: PathLike, *, quiet: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]],
                                                                  dict[str, Any] | None]:
     """Run a pipeline file (docs/pipeline.md); returns (finetune manifest, bench reports, bundle.json

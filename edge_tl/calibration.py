@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import Sample, list_images, split_from_json
+from .data import Sample, list_images
 from .errors import DataError
 from .manifest import read_json, sha256_file, write_json
 from .preprocess import IMAGE_SUFFIXES, Preprocess, load_image
@@ -102,7 +102,7 @@ def balanced_order(samples: list[Sample], seed: int = DEFAULT_SEED) -> list[Samp
 
 def _validation_hashes(run: RunDir) -> tuple[set[str], set[Path]]:
     """sha256 and resolved paths of the validation images (what calibration must never use)."""
-    root, _train, val = split_from_json(read_json(run.finetune / "split.json"))
+    root, _train, val = run.split()
     hashes, paths = set(), set()
     for s in val:
         p = root / s.path
@@ -152,8 +152,7 @@ def build_calibration_set(run: RunDir, pre: Preprocess, classes: list[str], size
         raise DataError(f"calibration size must be at least 1, got {size}")
     val_hashes, val_paths = _validation_hashes(run)
     if user_source is None:
-        split = read_json(run.finetune / "split.json")
-        root, train, val = split_from_json(split)
+        root, train, val = run.split()
         val_rel = {s.path for s in val}
         # A corrupt split listing one image on both sides must not leak validation into calibration.
         train = [s for s in train if s.path not in val_rel]
@@ -288,7 +287,7 @@ def build_selection_set(run: RunDir, pre: Preprocess, classes: list[str], cset: 
     flatters INT8 a little more. The validation split is never used: it judges the result.
     """
     split = read_json(run.finetune / "split.json")
-    root, train, val = split_from_json(split)
+    root, train, val = run.split()
     exclude = _validation_hashes(run), {s.path for s in val}, {im["sha256"] for im in cset.images}
     threshold = [Sample(p, int(y)) for p, y in split.get("threshold", [])]
     if threshold:

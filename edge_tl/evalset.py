@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import Sample, find_files, scan_image_folder, split_from_json
+from .data import Sample, find_files, scan_image_folder
 from .errors import ArtifactError, DataError
-from .manifest import atomic_path, read_json, read_manifest, sha256_file
+from .manifest import atomic_path, read_manifest, sha256_file
 from .preprocess import Preprocess, load_image
 from .progress import progress
 from .rundir import RunDir
@@ -235,7 +235,7 @@ def ensure_eval_set(run: RunDir, quiet: bool = True) -> Path:
         return run.eval_npz
     ft = run.require_finetune()
     manifest = read_manifest(ft)
-    root, _train, val = split_from_json(read_json(ft / "split.json"))
+    root, _train, val = run.split()
     pre = Preprocess.from_dict(manifest["preprocessing"])
     crops, labels, paths = crop_samples(root, val, pre, quiet)
     if not len(crops):

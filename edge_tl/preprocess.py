@@ -14,6 +14,7 @@ import re
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,66 @@ def bit_depth(max_value: int) -> int:
     return value.bit_length()
 
 
+# How a deep image's bit depth was decided (``Image.info["bit_depth_basis"]`` of a decoded image).
+BASIS_RANGE = "brightest pixel"
+BASIS_SBIT = "sBIT chunk"
+BASIS_SBIT_SCALED = "sBIT chunk, data scaled to 16 bits"
+
+
+def decide_bit_depth(max_value: int, significant_bits: int | None = None) -> tuple[int, str]:
+    """(bit depth, basis) an integer image deeper than 8 bits is read at.
+
+    A PNG's sBIT chunk (``significant_bits``) names the sensor's depth: a dark 12-bit frame whose
+    brightest pixel is 900 is still divided by 4095, where the range rule (``bit_depth``) alone would
+    read it as 10-bit and brighter than it is. The PNG specification has writers scale such data up to
+    the full 16 bits; when the pixels exceed the sBIT range they were scaled that way and are divided
+    by 65535. Without the chunk, the range rule decides.
+    """
+    value = max(int(max_value), 0)
+    if significant_bits is not None and 1 <= significant_bits <= 16:
+        if value < (1 << significant_bits):
+            return significant_bits, BASIS_SBIT
+        return 16, BASIS_SBIT_SCALED
+    return bit_depth(value), BASIS_RANGE
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_significant_bits(path: str | os.PathLike[str]) -> int | None:
+    """The colour channels' significant bits from a PNG's sBIT chunk, or None (no chunk, not a PNG).
+
+    Pillow reads the chunk but keeps nothing of it, so the chunks before the image data are walked
+    here (lengths only: nothing is decoded). Alpha's entry is left out: it is not image content.
+    """
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != _PNG_SIGNATURE:
+                return None
+            colour_type = None
+            while True:
+                head = fh.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND"):
+                    return None  # sBIT must precede the image data
+                if kind == b"IHDR" and length >= 10:
+                    colour_type = fh.read(10)[9]
+                    fh.seek(length - 10 + 4, os.SEEK_CUR)
+                elif kind == b"sBIT" and 1 <= length <= 4:
+                    body = fh.read(length)
+                    # grey: 1 byte; RGB and palette: 3; grey + alpha: 2; RGBA: 4 (alpha last)
+                    colours = {0: 1, 2: 3, 3: 3, 4: 1, 6: 3}.get(colour_type if colour_type is not None else 0, 1)
+                    return max(body[:colours]) or None
+                else:
+                    fh.seek(length + 4, os.SEEK_CUR)  # the body and its CRC
+    except OSError:
+        return None
+
+
 def _to_8bit(values: np.ndarray, depth: int) -> np.ndarray:
     """Integer samples of ``depth`` bits -> uint8, rounding half up (exactly v * 255 / (2**depth - 1))."""
     top = (1 << depth) - 1
@@ -116,20 +177,21 @@ def _grey_or_rgb(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr[:, :, :3]), "RGB")
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image, significant_bits: int | None = None) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB without saturating or crushing high bit depths.
 
     Pillow's own ``convert("RGB")`` clips 16-bit and 32-bit greyscale to 255 (a white image); integer
-    images are rescaled from their bit depth (``bit_depth``: 12-bit data in a 16-bit file is divided
+    images are rescaled from their bit depth (``decide_bit_depth``: the PNG's sBIT chunk when
+    ``significant_bits`` gives it, else the brightest pixel: 12-bit data in a 16-bit file is divided
     by 4095, not 65535), floating-point ones from [0, 1], [0, 255] or their integer bit depth.
     """
     img = ImageOps.exif_transpose(img) or img
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
         arr = np.asarray(img)
-        depth = bit_depth(int(arr.max(initial=0)))
+        depth, basis = decide_bit_depth(int(arr.max(initial=0)), significant_bits)
         out = _grey_or_rgb(_to_8bit(arr, depth))
-        out.info["bit_depth"] = depth
+        out.info["bit_depth"], out.info["bit_depth_basis"] = depth, basis
         return out
     if mode == "F":
         arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
@@ -202,7 +264,8 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}  # as ImageOps.exif_transpose
 
 
-def _deep_colour(path: str | os.PathLike[str], high: Image.Image, plan: tuple[str, list[Any], str]) -> Image.Image:
+def _deep_colour(path: str | os.PathLike[str], high: Image.Image, plan: tuple[str, list[Any], str],
+                 significant_bits: int | None = None) -> Image.Image:
     """8-bit RGB of a 16-bit colour file from its high bytes (``high``, loaded) and a second decode."""
     mode, tiles, order = plan
     grey = mode == "I"  # grey + alpha: one 32-bit word per pixel, grey first in the file
@@ -222,12 +285,12 @@ def _deep_colour(path: str | os.PathLike[str], high: Image.Image, plan: tuple[st
         log.debug("%s: 16-bit colour read from its high bytes only", path)
         values = hi[..., :1] << 8 if grey else hi << 8
     colour = values[..., :1] if grey else values[..., :3]  # alpha is not image content
-    depth = bit_depth(int(colour.max(initial=0)))
+    depth, basis = decide_bit_depth(int(colour.max(initial=0)), significant_bits)
     out = _grey_or_rgb(_to_8bit(colour[..., 0] if grey else colour, depth))
     method = _TRANSPOSE.get(high.getexif().get(0x0112, 1))
     if method is not None:
         out = out.transpose(method)
-    out.info["bit_depth"] = depth
+    out.info["bit_depth"], out.info["bit_depth_basis"] = depth, basis
     return out
 
 
@@ -249,10 +312,89 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     with img:
         check_size(*img.size)
         plan = _second_decode(img)
+        deep = plan is not None or img.mode.startswith("I;16") or img.mode == "I"
+        sbit = png_significant_bits(path) if deep and img.format == "PNG" else None
         img.load()
         if plan is not None:
-            return _deep_colour(path, img, plan)
-        return to_rgb(img)
+            return _deep_colour(path, img, plan, sbit)
+        return to_rgb(img, sbit)
+
+
+def _is_deep(path: str | os.PathLike[str]) -> bool:
+    """Whether a file holds integer samples deeper than 8 bits (from its header: nothing is decoded)."""
+    with Image.open(path, formats=_FORMATS) as img:
+        return img.mode.startswith("I;16") or img.mode == "I" or _second_decode(img) is not None
+
+
+# At most this many images are decoded to describe a data set's bit depths (every n-th file).
+BIT_DEPTH_SAMPLE = 200
+
+
+def describe_bit_depths(paths: list[Path] | list[str]) -> dict[str, Any] | None:
+    """What a data set's deeper-than-8-bit images were read as, for the manifest's preprocessing and
+    one log line; None when no image is deeper than 8 bits.
+
+    Every file's header is read; up to ``BIT_DEPTH_SAMPLE`` of the deep ones, spread over the list, are
+    decoded by ``load_image`` (the one decoder training, calibration, bench and the runtime share) to
+    see the depth and its basis. ``mixed`` is set when they were read at different depths: frames of
+    one camera then differ in brightness by how bright their brightest pixel happens to be.
+    """
+    from collections import Counter
+
+    deep = []
+    for p in paths:
+        try:
+            if _is_deep(p):
+                deep.append(p)
+        except Exception:  # noqa: BLE001 - unreadable files are the scan's to report
+            continue
+    if not deep:
+        return None
+    step = max(1, len(deep) // BIT_DEPTH_SAMPLE)
+    depths: Counter[int] = Counter()
+    bases: Counter[str] = Counter()
+    for p in deep[::step]:
+        try:
+            info = load_image(p).info
+        except Exception:  # noqa: BLE001 - as above
+            continue
+        depths[int(info.get("bit_depth", 16))] += 1
+        bases[str(info.get("bit_depth_basis", BASIS_RANGE))] += 1
+    return {"deep_images": len(deep), "of": len(paths), "decoded": sum(depths.values()),
+            "depths": {str(d): n for d, n in sorted(depths.items())}, "basis": dict(bases.most_common()),
+            "mixed": len(depths) > 1,
+            "rule": "per image: the PNG sBIT chunk when present, else the smallest of 10, 12, 14, 16 bits "
+                    "that holds the brightest pixel"}
+
+
+def record_bit_depths(pre: Preprocess, paths: list[Path] | list[str], quiet: bool = False) -> Preprocess:
+    """``pre`` with what ``describe_bit_depths`` found in ``paths`` as ``extra["bit_depth"]`` (so the
+    manifest's preprocessing says what was assumed), said once in the log: a warning when the images
+    were read at different depths, else an info line (silent with ``quiet``). Without images deeper than
+    8 bits, ``pre`` without that key."""
+    import dataclasses
+
+    summary = describe_bit_depths(paths)
+    if summary is None:  # 8-bit data; a --weights run: source's record is about other images
+        return pre if "bit_depth" not in pre.extra else dataclasses.replace(
+            pre, extra={k: v for k, v in pre.extra.items() if k != "bit_depth"})
+    if summary["mixed"]:
+        log.warning("%s", bit_depth_line(summary))
+    elif not quiet:
+        log.info("%s", bit_depth_line(summary))
+    return dataclasses.replace(pre, extra={**pre.extra, "bit_depth": summary})
+
+
+def bit_depth_line(summary: dict[str, Any]) -> str:
+    """One log line saying what ``describe_bit_depths`` found."""
+    depths = ", ".join(f"{d}-bit {n}" for d, n in summary["depths"].items())
+    basis = ", ".join(f"{b} {n}" for b, n in summary["basis"].items())
+    line = (f"{summary['deep_images']} of {summary['of']} images are deeper than 8 bits; read as {depths} "
+            f"(of {summary['decoded']} decoded; decided by {basis})")
+    if summary["mixed"]:
+        line += ("; the depths differ between images: if they come from one camera, the darker frames read "
+                 "brighter than they are (write the sensor's depth in a PNG sBIT chunk to fix it)")
+    return line
 
 
 def from_array(array: np.ndarray, color: str = "RGB") -> Image.Image:

@@ -12,13 +12,19 @@ when it ends. stdout stays clean for JSON output in both modes.
 
 Callers use only ``progress(quiet)`` and the rich ``Progress`` methods ``add_task``, ``advance``,
 ``update`` (and ``remove_task``), so they need not know which mode they got.
+
+Other libraries' output goes the same way, through ``library_output(quiet)``, the one place the CLI and
+the Python API tame it (see there).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -143,3 +149,66 @@ def progress(quiet: bool = False) -> Progress:
     if not _stderr_is_terminal():
         return LineProgress(*columns)
     return Progress(*columns, console=Console(stderr=True), transient=False)
+
+
+# Other libraries' output, as a run printed it to a log file: NNCF draws its progress bars ("Statistics
+# collection", "Applying Bias correction") on rich's global console, on stdout; off a terminal rich
+# prints each bar once, when it ends, as wide as the console (5,894 characters under the CLI's
+# COLUMNS=2000). torch logs "No CUDA runtime is found" on every CPU-only host when NNCF loads its
+# extensions. ONNX Runtime prints its own warnings, in ANSI colours, from the sessions NNCF and its
+# quantiser open with default options (ours set their own severity).
+LIBRARY_LINE_WIDTH = 100  # NNCF's bar, off a terminal: one line this wide when a step ends
+ORT_ERROR = 3  # onnxruntime severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
+# Notices that say nothing to our users: (logger, message prefix) -> DEBUG.
+DEBUG_NOTICES = {"torch.utils.cpp_extension": ("No CUDA runtime is found",)}
+
+
+class _ToDebug(logging.Filter):
+    """Demotes a logger's known notices to DEBUG: shown only where that logger is enabled for DEBUG."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and str(record.msg).startswith(self.prefixes):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _demote_notices() -> None:
+    for name, prefixes in DEBUG_NOTICES.items():
+        logger = logging.getLogger(name)  # the same object torch gets when it logs
+        if not any(isinstance(f, _ToDebug) for f in logger.filters):
+            logger.addFilter(_ToDebug(prefixes))
+
+
+def _onnxruntime_errors_only() -> None:
+    """ONNX Runtime's default logger at ERROR, for the sessions other libraries open. A process-wide
+    setting without a getter, so it is not put back: its warnings never help our users."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return
+    onnxruntime.set_default_logger_severity(ORT_ERROR)
+
+
+@contextlib.contextmanager
+def library_output(quiet: bool = False) -> Iterator[None]:
+    """Other libraries' output while a stage runs, for the CLI and the Python API alike: rich's global
+    console (NNCF's bars) on stderr, silent when ``quiet``, and off a terminal one plain line per bar of
+    ``LIBRARY_LINE_WIDTH`` characters at most; torch's "No CUDA runtime is found" at DEBUG; ONNX
+    Runtime's own warnings off. Our own warnings (logger "edge_tl") are untouched."""
+    import rich
+
+    _demote_notices()
+    _onnxruntime_errors_only()
+    console = rich.get_console()
+    saved = dict(console.__dict__)
+    width = {} if _stderr_is_terminal() else {"width": LIBRARY_LINE_WIDTH}
+    rich.reconfigure(stderr=True, quiet=quiet, **width)  # the same object: NNCF's bars find it
+    try:
+        yield
+    finally:
+        console.__dict__ = saved

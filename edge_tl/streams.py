@@ -250,27 +250,28 @@ def watch_stream(runtime: Any, source: str | Stream, log_path: str | os.PathLike
 
     Runs until the stream ends (a video file), ``max_frames`` frames, or ``stop`` is set. Each line
     is written (and fsynced) before the next frame is read. One watcher per log (a lock), as for
-    folders. ``source`` may be a ``Stream`` opened already (it is closed at the end); ``fps`` and
-    ``max_frames`` then come from it. ``drift``: the ``runtime.watch.DriftMonitor`` that warns when the
-    share of out-of-distribution frames crosses its limit (default one; only for a bundle using ood).
+    folders; the counts are of the lines in the log on disk at the end (a log deleted meanwhile is begun
+    anew at its path, with a warning). ``source`` may be a ``Stream`` opened already (it is closed at the
+    end); ``fps`` and ``max_frames`` then come from it. ``drift``: the ``runtime.watch.DriftMonitor`` that
+    warns when the share of out-of-distribution frames crosses its limit (default one; only for a bundle
+    using ood).
     """
-    from .runtime.watch import DriftMonitor, ResultLog, take_lock
+    from .runtime.watch import DriftMonitor, ResultLog
 
     monitor = (drift or DriftMonitor()) if getattr(runtime, "ood", False) else None
     result_log = ResultLog(Path(log_path))
-    lock = take_lock(result_log.path)
-    counts: Counter[str] = Counter()
+    result_log.lock()
     try:
         opened = source if isinstance(source, Stream) else Stream(source, fps=fps, max_frames=max_frames)
         with opened as stream:
             size = batch or (1 if stream.live else runtime.batch_size)
             for frame, pred in classify_frames(runtime, stream, batch=size, stop=stop):
+                # A log deleted meanwhile is begun anew at its path (with a warning), never written unseen.
                 result_log.append([frame_record(frame, pred)])
-                counts[pred.decision] += 1
                 message = monitor.update([pred.reason == "out_of_distribution"]) if monitor else None
                 if message:
                     log.warning("watch %s: %s", stream.name, message)
+        result_log.refresh()  # a log deleted after its last line: those lines are not counted
+        return Counter(result_log.counts)
     finally:
         result_log.close()
-        os.close(lock)
-    return counts

@@ -41,6 +41,15 @@ class Gates(_Strict):
                                                  "the reference's")
 
 
+# What NNCF's post-training quantisation makes of an OpenVINO target, whatever the profile's
+# ``activations`` / ``symmetric_activations`` say (those keys shape the ONNX graphs and ``--qat``): its
+# "performance" preset quantises activations symmetrically, and a symmetric range over a tensor that is
+# never negative (after ReLU) is unsigned. Said by the export manifest and by ``edge-tl targets NAME``.
+OPENVINO_PRESET = ("performance: symmetric per-channel int8 weights; activations per tensor with zero point 0, "
+                   "unsigned u8 where the calibration tensor is never negative, signed i8 elsewhere "
+                   "(the profile's activations / symmetric_activations keys apply to --qat only)")
+
+
 class Quantizer(_Strict):
     """How the INT8 graph for this target is made (ignored by float targets)."""
 
@@ -136,6 +145,11 @@ def _toml_value(value: object) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
+def _openvino_ptq(target: Target) -> bool:
+    """Whether ``target`` is quantised by NNCF on the OpenVINO model (``OPENVINO_PRESET``)."""
+    return target.backend == "openvino" and target.quantized and target.quantizer.method == "nncf"
+
+
 def dump_toml(target: Target) -> str:
     """A profile as TOML: every key with its value; unset optional keys as comments."""
     data = target.model_dump()
@@ -162,10 +176,15 @@ def dump_toml(target: Target) -> str:
     for table, values in tables:
         doc = {"quantizer": "how the INT8 graph is made (ignored by float targets)",
                "gates": "pass/fail limits checked by `edge-tl bench`; an unset gate is not checked"}.get(table, "")
-        lines += ["", f"[{table}]" + (f"  # {doc}" if doc else "")]
+        lines.append("")
+        if table == "quantizer" and _openvino_ptq(target):
+            lines.append(f"# OpenVINO post-training INT8 (NNCF), preset {OPENVINO_PRESET}")
+        lines.append(f"[{table}]" + (f"  # {doc}" if doc else ""))
         for key, value in values.items():
             field = type(getattr(target, table)).model_fields.get(key)
             note = f"  # {field.description}" if field is not None and field.description else ""
+            if table == "quantizer" and key in ("activations", "symmetric_activations") and _openvino_ptq(target):
+                note = "  # --qat only; post-training INT8 for OpenVINO: see the note above [quantizer]"
             lines.append(f"# {key} = (unset){note}" if value is None else f"{key} = {_toml_value(value)}{note}")
     return "\n".join(lines) + "\n"
 

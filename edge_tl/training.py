@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .bench.accuracy import classification_metrics
 from .data import Sample
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .models import freeze_for_mode, get_arch, head_of, set_submodule
 from .preprocess import Preprocess, load_image
 from .progress import progress
@@ -84,7 +84,10 @@ class TrainConfig:
 
 @dataclass
 class FitResult:
-    """The best model (loaded into the module passed in) and what happened on the way."""
+    """The best model (loaded into the module passed in) and what happened on the way.
+
+    ``best_epoch`` is the loop's 0-based index; ``history[i]["epoch"]`` and ``epochs()`` number epochs
+    from 1, as the progress bar does, for everything a person reads."""
 
     history: list[dict[str, float]]
     best_epoch: int
@@ -94,6 +97,11 @@ class FitResult:
     seconds: float
     seconds_per_epoch: float
     skipped_during_training: list[dict[str, str]] = field(default_factory=list)
+    epochs_planned: int = 0  # what the mode's default or --epochs asked for; early stopping may run fewer
+
+    def epochs(self) -> dict[str, int]:
+        """The manifest's ``epochs``: the best epoch (1-based), how many ran and how many were planned."""
+        return {"best": self.best_epoch + 1, "run": len(self.history), "planned": self.epochs_planned}
 
 
 # ---------------------------------------------------------------- distributed helpers
@@ -287,6 +295,7 @@ def fit(model: nn.Module, arch: str, root: Path, classes: list[str], train: list
         raise ConfigError(f"unknown --balance {cfg.balance!r}; choose {', '.join(BALANCE)}")
     start = time.perf_counter()
     n_classes = len(classes)
+    planned = cfg.resolved_epochs(cached=uses_cache(cfg, device, teacher))
     if cfg.mode == "linear":
         if teacher is not None:
             raise ConfigError("distillation needs end-to-end training (mode partial or full), not linear")
@@ -301,7 +310,7 @@ def fit(model: nn.Module, arch: str, root: Path, classes: list[str], train: list
     epochs_run = max(len(history), 1)
     logits, labels = stop.val_logits, stop.val_labels
     return FitResult(history, stop.best_epoch, classification_metrics(logits, labels, classes), device,
-                     ddp.world, seconds, seconds / epochs_run, skipped)
+                     ddp.world, seconds, seconds / epochs_run, skipped, planned)
 
 
 def uses_cache(cfg: TrainConfig, device: str, teacher: nn.Module | None = None) -> bool:
@@ -374,6 +383,40 @@ class _EarlyStop:
 
 def _skipped(bad: list[str]) -> list[dict[str, str]]:
     return [{"path": b.split(":", 1)[0], "reason": b.split(":", 1)[1].strip()} for b in bad]
+
+
+# Training images that may turn unreadable during a fit before it stops: a few bad files are skipped and
+# named, more means the folder was moved or deleted under the running job, and going on would only print
+# a warning per image (seen: 180 of them, then a crash on an empty validation pass).
+MAX_UNREADABLE_SHARE = 0.05
+NAMED_UNREADABLE = 3  # named one warning each; the rest are counted in the error
+
+
+def _check_unreadable(skipped: list[dict[str, str]], bad: list[str], n_train: int, root: Path) -> None:
+    """Add ``bad`` (loader messages) to ``skipped``, naming the first few unreadable training images in a
+    warning each; DataError once more than ``MAX_UNREADABLE_SHARE`` of the training images (and more than
+    ``NAMED_UNREADABLE``) can no longer be read."""
+    known = {s["path"] for s in skipped}  # the same bad file fails again every epoch: named once
+    for entry, b in zip(_skipped(bad), bad, strict=True):
+        if entry["path"] not in known and len(known) < NAMED_UNREADABLE:
+            log.warning("skipped unreadable image during training: %s", b)
+        known.add(entry["path"])
+        skipped.append(entry)
+    paths = list(dict.fromkeys(s["path"] for s in skipped))
+    if len(paths) > max(NAMED_UNREADABLE, MAX_UNREADABLE_SHARE * n_train):
+        raise DataError(f"{len(paths)} of the {n_train} training images under {root} can no longer be read "
+                        f"(first: {skipped[0]['path']}: {skipped[0]['reason']}): moved or deleted while "
+                        "training? Stopped; nothing was written")
+
+
+def _check_readable(n_train_seen: int, n_val_seen: int, n_val: int, root: Path) -> None:
+    """DataError when an epoch read no training image, or its validation pass no validation image."""
+    if not n_train_seen:
+        raise DataError(f"no training image under {root} could be read in a whole epoch: moved or deleted? "
+                        "Stopped; nothing was written")
+    if n_val and not n_val_seen:
+        raise DataError(f"none of the {n_val} validation images under {root} can be read any more: moved or "
+                        "deleted? Stopped; nothing was written")
 
 
 def _fit_linear(model: nn.Module, arch: str, root: Path, train: list[Sample], val: list[Sample],
@@ -451,6 +494,7 @@ def _cache(engine: Any, root: Path, train: list[Sample], val: list[Sample], pre:
         cached.append(out)
         labels, bad = y, bad + b
     fva, yva, bad_va = run_over(engine, root, val, pre, desc=f"{what} (val, {engine.name})", **common)
+    _check_readable(len(labels), len(yva), len(val), root)
     return torch.stack(cached), labels, fva, yva, _skipped(sorted(set(bad)) + bad_va)
 
 
@@ -488,7 +532,7 @@ def _train_on_cache(trainable: nn.Module, saved: nn.Module, groups: list[dict[st
                 out = torch.cat([trainable(fva[i:i + 256].to(device)).float().cpu()
                                  for i in range(0, len(fva), 256)]) if len(fva) else torch.zeros(0, n_classes)
             vloss, vacc, vscore = _val_figures(out, tva, cfg)
-            history.append({"epoch": epoch, "train_loss": total / max(1, len(order)), "val_loss": vloss,
+            history.append({"epoch": epoch + 1, "train_loss": total / max(1, len(order)), "val_loss": vloss,
                             "val_top1": vacc, "val_score": vscore, "seconds": time.perf_counter() - t0})
             bar.update(task, advance=1, info=f"val top-1 {vacc:.3f}")
             if stop.update(epoch, vscore, vloss, saved, out.numpy(), yva):
@@ -571,9 +615,8 @@ def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample]
                 m.eval()
             total, seen = 0.0, 0
             for x, y, _i, bad in loader:
-                for b in bad:
-                    log.warning("skipped unreadable image during training: %s", b)
-                    skipped.append({"path": b.split(":", 1)[0], "reason": b.split(":", 1)[1].strip()})
+                if bad:
+                    _check_unreadable(skipped, bad, len(train), root)
                 if len(x):
                     xb, yb = _to(x, device), y.to(device)
                     with torch.autocast("cuda", dtype=amp_dtype, enabled=cuda):
@@ -586,15 +629,20 @@ def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample]
                             loss = distillation_loss(out, target, yb, crit)
                     opt.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
+                    scale = scaler.get_scale()
                     scaler.step(opt)
                     scaler.update()
+                    # The schedule counts optimizer steps (torch warns otherwise): none for a batch with no
+                    # readable image, none when fp16's scaler skipped one for inf gradients (its scale drops).
+                    if scaler.get_scale() >= scale:
+                        sched.step()
                     total, seen = total + loss.item() * len(x), seen + len(x)
-                sched.step()
                 bar.advance(task)
             with torch.autocast("cuda", dtype=amp_dtype, enabled=cuda):
                 logits, labels, _ = predict_logits(model, root, val, pre, device, ddp=ddp, workers=cfg.workers)
+            _check_readable(seen, len(labels), len(val), root)
             vloss, vacc, vscore = _val_figures(torch.from_numpy(logits), torch.from_numpy(labels), cfg)
-            history.append({"epoch": epoch, "train_loss": total / max(1, seen), "val_loss": vloss,
+            history.append({"epoch": epoch + 1, "train_loss": total / max(1, seen), "val_loss": vloss,
                             "val_top1": vacc, "val_score": vscore, "seconds": time.perf_counter() - t0})
             bar.update(task, info=f"epoch {epoch + 1}/{epochs} val top-1 {vacc:.3f}")
             if stop.update(epoch, vscore, vloss, model, logits, labels):

@@ -120,7 +120,7 @@ def test_bundle_carries_threshold_and_policy_to_the_runtime(run: Path, data: Pat
     from edge_tl.stages.bundle import GOLDEN_ANOMALY_MARGIN, bundle
 
     out = tmp_path / "bundle"
-    manifest = bundle(run, "cpu-onnxruntime-fp32", out, max_escape=0.0)
+    manifest = bundle(run, "cpu-onnxruntime-fp32", out, max_escape=0.0, allow_failed=True)
     ft = json.loads((run / "finetune" / "manifest.json").read_text())
     assert manifest["task"] == "anomaly"
     # Golden images sit a quarter of the threshold or more from it (the margin is |s - 1|, not logits).
@@ -160,7 +160,7 @@ def test_heat_map_peaks_on_the_pasted_defect(run: Path, data: Path, tmp_path: Pa
     from edge_tl.stages.bundle import bundle
 
     out = tmp_path / "bundle"
-    bundle(run, "cpu-openvino-fp32", out)
+    bundle(run, "cpu-openvino-fp32", out, allow_failed=True)
     boxes = json.loads((data / "boxes.json").read_text())
     hits = 0
     with Runtime(out) as rt:

@@ -118,7 +118,7 @@ def bundle(finetuned_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     run = root / "run"
     shutil.copytree(finetuned_run, run)
     export(run, "cpu-onnxruntime-fp32")
-    make_bundle(run, "cpu-onnxruntime-fp32", root / "bundle", n_golden=3)
+    make_bundle(run, "cpu-onnxruntime-fp32", root / "bundle", n_golden=3, allow_failed=True)
     return root / "bundle"
 
 

@@ -36,7 +36,7 @@ def bundles(finetuned_run: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     for t in TARGETS:
         export(run, t)
         out[t] = root / f"bundle-{t}"
-        bundle(run, t, out[t])
+        bundle(run, t, out[t], allow_failed=True)  # not benched here
     return out
 
 

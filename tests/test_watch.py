@@ -34,7 +34,7 @@ def bundle(finetuned_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     run = root / "run"
     shutil.copytree(finetuned_run, run)
     export(run, TARGET)
-    make_bundle(run, TARGET, root / "bundle", n_golden=3)
+    make_bundle(run, TARGET, root / "bundle", n_golden=3, allow_failed=True)
     return root / "bundle"
 
 

@@ -36,7 +36,7 @@ def run_and_bundle(finetuned_run: Path, tmp_path_factory: pytest.TempPathFactory
     run = root / "run"
     shutil.copytree(finetuned_run, run)
     export(run, TARGET)
-    make_bundle(run, TARGET, root / "bundle", n_golden=3, ok_classes=["blobs"])
+    make_bundle(run, TARGET, root / "bundle", n_golden=3, ok_classes=["blobs"], allow_failed=True)
     return run, root / "bundle"
 
 

@@ -45,7 +45,7 @@ import numpy as np
 from ..data import Sample, _check, find_files, name_left_out, stratified_split
 from ..errors import ConfigError, DataError
 from ..progress import progress
-from .metrics import decision_metrics
+from .metrics import decision_metrics, worse_than_chance
 from .model import METHODS, AnomalySpec, backbone_stages, build_anomaly_model, stride_cuts
 
 log = logging.getLogger("edge_tl")
@@ -308,7 +308,8 @@ def fit_anomaly(good_dir: str | Path, out: str | Path, *, arch: str = "mobilenet
     with a count). ``dim``: features after the random projection (default: 64 for PaDiM, whose
     inverse covariances grow with its square; none for PatchCore). ``resize``: default ``full`` (the whole
     frame: a centre crop would hide a defect at the part's border, and no one would know).
-    ``holdout``: share of the good images kept out of the bank for the threshold and the figures
+    ``holdout``: share of the good images kept out of the fit (PatchCore's bank, PaDiM's Gaussians) for
+    the threshold and the figures
     (default 0.2 without ``--val``, 0 with it). ``clusters``: PaDiM's modes, a count or ``auto`` (module
     docstring). Raises DataError/ConfigError before any work for bad
     input; nothing is written until the fit has finished.
@@ -319,6 +320,7 @@ def fit_anomaly(good_dir: str | Path, out: str | Path, *, arch: str = "mobilenet
 
     from ..features import PrefixEngine
     from ..manifest import check_writable, staged_folder, write_json, write_manifest
+    from ..preprocess import record_bit_depths
     from ..rundir import RunDir
     from ..stages.finetune import choose_resize, weights_preprocessing
     from ..weights import resolve_weights
@@ -365,6 +367,7 @@ def fit_anomaly(good_dir: str | Path, out: str | Path, *, arch: str = "mobilenet
     probe = ImageFolder(Path("/"), CLASSES, [Sample(str(p.resolve()), 0) for p in train])
     mode, resize_info = choose_resize(probe, probe.samples, pre, resize or DEFAULT_RESIZE)
     pre = dataclasses.replace(pre, resize_mode=mode)
+    pre = record_bit_depths(pre, [*train, *(p for p, _ in labelled)], quiet)
 
     import torchvision.models as tvm
 
@@ -425,6 +428,8 @@ def fit_anomaly(good_dir: str | Path, out: str | Path, *, arch: str = "mobilenet
 
     logits = np.stack([np.zeros_like(s_val), s_val - 1], 1)
     cls = classification_metrics(logits, val_labels, CLASSES)
+    # In the manifest; the summary line (finetune, run) prints them.
+    warnings = [w for w in (worse_than_chance(val_m["auroc"]),) if w]
 
     bank_bytes = b"".join(np.ascontiguousarray(a, np.float32).tobytes() for a in stored)
     run = RunDir(Path(out))
@@ -470,10 +475,12 @@ def fit_anomaly(good_dir: str | Path, out: str | Path, *, arch: str = "mobilenet
             metrics={"val_top1": cls["top1"], "val_balanced_accuracy": cls["balanced_accuracy"],
                      "per_class_recall": cls["per_class_recall"], "confusion": cls["confusion"],
                      **{f"val_{k}": v for k, v in val_m.items()},
-                     "auroc_all_labelled": all_m["auroc"], "best_epoch": 0, "history": []},
+                     "auroc_all_labelled": all_m["auroc"], "history": []},
+            warnings=warnings,
             timings={"started": started, "train_seconds": fit_seconds, "seconds_per_epoch": fit_seconds,
                      "device": "cpu", "world_size": 1, "feature_engine": feat_engine.name},
         )
+        run.eval_npz.unlink(missing_ok=True)  # its reference scores are the replaced model's (rebuilt on demand)
     return manifest
 
 

@@ -43,6 +43,16 @@ def auroc(labels: np.ndarray, s: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, s))
 
 
+def worse_than_chance(auroc_value: float | None, where: str = "held-out") -> str | None:
+    """A warning when an AUROC is below 0.5 (a coin would rank the images better), else None."""
+    if auroc_value is None or auroc_value >= 0.5:
+        return None
+    return (f"{where} AUROC {auroc_value:.3f} is worse than chance (0.5): to these features the defect images "
+            "look more normal than the good ones. Check that the good and defect folders are not swapped "
+            "(--ok-class names the good one), then that the defects are visible at this input size and resize "
+            "(--input-size, --resize)")
+
+
 def decision_metrics(s: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """AUROC, F1, false-reject and escape rates of normalised scores ``s`` against labels (0 good,
     1 defect); a rate is None when its class has no images."""

@@ -11,22 +11,118 @@ The runner reports what ran (``precision``, ``float_precision``).
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from ..errors import require
+from ..errors import MissingExtraError, require
 from .base import RunnerSpec
 
 _HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 
+# Why every OpenVINO call here goes through one ov.Core (``shared_core``), and NNCF's work through
+# ``signal_stack_kept``: the segfault of issue 24 (finetune -> export cpu-openvino-int8 -> bench in one
+# process, SIGSEGV with si_code SI_KERNEL while the main thread slept or waited for a child, or heap
+# corruption found later by Python's allocator). OpenVINO's CPU plugin (2026.4, plugin.cpp
+# ``SigAltStackSetup``) gives the thread that loads it, once per ov.Core, an alternate signal stack it
+# mmaps, and on release puts back the stack it found, if its own is still installed, then unmaps its
+# own. Two Cores alive at once and released in creation order (speed_check's float and INT8 runners in a
+# dict, bench's candidate and float runners) leave the thread's alternate stack pointing at the first
+# one's unmapped pages (seen under gdb: 0x7ffff79f6000, 11,568 bytes, not in /proc/self/maps). Python
+# installs every signal handler with SA_ONSTACK, and fine-tuning with DataLoader workers leaves torch's
+# SIGCHLD handler installed for good, so the next child to exit (bench's memory probe) made the kernel
+# write the signal frame there: SIGSEGV when the pages were still unmapped, silent corruption of
+# whatever had been mapped there since. Not two OpenMP runtimes, TBB or NNCF's torch backend: the stale
+# stack is there after export with no torch DataLoader at all (workers=0 only hides it: no handler, so
+# no signal frame), and under a gdb breakpoint on sigaltstack ONNX Runtime and NNCF's ONNX backend never
+# call it. One Core for the process loads the plugin once and never releases it.
+_CORE: Any = None
+_CORE_LOCK = threading.Lock()
+
+
+def shared_core() -> Any:
+    """The process's one ``ov.Core`` (see above): runners, export checks and the quantiser all use it."""
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            _CORE = require("openvino", "openvino").Core()
+        return _CORE
+
+
+_SS_DISABLE = 2  # sigaltstack's "no alternate stack" flag, the same on every Linux architecture
+
+
+def _libc_stack() -> tuple[Any, Any] | None:
+    """libc and its ``stack_t``, or None off Linux (OpenVINO's plugin sets the stack on Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    class StackT(ctypes.Structure):  # stack_t on every Linux ABI: pointer, int flags, size_t size
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    return ctypes.CDLL(None, use_errno=True), StackT
+
+
+def _stack_now(libc: Any, stack_t: Any) -> Any:
+    import ctypes
+
+    now = stack_t()
+    libc.sigaltstack(None, ctypes.byref(now))
+    return now
+
+
+def _usable(libc: Any, stack: Any) -> bool:
+    """Off, or in mapped memory (msync fails with ENOMEM on an unmapped range)."""
+    import ctypes
+    import mmap
+
+    if stack.ss_flags & _SS_DISABLE:
+        return True
+    sp = stack.ss_sp or 0
+    start = sp - sp % mmap.PAGESIZE
+    return libc.msync(ctypes.c_void_p(start), ctypes.c_size_t(sp + stack.ss_size - start), 1) == 0  # MS_ASYNC
+
+
+def signal_stack_usable() -> bool:
+    """Whether this thread's alternate signal stack is off or in mapped memory (a signal handled on an
+    unmapped one kills the process with SIGSEGV); True where there is none to check."""
+    api = _libc_stack()
+    return api is None or _usable(api[0], _stack_now(*api))
+
+
+@contextlib.contextmanager
+def signal_stack_kept() -> Iterator[None]:
+    """Run a block that may create and release ov.Cores we do not own (NNCF compiles through its own)
+    and leave this thread's alternate signal stack as the block found it (see above), so a Core released
+    out of order inside cannot leave it on unmapped memory. One already unusable is switched off."""
+    import ctypes
+
+    api = _libc_stack()
+    if api is None:
+        yield
+        return
+    libc, stack_t = api
+    before = _stack_now(libc, stack_t)
+    if not _usable(libc, before):
+        before = stack_t(None, _SS_DISABLE, 0)
+    try:
+        yield
+    finally:
+        now = _stack_now(libc, stack_t)
+        if (now.ss_sp, now.ss_flags, now.ss_size) != (before.ss_sp, before.ss_flags, before.ss_size):
+            libc.sigaltstack(ctypes.byref(before), None)
+
 
 def availability(device: str) -> str | None:
     try:
-        import openvino as ov
-    except ImportError:
+        devices = shared_core().available_devices
+    except MissingExtraError:
         return "openvino is not installed (pip install 'edge-tl[openvino]')"
-    devices = ov.Core().available_devices
     if not any(d.split(".")[0] == device.upper().split(".")[0] for d in devices):
         return f"OpenVINO device {device} not present (have: {', '.join(devices)})"
     return None
@@ -53,8 +149,7 @@ class OpenVINORunner:
     backend = "openvino"
 
     def __init__(self, spec: RunnerSpec) -> None:
-        ov = require("openvino", "openvino")
-        self._core = ov.Core()
+        self._core = shared_core()
         self._device = spec.device.upper()
         self._model = self._core.read_model(str(spec.model_path))
         self._config = cpu_config(spec.threads, spec.precision) if self._device == "CPU" else {}
@@ -109,7 +204,7 @@ class OpenVINOStreams:
     def __init__(self, spec: RunnerSpec, streams: int | None = None) -> None:
         ov = require("openvino", "openvino")
         self._ov = ov
-        self._core = ov.Core()
+        self._core = shared_core()
         self._device = spec.device.upper()
         self._model = self._core.read_model(str(spec.model_path))
         config: dict[str, object] = {"PERFORMANCE_HINT": "THROUGHPUT"}
@@ -182,7 +277,7 @@ def profile_layers(spec: RunnerSpec, batch: np.ndarray, calls: int = 50) -> dict
     from collections import defaultdict
 
     ov = require("openvino", "openvino")
-    core = ov.Core()
+    core = shared_core()
     device = spec.device.upper()
     config = (cpu_config(spec.threads, spec.precision) if device == "CPU" else {}) | {"PERF_COUNT": True}
     x = np.ascontiguousarray(batch, dtype=np.float32)

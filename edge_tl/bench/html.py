@@ -23,11 +23,13 @@ from ..errors import ArtifactError
 from ..manifest import write_bytes
 from .hostload import describe, describe_spread, unreliable_label
 from .labels import eval_set_key, eval_set_text, load_short, measured_text, precision_text, session_id
-from .report import is_anomaly, missing_class_note
+from .report import is_anomaly, missing_class_note, source_text
 
 # Okabe–Ito: distinguishable with the common colour-vision deficiencies, readable on white.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#8C6D31", "#000000"]
 REF_COLOR = "#8a8a8a"
+# Text pages stay 1,400 px wide for reading; the run index (body.index) takes up to 1,860 px so its table
+# of 13-15 columns fits a 1,920 px screen whole (narrower screens scroll it, the verdict stays in view).
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1f2328;
  max-width:1400px;margin:20px auto;padding:0 16px;line-height:1.4}
@@ -45,7 +47,9 @@ td.st{white-space:normal;text-align:left;max-width:360px}
 .grid{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}figure{margin:8px 0}
 figcaption{font-size:12.5px;color:#57606a;max-width:900px}svg{max-width:100%;height:auto}
 svg text{font-family:inherit}details{margin:6px 0}summary{cursor:pointer;color:#0969da}
-.wide{overflow-x:auto}td.when{min-width:170px}
+.wide{overflow-x:auto}td.when{min-width:170px}td.fmt{min-width:150px}
+td.verdict{text-align:left}td.reason{white-space:normal;text-align:left;color:#57606a}
+body.index{max-width:1860px}.mark{white-space:normal}
 """
 
 
@@ -63,6 +67,12 @@ def _f(v: Any, digits: int = 3, unit: str = "") -> str:
 
 def _pct(v: Any, digits: int = 1) -> str:
     return "–" if v is None else f"{100 * v:.{digits}f} %"
+
+
+def _limit(v: float) -> str:
+    """A threshold or limit, the same wherever it is printed (a legend and the text beside it): four
+    significant digits, so a limit of 0.999531 reads 0.9995, not "1.000" next to a legend's 0.999531."""
+    return f"{v:.4g}"
 
 
 class _Axis:
@@ -327,11 +337,11 @@ def _legend(x: float, y: float, items: list[tuple[str, str, str | None]]) -> lis
 
 def score_histogram_svg(good: Any, defect: Any, threshold: float = 1.0,
                         title: str = "Anomaly scores: good vs defect images",
-                        names: tuple[str, str] = ("good", "defect"),
+                        names: tuple[str, str | None] = ("good", "defect"),
                         xlabel: str = "anomaly score / threshold (above 1: rejected as defect)") -> str:
     """Overlaid histograms (same bins) of the normalised scores of good and defect images (or any two
     sets, ``names``), with the shipped threshold as a vertical line: how far apart the sets are, and
-    which side each lands on."""
+    which side each lands on. ``defect`` None (and ``names[1]`` None): one set only."""
     g, d = _finite(good), _finite(defect)
     if not len(g) and not len(d):
         return '<p class="sub">No scores in this report.</p>'
@@ -362,6 +372,8 @@ def score_histogram_svg(good: Any, defect: Any, threshold: float = 1.0,
     body.append(f'<text transform="translate(18,{(top + bottom) / 2}) rotate(-90)" text-anchor="middle">'
                 'images</text>')
     for counts, color, name, css in ((hg, GOOD_COLOR, names[0], "good"), (hd, DEFECT_COLOR, names[1], "defect")):
+        if name is None:
+            continue
         for k, c in enumerate(counts):
             if not c:
                 continue
@@ -373,9 +385,10 @@ def score_histogram_svg(good: Any, defect: Any, threshold: float = 1.0,
     body.append(f'<line class="threshold" x1="{xt:.1f}" y1="{top - 4}" x2="{xt:.1f}" y2="{bottom}" '
                 f'stroke="#cf222e" stroke-width="2" stroke-dasharray="5,3"/>'
                 f'<text x="{xt + 4:.1f}" y="{top + 8}" fill="#cf222e">threshold</text>')
-    body += _legend(w - right + 16, top + 12, [(GOOD_COLOR, f"{names[0]} ({len(g)})", None),
-                                               (DEFECT_COLOR, f"{names[1]} ({len(d)})", None),
-                                               ("#cf222e", f"threshold ({threshold:g})", "5,3")])
+    sets = [(GOOD_COLOR, f"{names[0]} ({len(g)})", None)]
+    if names[1] is not None:
+        sets.append((DEFECT_COLOR, f"{names[1]} ({len(d)})", None))
+    body += _legend(w - right + 16, top + 12, [*sets, ("#cf222e", f"threshold ({_limit(threshold)})", "5,3")])
     return _svg(w, h, title, body)
 
 
@@ -469,8 +482,9 @@ def anomaly_figures(plot: dict[str, Any] | None) -> str:
 
 
 def _status(r: dict[str, Any]) -> str:
+    """The index row's verdict (a skipped row's reason has a cell of its own)."""
     if r.get("skipped"):
-        return f'<span class="skip">skipped</span>: {_e(r["skipped"])}'
+        return '<span class="skip">skipped</span>'
     return '<span class="pass">passed</span>' if r.get("passed") else '<span class="fail">FAILED</span>'
 
 
@@ -495,7 +509,8 @@ def gates_table(reports: list[dict[str, Any]], with_target: bool = True) -> str:
     for r in reports:
         for g in r.get("gates") or []:
             ok = g.get("passed")
-            verdict = f'<span class="{"pass" if ok else "fail"}">{"pass" if ok else "FAIL"}</span>'
+            verdict = ('<span class="sub">not measured</span>' if ok is None and "passed" in g  # --no-latency
+                       else f'<span class="{"pass" if ok else "fail"}">{"pass" if ok else "FAIL"}</span>')
             rows.append("<tr>" + (f'<td>{_e(r["target"])}</td>' if with_target else "")
                         + f'<td>{_e(g["name"])}</td><td>{_gate_value(g["name"], g.get("limit"))}</td>'
                         f'<td>{_gate_value(g["name"], g.get("value"))}</td><td>{verdict}</td></tr>')
@@ -537,10 +552,11 @@ def _points(reports: list[dict[str, Any]], key: str = "top1") -> tuple[list[dict
     return pts, ref_top1
 
 
-def _page(title: str, body: str) -> str:
+def _page(title: str, body: str, css_class: str = "") -> str:
+    cls = f' class="{css_class}"' if css_class else ""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{CSS}</style></head>'
-            f'<body>{body}</body></html>\n')
+            f'<body{cls}>{body}</body></html>\n')
 
 
 def _kv(d: dict[str, Any]) -> str:
@@ -558,8 +574,16 @@ def _host(host: dict[str, Any]) -> str:
     return f"host{name}: {_e(host['cpu'])}{cores}"
 
 
+# Notes of bench/run.py that a page already shows in a section of its own: the unreliable-timing box
+# and the out-of-distribution section. Printed again as notes, the same verdict stood twice on the page.
+_UNRELIABLE_NOTE, _OOD_NOTE = "UNRELIABLE TIMING", "out of distribution:"
+
+
 def _notes(r: dict[str, Any]) -> str:
-    return "".join(f'<div class="note">{_e(n)}</div>' for n in r.get("notes") or [])
+    """The target page's notes, less those the page already shows in a section of its own."""
+    shown = (_UNRELIABLE_NOTE,) * bool(unreliable_label(r)) + (_OOD_NOTE,) * bool(r.get("ood"))
+    return "".join(f'<div class="note">{_e(n)}</div>' for n in r.get("notes") or []
+                   if not (shown and str(n).startswith(shown)))
 
 
 def _unreliable_box(r: dict[str, Any]) -> str:
@@ -583,7 +607,10 @@ def render_html(report: dict[str, Any]) -> str:
              f'measured {_e(measured_text(r))}, session {_e(session_id(r))}',
              _host(host), _e(describe(r["host_load"])) if "host_load" in r and not r.get("skipped") else ""]
     out = ['<p class="sub"><a href="index.html">all targets of this run</a></p>',
-           f'<h1>{_e(name)} {_badge(r)}</h1><p class="sub">{"<br>".join(f for f in facts if f)}</p>',
+           f'<h1>{_e(name)} {_badge(r)}</h1>'
+           # beside the verdict: a pruned candidate's drop is pruning and INT8 together (bench item 7)
+           + (f'<p><b>{_e(source_text(cand.get("source")))}</b></p>' if source_text(cand.get("source")) else "")
+           + f'<p class="sub">{"<br>".join(f for f in facts if f)}</p>',
            _unreliable_box(r), _notes(r)]
     anomaly = is_anomaly(r)
     if r.get("skipped"):
@@ -659,7 +686,9 @@ def render_html(report: dict[str, Any]) -> str:
         if anomaly:
             out.append(f"<h2>Anomaly scores</h2>{anomaly_figures(r.get('anomaly_plot'))}")
         pts, ref_top1 = _points([r], "auroc" if anomaly else "top1")
-        no_ref = "" if rl else " The reference latency was not measured on this host (no torch)."
+        no_ref = ("" if rl else " Nothing was timed (--no-latency: accuracy only)."
+                  if r.get("latency_measured") is False else " The reference latency was not measured on this host "
+                  "(no torch).")
         scatter = (scatter_svg(pts, ref_top1, "AUROC vs latency", metric="AUROC") if anomaly
                    else scatter_svg(pts, ref_top1))
         out.append(f"<h2>Latency</h2><figure>{latency_svg(_lat_rows(r, PALETTE[0]))}"
@@ -695,15 +724,25 @@ def ood_html(ood: dict[str, Any] | None) -> str:
     distributions of the validation images (in distribution) and of this report's images."""
     if not ood:
         return ""
-    val = ood.get("validation_scores") or []
-    fig = score_histogram_svg(val, ood.get("scores") or [], ood["limit"],
-                              title="Out-of-distribution scores: validation images vs this report's images",
-                              names=("validation", str(ood.get("data") or "this data")),
-                              xlabel="ood score (1.0: the export's threshold; right of the limit: review)")
+    val, scores = ood.get("validation_scores") or [], ood.get("scores") or []
+    xlabel = "ood score (1.0: the export's threshold; right of the limit: review)"
+    # A bench on the run's own validation split scores the very images the export kept: two series
+    # would be drawn exactly on top of each other, so it is drawn once and the caption says why.
+    same = bool(val) and sorted(val) == sorted(scores)
+    if same:
+        fig = score_histogram_svg(scores, None, ood["limit"], names=("validation images", None), xlabel=xlabel,
+                                  title="Out-of-distribution scores of this report's images")
+        note = ("<figcaption>This report's images are the validation images the limit was set on: one "
+                "distribution.</figcaption>")
+    else:
+        fig = score_histogram_svg(val, scores, ood["limit"],
+                                  title="Out-of-distribution scores: validation images vs this report's images",
+                                  names=("validation", str(ood.get("data") or "this data")), xlabel=xlabel)
+        note = ""
     return (f'<h2>Out-of-distribution score</h2><p><b>{_pct(ood.get("share_flagged"))}</b> of the {ood["n"]} '
-            f'images of {_e(ood.get("data"))} score above the limit {_f(ood["limit"], 3)} (<span class="sub">'
+            f'images of {_e(ood.get("data"))} score above the limit {_limit(ood["limit"])} (<span class="sub">'
             f'{_e(ood.get("limit_source"))}</span>): the runtime sends them to review as out_of_distribution. '
-            f'The score is fitted on {_e(ood.get("fitted_on"))}.</p><figure>{fig}</figure>')
+            f'The score is fitted on {_e(ood.get("fitted_on"))}.</p><figure>{fig}{note}</figure>')
 
 
 def adaptation_html(adaptation: dict[str, Any] | None) -> str:
@@ -809,33 +848,39 @@ def _index_group(group: list[dict[str, Any]], k: int, n_groups: int) -> list[str
     metric_heads = ("<th>AUROC</th><th>AUROC drop</th><th>F1</th><th>false reject</th><th>escape</th>"
                     "<th>decision agreement</th>" if anomaly else
                     "<th>top-1</th><th>bal. acc.</th><th>drop</th><th>agreement</th>")
-    head = ("<tr><th>target</th><th>format / precision</th>" + metric_heads +
-            "<th>p50</th><th>p95</th><th>speed-up</th><th>throughput mode</th><th>size</th>"
-            "<th style='text-align:left'>measured · session · host load</th>"
-            "<th style='text-align:left'>status</th></tr>")
+    # The verdict comes right after the target: at the far right of 15 columns it was cut off (1,920 px)
+    # or scrolled out of view; a skipped row has no figures, so its reason spans their columns instead of
+    # being squeezed into a last column one word per line.
+    head = ("<tr><th>target</th><th style='text-align:left'>status</th><th>format / precision</th>" + metric_heads
+            + "<th>p50</th><th>p95</th><th>speed-up</th><th>throughput mode</th><th>size</th>"
+            "<th style='text-align:left'>measured · session · host load</th></tr>")
+    n_figures = head.count("<th") - 2
     rows = []
     for r in sorted(group, key=lambda r: r["target"]):
         c = r.get("candidate") or {}
         lat = c.get("latency_ms") or {}
         link = f'<a href="{_e(_link(r))}">{_e(r["target"])}</a>'
+        if r.get("skipped"):
+            rows.append(f"<tr><td>{link}</td><td class=verdict>{_status(r)}</td>"
+                        f"<td class=reason colspan={n_figures}>{_e(r['skipped'])}</td></tr>")
+            continue
         fmt = f'{_e(c["format"])} / {_e(precision_text(c))}' if c.get("format") else "–"
         label = unreliable_label(r)
-        warn = (f'<br><span class="fail" title="{_e("; ".join(r.get("unreliable_reasons") or []))}">'
+        warn = (f'<br><span class="fail mark" title="{_e("; ".join(r.get("unreliable_reasons") or []))}">'
                 f"⚠ unreliable: {_e(label)}</span>") if label else ""
         tm = (c.get("throughput_mode") or {}).get("images_per_s")
-        when = "–" if r.get("skipped") else (f'{_e(measured_text(r))}<br><span class="sub">{_e(session_id(r))}'
-                                             f'</span><br>{_e(load_short(r.get("host_load")))}')
+        when = (f'{_e(measured_text(r))}<br><span class="sub">{_e(session_id(r))}</span><br>'
+                f'{_e(load_short(r.get("host_load")))}')
         metrics = (f"<td>{_f(c.get('auroc'), 4)}</td><td>{_f(c.get('auroc_drop'), 4)}</td>"
                    f"<td>{_f(c.get('f1'), 3)}</td><td>{_pct(c.get('false_reject_rate'), 2)}</td>"
                    f"<td>{_pct(c.get('escape_rate'), 2)}</td><td>{_pct(c.get('decision_agreement'), 2)}</td>"
                    if anomaly else
                    f"<td>{_pct(c.get('top1'), 2)}</td><td>{_pct(c.get('balanced_accuracy'), 2)}</td>"
                    f"<td>{_f(c.get('top1_drop'), 2, ' pts')}</td><td>{_pct(c.get('agreement'), 2)}</td>")
-        rows.append(f"<tr><td>{link}</td><td class=st>{fmt}</td>{metrics}"
+        rows.append(f"<tr><td>{link}</td><td class=verdict>{_status(r)}</td><td class='st fmt'>{fmt}</td>{metrics}"
                     f"<td>{_f(lat.get('p50'), 2, ' ms')}</td><td>{_f(lat.get('p95'), 2, ' ms')}</td>"
                     f"<td>{_f(r.get('speedup'), 2, '×')}{warn}</td><td>{_f(tm, 0, ' img/s')}</td>"
-                    f"<td>{_f(c.get('size_mb'), 2, ' MB')}</td><td class='st when'>{when}</td>"
-                    f"<td class=st>{_status(r)}</td></tr>")
+                    f"<td>{_f(c.get('size_mb'), 2, ' MB')}</td><td class='st when'>{when}</td></tr>")
     title = eval_set_text(group[0])
     if anomaly:
         ref_line = (f"reference: full model, torch fp32, AUROC {_f(facts['reference_auroc'], 4)} on this evaluation "
@@ -852,8 +897,11 @@ def _index_group(group: list[dict[str, Any]], k: int, n_groups: int) -> list[str
         out.append(f'<div class="note sessions">These rows come from {len(facts["sessions"])} different bench '
                    f'sessions ({_e(", ".join(facts["sessions"]))}): their timings were taken at different times '
                    "and host loads (see each row); compare latencies across sessions with care.</div>")
-    if facts["busy_rows"]:
-        out.append(f'<div class="note">Timed on a busy host: {_e(", ".join(facts["busy_rows"]))}.</div>')
+    # A busy row's own UNRELIABLE TIMING note (below the table) already says so, with the reasons.
+    said = {r["target"] for r in group if any(str(n).startswith(_UNRELIABLE_NOTE) for n in r.get("notes") or [])}
+    busy = [t for t in facts["busy_rows"] if t not in said]
+    if busy:
+        out.append(f'<div class="note">Timed on a busy host: {_e(", ".join(busy))}.</div>')
     out.append(f"<div class=wide><table>{head}{''.join(rows)}</table></div>")
     out.append("".join(f'<div class="note"><b>{_e(r["target"])}</b>: {_e(n)}</div>'
                        for r in group for n in r.get("notes") or []))
@@ -894,7 +942,7 @@ def render_index(reports: list[dict[str, Any]], title: str) -> str:
         out.append('<h2>Candidate confusion matrices</h2><p class="sub">Rows: true class; columns: predicted '
                    'class; shade: share of the row (green: correct, red: confused).</p>'
                    f'<div class="grid">{"".join(cms)}</div>')
-    return _page(title, "".join(out))
+    return _page(title, "".join(out), "index")
 
 
 def index_json(reports: list[dict[str, Any]], title: str) -> dict[str, Any]:

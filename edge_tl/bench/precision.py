@@ -22,46 +22,71 @@ _OV_LAYERS = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropD
 
 def count_onnx(path: Path) -> tuple[int, int]:
     """(INT8 layers, layers) of an ONNX graph."""
+    layers, _ = onnx_layers(path)
+    return sum(q for _, q in layers), len(layers)
+
+
+def onnx_layers(path: Path) -> tuple[list[tuple[str, bool]], set[str]]:
+    """Every layer of an ONNX graph as (node name, runs in INT8), and the graph's output names."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
     producer = {out: node.op_type for node in graph.node for out in node.output}
-    int8 = total = 0
+    layers: list[tuple[str, bool]] = []
     for node in graph.node:
         if node.op_type in _ONNX_INT8:
-            int8 += 1
-            total += 1
+            layers.append((node.name, True))
         elif node.op_type in _ONNX_LAYERS:
-            total += 1
             ins = [producer.get(i) for i in node.input[:2]]
-            int8 += len(ins) == 2 and all(p == "DequantizeLinear" for p in ins)
-    return int8, total
+            layers.append((node.name, len(ins) == 2 and all(p == "DequantizeLinear" for p in ins)))
+    return layers, {o.name for o in graph.output}
 
 
 def count_openvino(path: Path) -> tuple[int, int]:
     """(INT8 layers, layers) of an OpenVINO IR: a layer is INT8 when its data input is quantised."""
-    import openvino as ov
+    layers, _ = openvino_layers(path)
+    return sum(q for _, q in layers), len(layers)
 
-    model = ov.Core().read_model(str(path))
-    int8 = total = 0
+
+def openvino_layers(path: Path) -> tuple[list[tuple[str, bool]], set[str]]:
+    """Every layer of an OpenVINO IR as (friendly name, runs in INT8), and the model's output names."""
+    from ..backends.openvino_ import shared_core
+
+    model = shared_core().read_model(str(path))
+    layers: list[tuple[str, bool]] = []
     for op in model.get_ordered_ops():
         if op.get_type_name() not in _OV_LAYERS:
             continue
-        total += 1
         src = op.input_value(0).get_node()
         for _ in range(2):  # look through a layout or type change between the quantiser and the layer
             if src.get_type_name() in ("Reshape", "Convert", "Transpose"):
                 src = src.input_value(0).get_node()
-        int8 += src.get_type_name() == "FakeQuantize"
-    return int8, total
+        layers.append((op.get_friendly_name(), src.get_type_name() == "FakeQuantize"))
+    return layers, {name for out in model.outputs for name in out.get_names()}
 
 
-def label(precision: str, int8: int, total: int) -> str:
-    if precision == "float":
+def by_design(outputs: set[str], float_names: list[str]) -> tuple[list[str], str | None]:
+    """Of the float layers ``float_names``, those no quantiser may touch (the OOD score's distance, an
+    anomaly graph's distance part: ``stages.quantize.backend.float_names``), and what they are."""
+    from ..ood import OOD_OUTPUT
+    from ..stages.quantize.backend import ANOMALY_OUTPUT
+    from ..stages.quantize.backend import float_names as fixed_float
+
+    kept = fixed_float(outputs, float_names)
+    if not kept:
+        return [], None
+    return kept, "anomaly distance" if ANOMALY_OUTPUT in outputs else "OOD score" if OOD_OUTPUT in outputs else None
+
+
+def label(precision: str, int8: int, total: int, design: int = 0, why: str | None = None) -> str:
+    """"int8 (53 of 55 layers INT8; 2 float by design (OOD score))": ``design`` of the float layers are
+    float on purpose (the export's "0 layer(s) in float" counts only the ones the fallback kept)."""
+    extra = f"; {design} float by design ({why or 'fixed float part'})" if design else ""
+    if precision == "float":  # every layer float: which of them had to be says nothing more
         return f"float ({total - int8} of {total} layers kept float)"
     if precision == "mostly float":
-        return f"mostly float ({total - int8} of {total} layers kept float, {int8} INT8)"
-    return f"int8 ({int8} of {total} layers INT8)"
+        return f"mostly float ({total - int8} of {total} layers kept float, {int8} INT8{extra})"
+    return f"int8 ({int8} of {total} layers INT8{extra})"
 
 
 def state(int8: int, total: int) -> str:
@@ -75,13 +100,19 @@ def precision_state(folder: Path, model_file: str, backend: str, manifest: dict[
     """For an INT8 export: ``{precision, int8_layers, layers, float_layers, label, counted_from}``.
 
     ``precision`` is "int8", "mostly float" or "float"; ``label`` reads e.g. "int8 (61 of 64 layers
-    INT8)" or "float (65 of 65 layers kept float)". None when neither the graph nor the manifest says.
+    INT8)", "int8 (53 of 55 layers INT8; 2 float by design (OOD score))" or "float (65 of 65 layers kept
+    float)". ``float_by_design``: float layers no quantiser may touch (not the fallback's). None when
+    neither the graph nor the manifest says.
     """
     path = folder / model_file
     counted: tuple[int, int] | None = None
     source = "graph"
+    design: list[str] = []
+    why: str | None = None
     try:
-        counted = count_openvino(path) if path.suffix == ".xml" else count_onnx(path)
+        layers, outputs = openvino_layers(path) if path.suffix == ".xml" else onnx_layers(path)
+        counted = sum(q for _, q in layers), len(layers)
+        design, why = by_design(outputs, [name for name, q in layers if not q])
     except Exception as exc:  # noqa: BLE001 - a missing library or an unreadable graph: use the manifest
         log.debug("cannot count the INT8 layers of %s: %s", path, exc)
     if not counted or not counted[1]:
@@ -92,9 +123,11 @@ def precision_state(folder: Path, model_file: str, backend: str, manifest: dict[
             return None
         counted, source = (max(0, int(total) - kept), int(total)), "manifest (fallback.candidates - float_layers)"
     int8, total = counted
-    st = state(int8, total)
+    # Judged on the layers a quantiser may touch: a float-by-design part is not an accuracy fallback.
+    st = state(int8, total - len(design))
     return {"precision": st, "int8_layers": int8, "layers": total, "float_layers": total - int8,
-            "label": label(st, int8, total), "counted_from": source}
+            "float_by_design": len(design), "float_by_design_what": why, "float_by_design_layers": design,
+            "label": label(st, int8, total, len(design), why), "counted_from": source}
 
 
 def precision_text(cand: dict[str, Any] | None) -> str:

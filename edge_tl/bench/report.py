@@ -47,6 +47,41 @@ def missing_class_note(cand: dict[str, Any]) -> str | None:
     return None
 
 
+def source_text(source: dict[str, Any] | None, short: bool = False) -> str | None:
+    """"candidate from prune (30 % of channels removed); the pruned float model alone: top-1 drop 1.20
+    points vs the reference (from ...)", or None for a candidate of the full fine-tuned model. Every
+    comparison is with the full model, so a pruned candidate's drop is pruning and INT8 together.
+    ``short``: "from prune (pruned float model: top-1 drop 1.20 points)" for a table cell."""
+    if not source or source.get("stage") in (None, "finetune"):
+        return None
+    drop = source.get("float_top1_drop")
+    if short:
+        return f"from {source['stage']}" + ("" if source["stage"] != "prune" else
+                                           " (pruned float model: top-1 drop not known)" if drop is None else
+                                           f" (pruned float model: top-1 drop {drop:.2f} points)")
+    text = f"candidate from {source['stage']}"
+    if source["stage"] != "prune":
+        return text
+    if source.get("ratio") is not None:
+        text += f" ({100 * source['ratio']:.0f} % of channels removed)"
+    return text + ("; the pruned float model alone: top-1 drop not known" if drop is None else
+                   f"; the pruned float model alone: top-1 drop {drop:.2f} points vs the reference "
+                   f"(from {source.get('float_from')})")
+
+
+def not_measured(report: dict[str, Any]) -> list[str]:
+    """The gates a bench did not measure (a latency gate under ``--no-latency``)."""
+    return [g["name"] for g in report.get("gates") or [] if g.get("passed") is None]
+
+
+def verdict_text(report: dict[str, Any], upper: bool = False) -> str:
+    """"passed", "FAILED", or "passed (max_p95_ms not measured)": a gate not measured is neither.
+    ``upper``: "PASSED" for the Markdown page's closing line."""
+    verdict = ("PASSED" if upper else "passed") if report.get("passed") else "FAILED"
+    missing = not_measured(report)
+    return verdict + (f" ({', '.join(missing)} not measured)" if missing else "")
+
+
 def headline(report: dict[str, Any]) -> str:
     """One console line of an anomaly report: the figures a QC decision rests on."""
     ref, cand = report.get("reference") or {}, report.get("candidate") or {}
@@ -59,7 +94,7 @@ def headline(report: dict[str, Any]) -> str:
     return (f"{report['target']}: AUROC {_fmt(cand.get('auroc'), 4)} (reference {_fmt(ref.get('auroc'), 4)}), "
             f"decision agreement {pct(cand.get('decision_agreement'))}, "
             f"false-reject {pct(cand.get('false_reject_rate'))}, escape {pct(cand.get('escape_rate'))}, "
-            + ("passed" if report.get("passed") else "FAILED"))
+            + verdict_text(report))
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -109,8 +144,10 @@ def markdown(report: dict[str, Any]) -> str:
         return "not evaluated" if table[c] is None else _fmt(table[c])
 
     rows += [(f"recall: {c}", recall(ref_recall, c), recall(cand_recall, c)) for c in classes]
+    came = source_text(cand.get("source"))
     lines = [f"# {report['target']}", "", f"Evaluation set: {eval_set_text(report)}.",
              *([f"Reference: {ref['model']}."] if ref.get("model") else []),
+             *([f"{came[0].upper()}{came[1:]}."] if came else []),
              f"Measured: {measured_text(report)}, session {session_id(report)}; host load "
              f"{load_short(report.get('host_load'))}.", "", "| | reference | candidate |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
@@ -122,7 +159,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"**Not evaluated:** {missing}."]
     label = unreliable_label(report)
     mark = f" (unreliable: {label})" if label else ""
-    lines += ["", f"**speedup** (reference p50 / candidate p50): {_fmt(report.get('speedup'), 2)}×{mark}", ""]
+    if report.get("latency_measured") is False:
+        lines += ["", "**speedup**: not measured (--no-latency: accuracy only, nothing timed)", ""]
+    else:
+        shared = (ref.get("latency_shared") or {}).get("timed_with")
+        mark += f" (reference timed once, with {shared}, and shared)" if shared else ""
+        lines += ["", f"**speedup** (reference p50 / candidate p50): {_fmt(report.get('speedup'), 2)}×{mark}", ""]
     if label:
         # The console prints this page: say it next to the speedup, not only in the notes below.
         why = "; ".join(report.get("unreliable_reasons") or (report.get("host_load") or {}).get("reasons") or [])
@@ -136,20 +178,22 @@ def markdown(report: dict[str, Any]) -> str:
     lay = report.get("layers")
     if lay:
         lines += [layers_text(lay), ""]
-    if "host_load" in report:
+    if "host_load" in report and report.get("latency_measured") is not False:  # nothing timed, no load
         lines += [describe(report["host_load"]), ""]
     lines += ["| gate | limit | value | passed |", "|---|---|---|---|"]
     # AUROC drops of 0.0025 vs a 0.01 limit need the 4th digit; classifier gates keep 3
     digits = {"max_auroc_drop": 4, "min_decision_agreement": 4}
     lines += [f"| {g['name']} | {_fmt(g['limit'], digits.get(g['name'], 3))} | "
-              f"{_fmt(g['value'], digits.get(g['name'], 3))} | {'yes' if g['passed'] else '**NO**'} |"
+              f"{_fmt(g['value'], digits.get(g['name'], 3))} | "
+              f"{'not measured' if g['passed'] is None else 'yes' if g['passed'] else '**NO**'} |"
               for g in report["gates"]]
     for note in report.get("notes", []):
         lines.append(f"\n> {note}")
-    verdict = "PASSED" if report["passed"] else "FAILED"
+    verdict = verdict_text(report, upper=True)
     if unevaluated:
         verdict += f" (not evaluated: {', '.join(unevaluated)})"
-    lines.append(f"\n**{verdict}**\n")
+    # The verdict of a pruned candidate is pruning and INT8 together: say so beside it.
+    lines.append(f"\n**{verdict}**" + (f" ({came})" if came else "") + "\n")
     return "\n".join(lines)
 
 
@@ -199,6 +243,9 @@ def _summary(reports: list[dict[str, Any]], anomaly: bool) -> str:
         c = r.get("candidate") or {}
         lat = c.get("latency_ms") or {}
         status = f"skipped: {r['skipped']}" if r.get("skipped") else ("yes" if r["passed"] else "NO")
+        extra = [] if r.get("skipped") else [t for t in (source_text(c.get("source"), short=True),
+                                                         *(f"{n} not measured" for n in not_measured(r))) if t]
+        status += f" ({'; '.join(extra)})" if extra else ""
         label = unreliable_label(r)
         speedup = _fmt(r.get("speedup"), 2) + (f" (UNRELIABLE: {label})" if label else "")
         tm = (c.get("throughput_mode") or {}).get("images_per_s")

@@ -14,6 +14,12 @@ written apart from the run's own reports (``reports/data-<name>-<sha8>/``). The 
 measured in a fresh process (:mod:`.memory`); an INT8 target's precision is what its graph computes in
 (:mod:`.precision`); besides batch-1 latency, the throughput with several requests in flight is
 measured (``throughput_mode``).
+
+The torch reference is timed once per bench invocation for each threads / batch / input size / device
+and shared by the targets that match (``reference.latency_shared``): torch eager is the slow half of a
+bench. ``latency=False`` (``--no-latency``) measures accuracy only. Each report says which stage its
+candidate came from (``candidate.source``; a pruned one with the pruned float model's own drop) and
+which export it measured (``candidate.target_manifest_sha256``, checked by ``bundle``).
 """
 
 from __future__ import annotations
@@ -33,9 +39,9 @@ from typing import Any
 import numpy as np
 
 from ..backends import RunnerSpec, availability, open_runner, open_streams, profile_layers
-from ..errors import EdgeTLError
+from ..errors import ConfigError, EdgeTLError
 from ..evalset import EvalSet, ensure_eval_set, eval_set_from_folder, load_eval_set, with_reference
-from ..manifest import host_info, versions
+from ..manifest import host_info, sha256_file, versions
 from ..rundir import RunDir
 from ..targets import Target, builtin_targets, get_target
 from .accuracy import agreement, classification_metrics
@@ -96,9 +102,10 @@ def _size_mb(folder: Path, model_file: str) -> float:
     return sum(f.stat().st_size for f in files if f.exists()) / 1e6
 
 
-def measure(runner: Any, evalset: EvalSet, target: Target, latency: bool = True) -> dict[str, Any]:
+def measure(runner: Any, evalset: EvalSet, target: Target, latency: bool = True,
+            throughput: bool = True) -> dict[str, Any]:
     """Accuracy over the whole eval set, batch-1 latency (unless ``latency`` is False) and batched
-    throughput of one runner."""
+    throughput (unless ``throughput`` is False) of one runner."""
     bs = target.batch_size
     logits = np.concatenate([runner.run(evalset.inputs[i:i + bs]) for i in range(0, len(evalset.inputs), bs)])
     x1 = evalset.inputs[:1]
@@ -106,21 +113,89 @@ def measure(runner: Any, evalset: EvalSet, target: Target, latency: bool = True)
     return {
         "logits": logits,
         "latency_ms": measure_latency(runner.run, x1, target.warmup, target.iterations) if latency else None,
-        "throughput_ips": measure_throughput(runner.run, xb),
+        "throughput_ips": measure_throughput(runner.run, xb) if throughput else None,
     }
 
 
-def _gates(target: Target, values: dict[str, float | None]) -> list[dict[str, Any]]:
+NOT_MEASURED = "not measured"
+
+
+def _gates(target: Target, values: dict[str, float | None], not_measured: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Each gate of ``target`` judged on ``values``; a gate named in ``not_measured`` (latency under
+    ``--no-latency``) is listed with ``passed: None``: neither passed nor failed."""
     out = []
     for name, limit in target.gates.model_dump().items():
         if limit is None:
             continue
         if name not in values:  # a gate of the other task (classifier top-1 vs anomaly AUROC)
             continue
+        if name in not_measured:
+            out.append({"name": name, "limit": limit, "value": None, "passed": None, "status": NOT_MEASURED})
+            continue
         value = values.get(name)
         passed = value is not None and (value >= limit if name.startswith("min_") else value <= limit)
         out.append({"name": name, "limit": limit, "value": value, "passed": bool(passed)})
     return out
+
+
+NO_LATENCY_TEXT = ("nothing was timed: latency, throughput and speedup are not measured, and a latency gate "
+                   "is reported as not measured (neither passed nor failed)")
+
+
+def reference_key(ref_folder: Path, target: Target, evalset: EvalSet) -> tuple[Any, ...]:
+    """What the torch reference's timing depends on: its model, device, threads, batch and input size.
+    Targets of one bench with the same key share one timing of it (``bench_target(ref_cache=...)``)."""
+    return (str(ref_folder.resolve()), _reference_device(target), target.threads, target.batch_size,
+            tuple(evalset.inputs.shape[1:]))
+
+
+def gates_passed(gates: list[dict[str, Any]]) -> bool:
+    """True when no measured gate failed (a gate not measured counts neither way)."""
+    return all(g["passed"] is not False for g in gates)
+
+
+def candidate_source(run: RunDir, manifest: dict[str, Any], evalset: EvalSet, reference_top1: float,
+                     target: Target, say: Steps, cache: dict[tuple[Any, ...], dict[str, Any]] | None = None,
+                     ) -> dict[str, Any]:
+    """Which stage the candidate was exported from and, for a pruned one, the pruned float model's own
+    top-1 drop against the reference: the bench compares with the full model, so a candidate's drop is
+    pruning and quantisation together, and this says how much of it pruning alone costs.
+
+    Measured on ``evalset`` with the pruned torch model where this host has torch; else the prune
+    manifest's validation figures (the same held-out split when no ``--data`` was given). ``cache``: the
+    bench's shared cache (several targets exported from one pruned model measure it once)."""
+    stage = manifest.get("source_stage") or "finetune"
+    out: dict[str, Any] = {"stage": stage}
+    if stage != "prune":
+        return out
+    from ..manifest import read_json
+
+    pm_path = run.prune / "manifest.json"
+    pm = read_json(pm_path) if pm_path.is_file() else {}
+    out["ratio"] = pm.get("ratio")
+    key = ("pruned float", str(run.prune.resolve()))
+    if cache is not None and key in cache:
+        return out | cache[key]
+    if (run.prune / "model.pt").is_file() and availability("torch", "cpu") is None:
+        say("the pruned float model alone (torch fp32): accuracy…")
+        runner = open_runner(RunnerSpec(run.prune, "torch", "cpu", "fp32", target.threads, target.batch_size))
+        try:
+            logits = measure(runner, evalset, target, latency=False, throughput=False)["logits"]
+        finally:
+            runner.close()
+        top1 = classification_metrics(logits, evalset.labels, evalset.classes)["top1"]
+        measured = {"float_top1": top1, "float_top1_drop": (reference_top1 - top1) * 100.0,
+                    "float_agreement": agreement(logits, evalset.logits),
+                    "float_from": f"the pruned torch model on this evaluation set ({len(evalset.labels)} images)"}
+        if cache is not None:
+            cache[key] = measured
+        return out | measured
+    met = pm.get("metrics") or {}
+    if met.get("val_top1") is None:
+        return out | {"float_top1": None, "float_top1_drop": None, "float_from": "not available (no torch here, "
+                      "no prune manifest)"}
+    return out | {"float_top1": met["val_top1"], "float_top1_drop": met.get("val_top1_drop"),
+                  "float_from": "the prune manifest (validation split; no torch on this host)"}
 
 
 def _reference_device(target: Target) -> str:
@@ -225,13 +300,18 @@ def transfer_facts(run: RunDir) -> dict[str, Any] | None:
 
 def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = True,
                  wait_quiet: float = 0.0, session: dict[str, Any] | None = None, layers: bool = False,
-                 steps: Steps | None = None, memory: bool = True, throughput_s: float = 2.0) -> dict[str, Any]:
+                 steps: Steps | None = None, memory: bool = True, throughput_s: float = 2.0,
+                 latency: bool = True, ref_cache: dict[tuple[Any, ...], dict[str, Any]] | None = None,
+                 ) -> dict[str, Any]:
     """Measure one target; returns the report (with ``skipped`` set when this host cannot run it).
 
     ``wait_quiet``: wait up to this many seconds for other processes to leave the CPUs before timing;
     when they never do, the figures are still measured and marked unreliable. ``layers``: also profile
     where one batch-1 call's time goes (``report["layers"]``). ``memory``: measure the candidate's own
     resident memory in a fresh process. ``throughput_s``: seconds of the throughput-mode run (0: skip).
+    ``latency=False``: accuracy only: nothing is timed (latency, throughput and speedup are null, a
+    latency gate is "not measured"). ``ref_cache``: the torch reference's timings by what they depend on
+    (:func:`reference_key`), shared by the targets of one bench invocation: it is timed once, not per target.
     """
     say = steps or Steps(True)
     anomaly = is_anomaly_run(run)
@@ -242,6 +322,7 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
                             "measured_at": _now(), "transfer": transfer_facts(run)}
     base["adaptation"] = adaptation_facts(run, target)
     folder = run.target(target.name)
+    run.check_fresh(folder, target.cli_ref)  # a target of a replaced model is refused, naming the re-export
     ref_model = "full fine-tuned fp32 torch model"
     if (folder / "manifest.json").is_file():
         from ..manifest import read_json
@@ -250,6 +331,7 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
     ref_metrics = classification_metrics(evalset.logits, evalset.labels, evalset.classes)
     reference: dict[str, Any] = {"format": "torch", "precision": "fp32", "model": ref_model,
                                  "top1": ref_metrics["top1"], "balanced_accuracy": ref_metrics["balanced_accuracy"],
+                                 "per_class_recall": ref_metrics["per_class_recall"],
                                  "latency_ms": None, "throughput_ips": None, "size_mb": None}
     reason = availability(target.backend, target.device)
     if reason is None and not (folder / "manifest.json").is_file():
@@ -274,16 +356,18 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
             base["notes"].append(f"the candidate's memory could not be measured: {mem['error']}")
     state = precision_state(folder, target.model_file, target.backend, manifest) if target.quantized else None
     runner = open_runner(spec)
-    wait = wait_for_quiet(wait_quiet) if wait_quiet > 0 else None
+    wait = wait_for_quiet(wait_quiet) if wait_quiet > 0 and latency else None
     flat: dict[str, Any] | None = None
     ref: dict[str, Any] | None = None
     streams_result: dict[str, Any] | None = None
     # The load is recorded from the candidate's first timed call to the reference's last.
-    with HostLoad(own_threads=target.threads, wait=wait) as load, contextlib.closing(runner):
+    load = HostLoad(own_threads=target.threads, wait=wait) if latency else None
+    with load or contextlib.nullcontext(), contextlib.closing(runner):
         base["measured_at"] = _now()
         say(f"accuracy on {len(evalset.labels)} images, batch-1 latency ({target.iterations} calls), "
-            f"batch-{target.batch_size} throughput…")
-        cand = measure(runner, evalset, target)
+            f"batch-{target.batch_size} throughput…" if latency else
+            f"accuracy on {len(evalset.labels)} images (--no-latency: nothing timed)…")
+        cand = measure(runner, evalset, target, latency=latency, throughput=latency)
         if manifest.get("ood") and hasattr(runner, "run_outputs"):
             base["ood"] = ood_facts(runner, evalset, target, manifest["ood"])
             base["notes"].append(f"out of distribution: {base['ood']['share_flagged']:.1%} of the {base['ood']['n']} "
@@ -301,14 +385,14 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
         x1 = evalset.inputs[:1]
         xb = (np.repeat(evalset.inputs[:1], target.batch_size, axis=0) if len(evalset.inputs) < target.batch_size
               else evalset.inputs[:target.batch_size])
-        if throughput_s > 0:
+        if throughput_s > 0 and latency:
             say(f"throughput mode: several requests in flight at batch {target.batch_size}…")
             streams = open_streams(spec)
             try:
                 streams_result = measure_streams(streams, xb, seconds=throughput_s)
             finally:
                 streams.close()
-        if target.quantized and (folder / "float.onnx").is_file():
+        if target.quantized and (folder / "float.onnx").is_file() and latency:
             say("INT8 vs the float graph on the same backend, alternating blocks…")
             # INT8 has to earn its place: the float graph on the same backend, timed alongside.
             # TensorRT's float baseline is fp16 (an fp32 engine would cost another long build on a Jetson).
@@ -319,9 +403,17 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
                 flat, int8_lat = measure_paired(frunner.run, runner.run, x1, target.warmup, target.iterations)
             finally:
                 frunner.close()
-        if availability("torch", _reference_device(target)) is None:
+        ref_folder = run.adapt if manifest.get("source_stage") == "adapt" else run.finetune
+        key = reference_key(ref_folder, target, evalset)
+        if latency and ref_cache is not None and key in ref_cache:
+            # Timed earlier in this invocation with the same threads, batch, input and device: torch eager
+            # is the slow half of every bench (minutes per target on a busy host), so it is timed once.
+            shared = ref_cache[key]
+            say(f"reference (torch fp32): latency shared with {shared['timed_with']} (timed once in this bench)")
+            ref = {"latency_ms": shared["latency_ms"], "throughput_ips": shared["throughput_ips"],
+                   "shared": {k: shared[k] for k in ("timed_with", "measured_at")}}
+        elif latency and availability("torch", _reference_device(target)) is None:
             say("reference (torch fp32): accuracy, then latency in alternating blocks with the candidate…")
-            ref_folder = run.adapt if manifest.get("source_stage") == "adapt" else run.finetune
             ref_runner = open_runner(RunnerSpec(ref_folder, "torch", _reference_device(target), "fp32",
                                                 target.threads, target.batch_size))
             try:
@@ -333,6 +425,9 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
                                                                        on_block=ticks)
             finally:
                 ref_runner.close()
+            if ref_cache is not None:
+                ref_cache[key] = {"latency_ms": ref["latency_ms"], "throughput_ips": ref["throughput_ips"],
+                                  "timed_with": target.name, "measured_at": _now()}
     layer_info: dict[str, Any] | None = None
     if layers:
         say("per-layer timings (profiler)…")
@@ -341,6 +436,7 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
         except NotImplementedError as exc:
             layer_info = {"error": str(exc)}
     metrics = classification_metrics(cand["logits"], evalset.labels, evalset.classes)
+    source = candidate_source(run, manifest, evalset, ref_metrics["top1"], target, say, ref_cache)
     if state is not None:
         precision = state["precision"]  # "int8", "mostly float" or "float": what the graph computes in
     candidate = {
@@ -350,11 +446,15 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
         "agreement": agreement(cand["logits"], evalset.logits),
         "per_class_recall": metrics["per_class_recall"], "confusion": metrics["confusion"],
         "latency_ms": cand["latency_ms"], "throughput_ips": cand["throughput_ips"],
-        "batch1_ips": 1000.0 / cand["latency_ms"]["p50"], "throughput_mode": streams_result,
+        "batch1_ips": 1000.0 / cand["latency_ms"]["p50"] if cand["latency_ms"] else None,
+        "throughput_mode": streams_result,
         "size_mb": _size_mb(folder, target.model_file),
         "peak_rss_mb": mem.get("process_peak_rss_mb"), "model_rss_mb": mem.get("model_rss_mb"),
         "memory": mem or None,
-        "source_stage": manifest.get("source_stage"), "float_layers": manifest.get("float_layers"),
+        "source_stage": manifest.get("source_stage"), "source": source,
+        # which export this report measured: bundle refuses a report of an older export (re-exported since)
+        "target_manifest_sha256": sha256_file(folder / "manifest.json"),
+        "float_layers": manifest.get("float_layers"),
         "engine": engine, "float_parts_precision": float_parts,
     }
     if flat is not None:
@@ -366,29 +466,45 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
         if ratio < 1.0:
             base["notes"].append(f"INT8 is SLOWER than the float model on this host ({ratio:.2f}× of float "
                                  "speed): ship the float target here")
-    if ref is not None:
+    if ref is not None and ref.get("shared"):
+        reference |= {"latency_ms": ref["latency_ms"], "throughput_ips": ref["throughput_ips"],
+                      "size_mb": (ref_folder / "model.pt").stat().st_size / 1e6, "latency_shared": ref["shared"]}
+        base["timing"] = (f"reference latency timed once in this bench session, alongside "
+                          f"{ref['shared']['timed_with']} (alternating blocks), and shared by every target with the "
+                          f"same threads, batch, input size and device; this candidate timed alone "
+                          f"({target.iterations} calls, {target.threads} threads, {target.warmup} warm-up calls)")
+    elif ref is not None:
         reference |= {"latency_ms": ref["latency_ms"], "throughput_ips": ref["throughput_ips"],
                       "size_mb": (ref_folder / "model.pt").stat().st_size / 1e6}
         base["timing"] = (f"batch-1 latency of the reference and the candidate timed in alternating blocks "
                           f"({target.iterations} calls each, {target.threads} threads, {target.warmup} warm-up calls)")
-    else:
+    elif latency:
         base["notes"].append("no torch on this host: reference accuracy comes from eval.npz, "
                              "its latency was not measured")
-    speedup = reference["latency_ms"]["p50"] / candidate["latency_ms"]["p50"] if reference["latency_ms"] else None
-    speedup_spread = block_ratio_spread(reference["latency_ms"], candidate["latency_ms"]) if ref else None
-    host_load = load.summary()
+    else:
+        base["timing"] = NO_LATENCY_TEXT
+        base["notes"].append(f"accuracy only (--no-latency): {NO_LATENCY_TEXT}")
+    base["latency_measured"] = latency
+    lat_ok = reference["latency_ms"] and candidate["latency_ms"]
+    speedup = reference["latency_ms"]["p50"] / candidate["latency_ms"]["p50"] if lat_ok else None
+    # per-block ratios exist only for timings taken side by side (not for a shared reference)
+    paired = ref is not None and not ref.get("shared")
+    speedup_spread = block_ratio_spread(reference["latency_ms"], candidate["latency_ms"]) if paired else None
+    host_load = load.summary() if load is not None else None
     if wait is not None and wait["quiet"] is not False:
         base["notes"].append(f"waited {wait['waited_s']:.1f} s for a quiet host before timing" if wait["quiet"]
                              else "--wait-quiet: the host's CPU use cannot be measured here, did not wait")
-    unreliable = _reliability(host_load, {"speedup": speedup_spread,
-                                          "INT8 speed-up over float": candidate.get("int8_speedup_spread")})
+    unreliable = _reliability(host_load or {}, {"speedup": speedup_spread,
+                                                "INT8 speed-up over float": candidate.get("int8_speedup_spread")})
     if unreliable:
-        what = "host busy" if host_load["busy"] else "ratio unstable"
+        what = "host busy" if (host_load or {}).get("busy") else "ratio unstable"
         figure = f"speedup {speedup:.2f}× and latencies" if speedup is not None else "latencies"
         base["notes"].append(f"UNRELIABLE TIMING ({what}): {figure} are not to be trusted: " + "; ".join(unreliable)
                              + ". Re-run on a quiet host (or with --wait-quiet SECONDS).")
         log.warning("UNRELIABLE: %s (%s): %s of %s are not to be trusted", what, "; ".join(unreliable),
                     figure, target.name)
+    p95 = (candidate["latency_ms"] or {}).get("p95")
+    not_measured = () if latency else ("max_p95_ms",)
     if anomaly:
         from ..anomaly.metrics import compare
 
@@ -396,26 +512,32 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
         candidate |= figures["candidate"]
         reference |= figures["reference"]
         gates = _gates(target, {"max_auroc_drop": candidate["auroc_drop"],
-                                "min_decision_agreement": candidate["decision_agreement"],
-                                "max_p95_ms": candidate["latency_ms"]["p95"]})
+                                "min_decision_agreement": candidate["decision_agreement"], "max_p95_ms": p95},
+                       not_measured)
     else:
         gates = _gates(target, {"max_top1_drop": candidate["top1_drop"], "min_agreement": candidate["agreement"],
-                                "max_p95_ms": candidate["latency_ms"]["p95"]})
+                                "max_p95_ms": p95}, not_measured)
     if state is not None and state["precision"] != "int8":
         base["notes"].append(f"an INT8 profile whose graph is {state['label']}: it runs as a float model "
                              "with quantise/dequantise hops; compare with the float target")
     report = base | {"reference": reference, "candidate": candidate, "speedup": speedup,
-                     "speedup_spread": speedup_spread, "host_load": host_load, "timing_reliable": not unreliable,
-                     "unreliable_reasons": unreliable, "gates": gates, "passed": all(g["passed"] for g in gates),
+                     "speedup_spread": speedup_spread, "host_load": host_load,
+                     "timing_reliable": not unreliable if latency else None,
+                     "unreliable_reasons": unreliable if latency else None, "gates": gates,
+                     "passed": gates_passed(gates),
                      "skipped": None}
     if layer_info is not None:
         report["layers"] = layer_info
     lat = candidate["latency_ms"]
     headline = (f"AUROC {candidate['auroc']:.4f}, decision agreement {candidate['decision_agreement']:.4f}"
                 if anomaly and candidate.get("auroc") is not None else f"top-1 {100 * candidate['top1']:.2f} %")
-    say(f"done: {headline} on {evalset.describe()['name']}, p50 {lat['p50']:.2f} ms, "
+    from .report import source_text, verdict_text
+
+    came = source_text(source)
+    say(f"done: {headline} on {evalset.describe()['name']}, "
+        + (f"p50 {lat['p50']:.2f} ms, " if lat else "latency not measured (--no-latency), ")
         + (f"{streams_result['images_per_s']:.0f} img/s in throughput mode, " if streams_result else "")
-        + ("passed" if report["passed"] else "FAILED"))
+        + (f"{came}, " if came else "") + verdict_text(report))
     return report
 
 
@@ -449,16 +571,26 @@ def _export_one(run: RunDir, target: Target, quiet: bool, say: Steps) -> str | N
 
 def bench(run_dir: str | Path, targets: list[str] | None, data: str | None = None,
           json_path: str | None = None, quiet: bool = True, wait_quiet: float = 0.0, export: bool = False,
-          layers: bool = False, progress: bool | None = None) -> list[dict[str, Any]]:
+          layers: bool = False, progress: bool | None = None, latency: bool = True) -> list[dict[str, Any]]:
     """Bench the named targets (or, with None, every built-in target) and write their reports.
 
     ``wait_quiet``: before timing each target, wait up to this many seconds for a quiet host.
     ``export``: first export every chosen target this host can run that is not exported yet (the others
     are reported as skipped, with the reason). ``layers``: also record per-layer timings.
-    ``progress``: plain step lines on stderr (default: unless ``quiet``).
+    ``progress``: plain step lines on stderr (default: unless ``quiet``). ``json_path``: also write the
+    report there: one named target's report, or with several (or every built-in) target a JSON list of
+    their reports in bench order (rewritten atomically after each target, so a bench that stops half-way
+    keeps what it measured).
+    ``latency=False``: accuracy only, nothing timed (see :func:`bench_target`). The torch reference is
+    timed once per invocation for each set of threads, batch, input size and device, and shared.
     """
+    from ..manifest import check_writable, write_json
     from .report import write_reports
 
+    if layers and not latency:
+        raise ConfigError("--layers times every layer; it cannot go with --no-latency")
+    if json_path is not None:
+        check_writable(json_path)  # before minutes of benching, not after
     run = RunDir(Path(run_dir))
     steps = Steps(quiet if progress is None else not progress)
     if data is not None:
@@ -473,7 +605,15 @@ def bench(run_dir: str | Path, targets: list[str] | None, data: str | None = Non
     steps.total = len(chosen)
     session = new_session() | {"targets": [t.name for t in chosen], "eval_set_sha256": evalset.describe()["sha256"]}
     out_dir = reports_dir_for(run, evalset, data)
-    reports = []
+    reports: list[dict[str, Any]] = []
+    ref_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+    several = targets is None or len(chosen) > 1  # --json: a list for --all-targets or several targets
+
+    def keep(report: dict[str, Any]) -> None:
+        reports.append(report)
+        if json_path is not None and several:
+            write_json(json_path, reports)
+
     for target in chosen:
         steps.start(target.name)
         if export:
@@ -497,15 +637,15 @@ def bench(run_dir: str | Path, targets: list[str] | None, data: str | None = Non
                 if targets and len(targets) == 1 and not failed:
                     raise EdgeTLError(f"cannot bench {target.name} here: {reason}")
                 write_reports(report, out_dir, None, index_root=run.reports)
-                reports.append(report)
+                keep(report)
                 continue
         report = bench_target(run, target, evalset, quiet, wait_quiet=wait_quiet, session=session,
-                              layers=layers, steps=steps)
+                              layers=layers, steps=steps, latency=latency, ref_cache=ref_cache)
         if targets and len(targets) == 1 and report["skipped"]:
             raise EdgeTLError(f"cannot bench {target.name} here: {report['skipped']}")
-        write_reports(report, out_dir, Path(json_path) if json_path and len(chosen) == 1 else None,
+        write_reports(report, out_dir, Path(json_path) if json_path and not several else None,
                       index_root=run.reports)
-        reports.append(report)
+        keep(report)
     if not steps.quiet:
         print(f"reports: {out_dir}  (run index: {run.reports / 'index.html'})", file=sys.stderr, flush=True)
     return reports

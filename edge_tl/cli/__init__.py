@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Iterator
 
 from ..errors import EdgeTLError, GateFailed
+from ..progress import library_output
 from ._app import GLOBAL_FLAGS, app, state
 
 # Command modules, imported for their registrations (each owns its commands).
@@ -42,12 +43,6 @@ def _setup_logging() -> None:
     logger.propagate = False
 
 
-# Third-party chatter that --quiet also silences: NNCF draws its progress bars ("Statistics
-# collection", "Applying Bias correction") on rich's global console, and torch logs "No CUDA runtime
-# is found" when NNCF loads its extensions. Our own warnings (logger "edge_tl") still print.
-_CHATTY_LOGGERS = ("torch.utils.cpp_extension",)
-
-
 def _wants_quiet(args: list[str]) -> bool:
     """--quiet/-q anywhere before "--" (the global flag or a command's own)."""
     for arg in args:
@@ -57,26 +52,6 @@ def _wants_quiet(args: list[str]) -> bool:
                                 and set(arg[1:]) <= {"q", "v"} and "q" in arg):
             return True
     return False
-
-
-@contextlib.contextmanager
-def _quiet_libraries(quiet: bool) -> Iterator[None]:
-    if not quiet:
-        yield
-        return
-    import rich
-
-    console = rich.get_console()
-    saved = console.quiet, [(name, logging.getLogger(name).level) for name in _CHATTY_LOGGERS]
-    console.quiet = True
-    for name in _CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        console.quiet = saved[0]
-        for name, level in saved[1]:
-            logging.getLogger(name).setLevel(level)
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -166,15 +141,27 @@ def _output_mode() -> Iterator[None]:
             os.environ.pop("COLUMNS", None)
 
 
+def _line_buffered() -> None:
+    """stdout and stderr flushed at each line when they are not a terminal: a pipe or a file otherwise
+    gets stdout in 8 KB blocks, so a stage's summary (stdout) landed after later stages' lines (stderr)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if not stream.isatty():
+                stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):  # a stream without reconfigure (replaced, closed)
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns (and, without ``argv``, exits with) the exit code."""
     _setup_logging()
+    _line_buffered()
     code = 0
     args = hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
     state.verbose = state.quiet = False
     try:
         # Standalone mode: typer/click print usage errors themselves and exit 2.
-        with _quiet_libraries(_wants_quiet(args)), _output_mode():
+        with library_output(_wants_quiet(args)), _output_mode():
             app(args=args, prog_name="edge-tl")
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)

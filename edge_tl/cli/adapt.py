@@ -41,6 +41,9 @@ def adapt(
     anchor: bool = typer.Option(True, "--anchor/--no-anchor", help="AdaBN: first re-anchor the BatchNorm "
                                 "statistics on the fine-tune's training images without changing the model (right "
                                 "for a frozen backbone, whose statistics are ImageNet's); --no-anchor: plain AdaBN."),
+    data: Path = typer.Option(None, "--data", metavar="DIR", help="AdaBN anchor: the fine-tune's images moved "
+                              "here (the same class folders and file names; checked against the sha256 in "
+                              "RUN/finetune/split.json). Default: the folder the run was fine-tuned on."),
     seed: int = typer.Option(0, help="Seed for augmentation, image order and training."),
     device: str = typer.Option("auto", metavar="auto|cpu|cuda", help="auto | cpu | cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
@@ -60,5 +63,5 @@ def adapt(
                              class_factor=class_factor, epochs=epochs, rounds=rounds, tolerance=tolerance,
                              distill=distill, views=views, seed=seed)
     manifest = run_adapt(run, unlabeled, method, target_val, from_, settings=settings, device=device,
-                         quiet=quiet or state.quiet)
+                         quiet=quiet or state.quiet, data=data)
     console().print(f"[green]{describe(manifest)}[/] -> {run / 'adapt'}", highlight=False, soft_wrap=True)

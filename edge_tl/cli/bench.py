@@ -25,14 +25,23 @@ def bench(
     layers: bool = typer.Option(False, "--layers", help="Also print where the time goes: the top layers of one "
                                 "batch-1 call with their time share and precision (OpenVINO performance "
                                 "counters, ONNX Runtime profiler)."),
-    json_path: Path = typer.Option(None, "--json", help="Also write the JSON report here (one target)."),
+    json_path: Path = typer.Option(None, "--json", metavar="PATH", help="Also write the JSON here: with one "
+                                   "target its report, with several (or --all-targets) a JSON list of their "
+                                   "reports in bench order, skipped ones included (written atomically)."),
+    no_latency: bool = typer.Option(False, "--no-latency", help="Accuracy only (a check on new data): time "
+                                    "nothing, neither the reference nor the candidate; latency, throughput and "
+                                    "speedup are null and a latency gate is reported as not measured."),
     wait_quiet: float = typer.Option(0.0, "--wait-quiet", min=0.0, metavar="SECONDS",
                                      help="Before timing, wait up to this long for other processes to leave the "
                                      "CPUs; if they never do, bench anyway and mark the timings unreliable."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Measure accuracy, drift, latency, throughput and memory of targets against the full torch model
-    (for an anomaly run: AUROC, decision agreement, false-reject and escape rates); exit 1 on a failed gate."""
+    (for an anomaly run: AUROC, decision agreement, false-reject and escape rates); exit 1 on a failed gate.
+
+    The torch reference is timed once per bench for each threads / batch / input size / device and shared
+    by the targets that match (the reports say so).
+    """
     from ..bench.report import headline, is_anomaly, layers_text, markdown, summary_table
     from ..bench.run import bench as run_bench
 
@@ -40,8 +49,10 @@ def bench(
         raise ConfigError("give --target NAME (repeatable) or --all-targets")
     reports = run_bench(run, None if all_targets else list(target), data=str(data) if data else None,
                         json_path=str(json_path) if json_path else None, quiet=quiet or state.quiet,
-                        wait_quiet=wait_quiet, export=export, layers=layers)
+                        wait_quiet=wait_quiet, export=export, layers=layers, latency=not no_latency)
     print(markdown(reports[0]) if len(reports) == 1 else summary_table(reports))
+    if no_latency:
+        print("\nlatency not measured (--no-latency): accuracy only; latency gates are neither passed nor failed")
     anomaly = [r for r in reports if is_anomaly(r)]
     if anomaly:
         # The tables above are wide; a QC decision rests on these four figures, so close with them

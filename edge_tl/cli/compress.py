@@ -30,16 +30,22 @@ def prune(
     steps: int = typer.Option(None, help="Pruning rounds, each followed by recovery (default: 1 for "
                               "head recovery + l2, else one per 10 % of ratio, up to 5)."),
     device: str = typer.Option("auto", metavar="auto|cpu|cuda", help="auto | cpu | cuda (recovery and calibration)."),
+    data: Path = typer.Option(None, "--data", metavar="DIR", help="The run's images moved here (the same class "
+                              "folders and file names; checked against the sha256 in RUN/finetune/split.json). "
+                              "Default: the folder the run was fine-tuned on."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Remove whole channels from the fine-tuned model, fine-tune to recover, save RUN/prune/.
 
-    Needs the train extra (torch, torch-pruning): pip install 'edge-tl[train]'.
+    Before it starts it prints the plan and its estimated time here (timed on a few images). End-to-end
+    recovery (the default for a linear fine-tune) takes minutes per epoch on a CPU; --recover head takes
+    a feature pass. Needs the train extra (torch, torch-pruning): pip install 'edge-tl[train]'.
     """
     require_training()
     from ..stages.prune import describe
     from ..stages.prune import prune as run_prune
 
     manifest = run_prune(run, ratio, recover_epochs=recover_epochs, importance=importance, steps=steps,
-                         quiet=quiet or state.quiet, device=device, recover=recover, round_to=round_to)
+                         quiet=quiet or state.quiet, device=device, recover=recover, round_to=round_to,
+                         data=data)
     console().print(f"[green]{describe(manifest)}[/] -> {run / 'prune'}", highlight=False)

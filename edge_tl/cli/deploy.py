@@ -48,25 +48,36 @@ def bundle(
                                     "(out_of_distribution). Default: calibrated on this target's validation "
                                     "scores at the export's false-alarm rate (about 1.0 for fp32)."),
     no_ood: bool = typer.Option(False, "--no-ood", help="Do not review out-of-distribution images."),
+    allow_failed: bool = typer.Option(False, "--allow-failed", help="Ship a target whose bench failed, or that has "
+                                      "no bench report of this export (refused otherwise); bundle.json records it."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
-    """Package an exported target for a device: model, preprocessing, policy, hashes, golden images."""
+    """Package an exported target for a device: model, preprocessing, policy, hashes, golden images.
+
+    The target must have passed `edge-tl bench` (RUN/reports/TARGET.json, of this export) unless
+    --allow-failed is given.
+    """
     from ..progress import console
     from ..stages.bundle import bundle as run_bundle
 
     m = run_bundle(run, target, out, golden, ok_classes=list(ok_class or []) or None,
                    defect_classes=list(defect_class or []) or None, max_false_reject=max_false_reject,
                    ok_threshold=ok_threshold, defect_threshold=defect_threshold, max_escape=max_escape,
-                   ood_limit=ood_limit, use_ood=not no_ood, quiet=quiet or state.quiet)
+                   ood_limit=ood_limit, use_ood=not no_ood, allow_failed=allow_failed, quiet=quiet or state.quiet)
     g = m["golden"]
     console().print(
         f"[green]bundled[/] {m['target']['name']} -> {out}: {len(g['images'])} golden images (max |Δlogit| "
         f"vs torch {g['reference_max_abs_logit_diff']:.2e}); {policy_line(m['policy'])}", soft_wrap=True)
+    if (m.get("bench") or {}).get("allowed_failed"):
+        from rich.markup import escape
+
+        console().print(f"[red]shipped with --allow-failed:[/] {escape(m['bench']['why'])}", soft_wrap=True)
 
 
 def policy_line(p: dict) -> str:
     """The shipped QC policy and what it did on the validation images, in one line."""
-    oks = ", ".join(p["ok_classes"]) or "none"
+    # With no ok class nothing can pass: say what the policy will do, not just "none".
+    oks = ", ".join(p["ok_classes"]) or "none (no ok class: every part will be defect or review)"
     v, tuned = p["validation"], p.get("tuning") or {}
     if "target_escape" in tuned or "target_false_reject" in tuned:
         what, target = (("escape", tuned["target_escape"]) if "target_escape" in tuned
@@ -160,9 +171,10 @@ def predict(
     """Classify images, video files or camera streams with a bundle (no torch needed).
 
     One line per image or frame. A time is this image's share of its inference call (the call's time
-    divided by the images in it). Exit 2 when the bundle was changed (one line naming the file), a
-    stream cannot be opened, or an image cannot be read (every other image still gets its answer; the
-    bad one an error line).
+    divided by the images in it). An image that is missing or cannot be read gets an error line in its
+    place (with --json a JSON line with path and error) and every other image still gets its answer;
+    then the command exits 2. It exits 2 at once when the bundle was changed (one line naming the file),
+    a stream cannot be opened, or none of the images given exists.
     """
     import time
 
@@ -175,16 +187,24 @@ def predict(
     if (fps is not None or max_frames is not None) and not streams_given:
         raise EdgeTLError("--fps and --max-frames apply to video files and streams; none was given")
     groups: list[tuple[str, list[Path] | str]] = []  # in the order given: ("files", [...]) or ("stream", src)
+    missing: list[Path] = []  # named but not there: an error line in its place, the others still answered
     for p in paths:
         if _is_stream(p):
             groups.append(("stream", p))
         else:
-            files = _expand([Path(p)], require=False)
+            path = Path(p)
+            if path.is_dir() or path.is_file():
+                files = _expand([path], require=False)
+            else:
+                files = [path]
+                missing.append(path)
             if groups and groups[-1][0] == "files":
                 groups[-1][1].extend(files)  # type: ignore[union-attr]
             else:
                 groups.append(("files", files))
-    if not streams_given and not any(what for _, what in groups):
+    if not streams_given and all(f in missing for _, what in groups for f in what):
+        if missing:  # nothing to classify: no need to load the bundle to say so
+            raise EdgeTLError(f"no such file or folder: {', '.join(map(str, missing))}")
         raise EdgeTLError(f"no images found in {', '.join(paths)}")
     failed: list[str] = []
     total = 0
@@ -204,6 +224,9 @@ def predict(
                 start = time.perf_counter()
                 inputs, good, errors = [], [], {}
                 for f in chunk:  # decoded one by one: a bad file is its own error, never the chunk's
+                    if f in missing:
+                        errors[f] = f"{f}: no such file or folder"
+                        continue
                     try:
                         inputs.append(rt.prepare(str(f), color=color))
                         good.append(f)
@@ -302,7 +325,10 @@ def watch(
     """Classify each new image in FOLDER exactly once, appending results to a log (restart-safe); or
     each frame of a camera stream, one log line per frame (frame index and time in the line).
 
-    Runs until SIGTERM/Ctrl-C (or --once; a video file ends by itself).
+    Runs until SIGTERM/Ctrl-C (or --once; a video file ends by itself). A folder deleted and re-created
+    (or a log deleted) is followed: the lock is taken again and results go on in a new log at the same
+    path, with a warning; if another watch took the new folder first, this one stops (exit 2). The
+    summary counts only results in the log on disk.
     """
     import signal
 
@@ -333,13 +359,18 @@ def watch(
             if not (once or state.quiet):
                 print(f"watching {folder} with {bundle} ({rt.backend}); results -> {w.log.path}",
                       file=sys.stderr)
-            total = w.run(poll, once=once, stop=stop)
+            w.run(poll, once=once, stop=stop)
+            # Only the lines in the log on disk now: a log deleted with its folder holds nothing to open.
             counts = ", ".join(f"{k} {v}" for k, v in sorted(w.counts.items())) or "nothing new"
             extra = "".join(f"; {len(names)} {what}: {', '.join(sorted(names)[:10])}"
                             for what, names in (("non-image file(s) ignored", w.ignored),
                                                 ("file(s) still changing, left for the next run", w.pending))
                             if names)
-            print(f"watch: {total} image(s) logged to {w.log.path} ({counts}){extra}", file=sys.stderr)
+            if w.log.dropped:
+                extra += (f"; {w.log.dropped} result(s) logged earlier went to a log since deleted or replaced "
+                          "(its folder cleaned)")
+            print(f"watch: {sum(w.counts.values())} image(s) logged to {w.log.path} ({counts}){extra}",
+                  file=sys.stderr)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

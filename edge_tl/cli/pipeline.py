@@ -14,22 +14,27 @@ from ._app import app, require_training, state
 @app.command("run")
 def run_cmd(pipeline: Path = typer.Argument(..., metavar="PIPELINE.toml", help="Pipeline file: one table per "
                                                  "stage (docs/pipeline.md, examples/)."),
-            quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output.")) -> None:
+            quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+            force: bool = typer.Option(False, "--force", help="Run every stage again, even those whose outputs "
+                                       "are up to date.")) -> None:
     """Run finetune -> prune -> export -> bench -> bundle as one file describes; exit 1 on a failed gate.
 
     Every key of the file is an option of the command of the same name; docs/pipeline.md lists them all.
-    Needs the train extra (torch): pip install 'edge-tl[train]'.
+    The whole file is checked before any stage runs (paths, target names, the bundle's options against the
+    data's classes). On a re-run, a stage whose outputs are up to date (same settings, same inputs by
+    sha256, outputs untouched since; recorded in RUN/pipeline.json) is skipped with "skip STAGE: up to
+    date (--force to redo)". Needs the train extra (torch): pip install 'edge-tl[train]'.
     """
-    from ..pipeline import load_pipeline as _check
+    from ..pipeline import check_pipeline
 
-    _check(pipeline)  # a bad file is reported before anything heavy is imported
+    check_pipeline(pipeline)  # a bad file is reported before anything heavy is imported, or any work
     require_training()
     from ..bench.report import summary_table
     from ..errors import GateFailed
     from ..pipeline import load_pipeline, run_pipeline
     from .train import finetune_summary
 
-    tuned, reports, shipped = run_pipeline(pipeline, quiet=quiet or state.quiet)
+    tuned, reports, shipped = run_pipeline(pipeline, quiet=quiet or state.quiet, force=force)
     if tuned:
         out = Path(load_pipeline(pipeline).finetune.out)
         console().print(finetune_summary(tuned, out if out.is_absolute() else pipeline.parent / out),

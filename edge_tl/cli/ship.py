@@ -25,6 +25,9 @@ def export(
     qat: int = typer.Option(0, "--qat", metavar="N", help="INT8: quantisation-aware training for N epochs "
                             "(distilled from the float model) instead of post-training quantisation; for models "
                             "whose INT8 graph misses the gate. 0: off."),
+    data: Path = typer.Option(None, "--data", metavar="DIR", help="The run's images moved here (the same class "
+                              "folders and file names; checked against the sha256 in RUN/finetune/split.json). "
+                              "Default: the folder the run was fine-tuned on."),
     no_ood: bool = typer.Option(False, "--no-ood", help="No ood_score output (out-of-distribution score) in "
                                 "the classifier's graph."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
@@ -33,7 +36,7 @@ def export(
     from ..stages.export import export as run_export
 
     m = run_export(run, target, calibration=calibration, source=from_, quiet=quiet or state.quiet,
-                   qat_epochs=qat, ood=not no_ood)
+                   qat_epochs=qat, ood=not no_ood, data=data)
     v = m.get("validation")
     check = (f"agreement {v['agreement']:.4f}, max |Δlogit| {v['max_abs_logit_diff']:.2e} on {v['n']} images"
              if v else "not validated on this host")

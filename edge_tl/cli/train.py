@@ -22,7 +22,9 @@ def finetune(
                                 "the new run keeps its preprocessing) | PATH to a state_dict."),
     mode: str = typer.Option("linear", metavar="linear|partial|full",
                              help="linear (frozen backbone, cached features) | partial | full."),
-    epochs: int = typer.Option(None, help="Epochs (default: 30 linear, 8 partial/full)."),
+    epochs: int = typer.Option(None, help="Epochs (default: 30 linear; partial: 20 on a CPU, where the frozen "
+                               "layers run once and an epoch is cheap, 8 on a GPU or with --progressive; 8 full). "
+                               "Early stopping (--patience) may end sooner; the manifest records both."),
     unfreeze: int = typer.Option(3, help="partial: number of last blocks to train."),
     progressive: bool = typer.Option(False, "--progressive", help="partial: unfreeze one more block per epoch."),
     lr: float = typer.Option(None, help="Learning rate of the head."),
@@ -68,7 +70,7 @@ def finetune(
     clusters: str = typer.Option("auto", metavar="auto|K", help="anomaly (padim): modes of the good images (k-means), "
                                  "one Gaussian per position each; auto picks 1-3 on the --val threshold half "
                                  "(one mode without defect images)."),
-    holdout: float = typer.Option(None, metavar="FRACTION", help="anomaly: good images kept out of the bank for "
+    holdout: float = typer.Option(None, metavar="FRACTION", help="anomaly: good images kept out of the fit for "
                                   "the threshold and the figures (default 0.2 without --val, 0 with it)."),
     max_false_reject: float = typer.Option(None, metavar="RATE", help="anomaly: set the threshold so that the "
                                            "false-reject rate's 95 % upper bound is within RATE (default with "
@@ -120,14 +122,26 @@ def finetune(
         console().print(finetune_summary(manifest, out), soft_wrap=True)
 
 
+def epochs_text(metrics: dict) -> str:
+    """"best epoch 3/20, stopped early after 8": 1-based, as the progress bar counts. Manifests written
+    before ``metrics.epochs`` existed have a 0-based ``best_epoch``."""
+    e = metrics.get("epochs") or {"best": metrics.get("best_epoch", 0) + 1, "run": len(metrics.get("history", [])),
+                                  "planned": 0}
+    text = f"best epoch {e['best']}" + (f"/{e['planned']}" if e["planned"] else "")
+    return text + (f", stopped early after {e['run']}" if 0 < e["run"] < e["planned"] else "")
+
+
 def finetune_summary(manifest: dict, out: Path) -> str:
     """Two lines: validation top-1, balanced accuracy and time; per-class recall. With ``--baseline
-    scratch`` a third: transfer against scratch, and the classes where transfer lowered recall."""
+    scratch`` a third: transfer against scratch, and the classes where transfer lowered recall. An
+    anomaly run's manifest gets ``anomaly_summary``."""
+    if manifest.get("task") == "anomaly":
+        return anomaly_summary(manifest, out)
     m, t = manifest["metrics"], manifest["timings"]
     recalls = ", ".join(f"{c} {'not evaluated' if r is None else f'{r:.3f}'}" for c, r in m["per_class_recall"].items())
     text = (f"[green]fine-tuned[/] {manifest['arch']} ({manifest['mode']}) on {manifest['data']['n_images']} images: "
             f"val top-1 {m['val_top1']:.4f}, balanced accuracy {m['val_balanced_accuracy']:.4f} "
-            f"(best epoch {m['best_epoch']}), {t['train_seconds']:.1f} s on {t['device']} -> {out / 'finetune'}\n"
+            f"({epochs_text(m)}), {t['train_seconds']:.1f} s on {t['device']} -> {out / 'finetune'}\n"
             f"per-class recall (validation): {recalls}")
     b = m.get("baseline")
     if b:
@@ -142,7 +156,8 @@ def finetune_summary(manifest: dict, out: Path) -> str:
 
 
 def anomaly_summary(manifest: dict, out: Path) -> str:
-    """Two lines: the bank, threshold rule and time; the held-out figures."""
+    """Two lines: what was fitted (PatchCore's bank, PaDiM's Gaussians), threshold rule and time; the
+    held-out figures. Then one line per warning of the manifest (a held-out AUROC below chance)."""
     m, b, t = manifest["metrics"], manifest["bank"], manifest["timings"]
 
     def f(v: float | None) -> str:
@@ -151,10 +166,16 @@ def anomaly_summary(manifest: dict, out: Path) -> str:
     clusters = manifest["method"].get("clusters") or {}
     modes = clusters.get("k", 1)
     modes_text = (f" in {modes} mode{'s' if modes > 1 else ''} ({clusters.get('rule')})" if clusters else "")
+    if manifest["method"]["name"] == "padim":  # bank.entries counts patch positions: there is no bank
+        model = (f"one {b['dim']}-dim Gaussian per patch position{' and mode' if modes > 1 else ''} "
+                 f"({b['entries']} positions{f' x {modes} modes' if modes > 1 else ''}, {b['mb']:.1f} MB)")
+    else:
+        model = f"bank {b['entries']} x {b['dim']} ({b['mb']:.1f} MB)"
+    warnings = "".join(f"\n[yellow]warning:[/] {w}" for w in manifest.get("warnings", []))
     return (f"[green]fitted[/] {manifest['method']['name']} on {manifest['data']['train_good']} good images"
-            f"{modes_text} ({manifest['arch']}): bank {b['entries']} x {b['dim']} ({b['mb']:.1f} MB), threshold "
+            f"{modes_text} ({manifest['arch']}): {model}, threshold "
             f"{manifest['threshold']['raw']:.4g} ({manifest['threshold']['rule']}), {t['train_seconds']:.1f} s "
             f"-> {out / 'finetune'}\n"
             f"held out ({m['val_n_good']} good, {m['val_n_defect']} defect): AUROC {f(m['val_auroc'])}, "
             f"F1 {f(m['val_f1'])}, false-reject {f(m['val_false_reject_rate'])}, escape {f(m['val_escape_rate'])}; "
-            f"AUROC on all labelled images {f(m['auroc_all_labelled'])}")
+            f"AUROC on all labelled images {f(m['auroc_all_labelled'])}{warnings}")

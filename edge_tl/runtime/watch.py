@@ -26,6 +26,12 @@ Guarantees and how they are kept:
 * **Every file is accounted for.** Images are the files with the suffix of a format Pillow reads (and
   raw ``.npy`` frames); any other file is named once in a warning and counted as ignored.
 * One watcher per log: a second one on the same log is refused (an advisory lock on ``LOG.lock``).
+* **A folder deleted and re-created is followed** (a camera's drop folder is often cleaned that way, and
+  the default log and its lock live inside it). Before each listing and around each append the watcher
+  checks that the log and lock it holds are still the files at their paths; when they are not, it takes
+  the lock anew at the path (or stops, with an error, if a second watcher took it first: never two on one
+  folder's images), begins a new log there with a warning, and re-writes a batch whose lines went to a
+  file deleted while they were written. Counts and the exit summary name only lines in the log on disk.
 
 Log formats: JSON lines (``.jsonl``, default) or CSV (``.csv``) with the columns of ``FIELDS``.
 """
@@ -65,6 +71,9 @@ DEFAULT_LOG = "edge-tl-results.jsonl"
 WATCHED_SUFFIXES = (*IMAGE_SUFFIXES, ".npy")
 
 Key = tuple[str, int, int]  # (file name, size, mtime_ns)
+
+# A log deleted while each of this many appends was written is given up on (a cleaner in a loop).
+_APPEND_TRIES = 3
 
 DRIFT_WINDOW = 200
 # The export calibrates the ood threshold so that about 1 % of validation images exceed it; 10 % of the
@@ -120,7 +129,65 @@ class ResultLog:
         self.csv = suffix == ".csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = None
+        self._lock_fd: int | None = None
         self._columns = FIELDS
+        # Lines this process appended to the file now at ``path``, by decision; ``dropped``: lines it
+        # appended to earlier files at the path that were since deleted or replaced.
+        self.counts: Counter[str] = Counter()
+        self.dropped = 0
+        self.generation = 0  # how many times the lock or the log was taken anew at the path
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def lock(self) -> None:
+        """Hold ``LOG.lock`` (one watcher per log); EdgeTLError when another watcher holds it."""
+        if self._lock_fd is None:
+            self._lock_fd = take_lock(self.path)
+
+    def holds(self) -> bool:
+        """Whether the lock held (if any) is still the lock file at its path."""
+        return self._lock_fd is None or _same_file(self._lock_fd, self.lock_path)
+
+    def refresh(self) -> bool:
+        """True (and a warning) when the open log is no longer the file at ``path``: it is closed, and its
+        lines move from ``counts`` to ``dropped``; the next append begins a new log at the path."""
+        if self._fd is None or _same_file(self._fd, self.path):
+            return False
+        lost = sum(self.counts.values())
+        os.close(self._fd)
+        self._fd = None
+        self.dropped += lost
+        self.counts.clear()
+        log.warning("result log %s was deleted or replaced (its folder cleaned or re-created?): results go on "
+                    "in a new log at that path%s", self.path,
+                    f"; {lost} result(s) logged before by this watcher are not in it" if lost else "")
+        return True
+
+    def ensure(self, create: bool = True) -> bool:
+        """Follow a log or lock file deleted or replaced under this writer; True when one was taken anew.
+
+        A log whose file is no longer the one at ``path`` is closed (``refresh``). A lock no longer at its
+        path is taken again there: EdgeTLError when another watcher holds the new one. ``create``: make
+        the log's folder if it is gone (a batch classified before its folder was deleted still gets a log
+        a person can open); without it, a missing folder is waited for.
+        """
+        changed = self.refresh()
+        if not self.holds():
+            if not create and not self.path.parent.is_dir():
+                return changed  # gone: listing it fails too; taken again once it is back
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = take_lock(self.path)  # a second watcher that started in the new folder first wins
+            assert self._lock_fd is not None
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = fd
+            changed = True
+            log.warning("lock %s was deleted (its folder cleaned or re-created?); taken again", self.lock_path)
+        if changed:
+            self.generation += 1
+        return changed
 
     def repair(self) -> int:
         """Cut a partial last line (a write interrupted by a kill); returns the bytes dropped."""
@@ -170,6 +237,7 @@ class ResultLog:
             new = not self.path.exists()
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             if self.csv and os.fstat(self._fd).st_size == 0:
+                self._columns = FIELDS  # a new file (perhaps replacing an older version's): today's columns
                 self._write(self._csv_lines([{f: f for f in FIELDS}]))
             elif self.csv:  # a log begun by another version keeps its own columns, in its order
                 with open(self.path, newline="", encoding="utf-8") as f:
@@ -203,20 +271,50 @@ class ResultLog:
         return buf.getvalue().encode()
 
     def append(self, records: list[dict[str, Any]]) -> None:
-        """Append whole lines in one write, then fsync."""
+        """Append whole lines in one write, then fsync; returns once they are in the file at ``path``.
+
+        Lines written to a file that was deleted or replaced meanwhile (its folder cleaned) are written
+        again into a new log at the path: no result is counted that a person cannot open.
+        """
         if not records:
             return
-        self._open()
-        if self.csv:
-            data = self._csv_lines(records)
-        else:
-            data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
-        self._write(data)
+        for _ in range(_APPEND_TRIES):
+            try:
+                self.ensure()
+            except EdgeTLError as exc:
+                raise EdgeTLError(f"{exc}; {len(records)} result(s) of this watcher were not logged") from None
+            self._open()
+            if self.csv:
+                data = self._csv_lines(records)
+            else:
+                data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+            self._write(data)
+            if self._fd is not None and _same_file(self._fd, self.path):
+                self.counts.update(str(r.get("decision")) for r in records)
+                return
+        raise EdgeTLError(f"{self.path} was deleted or replaced during each of {_APPEND_TRIES} writes; "
+                          f"{len(records)} result(s) were not logged")
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Close the log and release its lock."""
+        for name in ("_fd", "_lock_fd"):
+            fd = getattr(self, name)
+            setattr(self, name, None)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path`` (not deleted, moved away or replaced)."""
+    st = os.fstat(fd)
+    if st.st_nlink == 0:
+        return False
+    try:
+        now = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
 
 def take_lock(log_path: Path) -> int:
@@ -231,6 +329,15 @@ def take_lock(log_path: Path) -> int:
         os.close(fd)
         raise EdgeTLError(f"another `edge-tl watch` is writing {log_path} (lock {lock_path} is held)") from None
     return fd
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path``, None when it is gone: tells a re-created folder from the old one."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _key(rec: dict[str, Any]) -> Key | None:
@@ -273,12 +380,13 @@ class Watcher:
         self.color = color
         # Only a bundle whose policy uses the ood output can notice a changed world.
         self.drift = (drift or DriftMonitor()) if runtime.ood else None
-        self.counts: Counter[str] = Counter()
         self.ignored: set[str] = set()  # non-image files now in the folder (each named once)
         self._seen: set[Key] = set()
         self._observed: dict[str, _Observed] = {}
         self._listing_failed = False
-        self._lock_fd = self._take_lock()
+        self._folder_id = _identity(self.folder)
+        self.log.lock()
+        self._generation = self.log.generation
         try:
             self._recover()
         except BaseException:
@@ -287,8 +395,32 @@ class Watcher:
 
     # -- state -------------------------------------------------------------------------------------
 
-    def _take_lock(self) -> int:
-        return take_lock(self.log.path)
+    @property
+    def counts(self) -> Counter[str]:
+        """Results by decision that this watcher logged and that are in the log on disk now."""
+        return self.log.counts
+
+    def _follow(self) -> None:
+        """Notice the folder (or just the log) deleted and re-created since the last poll, and follow it.
+
+        The lock is taken again at the path before anything in a new folder is listed (or this watcher
+        stops, when a second one took it first), and the log now at the path is read as on a restart
+        (a folder restored from a copy keeps its images and log: they are not classified again).
+        """
+        try:
+            # A log kept outside the folder whose own folder went is made again; the watched folder is
+            # waited for (its listing fails meanwhile): it is the camera's, not ours to create.
+            self.log.ensure(create=self.folder.is_dir())
+        except EdgeTLError as exc:
+            raise EdgeTLError(f"{self.folder} was re-created and {exc}; this watcher stops") from None
+        now = _identity(self.folder)
+        if now is not None and now != self._folder_id:
+            if self._folder_id is not None:
+                log.warning("watch: %s was deleted and re-created; watching the new folder", self.folder)
+            self._folder_id = now
+        if self.log.generation != self._generation:
+            self._recover()
+            self._generation = self.log.generation  # only once read: a listing that failed is retried
 
     def _listing(self) -> dict[str, Key]:
         """Candidate images directly in the folder: name -> key. Other files are named once, ignored."""
@@ -357,7 +489,10 @@ class Watcher:
     def ready(self) -> list[Key]:
         """Files not yet logged whose size and mtime have held still long enough, oldest first."""
         try:
+            self._follow()
             listing = self._listing()
+            if not self.log.holds():
+                return []  # the folder was replaced while it was listed: taken again on the next poll
         except OSError as exc:  # a network share that dropped: retried next poll, the process lives on
             if not self._listing_failed:
                 log.error("watch: cannot list %s (%s); retrying", self.folder, exc.strerror or exc)
@@ -474,7 +609,6 @@ class Watcher:
             key = (rec["file"], rec["size"], rec["mtime_ns"])
             self._seen.add(key)
             self._observed.pop(key[0], None)
-            self.counts[rec["decision"]] += 1
             if rec["moved_to"]:
                 self._move(key, Path(rec["moved_to"]))
         return len(lines)
@@ -486,7 +620,12 @@ class Watcher:
         are still settling or being given ``error_after`` to change; what is still changing then is left
         for the next run and named.
         """
-        stop = stop or threading.Event()
+        try:
+            return self._run(poll_s, once, stop or threading.Event())
+        finally:
+            self.log.refresh()  # a log deleted after its last line: those results are not counted
+
+    def _run(self, poll_s: float, once: bool, stop: threading.Event) -> int:
         total = 0
         deadline = time.monotonic() + self.settle + self.error_after + 2 * max(poll_s, 1.0)
         while True:
@@ -507,10 +646,6 @@ class Watcher:
     def close(self) -> None:
         """Close the log and release the lock."""
         self.log.close()
-        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
     def __enter__(self) -> Watcher:
         return self

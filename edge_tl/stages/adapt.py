@@ -108,23 +108,24 @@ class AdaptSettings:
 
 def adapt(run_dir: str | Path, unlabeled: str | Path, method: str = "adabn", target_val: str | Path | None = None,
           source: str | None = None, *, settings: AdaptSettings | None = None, device: str = "auto",
-          quiet: bool = True) -> dict[str, Any]:
+          quiet: bool = True, data: str | Path | None = None) -> dict[str, Any]:
     """Adapt RUN's classifier to the images under ``unlabeled`` and write RUN/adapt/; returns its
     manifest (see ``adapt_run``)."""
     return adapt_run(run_dir, unlabeled, method, target_val, source, settings=settings, device=device,
-                     quiet=quiet)[1]
+                     quiet=quiet, data=data)[1]
 
 
 def adapt_run(run_dir: str | Path, unlabeled: str | Path, method: str = "adabn",
               target_val: str | Path | None = None, source: str | None = None, *,
               settings: AdaptSettings | None = None, device: str = "auto",
-              quiet: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+              quiet: bool = True, data: str | Path | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Adapt the classifier of RUN/finetune (``source="prune"``: RUN/prune; None: prune when present)
     to the unlabelled images under ``unlabeled`` (every image below it, sub-folder names ignored) by
     ``method`` (``adabn``, ``self-train`` or ``both``; ``settings.method`` is overridden by it).
 
     ``target_val``: an ImageFolder of the new domain with exactly the run's classes, used only to
     report source-only vs adapted accuracy. Unreadable images are skipped with a warning and recorded.
+    ``data``: where the fine-tune's training images (the AdaBN anchor) were moved (``data.locate_split``).
     Returns the adapted model (eval mode, CPU) and the manifest written to RUN/adapt/manifest.json.
     Raises ArtifactError (no run / model), ConfigError (bad option, an anomaly run), DataError (no
     readable unlabelled image, ``target_val`` unusable or with other classes).
@@ -165,7 +166,7 @@ def adapt_run(run_dir: str | Path, unlabeled: str | Path, method: str = "adabn",
     record: dict[str, Any] = {}
     stages: list[tuple[str, nn.Module]] = [("source", source_model)]
     if st.method in ("adabn", "both"):
-        anchor = _source_images(run) if st.anchor else None
+        anchor = _source_images(run, data) if st.anchor else None
         record["adabn"] = adabn(model, root, samples, pre, dev, anchor=anchor, limit=st.bn_images, seed=st.seed,
                                 batch_size=ft_cfg.batch_size, quiet=quiet)
         if st.method == "both":
@@ -258,16 +259,22 @@ def _target_val(folder: str | Path, classes: list[str]) -> Any:
 # ---------------------------------------------------------------- AdaBN
 
 
-def _source_images(run: RunDir) -> tuple[Path, list[Sample]] | None:
-    """The fine-tune's training images (split.json), or None (with a warning) when they are gone."""
-    from ..data import split_from_json
+def _source_images(run: RunDir, data: str | Path | None = None) -> tuple[Path, list[Sample]] | None:
+    """The fine-tune's training images (split.json), or None (with a warning) when they are gone;
+    under ``data`` when they were moved there (checked by ``locate_split``: DataError on a mismatch)."""
+    from ..data import locate_split, split_from_json
     from ..manifest import read_json
 
-    root, train, _val = split_from_json(read_json(run.finetune / "split.json"))
+    split = read_json(run.finetune / "split.json")
+    if data is not None:
+        moved = locate_split(split, data, origin=str(run.finetune / "split.json"))
+        return moved.root, moved.train
+    root, train, _val = split_from_json(split)
     present = [s for s in train if (root / s.path).is_file()]
     if not present:
         log.warning("the fine-tune's training images under %s are gone: AdaBN replaces the BatchNorm statistics "
-                    "without re-anchoring them on the source (wrong for a frozen backbone)", root)
+                    "without re-anchoring them on the source (wrong for a frozen backbone); if they moved, "
+                    "pass --data NEW_FOLDER", root)
         return None
     return root, present
 

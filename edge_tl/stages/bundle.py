@@ -124,12 +124,54 @@ def _run_chunks(runner: Any, x: np.ndarray, batch: int, output: int = 0) -> np.n
     return np.concatenate([np.asarray(one(x[i:i + batch]), np.float32) for i in range(0, len(x), batch)])
 
 
+def bench_verdict(run: RunDir, t: Target) -> tuple[dict[str, Any], str | None]:
+    """What the run's own bench says of the exported ``t``: ``{report, passed, failed_gates, ...}`` for
+    the bundle manifest, and why it must not ship (None when its bench passed).
+
+    Read from ``RUN/reports/<target>.json`` (a ``--data`` bench is a check on other images, not this
+    verdict). A report of another export (``candidate.target_manifest_sha256`` is not the manifest's
+    sha256 now: re-exported since, or written before reports recorded it) counts as no bench at all.
+    """
+    path = run.reports / f"{t.name}.json"
+    bench_cmd = command("bench", run.root, t)
+    facts: dict[str, Any] = {"report": str(path), "passed": None}
+    if not path.is_file():
+        return facts | {"status": "not benched"}, (f"{t.name} has not been benched ({path} is missing); run "
+                                                   f"`{bench_cmd}` first")
+    report = read_json(path)
+    cand = report.get("candidate") or {}
+    facts |= {"measured_at": report.get("measured_at"), "session": (report.get("session") or {}).get("id")}
+    if report.get("skipped") or not cand:
+        return facts | {"status": "not benched"}, (f"the bench of {t.name} was skipped "
+                                                   f"({report.get('skipped')}); run `{bench_cmd}` where it runs")
+    if cand.get("target_manifest_sha256") != sha256_file(run.target(t.name) / MANIFEST):
+        return facts | {"status": "stale"}, (f"{path} measured another export of {t.name} (exported again "
+                                             f"since, or an older edge-tl); run `{bench_cmd}` again first")
+    failed = [g for g in report.get("gates") or [] if g.get("passed") is False]
+    facts |= {"passed": not failed, "status": "failed" if failed else "passed",
+              "failed_gates": [g["name"] for g in failed],
+              "gates_not_measured": [g["name"] for g in report.get("gates") or [] if g.get("passed") is None]}
+    if not failed:
+        return facts, None
+
+    def show(g: dict[str, Any]) -> str:
+        sign = ">" if g["name"].startswith("max_") else "<"
+        value = "not measured" if g.get("value") is None else f"{g['value']:.4g}"
+        return f"{g['name']} {value} {sign} {g['limit']:g}"
+
+    return facts, f"{t.name} FAILED its bench ({'; '.join(show(g) for g in failed)}; {path})"
+
+
 def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8, *,
            ok_classes: list[str] | None = None, defect_classes: list[str] | None = None,
            max_false_reject: float | None = None, ok_threshold: float | None = None,
            defect_threshold: float = 0.5, max_escape: float | None = None, ood_limit: float | None = None,
-           use_ood: bool = True, quiet: bool = True) -> dict[str, Any]:
+           use_ood: bool = True, allow_failed: bool = False, quiet: bool = True) -> dict[str, Any]:
     """Write the deployment bundle of ``run_dir``'s exported ``target`` to ``out``; returns bundle.json.
+
+    A target whose bench failed, or that has no bench report of this export (:func:`bench_verdict`),
+    is refused (ArtifactError) unless ``allow_failed``; then it ships with a warning, and bundle.json's
+    ``bench`` says so (``allowed_failed``: true).
 
     Policy: ``ok_classes``/``defect_classes`` split the classes (default: see ``make_policy``);
     ``ok_threshold`` fixes the ok threshold, otherwise, when there is an ok class, it is tuned on the
@@ -148,6 +190,7 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
     if not (folder / MANIFEST).is_file():
         raise ArtifactError(f"{t.name} is not exported in {run.root}; run "
                             f"`{command('export', run.root, t)}` first")
+    run.check_fresh(folder, t.cli_ref)  # a target of a replaced model is refused, naming the re-export
     if sum(v is not None for v in (ok_threshold, max_false_reject, max_escape)) > 1:
         raise ConfigError("give one of --ok-threshold, --max-false-reject and --max-escape")
     if n_golden < 1:
@@ -163,6 +206,14 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
     if (max_false_reject is not None or max_escape is not None) and not base_policy.ok_classes:
         raise ConfigError("--max-false-reject and --max-escape need an ok class (a false reject is a good part "
                           "not passed); name it with --ok-class")
+    # after the options are checked (a typo is reported first), before any work
+    verdict, refusal = bench_verdict(run, t)
+    if refusal is not None:
+        if not allow_failed:
+            raise ArtifactError(f"{refusal}; refusing to bundle it (--allow-failed ships it anyway, recorded in "
+                                "bundle.json)")
+        log.warning("shipping anyway (--allow-failed): %s", refusal)
+        verdict |= {"allowed_failed": True, "why": refusal}
     pre = Preprocess.from_dict(tm["preprocessing"])
     files = model_files(t)
     evalset, ref_model = with_reference(run, load_eval_set(ensure_eval_set(run, quiet)), tm, folder)
@@ -271,6 +322,7 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
                            "target_manifest_sha256": sha256_file(folder / MANIFEST),
                            "parent": tm.get("parent"), "export_validation": tm.get("validation")},
                 "versions": versions(),
+                "bench": verdict,
                 "files": {name: sha256_file(tmp / name) for name in all_files},
             }
             write_json(tmp / BUNDLE_JSON, manifest)

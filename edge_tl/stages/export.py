@@ -60,8 +60,12 @@ def run_all(runner: Any, inputs: np.ndarray, batch: int) -> np.ndarray:
 
 
 def export(run_dir: str | Path, target_name: str, calibration: str | None = None,
-           source: str | None = None, quiet: bool = True, qat_epochs: int = 0, ood: bool = True) -> dict[str, Any]:
+           source: str | None = None, quiet: bool = True, qat_epochs: int = 0, ood: bool = True,
+           data: str | Path | None = None) -> dict[str, Any]:
     """Export the run's model for ``target_name``; returns the target manifest.
+
+    ``data``: where the fine-tune's images are now, when they moved (calibration, selection, eval set and
+    the OOD fit read them there; checked against split.json's sha256, ``RunDir.split``).
 
     A classifier's graph gets a second output, ``ood_score`` (``edge_tl/ood.py``, fitted by
     ``stages/ood_fit.py``), unless ``ood`` is False.
@@ -69,7 +73,7 @@ def export(run_dir: str | Path, target_name: str, calibration: str | None = None
     ``qat_epochs`` > 0 (INT8 targets): quantisation-aware training for that many epochs instead of
     post-training quantisation (``stages/qat.py``)."""
     target: Target = get_target(target_name)
-    run = RunDir(Path(run_dir))
+    run = RunDir(Path(run_dir), data=Path(data) if data is not None else None)
     check_writable(run.target(target.name), run.root)  # eval.npz goes to the run; fail before any work
     src = run.source(source)
     model, src_manifest = load_model(src)

@@ -13,11 +13,11 @@ import numpy as np
 from PIL import Image
 
 from ..checkpoint import MODEL_FILE, save_state
-from ..data import ImageFolder, class_counts, scan_image_folder, split_to_json, stratified_split
+from ..data import ImageFolder, class_counts, duplicate_summary, scan_image_folder, split_to_json, stratified_split
 from ..errors import ConfigError, DataError
 from ..manifest import write_json, write_manifest
 from ..models import build_model, count_blocks, preprocessing_for
-from ..preprocess import RESIZE_MODES, Preprocess, crop_loss
+from ..preprocess import RESIZE_MODES, Preprocess, crop_loss, record_bit_depths
 from ..rundir import RunDir
 from ..weights import resolve_weights
 
@@ -106,7 +106,7 @@ def scratch_baseline(transferred: dict[str, Any], scratch: Any, classes: list[st
     gain_bal = transferred["balanced_accuracy"] - scratch.val["balanced_accuracy"]
     return {"kind": "scratch", "val_top1": scratch.val["top1"],
             "val_balanced_accuracy": scratch.val["balanced_accuracy"], "per_class_recall": s_rec,
-            "best_epoch": scratch.best_epoch,
+            "epochs": scratch.epochs(),
             "transfer_gain_top1": transferred["top1"] - scratch.val["top1"],
             "transfer_gain_balanced_accuracy": gain_bal, "per_class_gain": gain,
             "transfer_helped": bool(gain_bal > 0),
@@ -165,7 +165,8 @@ def finetune(data_dir: str | Path, out: str | Path, *, arch: str = "mobilenet_v2
         resize_info.update(requested=resize or mode, reason="the source run's preprocessing (--weights run:)")
     else:
         mode, resize_info = choose_resize(folder, train, pre, resize or "shorter")
-    pre = dataclasses.replace(pre, resize_mode=mode)
+    pre = record_bit_depths(dataclasses.replace(pre, resize_mode=mode),
+                            [folder.root / s.path for s in folder.samples], cfg.quiet)
     if resize == "auto":
         log.info("resize: %s (%s)", mode, resize_info["reason"])
     model = build_model(arch, len(folder.classes), state, seed=cfg.seed)
@@ -204,14 +205,16 @@ def finetune(data_dir: str | Path, out: str | Path, *, arch: str = "mobilenet_v2
             resize=resize_info,
             data={"root": str(folder.root.resolve()), "n_images": len(folder.samples),
                   "train_per_class": class_counts(train, len(folder.classes)),
-                  "val_per_class": class_counts(val, len(folder.classes)), "skipped": skipped},
+                  "val_per_class": class_counts(val, len(folder.classes)), "skipped": skipped,
+                  "duplicates": duplicate_summary(folder.samples)},
             metrics={"val_top1": result.val["top1"], "val_balanced_accuracy": result.val["balanced_accuracy"],
                      "per_class_recall": result.val["per_class_recall"],
-                     "confusion": result.val["confusion"], "best_epoch": result.best_epoch,
+                     "confusion": result.val["confusion"], "epochs": result.epochs(),
                      "history": result.history,
                      **({"baseline": metrics_baseline} if metrics_baseline is not None else {})},
             timings={"started": started, "train_seconds": result.seconds,
                      "seconds_per_epoch": result.seconds_per_epoch, "device": result.device,
                      "world_size": result.world_size},
         )
+        run.eval_npz.unlink(missing_ok=True)  # its reference logits are the replaced model's (rebuilt on demand)
     return manifest

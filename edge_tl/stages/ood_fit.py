@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data import Sample, split_from_json
+from ..data import Sample
 from ..errors import ArtifactError
-from ..manifest import atomic_path, read_json
+from ..manifest import atomic_path
 from ..models import get_arch, get_submodule, set_submodule
 from ..ood import DEFAULT_FPR, DEFAULT_RANK, OODStats, distance, fit, threshold_for
 from ..preprocess import Preprocess
@@ -95,7 +95,7 @@ def fit_for_export(run: RunDir, src: Path, src_manifest: dict[str, Any], model: 
         calibrated_on = {"what": f"a seeded {HOLDOUT:.0%} of the same unlabelled images, not used to fit",
                          "n": int(n_cal)}
     else:
-        root, train, _val = split_from_json(read_json(run.finetune / "split.json"))
+        root, train, _val = run.split()
         present = [s for s in train if (root / s.path).is_file()]
         if not present:
             raise ArtifactError(f"the fine-tune's training images under {root} are gone: the out-of-distribution "

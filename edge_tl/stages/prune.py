@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..checkpoint import MODEL_FILE, describe_structure, load_model, save_state
-from ..data import Sample, split_from_json
-from ..errors import ArtifactError, ConfigError, require
+from ..data import Sample, locate_split
+from ..errors import ArtifactError, ConfigError, DataError, require
 from ..manifest import check_writable, read_json, staged_folder, write_manifest
 from ..models import head_of
 from ..preprocess import Preprocess
@@ -109,14 +109,17 @@ def default_recover_epochs(recover: str, finetune_mode: str, finetune_epochs: in
 
 def prune(run_dir: str | Path, ratio: float, recover_epochs: int | None = None, importance: str = "l2",
           steps: int | None = None, quiet: bool = True, device: str = "auto",
-          recover: str = "auto", round_to: int = DEFAULT_ROUND_TO) -> dict[str, Any]:
+          recover: str = "auto", round_to: int = DEFAULT_ROUND_TO,
+          data: str | Path | None = None) -> dict[str, Any]:
     """Prune RUN/finetune's model and write RUN/prune/; returns its manifest (see ``prune_run``)."""
-    return prune_run(run_dir, ratio, recover_epochs, importance, steps, quiet, device, recover, round_to)[1]
+    return prune_run(run_dir, ratio, recover_epochs, importance, steps, quiet, device, recover, round_to,
+                     data)[1]
 
 
 def prune_run(run_dir: str | Path, ratio: float, recover_epochs: int | None = None, importance: str = "l2",
               steps: int | None = None, quiet: bool = True, device: str = "auto",
-              recover: str = "auto", round_to: int = DEFAULT_ROUND_TO) -> tuple[nn.Module, dict[str, Any]]:
+              recover: str = "auto", round_to: int = DEFAULT_ROUND_TO,
+              data: str | Path | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Prune ``ratio`` of the channels of every prunable layer of RUN/finetune and write RUN/prune/.
 
     ``ratio`` is per layer (0 < ratio < 1); each layer keeps ``(1 - ratio)`` of its output channels
@@ -125,8 +128,11 @@ def prune_run(run_dir: str | Path, ratio: float, recover_epochs: int | None = No
     ``taylor`` (first-order Taylor
     expansion of the loss on training images). ``steps`` and ``recover_epochs`` (per round; 0 skips
     training, BatchNorm statistics are still recomputed) default per ``default_steps`` and
-    ``default_recover_epochs``. Returns the pruned model (eval mode, CPU) and the manifest written to
-    RUN/prune/manifest.json.
+    ``default_recover_epochs``. ``data``: the folder the run's images were moved to (the same relative
+    paths; checked against split.json's sha256, see ``data.locate_split``); default: split.json's folder.
+    Before any work, the images are checked (DataError: one line naming the folder) and the plan with its
+    estimated time is logged (``plan_prune``). Returns the pruned model (eval mode, CPU) and the manifest
+    written to RUN/prune/manifest.json.
     """
     torch = require("torch", "train")
     tp = require("torch_pruning", "train")
@@ -154,7 +160,9 @@ def prune_run(run_dir: str | Path, ratio: float, recover_epochs: int | None = No
                           "with --bank-size, --dim or --input-size instead)")
     arch, classes = ft_manifest["arch"], ft_manifest["classes"]
     pre = Preprocess.from_dict(ft_manifest["preprocessing"])
-    root, train, val = split_from_json(read_json(ft / "split.json"))
+    split = read_json(ft / "split.json")
+    images = locate_split(split, data, origin=str(ft / "split.json"))
+    root, train, val = images.root, images.train, images.val
     base_cfg = _train_config(ft_manifest.get("train_config") or {}, TrainConfig)
     mode = base_cfg.mode
     recover = resolve_recover_mode(recover, mode)
@@ -190,6 +198,7 @@ def prune_run(run_dir: str | Path, ratio: float, recover_epochs: int | None = No
 
     history: list[dict[str, Any]] = []
     result = None
+    plan: dict[str, Any] = {}
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
         if importance == "taylor":
@@ -199,14 +208,22 @@ def prune_run(run_dir: str | Path, ratio: float, recover_epochs: int | None = No
         model.zero_grad(set_to_none=True)
         if head.out_features != n_classes or head_of(model, arch) is not head:
             raise ArtifactError("pruning changed the classification head's outputs (a bug)")
+        if step == 1:  # timed on the pruned model: the unpruned one would overstate every epoch
+            plan = plan_prune(model, original, root, train, val, pre, dev, recover=recover, steps=steps,
+                              epochs=recover_epochs, importance=importance, ratio=ratio,
+                              batch_size=base_cfg.batch_size)
+            log.info("%s", describe_plan(plan))
         bn_images = recalibrate_batchnorm(model, root, train, pre, dev, seed=base_cfg.seed,
                                           batch_size=base_cfg.batch_size, quiet=quiet)
         macs, params = (int(v) for v in tp.utils.count_ops_and_params(model, example))
         entry: dict[str, Any] = {"step": step, "macs": macs, "params": params, "bn_images": bn_images}
         if recover_epochs > 0:
-            result = fit(model, arch, root, classes, train, val, pre, cfg,
-                         teacher=None if recover == "head" else original)
-            entry |= {"val_top1": result.val["top1"], "best_epoch": result.best_epoch,
+            try:
+                result = fit(model, arch, root, classes, train, val, pre, cfg,
+                             teacher=None if recover == "head" else original)
+            except DataError as exc:  # images gone mid-run: say how to re-point the run at them
+                raise DataError(f"{exc}; if they moved, run again with --data NEW_FOLDER") from exc
+            entry |= {"val_top1": result.val["top1"], "epochs": result.epochs(),
                       "epochs_run": len(result.history), "fit_seconds": result.seconds}
         entry["seconds"] = time.perf_counter() - t0
         history.append(entry)
@@ -258,7 +275,8 @@ def prune_run(run_dir: str | Path, ratio: float, recover_epochs: int | None = No
                           "weight": DISTILL_WEIGHT},
                       "epochs_per_step": recover_epochs, "train_config": asdict(cfg),
                       "batchnorm": "recomputed on training images after every step",
-                      "history": history},
+                      "history": history, "plan": plan},
+            data=images.record(split["root"]),
             timings={"seconds": time.perf_counter() - started, "device": dev},
         )
         # The folder must rebuild from the manifest alone; check before it replaces anything.
@@ -269,6 +287,131 @@ def prune_run(run_dir: str | Path, ratio: float, recover_epochs: int | None = No
                 raise ArtifactError("the saved pruned model does not rebuild identically (a bug); "
                                     "nothing was written")
     return model, manifest
+
+
+# ---------------------------------------------------------------- the plan and its estimated time
+
+PLAN_PROBE_IMAGES = 4  # training images decoded and run through a copy of the model to time one step
+# Past this estimate the plan names the cheaper options: end-to-end recovery costs minutes per epoch on a
+# CPU (NEU at ratio 0.3 on 2 cores: about an hour), head recovery a feature pass.
+LONG_PLAN_SECONDS = 300.0
+
+
+def plan_prune(model: nn.Module, teacher: nn.Module, root: Path, train: list[Sample], val: list[Sample],
+               pre: Preprocess, device: str, *, recover: str, steps: int, epochs: int, importance: str,
+               ratio: float, batch_size: int) -> dict[str, Any]:
+    """What the prune will do and how long it should take here, from a timed probe (``_probe_seconds``)
+    of this model on this host's images: decode, forward pass and, for end-to-end recovery or Taylor
+    importance, a training step (with the teacher's pass).
+
+    Recovery epochs are the most it runs (early stopping may end sooner), so the estimate is an upper
+    bound for the training part. ``head_seconds``: the same prune with ``--recover head``."""
+    end_to_end = recover != "head" and epochs > 0
+    per = _probe_seconds(model, teacher, root, train, pre, device, batch=min(PLAN_PROBE_IMAGES, batch_size),
+                         train_step=end_to_end or importance == "taylor", distill=end_to_end)
+    n_tr, n_va = len(train), len(val)
+    look = per["decode_eval"] + per["forward"]  # one image through the evaluation path
+    bn = min(BN_CALIBRATION_IMAGES, n_tr) * look
+    taylor = min(TAYLOR_IMAGES, n_tr) * (per["decode_eval"] + per["train_step"]) if importance == "taylor" else 0.0
+    head_step = bn + taylor + (n_tr + n_va) * look  # the feature pass; epochs on cached features are free
+    if epochs == 0:
+        seconds = steps * (bn + taylor) + n_va * look
+    elif recover == "head":
+        seconds = steps * head_step
+    else:
+        seconds = steps * (bn + taylor + epochs * (n_tr * (per["decode_train"] + per["train_step"]) + n_va * look))
+    return {"ratio": ratio, "recover": recover, "steps": steps, "epochs_per_step": epochs,
+            "importance": importance, "train_images": n_tr, "val_images": n_va, "device": device,
+            "measured_seconds_per_image": per, "estimated_seconds": seconds,
+            "head_seconds": steps * head_step}
+
+
+def _probe_seconds(model: nn.Module, teacher: nn.Module, root: Path, train: list[Sample], pre: Preprocess,
+                   device: str, *, batch: int, train_step: bool, distill: bool) -> dict[str, float]:
+    """Seconds per image on ``batch`` training images: decoding with the evaluation preprocessing and (with
+    ``train_step``) with the training augmentation, a forward pass (eval, no grad) and (with
+    ``train_step``) a training step: forward and backward of a copy of ``model``, plus ``teacher``'s
+    forward pass when ``distill``. Steps not measured are 0. Timed once each, the forward pass first:
+    one batch is what a plan may cost on a busy 2-core host (seconds), and it overstates, never hides."""
+    import torch
+
+    from ..training import ImageDataset
+
+    chosen = _subset(train, batch, 0)
+
+    def decode(augment: bool) -> tuple[list[Any], float]:
+        ds = ImageDataset(root, chosen, pre, train=augment)
+        t0 = time.perf_counter()
+        xs = [ds[i][0] for i in range(len(ds))]
+        return [x for x in xs if x is not None], time.perf_counter() - t0
+
+    def timed(fn: Any) -> float:
+        t0 = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    xs, t_eval = decode(False)
+    if not xs:
+        raise DataError(f"none of {len(chosen)} training images under {root} decode any more")
+    x = torch.stack(xs).to(device)
+    probe = copy.deepcopy(model).to(device)
+    per = {"decode_eval": t_eval / len(chosen), "decode_train": 0.0, "forward": 0.0, "train_step": 0.0}
+
+    def forward() -> None:
+        with torch.no_grad():
+            probe.eval()(x)
+
+    def step() -> None:
+        out = probe.train()(x)
+        if distill:
+            with torch.no_grad():
+                teacher(x)
+        out.float().logsumexp(1).mean().backward()
+
+    per["forward"] = timed(forward) / len(xs)
+    if train_step:
+        per["decode_train"] = decode(True)[1] / len(chosen)
+        for p in probe.parameters():
+            p.requires_grad_(True)
+        teacher.to(device).eval()
+        try:
+            per["train_step"] = timed(step) / len(xs)
+        finally:
+            teacher.cpu()
+    return per
+
+
+def _about(seconds: float) -> str:
+    """A rough duration for a person: "about 40 s", "about 12 min", "about 1.5 h"."""
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"about {round(seconds / 60)} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+def describe_plan(plan: dict[str, Any]) -> str:
+    """One line: what the prune does, on how many images, and its estimated time; past
+    ``LONG_PLAN_SECONDS`` it names ``--recover head`` (with its own estimate) and ``--recover-epochs``."""
+    how = {"head": "head only (backbone sliced, head retrained on its features)",
+           "full": "full (end to end, distilled from the unpruned model)",
+           "partial": "partial (last blocks end to end, distilled from the unpruned model)"}[plan["recover"]]
+    epochs = plan["epochs_per_step"]
+    recovery = ("no recovery training (BatchNorm statistics only)" if epochs == 0
+                else f"recovery {how}, up to {epochs} epoch(s) per step")
+    per = plan["measured_seconds_per_image"]
+    measured = f"evaluation {per['forward'] + per['decode_eval']:.3f} s"
+    if per["train_step"]:
+        measured = f"training step {per['train_step'] + per['decode_train']:.3f} s, {measured}"
+    line = (f"prune plan: ratio {plan['ratio']:g} ({plan['importance']}) in {plan['steps']} step(s), {recovery}, on "
+            f"{plan['train_images']} training + {plan['val_images']} validation images ({plan['device']}): "
+            f"estimated {_about(plan['estimated_seconds'])} (measured here per image: {measured})")
+    if plan["estimated_seconds"] > LONG_PLAN_SECONDS and plan["recover"] != "head":
+        line += (f". Faster: --recover head ({_about(plan['head_seconds'])}, keeps more of the accuracy loss) "
+                 "or fewer --recover-epochs")
+    return line
 
 
 # ---------------------------------------------------------------- pieces
@@ -345,7 +488,8 @@ def recalibrate_batchnorm(model: nn.Module, root: Path, samples: list[Sample], p
 
     seen = estimate_statistics(model, root, _subset(samples, limit, seed), pre, device, batch_size, quiet)
     if not seen and batchnorms(model):
-        raise ArtifactError(f"none of the training images under {root} can be read any more")
+        raise DataError(f"none of the training images under {root} can be read any more: moved or deleted? "
+                        "If they moved, run again with --data NEW_FOLDER")
     return seen
 
 
@@ -413,5 +557,5 @@ def describe(manifest: dict[str, Any]) -> str:
             f"{lat['after']['p50']:.1f} ms ({verdict})")
 
 
-__all__ = ["default_recover_epochs", "default_steps", "describe", "prune", "prune_run",
-           "recalibrate_batchnorm"]
+__all__ = ["default_recover_epochs", "default_steps", "describe", "describe_plan", "plan_prune", "prune",
+           "prune_run", "recalibrate_batchnorm"]

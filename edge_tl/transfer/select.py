@@ -186,11 +186,14 @@ def _int8_graph(target: Any, fp32: Path, size: int, work: Path) -> Path:
     if target.backend == "openvino":
         import openvino as ov
 
+        from ..backends.openvino_ import shared_core, signal_stack_kept
         from ..errors import require
 
         nncf = require("nncf", "openvino")
-        q = nncf.quantize(ov.Core().read_model(str(fp32)), nncf.Dataset(batches), subset_size=len(batches),
-                          preset=nncf.QuantizationPreset.PERFORMANCE, fast_bias_correction=True)
+        with signal_stack_kept():  # NNCF compiles through Cores of its own (see backends/openvino_.py)
+            q = nncf.quantize(shared_core().read_model(str(fp32)), nncf.Dataset(batches),
+                              subset_size=len(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
+                              fast_bias_correction=True)
         dest = work / f"int8-{size}.xml"
         ov.save_model(q, str(dest))
         return dest

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from ...backends.openvino_ import signal_stack_kept
 from ...calibration import CalibrationSet
 from ...errors import require
 from ...preprocess import Preprocess
-from ...targets import Target
+from ...targets import OPENVINO_PRESET, Target
 from ..pixel_grid import PixelInput, pin_pixel_quantizer, restore_pixels
 from .backend import EVAL_BATCH, float_names, quiet_library_logging, rel_error
 from .fallback import Judge, bypass_fewest, fallback_start, held_out, short
@@ -54,14 +55,16 @@ def quantize(target: Target, settings: dict[str, Any], float_onnx: Path, out_dir
     if float_ops:
         common["ignored_scope"] = nncf.IgnoredScope(names=float_ops, validate=False)
     t0 = time.perf_counter()
-    with quiet_library_logging():
+    # NNCF compiles through ov.Cores of its own: the thread's signal stack must survive them
+    # (backends/openvino_.py, the segfault of issue 24).
+    with quiet_library_logging(), signal_stack_kept():
         qmodel = nncf.quantize(model, calib, **common)
         pinned = pin_pixel_quantizer(qmodel, pixels) if pixels is not None else None
     calib_seconds = time.perf_counter() - t0
     quantizer: dict[str, Any] = {
         "method": "nncf", "library": f"nncf {nncf.__version__}, openvino {ov.__version__}",
         "algorithm": "post-training quantisation, min/max statistics, full bias correction",
-        "fast_bias_correction": False, "preset": "performance (symmetric int8 weights and activations)",
+        "fast_bias_correction": False, "preset": OPENVINO_PRESET,
         "target_device": str(common["target_device"].value), "subset_size": n,
         "calibration_seconds": calib_seconds,
         "input": (pixels.describe() | {"quantizer": pinned}) if pixels is not None
@@ -101,11 +104,10 @@ def from_qdq(qdq: bytes, target: Target, out_dir: Path) -> tuple[list[str], Any]
 
 
 def logits(model: Any, inputs: np.ndarray, threads: int = 2, batch: int = EVAL_BATCH) -> np.ndarray:
-    from ...backends.openvino_ import compile_static, cpu_config
+    from ...backends.openvino_ import compile_static, cpu_config, shared_core
 
-    ov = require("openvino", "openvino")
     # Compiled as the bench's runner compiles the INT8 graph, so the gate sees the same numbers.
-    core, compiled = ov.Core(), {}
+    core, compiled = shared_core(), {}
     out = []
     for i in range(0, len(inputs), batch):
         x = inputs[i:i + batch]
@@ -132,10 +134,9 @@ def sensitivity(qmodel: Any, float_model: Any, inputs: np.ndarray, threads: int 
                 ) -> tuple[float, list[dict[str, Any]]]:
     """Each activation FakeQuantize of ``qmodel`` bypassed alone: how much of the INT8 logit error it
     removes, most sensitive first (rows: ``name``, ``consumers``, ``sensitivity``, ``error_if_float``)."""
-    from ...backends.openvino_ import compile_static, cpu_config
+    from ...backends.openvino_ import compile_static, cpu_config, shared_core
 
-    ov = require("openvino", "openvino")
-    fp32 = compile_static(ov.Core(), float_model, inputs.shape, "CPU", cpu_config(threads, "fp32"))
+    fp32 = compile_static(shared_core(), float_model, inputs.shape, "CPU", cpu_config(threads, "fp32"))
     ref = np.asarray(fp32(inputs)[0], np.float32)
     base = rel_error(logits(qmodel, inputs, threads), ref)
     rows = []

@@ -33,8 +33,6 @@ def quantize_qat(backend: Backend, target: Target, run: RunDir, model: Any, out_
     judges the graph the runtime will execute on the selection set and then on validation. No float
     layers are searched for: QAT is for the models where that search ends mostly float. ``float_onnx``: the
     exported float graph, whose ``ood_score`` subgraph (if any) is attached to the QAT graph (``graft_ood``)."""
-    from ...data import split_from_json
-    from ...manifest import read_json
     from .. import qat
 
     require("torch", "train")
@@ -46,7 +44,7 @@ def quantize_qat(backend: Backend, target: Target, run: RunDir, model: Any, out_
                                   reduce_range=True)
     t0 = time.perf_counter()
     qm = qat.prepare(model, pre.crop, mapping, cset.inputs)
-    root, train, val = split_from_json(read_json(run.finetune / "split.json"))
+    root, train, val = run.split()
     held = {im["path"] for im in sel.images} if sel is not None else set()
     samples = [s for s in train if s.path not in held and s.path not in {v.path for v in val}]
 
