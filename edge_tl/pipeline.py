@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -19,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 from .rundir import RunDir
+
+log = logging.getLogger(__name__)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -479,7 +482,13 @@ def run_pipeline(path: Path, quiet: bool = False, force: bool = False,
         # The target and its bench verdict (bundle refuses a failed one): a new bench may change the answer.
         inputs = {"target": _digest(folder / "manifest.json"), "report": _digest(rd.reports / f"{target.name}.json")}
         out = Path(rel(b.out))
-        if stamps.fresh("bundle", settings, inputs, ((folder, target.cli_ref),)) is not None:
+        failed = next((r for r in reports if r.get("target") == target.name and r.get("passed") is False), None)
+        if failed is not None and not b.allow_failed:
+            # The bench's verdict is the run's answer (exit 1, a gate failed), not a configuration error.
+            log.warning("bundle skipped: %s failed its bench (%s); fix the model or set bundle.allow_failed = true",
+                        target.name, ", ".join(g["name"] for g in failed.get("gates") or []
+                                               if g.get("passed") is False))
+        elif stamps.fresh("bundle", settings, inputs, ((folder, target.cli_ref),)) is not None:
             shipped = read_json(out / "bundle.json")
         else:
             with _as_keys(path, "bundle"):

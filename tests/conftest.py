@@ -103,3 +103,20 @@ def run_copy(finetuned_run: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "run"
     shutil.copytree(finetuned_run, dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(finetuned_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ONNX Runtime fp32 bundle of ``finetuned_run`` with 3 golden images, shipped without a bench
+    (``allow_failed``: these tests judge the runtime, not the model). Read-only: copy it to change it."""
+    import shutil
+
+    from edge_tl.stages.bundle import bundle as make_bundle
+    from edge_tl.stages.export import export
+
+    root = tmp_path_factory.mktemp("fp32-bundle")
+    run = root / "run"
+    shutil.copytree(finetuned_run, run)
+    export(run, "cpu-onnxruntime-fp32")
+    make_bundle(run, "cpu-onnxruntime-fp32", root / "bundle", n_golden=3, allow_failed=True)
+    return root / "bundle"

@@ -98,3 +98,20 @@ def test_rerun_skips_up_to_date_stages_and_force_redoes_them(tmp_path: Path, ima
     before = started()
     assert main(["run", str(path)]) == 0 and skipped() == {"finetune"} and started() == before
     assert main(["run", str(path), "--force"]) == 0 and skipped() == set() and started() > before
+
+
+def test_a_failed_bench_skips_the_bundle_and_exits_1(tmp_path: Path, image_folder: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The bench's verdict is the run's answer: its target is not shipped, and `run` exits 1 (a gate failed),
+    not 2 (bad input), with one warning that names the failed gate and bundle.allow_failed."""
+    profile = tmp_path / "tight.toml"
+    builtin = Path(__file__).parent.parent / "targets" / f"{TARGET}.toml"
+    profile.write_text(builtin.read_text().replace("[gates]\n", "[gates]\nmax_p95_ms = 1e-6\n"))
+    path = _pipeline(tmp_path, image_folder, export='targets = ["tight.toml"]\nood = false\n')
+    path.write_text(path.read_text().replace(f'target = "{TARGET}"', 'target = "tight.toml"')
+                    .replace("[bundle]", "[bench]\n\n[bundle]"))
+    assert main(["run", str(path), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    skip = [ln for ln in err.splitlines() if "bundle skipped" in ln]
+    assert len(skip) == 1 and "max_p95_ms" in skip[0] and "bundle.allow_failed" in skip[0], err
+    assert "Traceback" not in err and not (tmp_path / "bundle").exists()

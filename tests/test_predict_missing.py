@@ -4,7 +4,6 @@ each missing or unreadable one an error line in its place, and the exit code is 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,20 +12,10 @@ from edge_tl.cli import main
 
 from .conftest import make_image
 
-TARGET = "cpu-onnxruntime-fp32"
-
 
 @pytest.fixture(scope="module")
-def bundle(finetuned_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edge_tl.stages.bundle import bundle as make_bundle
-    from edge_tl.stages.export import export
-
-    root = tmp_path_factory.mktemp("predict-missing")
-    run = root / "run"
-    shutil.copytree(finetuned_run, run)
-    export(run, TARGET)
-    make_bundle(run, TARGET, root / "bundle", n_golden=3, allow_failed=True)  # no bench needed here
-    return root / "bundle"
+def bundle(fp32_bundle: Path) -> Path:
+    return fp32_bundle
 
 
 def test_a_missing_image_does_not_stop_the_others(bundle: Path, tmp_path: Path,

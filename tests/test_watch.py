@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,20 +21,10 @@ from edge_tl.runtime.watch import Watcher
 
 from .conftest import make_image
 
-TARGET = "cpu-onnxruntime-fp32"
-
 
 @pytest.fixture(scope="module")
-def bundle(finetuned_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edge_tl.stages.bundle import bundle as make_bundle
-    from edge_tl.stages.export import export
-
-    root = tmp_path_factory.mktemp("watch")
-    run = root / "run"
-    shutil.copytree(finetuned_run, run)
-    export(run, TARGET)
-    make_bundle(run, TARGET, root / "bundle", n_golden=3, allow_failed=True)
-    return root / "bundle"
+def bundle(fp32_bundle: Path) -> Path:
+    return fp32_bundle
 
 
 @pytest.fixture(scope="module")

@@ -19,20 +19,10 @@ from edge_tl.runtime.watch import DEFAULT_LOG, ResultLog, Watcher
 
 from .test_watch import drop, jsonl
 
-TARGET = "cpu-onnxruntime-fp32"
-
 
 @pytest.fixture(scope="module")
-def bundle(finetuned_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edge_tl.stages.bundle import bundle as make_bundle
-    from edge_tl.stages.export import export
-
-    root = tmp_path_factory.mktemp("recreate")
-    run = root / "run"
-    shutil.copytree(finetuned_run, run)
-    export(run, TARGET)
-    make_bundle(run, TARGET, root / "bundle", n_golden=3, allow_failed=True)  # no bench needed here
-    return root / "bundle"
+def bundle(fp32_bundle: Path) -> Path:
+    return fp32_bundle
 
 
 @pytest.fixture(scope="module")
