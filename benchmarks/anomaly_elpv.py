@@ -22,9 +22,9 @@ import numpy as np
 def main() -> None:
     import torch
 
-    from edge_tl.anomaly.metrics import auroc, scores_from_logits
     from edge_tl.backends import RunnerSpec, open_runner
     from edge_tl.checkpoint import load_model
+    from edge_tl.metrics import auroc, scores_from_logits
     from edge_tl.preprocess import Preprocess, load_image
     from edge_tl.targets import get_target
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from edge_tl.backends import RunnerSpec, open_runner
-from edge_tl.bench.accuracy import agreement, classification_metrics
 from edge_tl.bench.run import bench_target, measure
 from edge_tl.evalset import ensure_eval_set, load_eval_set
 from edge_tl.manifest import read_manifest, write_bytes, write_json
+from edge_tl.metrics import agreement, classification_metrics
 from edge_tl.rundir import RunDir
 from edge_tl.stages.export import export
 from edge_tl.stages.finetune import finetune

@@ -12,3 +12,7 @@ functions that need them. The whole chain as functions is ``edge_tl.api``::
 """
 
 __version__ = "0.1.0"
+
+# The built-in tasks register their model builders (``edge_tl.builders``) for the checkpoint loader. Cheap:
+# the task modules import torch only inside their functions.
+from .anomaly import model as _anomaly_model  # noqa: F401

@@ -61,11 +61,11 @@ def _library_output(stage: _Stage) -> _Stage:
 
     @functools.wraps(stage)
     def run(*args: Any, **kwargs: Any) -> Any:
-        from .progress import library_output
+        from .progress import api_warnings, library_output
 
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        with library_output(bool(bound.arguments["quiet"])):
+        with library_output(bool(bound.arguments["quiet"])), api_warnings():
             return stage(*args, **kwargs)
 
     return run  # type: ignore[return-value]
@@ -205,7 +205,7 @@ def bench(run: PathLike, targets: list[str] | None = None, *, data: PathLike | N
     p50); ``gates`` and ``passed``. A failed gate is not an exception here: check ``report["passed"]``
     (the CLI exits 1). Raises ArtifactError when the run has no ``eval.npz`` and cannot make one.
     """
-    from .bench.run import bench as run_bench
+    from .orchestrate import bench as run_bench
 
     options: dict[str, Any] = {}
     if export:

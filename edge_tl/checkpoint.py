@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .builders import builder_for
 from .errors import ArtifactError, require
 from .manifest import atomic_path, read_manifest
 from .models import build_model, set_submodule
@@ -78,10 +79,9 @@ def load_model(stage_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     torch = require("torch", "train")
     stage_dir = Path(stage_dir)
     manifest = read_manifest(stage_dir)
-    if manifest.get("task") == "anomaly":
-        from .anomaly.model import AnomalySpec, build_anomaly_model
-
-        model = build_anomaly_model(AnomalySpec.from_dict(manifest["anomaly"]))
+    build = builder_for(manifest.get("task"))  # a task's own model (anomaly), registered by the task
+    if build is not None:
+        model = build(manifest)
         model.load_state_dict(torch.load(stage_dir / MODEL_FILE, map_location="cpu", weights_only=True))
         return model.eval(), manifest
     model = build_model(manifest["arch"], len(manifest["classes"]))

@@ -234,7 +234,7 @@ def stratified_split(samples: list[Sample], val_fraction: float, seed: int) -> t
         log.warning("%d identical file(s) in %d group(s) carry two or more labels and are left out of training "
                     "and validation (fix their labels): %s", sum(map(len, conflicting)), len(conflicting), named)
     if same:
-        log.warning("%d duplicate files in %d groups kept together in one split (identical bytes)",
+        log.warning("%d duplicate file(s) in %d group(s) kept together in one split (identical bytes)",
                     sum(map(len, same)), len(same))
     left_out = {s.path for g in conflicting for s in g}
     unit_of = {s.path: g for g in same for s in g}

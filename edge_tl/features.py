@@ -11,10 +11,8 @@ float rounding; ``tests/test_features.py`` holds it to that.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import warnings
 from typing import Any
 
 import numpy as np
@@ -76,14 +74,12 @@ def _ort_session(module: Any, input_shape: tuple[int, int, int], threads: int) -
     import onnxruntime as ort
     import torch
 
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(module.eval().cpu(), (torch.zeros(1, *input_shape),), buf, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    from .onnx_export import export_onnx_bytes
+
+    graph = export_onnx_bytes(module.eval().cpu(), torch.zeros(1, *input_shape), input_names=["input"],
+                              output_names=["output"], dynamic_batch=True, opset=17)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])

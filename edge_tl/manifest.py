@@ -232,8 +232,33 @@ def _edge_tl_version() -> str:
     return __version__
 
 
+# The instruction-set extensions that decide how fast INT8 and fp32 kernels run: the same graph is 2-4x
+# apart between an AVX2-only box and one with VNNI or AMX, so no latency figure means much without them.
+CPU_FLAGS_THAT_MATTER = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+                         "amx_bf16", "asimd", "asimddp", "i8mm", "sve", "bf16")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str]:
+    """The speed-relevant ISA flags of this CPU, from ``/proc/cpuinfo`` (x86 ``flags``, ARM ``Features``).
+
+    Returns them in :data:`CPU_FLAGS_THAT_MATTER` order; an empty list where the file is unreadable
+    (not Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    have: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            have.update(value.split())
+            break
+    return [f for f in CPU_FLAGS_THAT_MATTER if f in have]
+
+
 def host_info() -> dict[str, Any]:
-    """What machine a measurement or build was made on."""
+    """What machine a measurement or build was made on, with the CPU's speed-relevant ISA flags."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -246,7 +271,19 @@ def host_info() -> dict[str, Any]:
         "system": platform.system(),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
     }
+
+
+def host_text(host: dict[str, Any] | None) -> str:
+    """"AMD EPYC 9R14, 2 CPUs, x86_64, flags avx2 avx512f avx512_vnni" for a :func:`host_info` dict;
+    "host unknown" for none (reports older than the field)."""
+    if not host:
+        return "host unknown"
+    flags = host.get("cpu_flags")
+    flag_text = ("flags not recorded" if flags is None else
+                 "flags " + " ".join(flags) if flags else "none of the AVX2/VNNI/AMX/NEON flags")
+    return f"{host.get('cpu', '?')}, {host.get('cpu_count', '?')} CPUs, {host.get('machine', '?')}, {flag_text}"
 
 
 def write_manifest(folder: str | os.PathLike[str], stage: str, *, parent: Path | None = None,
@@ -312,6 +349,9 @@ def staged_folder(dest: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as exc:
         reason = _write_failure(exc, dest, tmp)
+        if isinstance(reason, OSError) and reason.filename and Path(reason.filename).is_relative_to(tmp):
+            # A file of the hidden staging folder (an atomic write inside it): name it where it belongs.
+            reason = OSError(reason.errno, reason.strerror, str(dest / Path(reason.filename).relative_to(tmp)))
         if reason is None or reason is exc:
             raise
         raise reason from exc

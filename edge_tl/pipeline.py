@@ -396,6 +396,7 @@ def run_pipeline(path: Path, quiet: bool = False, force: bool = False,
     settings, inputs and outputs as when this pipeline last made them, ``_Stamps``) is skipped with
     ``skip <stage>: up to date (--force to redo)``; ``force`` runs every stage again."""
     from .manifest import read_json, sha256_file
+    from .stages.export import describe as describe_export
     from .stages.export import export
     from .stages.finetune import finetune
     from .training import TrainConfig
@@ -464,8 +465,10 @@ def run_pipeline(path: Path, quiet: bool = False, force: bool = False,
                       "calibration": _digest(Path(calibration)) if calibration else None}
             if stamps.fresh(f"export {target.name}", settings, inputs, ((folder, target.cli_ref),)) is None:
                 with _as_keys(path, "export"):
-                    export(run, rel_target(t), calibration=calibration, source=ex.source, quiet=quiet,
-                           qat_epochs=ex.qat, ood=ex.ood, data=rel(ex.data) if ex.data else None)
+                    made = export(run, rel_target(t), calibration=calibration, source=ex.source, quiet=quiet,
+                                  qat_epochs=ex.qat, ood=ex.ood, data=rel(ex.data) if ex.data else None)
+                for line in describe_export(made, folder):
+                    say(line)
                 stamps.done(f"export {target.name}", settings, inputs, [folder / "manifest.json"])
             exported.append(t)
     reports: list[dict[str, Any]] = []
@@ -525,8 +528,8 @@ def _bench(bn: BenchStep, rd: RunDir, rel: Callable[[str], str], rel_target: Cal
            exported: list[str], stamps: _Stamps, quiet: bool, path: Path) -> list[dict[str, Any]]:
     """The ``[bench]`` stage; an up-to-date bench returns the reports it wrote last time (a failed gate
     still fails the run)."""
-    from .bench.run import bench
     from .manifest import read_json
+    from .orchestrate import bench
     from .targets import builtin_targets
 
     chosen = None if bn.all_targets else [rel_target(t) for t in (bn.targets or exported)]

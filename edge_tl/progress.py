@@ -194,6 +194,32 @@ def _onnxruntime_errors_only() -> None:
     onnxruntime.set_default_logger_severity(ORT_ERROR)
 
 
+class OneLine(logging.Formatter):
+    """``warning: …`` / ``info: …``: how our logger's records print, on the CLI and from the API."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+@contextlib.contextmanager
+def api_warnings() -> Iterator[None]:
+    """While an API stage runs in a program that configured no logging: our warnings on stderr as the
+    CLI prints them (``warning: …``, one line each) instead of logging's bare last-resort lines; infos
+    stay silent. A program that set up logging (any handler on ``edge_tl`` or the root) keeps its own."""
+    logger = logging.getLogger("edge_tl")
+    if logger.handlers or logging.getLogger().handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine())
+    handler.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
 @contextlib.contextmanager
 def library_output(quiet: bool = False) -> Iterator[None]:
     """Other libraries' output while a stage runs, for the CLI and the Python API alike: rich's global

@@ -50,9 +50,9 @@ def test_fit_on_good_images_finds_pasted_defects_held_out(run: Path) -> None:
 
 
 def test_fp32_exports_give_the_torch_scores(run: Path) -> None:
-    from edge_tl.anomaly.metrics import scores_from_logits
     from edge_tl.backends import RunnerSpec, open_runner
     from edge_tl.evalset import load_eval_set
+    from edge_tl.metrics import scores_from_logits
 
     ev = load_eval_set(run / "eval.npz")
     ref = scores_from_logits(ev.logits)
@@ -221,7 +221,7 @@ def test_auroc_without_scikit_learn_matches_it(monkeypatch: pytest.MonkeyPatch) 
 
     from sklearn.metrics import roc_auc_score
 
-    from edge_tl.anomaly.metrics import auroc
+    from edge_tl.metrics import auroc
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 200)

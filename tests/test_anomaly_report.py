@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_tl.anomaly.metrics import auroc, decision_metrics
 from edge_tl.bench.html import index_json, render_html, render_index, roc_curve
 from edge_tl.bench.report import markdown, summary_table
+from edge_tl.metrics import auroc, decision_metrics
 
 from .test_html import _latency, parse, skipped_report, synthetic_report
 
@@ -29,7 +29,7 @@ CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-bro
 
 
 def red_png() -> str:
-    """A 2x2 red PNG as a data URI, like the overlays ``anomaly.report.plot_data`` inlines."""
+    """A 2x2 red PNG as a data URI, like the overlays ``bench.anomaly_plot.plot_data`` inlines."""
     from PIL import Image
 
     buf = io.BytesIO()

@@ -92,3 +92,19 @@ def test_readme_example_calls_real_functions_with_real_keywords() -> None:
     for call in calls:
         fn = getattr(api, call.func.attr)  # AttributeError for a function that does not exist
         inspect.signature(fn).bind(*call.args, **{k.arg: None for k in call.keywords})
+
+
+def test_api_warnings_print_as_the_cli_prints_them() -> None:
+    """In a program with no logging set up, an API stage's warnings read ``warning: …`` (not logging's
+    bare last-resort line) and its infos stay silent; a program that set up logging keeps its own."""
+    import subprocess
+    import sys
+
+    script = ("import logging, sys\nfrom edge_tl.progress import api_warnings\nlog = logging.getLogger('edge_tl')\n"
+              "if sys.argv[1] == 'configured': logging.basicConfig(format='MINE %(message)s')\n"
+              "with api_warnings():\n    log.info('an info')\n    log.warning('3 duplicate file(s)')\n"
+              "log.warning('after')\n")
+    bare = subprocess.run([sys.executable, "-c", script, "bare"], capture_output=True, text=True, check=True)
+    assert bare.stderr.splitlines() == ["warning: 3 duplicate file(s)", "after"]
+    mine = subprocess.run([sys.executable, "-c", script, "configured"], capture_output=True, text=True, check=True)
+    assert mine.stderr.splitlines() == ["MINE 3 duplicate file(s)", "MINE after"]

@@ -23,6 +23,7 @@ from edge_tl.bench.labels import eval_set_text
 from edge_tl.bench.precision import count_onnx, count_openvino, precision_state
 from edge_tl.bench.report import markdown, summary_table
 from edge_tl.cli import main
+from edge_tl.manifest import cpu_flags, host_info
 from edge_tl.targets import get_target
 
 from .conftest import write_folder
@@ -126,6 +127,23 @@ def test_console_table_and_pages_name_set_date_and_load() -> None:
     assert "measured 2026-11-30 06:10 UTC, session s9" in page
 
 
+def test_every_latency_figure_names_the_cpu_and_its_flags() -> None:
+    """INT8 speed differs 2-4x between AVX2-only, VNNI and AMX boxes: every place that shows a latency
+    says which CPU and which of those flags it had."""
+    x86 = "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni amx_tile amx_int8 other\n"
+    arm = "Features\t: fp asimd evtstrm asimddp i8mm\n"
+    assert cpu_flags(x86) == ["avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"]
+    assert cpu_flags(arm) == ["asimd", "asimddp", "i8mm"] and cpu_flags("processor: 0\n") == []
+    r = _report("cpu-openvino-int8", _ident("validation split", "a", 525), 0.83, 0.83, "s9", "2026-11-30T06:10:00Z")
+    r["host"] = {"cpu": "Test CPU 9000", "cpu_count": 2, "machine": "x86_64", "cpu_flags": ["avx2", "amx_int8"]}
+    text = "Test CPU 9000, 2 CPUs, x86_64, flags avx2 amx_int8"
+    assert text in markdown(r) and f"Host: {text}." in summary_table([r])
+    assert "Test CPU 9000, 2 cores, flags avx2 amx_int8" in html.unescape(render_html(r))
+    del r["host"]["cpu_flags"]  # a report written before the field
+    assert "flags not recorded" in markdown(r)
+    assert host_info()["cpu_flags"] == cpu_flags()
+
+
 @pytest.mark.parametrize(("qdq", "expect"), [
     ((False, False), "float (2 of 2 layers kept float)"),
     ((True, False), "int8 (1 of 2 layers INT8)"),
@@ -196,6 +214,7 @@ def test_data_bench_is_kept_apart_and_every_report_names_its_set(run_copy: Path,
     assert ident["kind"] == "validation split" and ident["n"] == fp["n"] == 6 and len(ident["sha256"]) == 64
     assert fp["session"]["id"] == q["session"]["id"] and fp["measured_at"].endswith("Z")
     assert fp["host_load"]["measured"] in (True, False)
+    assert fp["host"]["cpu_flags"] == cpu_flags() and "CPUs, " in console
     assert "6 images" in console and "measured" in console
     # item 3: the candidate's own memory, not this 400 MB process's
     cand = fp["candidate"]

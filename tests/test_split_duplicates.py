@@ -41,7 +41,7 @@ def test_identical_files_stay_in_one_split_and_two_label_copies_are_left_out(
     assert {s.label for s in val} == {0, 1, 2}  # every class still validated
     text = caplog.text
     # Same-class groups: 1+2+3+1 copies plus their 4 originals = 11 files in 4 groups.
-    assert "11 duplicate files in 4 groups kept together in one split" in text
+    assert "11 duplicate file(s) in 4 group(s) kept together in one split" in text
     assert "vertical/vertical_005.png" in text and "blobs/looks_vertical.png" in text and "two or more labels" in text
     record = split_to_json(folder, train, val, seed, 0.3)
     assert record["duplicates"] == {"files": 11, "groups": 4, "left_out": 2,

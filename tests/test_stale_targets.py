@@ -41,6 +41,8 @@ def test_stale_target_is_refused_by_bench_and_bundle(stale_run: Path, tmp_path: 
     with pytest.raises(ArtifactError, match=rf"older finetune model.*`edge-tl export \S+ --target {TARGET}`"):
         bench(stale_run, [TARGET])
     assert not (stale_run / "reports" / f"{TARGET}.json").exists()
+    # refused before the evaluation set's preprocessing (the new fine-tune dropped the old eval.npz)
+    assert not RunDir(stale_run).eval_npz.exists()
     with pytest.raises(ArtifactError, match="older finetune model"):
         bundle(stale_run, TARGET, tmp_path / "b")
     assert not (tmp_path / "b").exists()

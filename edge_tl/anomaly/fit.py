@@ -44,8 +44,8 @@ import numpy as np
 
 from ..data import Sample, _check, find_files, name_left_out, stratified_split
 from ..errors import ConfigError, DataError
+from ..metrics import decision_metrics, worse_than_chance
 from ..progress import progress
-from .metrics import decision_metrics, worse_than_chance
 from .model import METHODS, AnomalySpec, backbone_stages, build_anomaly_model, stride_cuts
 
 log = logging.getLogger("edge_tl")
@@ -424,7 +424,7 @@ def fit_anomaly(good_dir: str | Path, out: str | Path, *, arch: str = "mobilenet
     s_val, s_thr = val_raw / threshold["raw"], thr_raw / threshold["raw"]
     val_m = decision_metrics(s_val, val_labels)
     all_m = decision_metrics(np.concatenate([s_thr, s_val]), np.concatenate([thr_labels, val_labels]))
-    from ..bench.accuracy import classification_metrics
+    from ..metrics import classification_metrics
 
     logits = np.stack([np.zeros_like(s_val), s_val - 1], 1)
     cls = classification_metrics(logits, val_labels, CLASSES)
@@ -508,7 +508,7 @@ def _fit_padim_modes(feats: list[np.ndarray], spec: AnomalySpec, state: dict, fe
 
     import torch
 
-    from .metrics import auroc
+    from ..metrics import auroc
 
     thr_labels = np.asarray([s.label for s in thr_samples])
     choose = clusters == "auto" and (thr_labels == 1).any() and (thr_labels == 0).any()

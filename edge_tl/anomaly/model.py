@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .. import builders
 from ..errors import ConfigError
 
 METHODS = ("patchcore", "padim")
@@ -210,3 +211,11 @@ def build_anomaly_model(spec: AnomalySpec, backbone_state: dict | None = None) -
     head = (PatchCoreHead(spec.bank, spec.dim) if spec.method == "patchcore"
             else PaDiMHead(spec.bank, spec.dim, spec.clusters))
     return AnomalyModel(features, head).eval()
+
+
+def _from_manifest(manifest: dict[str, Any]) -> Any:
+    """The checkpoint loader's builder for ``task = "anomaly"`` (:mod:`edge_tl.builders`)."""
+    return build_anomaly_model(AnomalySpec.from_dict(manifest["anomaly"]))
+
+
+builders.register("anomaly", _from_manifest)

@@ -395,7 +395,7 @@ def score_histogram_svg(good: Any, defect: Any, threshold: float = 1.0,
 def roc_curve(good: Any, defect: Any) -> tuple[np.ndarray, np.ndarray, float] | None:
     """(false-positive rates, true-positive rates, AUROC) with defect as the positive class; None when a
     class has no scores. Tied scores form one step (a diagonal segment), so ties count half, as in
-    the Mann-Whitney AUROC of :func:`edge_tl.anomaly.metrics.auroc`."""
+    the Mann-Whitney AUROC of :func:`edge_tl.metrics.auroc`."""
     g, d = _finite(good), _finite(defect)
     if not len(g) or not len(d):
         return None
@@ -571,7 +571,9 @@ def _host(host: dict[str, Any]) -> str:
         return ""
     name = f' {_e(host["hostname"])}' if host.get("hostname") else ""
     cores = f', {_e(host["cpu_count"])} cores' if host.get("cpu_count") else ""
-    return f"host{name}: {_e(host['cpu'])}{cores}"
+    flags = host.get("cpu_flags")
+    flag_text = f", flags {_e(' '.join(flags) or 'none of AVX2/VNNI/AMX/NEON')}" if flags is not None else ""
+    return f"host{name}: {_e(host['cpu'])}{cores}{flag_text}"
 
 
 # Notes of bench/run.py that a page already shows in a section of its own: the unreliable-timing box

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..manifest import host_text as _host_text
 from .precision import precision_text
 
-__all__ = ["eval_set_key", "eval_set_name", "eval_set_text", "load_short", "measured_text", "precision_text",
-           "session_id"]
+__all__ = ["eval_set_key", "eval_set_name", "eval_set_text", "host_text", "load_short", "measured_text",
+           "precision_text", "session_id"]
 
 
 def _ident(report_or_ident: dict[str, Any] | str | None) -> dict[str, Any]:
@@ -62,6 +63,11 @@ def measured_text(report: dict[str, Any]) -> str:
     if not at:
         return "date unknown"
     return str(at).replace("T", " ").replace("Z", "")[:16] + " UTC"
+
+
+def host_text(report: dict[str, Any]) -> str:
+    """The report's host with its CPU flags, as :func:`edge_tl.manifest.host_text` words it."""
+    return _host_text(report.get("host"))
 
 
 def load_short(host_load: dict[str, Any] | None) -> str:

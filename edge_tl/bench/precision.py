@@ -67,10 +67,10 @@ def openvino_layers(path: Path) -> tuple[list[tuple[str, bool]], set[str]]:
 
 def by_design(outputs: set[str], float_names: list[str]) -> tuple[list[str], str | None]:
     """Of the float layers ``float_names``, those no quantiser may touch (the OOD score's distance, an
-    anomaly graph's distance part: ``stages.quantize.backend.float_names``), and what they are."""
+    anomaly graph's distance part: ``fixed_float.float_names``), and what they are."""
+    from ..fixed_float import ANOMALY_OUTPUT
+    from ..fixed_float import float_names as fixed_float
     from ..ood import OOD_OUTPUT
-    from ..stages.quantize.backend import ANOMALY_OUTPUT
-    from ..stages.quantize.backend import float_names as fixed_float
 
     kept = fixed_float(outputs, float_names)
     if not kept:

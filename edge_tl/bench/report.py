@@ -1,13 +1,12 @@
-"""Report files: ``reports/<target>.json`` (the contract in design.md), ``.md`` and ``.html``."""
+"""Report text: the Markdown report, console lines and the summary table (the files are written by
+``bench.writer``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from ..manifest import write_bytes, write_json
 from .hostload import describe, describe_spread, unreliable_label
-from .labels import eval_set_text, load_short, measured_text, precision_text, session_id
+from .labels import eval_set_text, host_text, load_short, measured_text, precision_text, session_id
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -149,7 +148,8 @@ def markdown(report: dict[str, Any]) -> str:
              *([f"Reference: {ref['model']}."] if ref.get("model") else []),
              *([f"{came[0].upper()}{came[1:]}."] if came else []),
              f"Measured: {measured_text(report)}, session {session_id(report)}; host load "
-             f"{load_short(report.get('host_load'))}.", "", "| | reference | candidate |", "|---|---|---|"]
+             f"{load_short(report.get('host_load'))}; host {host_text(report)}.", "",
+             "| | reference | candidate |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     if unevaluated:
         lines += ["", f"**Not evaluated:** {', '.join(unevaluated)} (no evaluation image: too few images to hold "
@@ -261,28 +261,7 @@ def _summary(reports: list[dict[str, Any]], anomaly: bool) -> str:
         if "evaluation set" in head:
             cells.append(eval_set_text(r))
         lines.append("| " + " | ".join([*cells, status]) + " |")
+    hosts = sorted({host_text(r) for r in reports if not r.get("skipped")})
+    if hosts:
+        lines += ["", "Host: " + "; ".join(hosts) + "."]
     return "\n".join(lines)
-
-
-def write_reports(report: dict[str, Any], reports_dir: Path, json_path: Path | None = None,
-                  index_root: Path | None = None) -> Path:
-    """Write the JSON, Markdown and HTML reports atomically; returns the JSON path.
-
-    ``index_root``: the run's ``reports/`` folder when ``reports_dir`` is a ``--data`` subfolder of it;
-    the run index there (``index.html``, ``index.json``) is rebuilt from every report of every
-    evaluation set, and the subfolder gets an index of its own set.
-    """
-    name = report["target"]
-    dest = reports_dir / f"{name}.json"
-    write_json(dest, report)
-    if json_path is not None:
-        write_json(json_path, report)
-    write_bytes(reports_dir / f"{name}.md", markdown(report).encode())
-    from .html import render_html, write_index
-
-    write_bytes(reports_dir / f"{name}.html", render_html(report).encode())
-    root = index_root or reports_dir
-    if root.resolve() != reports_dir.resolve():
-        write_index(reports_dir, data_sets=False)
-    write_index(root)  # the run's page, rebuilt from every report of every evaluation set
-    return dest

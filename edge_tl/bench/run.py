@@ -41,10 +41,11 @@ import numpy as np
 from ..backends import RunnerSpec, availability, open_runner, open_streams, profile_layers
 from ..errors import ConfigError, EdgeTLError
 from ..evalset import EvalSet, ensure_eval_set, eval_set_from_folder, load_eval_set, with_reference
+from ..gates import all_passed, verdicts
 from ..manifest import host_info, sha256_file, versions
+from ..metrics import agreement, classification_metrics
 from ..rundir import RunDir
 from ..targets import Target, builtin_targets, get_target
-from .accuracy import agreement, classification_metrics
 from .hostload import HostLoad, spread_reason, wait_for_quiet
 from .latency import block_ratio_spread, measure_latency, measure_paired, measure_streams, measure_throughput
 from .memory import measure_model_memory
@@ -117,25 +118,10 @@ def measure(runner: Any, evalset: EvalSet, target: Target, latency: bool = True,
     }
 
 
-NOT_MEASURED = "not measured"
-
-
-def _gates(target: Target, values: dict[str, float | None], not_measured: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """Each gate of ``target`` judged on ``values``; a gate named in ``not_measured`` (latency under
-    ``--no-latency``) is listed with ``passed: None``: neither passed nor failed."""
-    out = []
-    for name, limit in target.gates.model_dump().items():
-        if limit is None:
-            continue
-        if name not in values:  # a gate of the other task (classifier top-1 vs anomaly AUROC)
-            continue
-        if name in not_measured:
-            out.append({"name": name, "limit": limit, "value": None, "passed": None, "status": NOT_MEASURED})
-            continue
-        value = values.get(name)
-        passed = value is not None and (value >= limit if name.startswith("min_") else value <= limit)
-        out.append({"name": name, "limit": limit, "value": value, "passed": bool(passed)})
-    return out
+def target_gates(target: Target, values: dict[str, float | None],
+                 not_measured: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Each gate of ``target`` judged on ``values`` (:func:`edge_tl.gates.verdicts`)."""
+    return verdicts(target.gates.model_dump(), values, not_measured)
 
 
 NO_LATENCY_TEXT = ("nothing was timed: latency, throughput and speedup are not measured, and a latency gate "
@@ -147,11 +133,6 @@ def reference_key(ref_folder: Path, target: Target, evalset: EvalSet) -> tuple[A
     Targets of one bench with the same key share one timing of it (``bench_target(ref_cache=...)``)."""
     return (str(ref_folder.resolve()), _reference_device(target), target.threads, target.batch_size,
             tuple(evalset.inputs.shape[1:]))
-
-
-def gates_passed(gates: list[dict[str, Any]]) -> bool:
-    """True when no measured gate failed (a gate not measured counts neither way)."""
-    return all(g["passed"] is not False for g in gates)
 
 
 def candidate_source(run: RunDir, manifest: dict[str, Any], evalset: EvalSet, reference_top1: float,
@@ -373,8 +354,8 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
             base["notes"].append(f"out of distribution: {base['ood']['share_flagged']:.1%} of the {base['ood']['n']} "
                                  f"images score above the limit {base['ood']['limit']:.3g} (review in the runtime)")
         if anomaly:
-            from ..anomaly.report import plot_data
             from ..manifest import read_json
+            from .anomaly_plot import plot_data
 
             pre = read_json(run.finetune / "manifest.json")["preprocessing"]
             base["anomaly_plot"] = plot_data(runner, evalset, cand["logits"], target.batch_size, pre["mean"],
@@ -506,17 +487,17 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
     p95 = (candidate["latency_ms"] or {}).get("p95")
     not_measured = () if latency else ("max_p95_ms",)
     if anomaly:
-        from ..anomaly.metrics import compare
+        from ..metrics import compare
 
         figures = compare(cand["logits"], evalset.logits, evalset.labels)
         candidate |= figures["candidate"]
         reference |= figures["reference"]
-        gates = _gates(target, {"max_auroc_drop": candidate["auroc_drop"],
-                                "min_decision_agreement": candidate["decision_agreement"], "max_p95_ms": p95},
-                       not_measured)
+        gates = target_gates(target, {"max_auroc_drop": candidate["auroc_drop"],
+                                      "min_decision_agreement": candidate["decision_agreement"],
+                                      "max_p95_ms": p95}, not_measured)
     else:
-        gates = _gates(target, {"max_top1_drop": candidate["top1_drop"], "min_agreement": candidate["agreement"],
-                                "max_p95_ms": p95}, not_measured)
+        gates = target_gates(target, {"max_top1_drop": candidate["top1_drop"],
+                                      "min_agreement": candidate["agreement"], "max_p95_ms": p95}, not_measured)
     if state is not None and state["precision"] != "int8":
         base["notes"].append(f"an INT8 profile whose graph is {state['label']}: it runs as a float model "
                              "with quantise/dequantise hops; compare with the float target")
@@ -524,7 +505,7 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
                      "speedup_spread": speedup_spread, "host_load": host_load,
                      "timing_reliable": not unreliable if latency else None,
                      "unreliable_reasons": unreliable if latency else None, "gates": gates,
-                     "passed": gates_passed(gates),
+                     "passed": all_passed(gates),
                      "skipped": None}
     if layer_info is not None:
         report["layers"] = layer_info
@@ -551,32 +532,21 @@ def reports_dir_for(run: RunDir, evalset: EvalSet, data: str | None) -> Path:
     return run.reports / f"data-{slug}-{str(ident.get('sha256') or '')[:8]}"
 
 
-def _export_one(run: RunDir, target: Target, quiet: bool, say: Steps) -> str | None:
-    """Export ``target`` for ``bench --export``; None when done (or already there), else why not."""
-    folder = run.target(target.name)
-    if (folder / "manifest.json").is_file():
-        say(f"already exported in {folder}, reusing it (delete the folder to export again)")
-        return None
-    from ..stages.export import export
-
-    say("exporting…")
-    try:
-        export(run.root, target_arg(target), quiet=quiet)
-    except EdgeTLError as exc:
-        say(f"export failed: {exc}")
-        return f"export failed: {exc}"
-    say("exported")
-    return None
+# Before a target is benched: (why it is skipped, or None; whether that skip is a failure). ``bench --export``
+# passes one that exports the target first (``edge_tl.orchestrate``).
+Prepare = Callable[[RunDir, Target, Steps], tuple[str | None, bool]]
 
 
 def bench(run_dir: str | Path, targets: list[str] | None, data: str | None = None,
-          json_path: str | None = None, quiet: bool = True, wait_quiet: float = 0.0, export: bool = False,
-          layers: bool = False, progress: bool | None = None, latency: bool = True) -> list[dict[str, Any]]:
+          json_path: str | None = None, quiet: bool = True, wait_quiet: float = 0.0,
+          prepare: Prepare | None = None, layers: bool = False, progress: bool | None = None,
+          latency: bool = True) -> list[dict[str, Any]]:
     """Bench the named targets (or, with None, every built-in target) and write their reports.
 
     ``wait_quiet``: before timing each target, wait up to this many seconds for a quiet host.
-    ``export``: first export every chosen target this host can run that is not exported yet (the others
-    are reported as skipped, with the reason). ``layers``: also record per-layer timings.
+    ``prepare``: called before each target; a reason it returns skips the target (reported as skipped, with
+    the reason; a failed skip fails the report). ``edge_tl.orchestrate.bench(export=True)`` passes one that
+    first exports every chosen target this host can run. ``layers``: also record per-layer timings.
     ``progress``: plain step lines on stderr (default: unless ``quiet``). ``json_path``: also write the
     report there: one named target's report, or with several (or every built-in) target a JSON list of
     their reports in bench order (rewritten atomically after each target, so a bench that stops half-way
@@ -585,13 +555,20 @@ def bench(run_dir: str | Path, targets: list[str] | None, data: str | None = Non
     timed once per invocation for each set of threads, batch, input size and device, and shared.
     """
     from ..manifest import check_writable, write_json
-    from .report import write_reports
+    from .writer import write_reports
 
     if layers and not latency:
         raise ConfigError("--layers times every layer; it cannot go with --no-latency")
     if json_path is not None:
         check_writable(json_path)  # before minutes of benching, not after
     run = RunDir(Path(run_dir))
+    chosen = [get_target(t) for t in targets] if targets else list(builtin_targets().values())
+    if prepare is None:
+        # Refuse a stale target before the evaluation set's minute of preprocessing, not after it
+        # (``--export`` re-exports stale targets itself).
+        for target in chosen:
+            if (run.target(target.name) / "manifest.json").is_file():
+                run.check_fresh(run.target(target.name), target.cli_ref)
     steps = Steps(quiet if progress is None else not progress)
     if data is not None:
         evalset = eval_set_from_folder(run, Path(data), quiet)
@@ -601,7 +578,6 @@ def bench(run_dir: str | Path, targets: list[str] | None, data: str | None = Non
         evalset = load_eval_set(ensure_eval_set(run, quiet))
     if len(evalset.labels) == 0:
         raise EdgeTLError("the evaluation set is empty")
-    chosen = [get_target(t) for t in targets] if targets else list(builtin_targets().values())
     steps.total = len(chosen)
     session = new_session() | {"targets": [t.name for t in chosen], "eval_set_sha256": evalset.describe()["sha256"]}
     out_dir = reports_dir_for(run, evalset, data)
@@ -616,14 +592,8 @@ def bench(run_dir: str | Path, targets: list[str] | None, data: str | None = Non
 
     for target in chosen:
         steps.start(target.name)
-        if export:
-            reason = host_cannot_run(target)
-            if reason is None:
-                reason = _export_one(run, target, quiet, steps)
-                failed = reason is not None
-            else:
-                steps(f"skipped: {reason}")
-                failed = False
+        if prepare is not None:
+            reason, failed = prepare(run, target, steps)
             if reason is not None:
                 ident = evalset.describe()
                 report = {"task": "anomaly" if is_anomaly_run(run) else "classification",

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Iterator
 
 from ..errors import EdgeTLError, GateFailed
-from ..progress import library_output
+from ..progress import OneLine, library_output
 from ._app import GLOBAL_FLAGS, app, state
 
 # Command modules, imported for their registrations (each owns its commands).
@@ -29,14 +29,9 @@ for _name in _COMMANDS:
             raise
 
 
-class _OneLine(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {record.getMessage()}"
-
-
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLine())
+    handler.setFormatter(OneLine())
     logger = logging.getLogger("edge_tl")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)

@@ -43,7 +43,8 @@ def bench(
     by the targets that match (the reports say so).
     """
     from ..bench.report import headline, is_anomaly, layers_text, markdown, summary_table
-    from ..bench.run import bench as run_bench
+    from ..gates import failed_text
+    from ..orchestrate import bench as run_bench
 
     if not target and not all_targets:
         raise ConfigError("give --target NAME (repeatable) or --all-targets")
@@ -62,6 +63,6 @@ def bench(
         for r in reports:
             if r.get("layers"):
                 print(f"\n## {r['target']}\n\n{layers_text(r['layers'])}")
-    failed = [r["target"] for r in reports if not r["passed"]]
+    failed = [failed_text(r) for r in reports if not r["passed"]]
     if failed:
         raise GateFailed(", ".join(failed))

@@ -31,6 +31,7 @@ def run_cmd(pipeline: Path = typer.Argument(..., metavar="PIPELINE.toml", help="
     require_training()
     from ..bench.report import summary_table
     from ..errors import GateFailed
+    from ..gates import failed_text
     from ..pipeline import load_pipeline, run_pipeline
     from .train import finetune_summary
 
@@ -45,7 +46,7 @@ def run_cmd(pipeline: Path = typer.Argument(..., metavar="PIPELINE.toml", help="
         from .deploy import policy_line
 
         print(f"shipped {shipped['target']['name']}: {policy_line(shipped['policy'])}")
-    failed = [r["target"] for r in reports if not r["passed"]]
+    failed = [failed_text(r) for r in reports if not r["passed"]]
     if failed:
         raise GateFailed(", ".join(failed))
 

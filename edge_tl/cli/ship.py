@@ -33,16 +33,10 @@ def export(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Export the run's model for one target and check it against the torch model."""
+    from ..stages.export import describe
     from ..stages.export import export as run_export
 
     m = run_export(run, target, calibration=calibration, source=from_, quiet=quiet or state.quiet,
                    qat_epochs=qat, ood=not no_ood, data=data)
-    v = m.get("validation")
-    check = (f"agreement {v['agreement']:.4f}, max |Δlogit| {v['max_abs_logit_diff']:.2e} on {v['n']} images"
-             if v else "not validated on this host")
-    console().print(f"[green]exported[/] {m['target']['name']} from {m['source_stage']}: {check} "
-                               f"-> {run / 'targets' / m['target']['name']}")
-    ood = m.get("ood")
-    if ood:
-        console().print(f"ood_score: fitted on {ood['fitted_on']['n']} images ({ood['fitted_on']['what']}); "
-                        f"limit {ood['limit']:.3g} ({ood['limit_source']})", soft_wrap=True)
+    for line in describe(m, run / "targets" / m["target"]["name"]):
+        console().print(line, soft_wrap=True, highlight=False, markup=False)

@@ -22,8 +22,8 @@ def finetune(
                                 "the new run keeps its preprocessing) | PATH to a state_dict."),
     mode: str = typer.Option("linear", metavar="linear|partial|full",
                              help="linear (frozen backbone, cached features) | partial | full."),
-    epochs: int = typer.Option(None, help="Epochs (default: 30 linear; partial: 20 on a CPU, where the frozen "
-                               "layers run once and an epoch is cheap, 8 on a GPU or with --progressive; 8 full). "
+    epochs: int = typer.Option(None, help="Epochs (default: 30 linear; partial: 20, where the frozen "
+                               "layers run once and an epoch is cheap, 8 with --progressive; 8 full). "
                                "Early stopping (--patience) may end sooner; the manifest records both."),
     unfreeze: int = typer.Option(3, help="partial: number of last blocks to train."),
     progressive: bool = typer.Option(False, "--progressive", help="partial: unfreeze one more block per epoch."),
@@ -37,7 +37,7 @@ def finetune(
                                 "available) | cpu | cuda."),
     workers: int = typer.Option(2, help="Data-loading worker processes."),
     patience: int = typer.Option(5, help="Early stopping: epochs without validation improvement."),
-    views: int = typer.Option(2, help="partial on a CPU: cached views per training image (1 plain + augmented); "
+    views: int = typer.Option(2, help="partial: cached views per training image (1 plain + augmented); "
                               "the frozen layers run once per view."),
     balance: str = typer.Option("none", metavar="none|weights|sampler",
                                 help="Imbalanced classes: none | weights (loss weighted per class) | "

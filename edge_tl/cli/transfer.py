@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..manifest import host_text
 from ..progress import console
 from ._app import app, require_training, state
 
@@ -74,6 +75,7 @@ def select(
         flags = "".join(f"  (flag: {f.replace('_', ' ')})" for f in r.get("flags", []))
         con.print(f"{r['rank']:>2} {r['name']}: probe top-1 {r['linear_top1']:.4f}, kNN {r['knn_top1']:.4f}, "
                   f"LogME {r['logme']:.3f}, {prec} p50 {p50}{flags}", highlight=False)
+    con.print(f"   latency measured on: {host_text(result.get('host'))}", highlight=False)
     rec = result.get("recommendation")
     if rec:
         con.print(f"[green]recommended:[/] {rec['name']} ({rec['why']}) -> {rec['command']}", highlight=False)

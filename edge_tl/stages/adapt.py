@@ -578,7 +578,7 @@ class _EndToEndLearner(_Learner):
 
         self.model, self.cfg, self.st, self.device, self.quiet = model, cfg, st, device, quiet
         self.root, self.samples, self.pre = root, samples, pre
-        # The fine-tune's own mode (full, or partial on CUDA): frozen layers keep their statistics.
+        # The fine-tune's own mode (full, or partial --progressive): frozen layers keep their statistics.
         self.frozen = freeze_for_mode(model, arch, cfg.mode, cfg.unfreeze)
         self.describe = ("every layer, end to end" if cfg.mode == "full"
                          else f"the last {cfg.unfreeze} block(s) and the head, end to end")
@@ -710,8 +710,8 @@ def _report(stages: list[tuple[str, nn.Module]], folder: Any, pre: Preprocess, c
             pool: dict[str, Any], device: str, engine: str, quiet: bool) -> dict[str, Any]:
     """Top-1, balanced accuracy and per-class recall of every stage's model on ``--target-val``, and the
     gain of the adapted model over the source. Report only: nothing is chosen from it."""
-    from ..bench.accuracy import classification_metrics
     from ..features import PrefixEngine
+    from ..metrics import classification_metrics
     from ..training import run_over
 
     digests = {im["sha256"] for im in pool["images"]}

@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import onnx_export
 from ..backends import RunnerSpec, availability, open_runner
-from ..bench.accuracy import agreement, max_abs_diff
 from ..checkpoint import load_model
 from ..errors import ConfigError, EdgeTLError, require
 from ..evalset import ensure_eval_set, load_eval_set, save_adapted_reference
 from ..manifest import check_writable, read_manifest, staged_folder, write_manifest
+from ..metrics import agreement, max_abs_diff
 from ..rundir import RunDir
 from ..targets import Target, command, get_target
 
@@ -29,21 +30,15 @@ MAX_SCORES_KEPT = 2000
 
 def export_onnx(model: Any, path: Path, input_size: int, opset: int) -> None:
     """Export with a dynamic batch axis (input ``input``, output ``logits``; an anomaly model adds
-    ``anomaly_map``, see ``anomaly.model``) and check the graph."""
+    ``anomaly_map``, see ``anomaly.model``) and check the graph (``onnx_export.export_onnx``)."""
     torch = require("torch", "train")
-    onnx = require("onnx", "train")
-    import warnings
+    require("onnx", "train")
 
     model = model.eval().cpu()
     names = list(getattr(model, "output_names", ("logits",)))
     module = model.for_export() if hasattr(model, "for_export") else model
-    dummy = torch.zeros(1, 3, input_size, input_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(module, (dummy,), str(path), dynamo=False, opset_version=opset,
-                          input_names=["input"], output_names=names,
-                          dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}})
-    onnx.checker.check_model(str(path))
+    onnx_export.export_onnx(module, torch.zeros(1, 3, input_size, input_size), path, input_names=["input"],
+                            output_names=names, dynamic_batch=True, opset=opset)
 
 
 def torch_logits(model: Any, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -211,6 +206,20 @@ def validate(target: Target, folder: Path, inputs: np.ndarray, reference: np.nda
     return {"backend": backend, "device": device, "n": len(reference), "agreement": agree,
             "disagreements": round((1 - agree) * len(reference)),
             "max_abs_logit_diff": max_abs_diff(logits, reference), **ood}
+
+
+def describe(manifest: dict[str, Any], folder: Path) -> list[str]:
+    """The lines the CLI and ``edge-tl run`` print after an export: the check against torch (agreement,
+    max |Δlogit|, images) and, with an OOD score, what it was fitted on and its limit."""
+    v = manifest.get("validation")
+    check = (f"agreement {v['agreement']:.4f}, max |Δlogit| {v['max_abs_logit_diff']:.2e} on {v['n']} images"
+             if v else "not validated on this host")
+    lines = [f"exported {manifest['target']['name']} from {manifest['source_stage']}: {check} -> {folder}"]
+    ood = manifest.get("ood")
+    if ood:
+        lines.append(f"ood_score: fitted on {ood['fitted_on']['n']} images ({ood['fitted_on']['what']}); "
+                     f"limit {ood['limit']:.3g} ({ood['limit_source']})")
+    return lines
 
 
 def read_target(run: RunDir, target: Target) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from ..checkpoint import MODEL_FILE, describe_structure, load_model, save_state
 from ..data import Sample, locate_split
 from ..errors import ArtifactError, ConfigError, DataError, require
-from ..manifest import check_writable, read_json, staged_folder, write_manifest
+from ..manifest import check_writable, host_info, host_text, read_json, staged_folder, write_manifest
 from ..models import head_of
 from ..preprocess import Preprocess
 from ..rundir import RunDir
@@ -235,7 +235,7 @@ def prune_run(run_dir: str | Path, ratio: float, recover_epochs: int | None = No
     if result is not None:
         val_after = result.val
     else:
-        from ..bench.accuracy import classification_metrics
+        from ..metrics import classification_metrics
 
         model.to(dev)
         logits, labels, _bad = predict_logits(model, root, val, pre, dev, quiet=quiet, desc="validate")
@@ -263,7 +263,7 @@ def prune_run(run_dir: str | Path, ratio: float, recover_epochs: int | None = No
             metrics={"val_top1_before": val_before, "val_top1": val_after["top1"],
                      "val_top1_drop": None if val_before is None else (val_before - val_after["top1"]) * 100,
                      "per_class_recall": val_after["per_class_recall"], "confusion": val_after["confusion"]},
-            latency_ms={"backend": "torch-eager-fp32", "batch": 1, "device": "cpu", "threads": 1,
+            latency_ms={"backend": "torch-eager-fp32", "batch": 1, "device": "cpu", "threads": 1, "host": host_info(),
                         "before": latency_before, "after": latency_after,
                         "speedup": latency_before["p50"] / latency_after["p50"],
                         "note": "indicative, measured on the pruning host; the bench measures targets"},
@@ -554,7 +554,7 @@ def describe(manifest: dict[str, Any]) -> str:
             f"{manifest['steps']} step(s)): MACs {m['before'] / 1e6:.1f}M -> {m['after'] / 1e6:.1f}M, "
             f"params {p['before'] / 1e6:.2f}M -> {p['after'] / 1e6:.2f}M, val top-1 {before} -> "
             f"{met['val_top1']:.4f}, torch CPU 1-thread p50 {lat['before']['p50']:.1f} -> "
-            f"{lat['after']['p50']:.1f} ms ({verdict})")
+            f"{lat['after']['p50']:.1f} ms ({verdict}; {host_text(lat.get('host'))})")
 
 
 __all__ = ["default_recover_epochs", "default_steps", "describe", "describe_plan", "plan_prune", "prune",

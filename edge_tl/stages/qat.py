@@ -20,7 +20,6 @@ are neither calibration nor validation images); validation only judges it (``qua
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import time
 import warnings
@@ -151,10 +150,7 @@ def to_onnx(qm: Any, crop: int, opset: int) -> bytes:
     """The QAT model as an ONNX QDQ graph (input ``input``, output ``logits``, dynamic batch)."""
     import torch
 
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(qm.eval(), (torch.zeros(1, 3, crop, crop),), buf, dynamo=False, opset_version=max(opset, 13),
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    return buf.getvalue()
+    from ..onnx_export import export_onnx_bytes
+
+    return export_onnx_bytes(qm.eval(), torch.zeros(1, 3, crop, crop), input_names=["input"],
+                             output_names=["logits"], dynamic_batch=True, opset=max(opset, 13))

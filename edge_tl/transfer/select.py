@@ -166,17 +166,14 @@ def score_candidate(c: Candidate, root: Path, samples: list, seed: int, cache_di
 
 
 def _export_fp32(arch: str, n_classes: int, size: int, dest: Path) -> None:
-    import warnings
-
     import torch
 
     from ..models import build_model
+    from ..onnx_export import export_onnx
 
     model = build_model(arch, n_classes, None).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(dest), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"])
+    export_onnx(model, torch.zeros(1, 3, size, size), dest, input_names=["input"], output_names=["logits"],
+                dynamic_batch=False, opset=17)
 
 
 def _int8_graph(target: Any, fp32: Path, size: int, work: Path) -> Path:
@@ -358,7 +355,7 @@ def select(data_dir: str | Path, target: str, out: str | Path, *, candidates: li
     fine-tunes (0 in a process that later kills children of its own: torch's loader installs a SIGCHLD
     handler). Raises ConfigError/DataError for bad input."""
     from ..data import scan_image_folder, stratified_split
-    from ..manifest import check_writable, write_json
+    from ..manifest import check_writable, host_info, write_json
     from ..targets import get_target
     from .report import write_select_html
 
@@ -413,6 +410,7 @@ def select(data_dir: str | Path, target: str, out: str | Path, *, candidates: li
         "scored_on": {"split": "train", "images": len(scored_on),
                       "note": "scores use the training split only; validation is kept for --verify"},
         "candidates": rows, "recommendation": None, "seconds": time.perf_counter() - started,
+        "host": host_info(),
     }
     if rec is not None:
         pool = [r for r in rows if r["status"] == "scored" and not r["scratch"]

@@ -43,8 +43,9 @@ backends:
 * ``__init__`` (this module): ``quantize_for_target``, the driver. It builds the calibration set and
   the judge, hands the target to its backend (``BACKENDS``), times the result and writes
   calibration.json.
-* ``backend``: the ``Backend`` protocol every backend module satisfies, and what they share (the
-  anomaly graph's float part, ``anomaly_float_names``).
+* ``backend``: the ``Backend`` protocol every backend module satisfies, and what they share
+  (``EVAL_BATCH``, ``rel_error``, quiet library logging); the parts kept float by design are
+  ``edge_tl.fixed_float``.
 * ``fallback``: the gates, the selection set and ``Judge``, the fallback record before and after the
   search, ``search_fewest`` and ``bypass_fewest``, the held-out verdict, the report. No runtime.
 * ``onnxruntime_``: the QDQ graph ONNX Runtime and TensorRT execute, made by ``quantize_static``
@@ -75,10 +76,10 @@ from . import onnxruntime_, openvino_, qat_
 from .backend import Backend
 from .fallback import gate_values, make_judge, report_fallback, search_fewest
 from .nncf_onnx import nncf_quantize_onnx
-from .onnxruntime_ import activation_quantizers as _activation_quantizers
-from .onnxruntime_ import logits as _ort_logits
+from .onnx_common import activation_quantizers as _activation_quantizers
+from .onnx_common import logits as _ort_logits
+from .onnx_common import without as onnx_without
 from .onnxruntime_ import ort_settings
-from .onnxruntime_ import without as onnx_without
 from .openvino_ import logits as _ov_logits
 from .openvino_ import without as ov_without
 from .speed import speed_check

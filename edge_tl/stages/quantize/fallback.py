@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...bench.accuracy import agreement
 from ...calibration import CalibrationSet, SelectionSet
 from ...evalset import EvalSet, reference_logits
+from ...gates import verdicts
+from ...metrics import agreement
 from ...rundir import RunDir
 from ...targets import Gates, Target
 
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge_tl")
 
 SENSITIVITY_IMAGES = 64  # calibration images the per-layer sensitivity is measured on
-_EPS = 1e-9
 
 
 # --------------------------------------------------------------------------------------------------
@@ -44,11 +44,9 @@ def gate_values(logits: np.ndarray, evalset: EvalSet, gates: Gates) -> dict[str,
     top1 = float((logits.argmax(1) == labels).mean()) if len(labels) else 0.0
     drop = (ref_top1 - top1) * 100.0
     agree = agreement(logits, evalset.logits)
-    failed = []
-    if gates.max_top1_drop is not None and drop > gates.max_top1_drop + _EPS:
-        failed.append(f"top-1 drop {drop:.2f} > {gates.max_top1_drop:g} points")
-    if gates.min_agreement is not None and agree < gates.min_agreement - _EPS:
-        failed.append(f"agreement {agree:.4f} < {gates.min_agreement:g}")
+    judged = verdicts(gates.model_dump(), {"max_top1_drop": drop, "min_agreement": agree})
+    failed = [f"top-1 drop {drop:.2f} > {g['limit']:g} points" if g["name"] == "max_top1_drop"
+              else f"agreement {agree:.4f} < {g['limit']:g}" for g in judged if not g["passed"]]
     return {"top1": top1, "reference_top1": ref_top1, "top1_drop": drop, "agreement": agree,
             "passed": not failed, "failed": failed}
 

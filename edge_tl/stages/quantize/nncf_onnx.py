@@ -2,7 +2,7 @@
 
 Per-tensor activations; unsigned activations (x86) also get the pixel grid, int8 ones (TensorRT) NNCF's
 unsigned quantisers turned into signed zero-point-0 ones (``signed_activations``). Part of the ONNX
-backend (``onnxruntime_``), whose ``without`` and ``sensitivity`` its fallback uses.
+backend (``onnxruntime_`` dispatches to it); its fallback uses ``onnx_common.without`` and ``sensitivity``.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 
+import edge_tl.stages.quantize.onnx_common as onnx_common  # the module: it is the fallback backend below
+
 from ...calibration import CalibrationSet
 from ...errors import ConfigError, require
 from ...manifest import atomic_path
 from ...preprocess import Preprocess
 from ...targets import Target
 from ..pixel_grid import LEVELS, PixelInput, restore_pixels
-from . import onnxruntime_
 from .backend import quiet_library_logging
 from .fallback import Judge, bypass_fewest, fallback_start, held_out, short
 
@@ -127,14 +128,14 @@ def nncf_quantize_onnx(float_onnx: Path, dest: Path, inputs: np.ndarray, signed:
             if pixels is not None:
                 source = Path(work_str) / "pixels.onnx"
                 onnx.save(graph, str(source))
-        onnxruntime_.preprocess_graph(source, pre)
+        onnx_common.preprocess_graph(source, pre)
         model = onnx.load(str(pre))
     input_name = model.graph.input[0].name
     n = len(inputs)
     calib = nncf.Dataset([inputs[i:i + 1] for i in range(n)], lambda x: {input_name: x})
     extra: dict[str, Any] = {}
     # Quantisers in front of the restoring ops would round the normalised input again.
-    float_ops = [*(pixels.float_ops if pixels is not None else ()), *onnxruntime_.fixed_float(model)]
+    float_ops = [*(pixels.float_ops if pixels is not None else ()), *onnx_common.fixed_float(model)]
     if float_ops:
         extra["ignored_scope"] = nncf.IgnoredScope(names=float_ops, validate=False)
     t0 = time.perf_counter()
@@ -203,7 +204,7 @@ def quantize_nncf(target: Target, float_onnx: Path, out_dir: Path, cset: Calibra
     import onnx
 
     dest = out_dir / target.model_file
-    threads = onnxruntime_.host_threads(target)
+    threads = onnx_common.host_threads(target)
     q = target.quantizer
     with tempfile.TemporaryDirectory(prefix="edge-tl-quant-") as work:
         pre_path = Path(work) / "pre.onnx"
@@ -213,14 +214,14 @@ def quantize_nncf(target: Target, float_onnx: Path, out_dir: Path, cset: Calibra
 
     def logits(inputs: np.ndarray) -> np.ndarray:
         # The batch size export's validation and bench use: near-ties can depend on it.
-        return onnxruntime_.logits(str(dest), inputs, threads, target.batch_size)
+        return onnx_common.logits(str(dest), inputs, threads, target.batch_size)
 
-    fallback = fallback_start(target, judge, float_values, onnxruntime_.WHERE, logits)
+    fallback = fallback_start(target, judge, float_values, onnx_common.WHERE, logits)
     float_layers: list[dict[str, Any]] = []
     if "before" in fallback:
         fallback["after"] = fallback["before"]
     if fallback["status"] == "needed" and target.backend == "onnxruntime":
-        chosen, after, float_layers = bypass_fewest(onnxruntime_, target, fallback, onnx.load(str(dest)),
+        chosen, after, float_layers = bypass_fewest(onnx_common, target, fallback, onnx.load(str(dest)),
                                                     float_model, cset, judge, threads)
         if chosen is not None and after is not None:
             fallback["after"] = short(after)
@@ -228,5 +229,5 @@ def quantize_nncf(target: Target, float_onnx: Path, out_dir: Path, cset: Calibra
                 onnx.save(chosen, str(tmp))
     fallback["float_layers"] = [r["name"] for r in float_layers]
     if fallback["status"] != "needed":
-        held_out(target, fallback, judge, onnxruntime_.WHERE, logits)
+        held_out(target, fallback, judge, onnx_common.WHERE, logits)
     return [dest.name], {"quantizer": quantizer, "float_layers": float_layers, "fallback": fallback}

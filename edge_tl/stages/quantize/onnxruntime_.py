@@ -2,14 +2,13 @@
 
 ``quantize`` makes it with ``onnxruntime.quantization`` (``quantize_qdq``: static QDQ in the form the
 runtime wants, layers kept in float by re-quantising without them) or with NNCF (``nncf_onnx``, whose
-fallback bypasses activation quantisers: ``without``, ``sensitivity``). On TensorRT a NNCF graph that misses
+fallback bypasses activation quantisers: ``onnx_common.without``, ``sensitivity``). On TensorRT a NNCF graph that misses
 the gate on the selection set is replaced by the QDQ path with its layer fallback.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -24,7 +23,7 @@ from ...errors import ConfigError, require
 from ...manifest import atomic_path
 from ...preprocess import Preprocess
 from ...targets import Target
-from .backend import EVAL_BATCH, float_names, quiet_library_logging, rel_error
+from .backend import quiet_library_logging, rel_error
 from .fallback import (
     SENSITIVITY_IMAGES,
     Judge,
@@ -36,11 +35,21 @@ from .fallback import (
     short,
 )
 
+# The backend's members (``backend.Backend``) that NNCF's ONNX path shares live in ``onnx_common``
+from .onnx_common import (  # noqa: F401 - MODEL, QUANTIZER_OP, without, sensitivity: Backend members
+    MODEL,
+    QUANTIZER_OP,
+    WHERE,
+    fixed_float,
+    host_threads,
+    logits,
+    preprocess_graph,
+    sensitivity,
+    without,
+)
+
 log = logging.getLogger("edge_tl")
 
-WHERE = "ONNX Runtime CPU"
-QUANTIZER_OP = "QuantizeLinear"
-MODEL = "graph"
 CAL_BATCH = 8  # images per calibration inference (ranges are min/max over all of them anyway)
 
 
@@ -59,9 +68,9 @@ def quantize(target: Target, settings: dict[str, Any], float_onnx: Path, out_dir
     it misses the gate on the selection set and has no fallback of its own (TensorRT), the QDQ path."""
     if target.quantizer.method != "nncf":
         return quantize_qdq(target, settings, float_onnx, out_dir, cset, judge, float_values)
-    from . import nncf_onnx
+    from .nncf_onnx import quantize_nncf
 
-    files, info = nncf_onnx.quantize_nncf(target, float_onnx, out_dir, cset, judge, float_values, pre)
+    files, info = quantize_nncf(target, float_onnx, out_dir, cset, judge, float_values, pre)
     if info["fallback"]["status"] == "needed":
         # NNCF's graph misses the gate on the selection set: the QDQ path below can keep chosen layers
         # in float (chosen on the same selection set; validation still only judges).
@@ -79,108 +88,6 @@ def from_qdq(qdq: bytes, target: Target, out_dir: Path) -> tuple[list[str], Any]
     with atomic_path(dest) as tmp:
         tmp.write_bytes(qdq)
     return [dest.name], qdq
-
-
-def logits(model: Any, inputs: np.ndarray, threads: int = 2, batch: int = EVAL_BATCH) -> np.ndarray:
-    """``model``: a path, the serialised graph, or a ModelProto."""
-    if not isinstance(model, (str, bytes)):
-        model = model.SerializeToString()
-    sess = _ort_session(model, threads)
-    name = sess.get_inputs()[0].name
-    return np.concatenate([np.asarray(sess.run(None, {name: inputs[i:i + batch]})[0], np.float32)
-                           for i in range(0, len(inputs), batch)])
-
-
-def without(qmodel: Any, names: list[str] | tuple[str, ...]) -> Any:
-    """A copy of QDQ graph ``qmodel`` in which the activation QuantizeLinear nodes ``names`` and their
-    DequantizeLinear partners are bypassed: every reader of that tensor computes on its float value
-    (its weights stay int8). ``openvino_.without`` for ONNX: exactly the graph that ships, in milliseconds,
-    where a re-quantisation with an ignored scope would also redo the bias correction around it."""
-    import onnx
-
-    m = onnx.ModelProto()
-    m.CopyFrom(qmodel)
-    g = m.graph
-    wanted = set(names)
-    rewire: dict[str, str] = {}
-    drop: set[str] = set()
-    for q in activation_quantizers(m):
-        if q.name not in wanted:
-            continue
-        drop.add(q.name)
-        for dq in g.node:
-            if dq.op_type == "DequantizeLinear" and dq.input[0] == q.output[0]:
-                rewire[dq.output[0]] = q.input[0]
-                drop.add(dq.name)
-    keep = [n for n in g.node if n.name not in drop]
-    for n in keep:
-        for i, inp in enumerate(n.input):
-            if inp in rewire:
-                n.input[i] = rewire[inp]
-    for out in g.output:
-        if out.name in rewire:  # a graph output stays named as it was: an Identity carries the float value
-            keep.append(onnx.helper.make_node("Identity", [rewire[out.name]], [out.name]))
-    del g.node[:]
-    g.node.extend(keep)
-    return m
-
-
-def sensitivity(qmodel: Any, float_model: Any, inputs: np.ndarray, threads: int = 2,
-                ) -> tuple[float, list[dict[str, Any]]]:
-    """Each activation quantiser of QDQ graph ``qmodel`` bypassed alone: how much of the INT8 logit error
-    it removes, most sensitive first (rows: ``name``, ``consumers``, ``sensitivity``, ``error_if_float``)."""
-    ref = logits(float_model.SerializeToString(), inputs, threads)
-    base = rel_error(logits(qmodel.SerializeToString(), inputs, threads), ref)
-    rows = []
-    for q in activation_quantizers(qmodel):
-        dqs = {n.output[0] for n in qmodel.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]}
-        consumers = sorted({n.name for n in qmodel.graph.node if set(n.input) & dqs})
-        variant = without(qmodel, [q.name]).SerializeToString()
-        err = rel_error(logits(variant, inputs, threads), ref)
-        rows.append({"name": q.name, "consumers": consumers, "sensitivity": base - err, "error_if_float": err})
-    rows.sort(key=lambda r: (-r["sensitivity"], r["name"]))
-    return base, rows
-
-
-def fixed_float(model: Any) -> list[str]:
-    """Names of the nodes of an ONNX model that must stay float (``backend.float_names``)."""
-    return float_names({o.name for o in model.graph.output}, [n.name for n in model.graph.node])
-
-
-# --------------------------------------------------------------------------------------------------
-# Shared by both ONNX quantisers
-
-
-def host_threads(target: Target) -> int:
-    # TensorRT's threads setting means nothing to ONNX Runtime on this host: use a few cores.
-    return target.threads if target.backend == "onnxruntime" else min(4, os.cpu_count() or 1)
-
-
-def _ort_session(model: str | bytes, threads: int = 2) -> Any:
-    ort = require("onnxruntime", "runtime")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-
-
-def preprocess_graph(float_onnx: Path, dest: Path) -> None:
-    """ORT's quantisation pre-processing: shape inference and the basic (standard-op) graph optimisations."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with quiet_library_logging():
-        try:
-            quant_pre_process(str(float_onnx), str(dest))
-        except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs
-            quant_pre_process(str(float_onnx), str(dest), skip_symbolic_shape=True)
-
-
-def activation_quantizers(model: Any) -> list[Any]:
-    """QuantizeLinear nodes of a QDQ graph that quantise an activation (not a constant weight)."""
-    constants = {i.name for i in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in constants]
 
 
 # --------------------------------------------------------------------------------------------------

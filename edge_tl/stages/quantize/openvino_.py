@@ -20,10 +20,11 @@ import numpy as np
 from ...backends.openvino_ import signal_stack_kept
 from ...calibration import CalibrationSet
 from ...errors import require
+from ...fixed_float import float_names
 from ...preprocess import Preprocess
 from ...targets import OPENVINO_PRESET, Target
 from ..pixel_grid import PixelInput, pin_pixel_quantizer, restore_pixels
-from .backend import EVAL_BATCH, float_names, quiet_library_logging, rel_error
+from .backend import EVAL_BATCH, quiet_library_logging, rel_error
 from .fallback import Judge, bypass_fewest, fallback_start, held_out, short
 
 log = logging.getLogger("edge_tl")
@@ -152,7 +153,7 @@ def sensitivity(qmodel: Any, float_model: Any, inputs: np.ndarray, threads: int 
 
 
 def fixed_float(model: Any) -> list[str]:
-    """``backend.float_names`` of an OpenVINO model converted from the ONNX graph (friendly names keep the
+    """``fixed_float.float_names`` of an OpenVINO model converted from the ONNX graph (friendly names keep the
     ONNX names)."""
     outputs = {name for o in model.outputs for name in o.get_names()}
     return float_names(outputs, [op.get_friendly_name() for op in model.get_ops()

@@ -1,4 +1,5 @@
-"""What an anomaly report draws: score distributions of good and defect images, and heat-map overlays."""
+"""What a bench report of an anomaly model draws: score distributions of good and defect images, and
+heat-map overlays."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import scores_from_logits
+from ..metrics import scores_from_logits
 
 HEATMAPS = 4  # overlays per report: the highest-scoring defect images, then the highest-scoring good one
 HEATMAP_PX = 160

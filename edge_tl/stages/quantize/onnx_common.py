@@ -1,0 +1,123 @@
+"""What both ONNX quantisers (``onnxruntime_``'s QDQ path and ``nncf_onnx``) share: an ONNX Runtime
+session on the CPU, its logits, the graph pre-processing, the nodes that stay float, and the layer fallback
+that bypasses activation quantisers (``without``, ``sensitivity``: ``nncf_onnx`` hands this module to
+``fallback.bypass_fewest`` as its backend). ``onnxruntime_`` re-exports the ``Backend`` members among them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import require
+from ...fixed_float import float_names
+from ...targets import Target
+from .backend import EVAL_BATCH, quiet_library_logging, rel_error
+
+WHERE = "ONNX Runtime CPU"
+QUANTIZER_OP = "QuantizeLinear"
+MODEL = "graph"
+
+
+def logits(model: Any, inputs: np.ndarray, threads: int = 2, batch: int = EVAL_BATCH) -> np.ndarray:
+    """``model``: a path, the serialised graph, or a ModelProto."""
+    if not isinstance(model, (str, bytes)):
+        model = model.SerializeToString()
+    sess = ort_session(model, threads)
+    name = sess.get_inputs()[0].name
+    return np.concatenate([np.asarray(sess.run(None, {name: inputs[i:i + batch]})[0], np.float32)
+                           for i in range(0, len(inputs), batch)])
+
+
+def fixed_float(model: Any) -> list[str]:
+    """Names of the nodes of an ONNX model that must stay float (``fixed_float.float_names``)."""
+    return float_names({o.name for o in model.graph.output}, [n.name for n in model.graph.node])
+
+
+def host_threads(target: Target) -> int:
+    # TensorRT's threads setting means nothing to ONNX Runtime on this host: use a few cores.
+    return target.threads if target.backend == "onnxruntime" else min(4, os.cpu_count() or 1)
+
+
+def ort_session(model: str | bytes, threads: int = 2) -> Any:
+    ort = require("onnxruntime", "runtime")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def preprocess_graph(float_onnx: Path, dest: Path) -> None:
+    """ORT's quantisation pre-processing: shape inference and the basic (standard-op) graph optimisations."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with quiet_library_logging():
+        try:
+            quant_pre_process(str(float_onnx), str(dest))
+        except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs
+            quant_pre_process(str(float_onnx), str(dest), skip_symbolic_shape=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bypassing activation quantisers of a QDQ graph: the layer fallback of both ONNX quantisers
+
+
+def activation_quantizers(model: Any) -> list[Any]:
+    """QuantizeLinear nodes of a QDQ graph that quantise an activation (not a constant weight)."""
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in constants]
+
+
+def without(qmodel: Any, names: list[str] | tuple[str, ...]) -> Any:
+    """A copy of QDQ graph ``qmodel`` in which the activation QuantizeLinear nodes ``names`` and their
+    DequantizeLinear partners are bypassed: every reader of that tensor computes on its float value
+    (its weights stay int8). ``openvino_.without`` for ONNX: exactly the graph that ships, in milliseconds,
+    where a re-quantisation with an ignored scope would also redo the bias correction around it."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(qmodel)
+    g = m.graph
+    wanted = set(names)
+    rewire: dict[str, str] = {}
+    drop: set[str] = set()
+    for q in activation_quantizers(m):
+        if q.name not in wanted:
+            continue
+        drop.add(q.name)
+        for dq in g.node:
+            if dq.op_type == "DequantizeLinear" and dq.input[0] == q.output[0]:
+                rewire[dq.output[0]] = q.input[0]
+                drop.add(dq.name)
+    keep = [n for n in g.node if n.name not in drop]
+    for n in keep:
+        for i, inp in enumerate(n.input):
+            if inp in rewire:
+                n.input[i] = rewire[inp]
+    for out in g.output:
+        if out.name in rewire:  # a graph output stays named as it was: an Identity carries the float value
+            keep.append(onnx.helper.make_node("Identity", [rewire[out.name]], [out.name]))
+    del g.node[:]
+    g.node.extend(keep)
+    return m
+
+
+def sensitivity(qmodel: Any, float_model: Any, inputs: np.ndarray, threads: int = 2,
+                ) -> tuple[float, list[dict[str, Any]]]:
+    """Each activation quantiser of QDQ graph ``qmodel`` bypassed alone: how much of the INT8 logit error
+    it removes, most sensitive first (rows: ``name``, ``consumers``, ``sensitivity``, ``error_if_float``)."""
+    ref = logits(float_model.SerializeToString(), inputs, threads)
+    base = rel_error(logits(qmodel.SerializeToString(), inputs, threads), ref)
+    rows = []
+    for q in activation_quantizers(qmodel):
+        dqs = {n.output[0] for n in qmodel.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]}
+        consumers = sorted({n.name for n in qmodel.graph.node if set(n.input) & dqs})
+        variant = without(qmodel, [q.name]).SerializeToString()
+        err = rel_error(logits(variant, inputs, threads), ref)
+        rows.append({"name": q.name, "consumers": consumers, "sensitivity": base - err, "error_if_float": err})
+    rows.sort(key=lambda r: (-r["sensitivity"], r["name"]))
+    return base, rows
