@@ -94,6 +94,25 @@ def name_left_out(paths: list[str], what: str = "file(s) that are not images Pil
     return f"{len(paths)} {what}: {shown}"
 
 
+def class_folders(root: Path) -> list[str]:
+    """The class folders of an ImageFolder: ``root``'s sub-folders, sorted, hidden ones skipped."""
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def readable(paths: list[Path], root: Path | None = None, workers: int = 4
+             ) -> tuple[list[Path], list[dict[str, str]]]:
+    """(the images of ``paths`` that decode fully, [{path, reason}] of those that do not), decoded in
+    ``workers`` threads; the skipped ones are named in one warning (relative to ``root`` when given)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = list(pool.map(_check, paths))
+    ok = [p for p, r in zip(paths, reasons, strict=True) if r is None]
+    bad = [{"path": str(p.relative_to(root) if root is not None else p), "reason": r}
+           for p, r in zip(paths, reasons, strict=True) if r is not None]
+    if bad:
+        log.warning("skipped %s", name_left_out([b["path"] for b in bad], "unreadable image(s)"))
+    return ok, bad
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files below ``folder`` (see ``find_files``); the other files are named in a warning."""
     images, others = find_files(folder)
@@ -112,7 +131,7 @@ def scan_image_folder(root: str | os.PathLike[str], classes: list[str] | None = 
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
-    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    found = class_folders(root)
     if classes is None:
         classes = found
         if len(classes) < 2:

@@ -239,7 +239,9 @@ def _classes(p: Pipeline, here: Path, fail: Callable[[str, str], ConfigError]) -
     if p.finetune.task == "anomaly":
         return ["good", "defect"]  # anomaly.fit.CLASSES (not imported here: it pulls in torch)
     data = _resolve(here, p.finetune.data)
-    classes = sorted(d.name for d in data.iterdir() if d.is_dir() and not d.name.startswith("."))
+    from .data import class_folders
+
+    classes = class_folders(data)
     if len(classes) < 2:
         raise fail("finetune.data", f"{data} needs at least two class folders, found {len(classes)}")
     return classes

@@ -438,7 +438,7 @@ def _fit_linear(model: nn.Module, arch: str, root: Path, train: list[Sample], va
         cache, ytr, fva, yva, skipped = _cache(engine, root, train, val, pre, cfg, ddp, views=1, what="features")
     finally:
         set_submodule(model, head_path, head)
-    groups = [{"params": list(head.parameters()), "lr": cfg.resolved_lr()}]
+    groups = param_groups(head.parameters(), head.parameters(), cfg.resolved_lr(), cfg.backbone_lr_scale)
     result = _train_on_cache(head, head, groups, cache, ytr, fva, yva, cfg, device, ddp, n_classes,
                              cfg.resolved_epochs(), max(cfg.batch_size, 64), "train head")
     return (*result, skipped)
@@ -470,11 +470,8 @@ def _fit_cached(model: nn.Module, arch: str, root: Path, train: list[Sample], va
     engine = PrefixEngine(prefix, (3, pre.crop, pre.crop), device, cfg.engine)
     cache, ytr, fva, yva, skipped = _cache(engine, root, train, val, pre, cfg, ddp, views=cfg.views,
                                            what="activations")
-    head_ids = {id(p) for p in head_of(model, arch).parameters()}
-    trainable = [p for p in tail.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) in head_ids], "lr": cfg.resolved_lr()},
-              {"params": [p for p in trainable if id(p) not in head_ids],
-               "lr": cfg.resolved_lr() * cfg.backbone_lr_scale}]
+    groups = param_groups((p for p in tail.parameters() if p.requires_grad), head_of(model, arch).parameters(),
+                          cfg.resolved_lr(), cfg.backbone_lr_scale)
     result = _train_on_cache(tail, model, groups, cache, ytr, fva, yva, cfg, device, ddp, n_classes,
                              cfg.resolved_epochs(cached=True), cfg.batch_size, f"train last {cfg.unfreeze} block(s)")
     return (*result, skipped)
@@ -545,6 +542,17 @@ def _train_on_cache(trainable: nn.Module, saved: nn.Module, groups: list[dict[st
     return history, stop
 
 
+def param_groups(params: Any, head_params: Any, lr: float, backbone_lr_scale: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups of every fit: the parameters of ``head_params`` at ``lr``, the others of
+    ``params`` (unfrozen backbone blocks) at ``lr * backbone_lr_scale``; an empty group is left out.
+    Pass every parameter that may train (progressive unfreezing turns ``requires_grad`` on later)."""
+    head_ids = {id(p) for p in head_params}
+    params = list(params)
+    groups = [{"params": [p for p in params if id(p) in head_ids], "lr": lr},
+              {"params": [p for p in params if id(p) not in head_ids], "lr": lr * backbone_lr_scale}]
+    return [g for g in groups if g["params"]]
+
+
 DISTILL_TEMPERATURE = 2.0
 DISTILL_WEIGHT = 0.7  # share of the loss that matches the teacher; the rest is the labels' cross-entropy
 
@@ -553,11 +561,16 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
                       label_loss: nn.Module) -> torch.Tensor:
     """Hinton et al.'s loss: KL divergence between temperature-softened distributions (scaled by T²
     so its gradients keep their size) blended with the ordinary label loss."""
+    return DISTILL_WEIGHT * kd_loss(student, teacher) + (1 - DISTILL_WEIGHT) * label_loss(student, labels)
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) of (N, classes) logits softened by ``DISTILL_TEMPERATURE``, times T² so
+    its gradients keep their size (Hinton et al., 2015); a scalar."""
     t = DISTILL_TEMPERATURE
-    kd = nn.functional.kl_div(nn.functional.log_softmax(student.float() / t, dim=1),
-                              nn.functional.log_softmax(teacher.float() / t, dim=1),
-                              reduction="batchmean", log_target=True) * t * t
-    return DISTILL_WEIGHT * kd + (1 - DISTILL_WEIGHT) * label_loss(student, labels)
+    return nn.functional.kl_div(nn.functional.log_softmax(student.float() / t, dim=1),
+                                nn.functional.log_softmax(teacher.float() / t, dim=1),
+                                reduction="batchmean", log_target=True) * t * t
 
 
 def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample], val: list[Sample],
@@ -569,12 +582,8 @@ def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample]
     cuda = device.startswith("cuda")
     unfreeze_at = (lambda e: min(cfg.unfreeze, e + 1)) if cfg.progressive else (lambda e: cfg.unfreeze)
     frozen = freeze_for_mode(model, arch, cfg.mode, unfreeze_at(0))
-    head_ids = {id(p) for p in head_of(model, arch).parameters()}
-    groups = [
-        {"params": [p for p in model.parameters() if id(p) in head_ids], "lr": cfg.resolved_lr()},
-        {"params": [p for p in model.parameters() if id(p) not in head_ids],
-         "lr": cfg.resolved_lr() * cfg.backbone_lr_scale},
-    ]
+    groups = param_groups(model.parameters(), head_of(model, arch).parameters(), cfg.resolved_lr(),
+                          cfg.backbone_lr_scale)
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     net: nn.Module = model
     if ddp.world > 1:

@@ -35,3 +35,19 @@ def test_cpu_and_cuda_choose_the_same_path_epochs_and_batches(cfg: TrainConfig) 
 def test_a_teacher_still_trains_end_to_end_on_every_device() -> None:
     cfg = dataclasses.replace(TrainConfig(mode="partial"))
     assert not any(uses_cache(cfg, d, teacher=torch.nn.Identity()) for d in DEVICES)
+
+
+def test_one_builder_of_parameter_groups_and_one_distillation_term() -> None:
+    from edge_tl.training import DISTILL_TEMPERATURE, kd_loss, param_groups
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    groups = param_groups(net.parameters(), net[1].parameters(), 1e-3, 0.1)
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-4)]
+    assert [len(g["params"]) for g in groups] == [2, 2]
+    head_only = param_groups(net[1].parameters(), net[1].parameters(), 1e-3, 0.1)
+    assert len(head_only) == 1 and len(head_only[0]["params"]) == 2  # no empty backbone group
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    assert kd_loss(logits, logits).item() == pytest.approx(0.0, abs=1e-7)
+    t = DISTILL_TEMPERATURE
+    p, q = torch.softmax(logits / t, 1), torch.softmax(logits.flip(1) / t, 1)
+    assert kd_loss(logits.flip(1), logits).item() == pytest.approx((p * (p / q).log()).sum().item() * t * t, rel=1e-5)

@@ -36,13 +36,12 @@ import logging
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data import Sample, _check, find_files, name_left_out, stratified_split
+from ..data import Sample, class_folders, find_files, name_left_out, readable, stratified_split
 from ..errors import ConfigError, DataError
 from ..metrics import decision_metrics, worse_than_chance
 from ..progress import progress
@@ -66,20 +65,6 @@ MODE_TOLERANCE = 0.005  # AUROC on the threshold images: a smaller model within 
 MIN_MODE_IMAGES = 10  # a mode's Gaussians need this many good images
 
 
-def _decodable(paths: list[Path], workers: int = 4) -> tuple[list[Path], list[dict[str, str]]]:
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = list(pool.map(_check, paths))
-    ok = [p for p, r in zip(paths, reasons, strict=True) if r is None]
-    bad = [{"path": str(p), "reason": r} for p, r in zip(paths, reasons, strict=True) if r is not None]
-    if bad:
-        log.warning("skipped %s", name_left_out([b["path"] for b in bad], "unreadable image(s)"))
-    return ok, bad
-
-
-def _class_dirs(folder: Path) -> list[str]:
-    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
 def _good_class(folder: Path, classes: list[str], ok_class: str | None, flag: str) -> str:
     if ok_class is not None:
         if ok_class not in classes:
@@ -100,16 +85,16 @@ def scan_good_and_labelled(good_dir: Path, val_dir: Path | None, ok_class: str |
     """
     if not good_dir.is_dir():
         raise DataError(f"data folder not found: {good_dir}")
-    classes = _class_dirs(good_dir)
+    classes = class_folders(good_dir)
     labelled: list[tuple[Path, int]] = []
     skipped: list[dict[str, str]] = []
     if ok_class is not None or len(classes) >= 2:
         good_cls = _good_class(good_dir, classes, ok_class, "--ok-class")
-        good, bad = _decodable(find_files(good_dir / good_cls)[0])
+        good, bad = readable(find_files(good_dir / good_cls)[0])
         skipped += bad
         for c in classes:
             if c != good_cls:
-                imgs, bad = _decodable(find_files(good_dir / c)[0])
+                imgs, bad = readable(find_files(good_dir / c)[0])
                 labelled += [(p, 1) for p in imgs]
                 skipped += bad
     else:
@@ -117,19 +102,19 @@ def scan_good_and_labelled(good_dir: Path, val_dir: Path | None, ok_class: str |
         if others:
             log.warning("left out %s under %s", name_left_out([str(p.relative_to(good_dir)) for p in others]),
                         good_dir)
-        good, bad = _decodable(images)
+        good, bad = readable(images)
         skipped += bad
     if not good:
         raise DataError(f"no readable good images under {good_dir}")
     if val_dir is not None:
         if not val_dir.is_dir():
             raise DataError(f"--val folder not found: {val_dir}")
-        vclasses = _class_dirs(val_dir)
+        vclasses = class_folders(val_dir)
         if len(vclasses) < 2:
             raise DataError(f"--val {val_dir} needs a good folder and at least one defect folder")
         good_cls = _good_class(val_dir, vclasses, ok_class, "--ok-class")
         for c in vclasses:
-            imgs, bad = _decodable(find_files(val_dir / c)[0])
+            imgs, bad = readable(find_files(val_dir / c)[0])
             labelled += [(p, 0 if c == good_cls else 1) for p in imgs]
             skipped += bad
     return good, labelled, skipped

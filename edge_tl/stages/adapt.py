@@ -46,7 +46,7 @@ import numpy as np
 
 from ..batchnorm import batchnorms, estimate_statistics, image_batches
 from ..checkpoint import MODEL_FILE, load_model, save_state
-from ..data import Sample, _check, find_files, name_left_out, scan_image_folder
+from ..data import Sample, class_folders, find_files, name_left_out, readable, scan_image_folder
 from ..errors import ArtifactError, ConfigError, DataError, require
 from ..manifest import check_writable, read_manifest, sha256_file, staged_folder, write_manifest
 from ..preprocess import Preprocess
@@ -228,13 +228,7 @@ def scan_unlabeled(folder: str | Path, workers: int = 4) -> dict[str, Any]:
         log.warning("left out %s under %s", name_left_out([s["path"] for s in skipped]), root)
     if not files:
         raise DataError(f"--unlabeled {root} holds no image (no file with the suffix of a format Pillow reads)")
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = list(pool.map(_check, files))
-    good = [p for p, reason in zip(files, reasons, strict=True) if reason is None]
-    bad = [{"path": str(p.relative_to(root)), "reason": reason}
-           for p, reason in zip(files, reasons, strict=True) if reason is not None]
-    if bad:
-        log.warning("skipped %s", name_left_out([b["path"] for b in bad], "unreadable image(s)"))
+    good, bad = readable(files, root, workers)
     if not good:
         raise DataError(f"--unlabeled {root}: none of its {len(files)} image(s) can be read")
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -250,7 +244,7 @@ def _target_val(folder: str | Path, classes: list[str]) -> Any:
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"--target-val folder not found: {root}")
-    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    found = class_folders(root)
     if sorted(classes) != found:
         raise DataError(f"--target-val {root} has class folders {found}, the run's classes are {sorted(classes)}")
     return scan_image_folder(root, classes=classes)
@@ -441,16 +435,6 @@ class _Learner:
         raise NotImplementedError
 
 
-def _kd(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) of temperature-softened distributions, times T² (Hinton et al.)."""
-    import torch.nn.functional as F
-
-    from ..training import DISTILL_TEMPERATURE as T
-
-    return F.kl_div(F.log_softmax(student.float() / T, dim=1), F.log_softmax(teacher.float() / T, dim=1),
-                    reduction="batchmean", log_target=True) * T * T
-
-
 class _CachedLearner(_Learner):
     """``linear`` / ``partial``: the frozen part runs once per image and view (``PrefixEngine``, ONNX
     Runtime on a CPU) and only the head (linear) or the last ``unfreeze`` blocks and head (partial)
@@ -464,6 +448,7 @@ class _CachedLearner(_Learner):
 
         from ..features import PrefixEngine
         from ..models import freeze_for_mode, get_arch, head_of, set_submodule, split_at
+        from ..training import param_groups
 
         self.st, self.cfg, self.device = st, cfg, device
         freeze_for_mode(model, arch, cfg.mode, cfg.unfreeze)
@@ -478,7 +463,7 @@ class _CachedLearner(_Learner):
             finally:
                 set_submodule(model, head_path, head)
             self.trainable: nn.Module = head
-            self.groups = [{"params": list(head.parameters()), "lr": self._lr()}]
+            self.groups = param_groups(head.parameters(), head.parameters(), self._lr(), cfg.backbone_lr_scale)
             self.batch = max(cfg.batch_size, 64)  # as fit's linear path
             self.describe = "the head, on cached backbone features"
         else:
@@ -486,11 +471,8 @@ class _CachedLearner(_Learner):
             self.cache = self._views(PrefixEngine(prefix, shape, device, cfg.engine), root, samples, pre, quiet,
                                      "activations")
             self.trainable = tail
-            head_ids = {id(p) for p in head.parameters()}
-            params = [p for p in tail.parameters() if p.requires_grad]
-            self.groups = [{"params": [p for p in params if id(p) in head_ids], "lr": self._lr()},
-                           {"params": [p for p in params if id(p) not in head_ids],
-                            "lr": self._lr() * cfg.backbone_lr_scale}]
+            self.groups = param_groups((p for p in tail.parameters() if p.requires_grad), head.parameters(),
+                                       self._lr(), cfg.backbone_lr_scale)
             self.batch = cfg.batch_size
             self.describe = f"the last {cfg.unfreeze} block(s) and the head, on cached activations"
         self.trainable.to(device)
@@ -535,7 +517,7 @@ class _CachedLearner(_Learner):
     def train(self, idx: np.ndarray, labels: np.ndarray, round_: int) -> float:
         import torch
 
-        from ..training import _schedule
+        from ..training import _schedule, kd_loss
 
         epochs = self.st.epochs or 5
         gen = torch.Generator().manual_seed(self.st.seed * 100 + round_)
@@ -558,7 +540,7 @@ class _CachedLearner(_Learner):
                 out = self.trainable(self.cache[v, i].float().to(self.device))
                 loss = crit(out, target[b].to(self.device))
                 if self.st.distill:
-                    loss = loss + self.st.distill * _kd(out, self.teacher_logits[v, i].to(self.device))
+                    loss = loss + self.st.distill * kd_loss(out, self.teacher_logits[v, i].to(self.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -575,6 +557,7 @@ class _EndToEndLearner(_Learner):
     def __init__(self, model: nn.Module, arch: str, cfg: Any, root: Path, samples: list[Sample], pre: Preprocess,
                  st: AdaptSettings, device: str, quiet: bool) -> None:
         from ..models import freeze_for_mode, head_of
+        from ..training import param_groups
 
         self.model, self.cfg, self.st, self.device, self.quiet = model, cfg, st, device, quiet
         self.root, self.samples, self.pre = root, samples, pre
@@ -582,11 +565,9 @@ class _EndToEndLearner(_Learner):
         self.frozen = freeze_for_mode(model, arch, cfg.mode, cfg.unfreeze)
         self.describe = ("every layer, end to end" if cfg.mode == "full"
                          else f"the last {cfg.unfreeze} block(s) and the head, end to end")
-        head_ids = {id(p) for p in head_of(model, arch).parameters()}
         lr = st.lr if st.lr is not None else cfg.resolved_lr()
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.groups = [{"params": [p for p in params if id(p) in head_ids], "lr": lr},
-                       {"params": [p for p in params if id(p) not in head_ids], "lr": lr * cfg.backbone_lr_scale}]
+        self.groups = param_groups((p for p in model.parameters() if p.requires_grad),
+                                   head_of(model, arch).parameters(), lr, cfg.backbone_lr_scale)
         self.teacher = copy.deepcopy(model).eval() if st.distill else None
         if self.teacher is not None:
             for p in self.teacher.parameters():
@@ -610,7 +591,7 @@ class _EndToEndLearner(_Learner):
     def train(self, idx: np.ndarray, labels: np.ndarray, round_: int) -> float:
         import torch
 
-        from ..training import ImageDataset, _loader, _schedule, _to
+        from ..training import ImageDataset, _loader, _schedule, _to, kd_loss
 
         epochs = self.st.epochs or 2
         chosen = [Sample(self.samples[i].path, int(y)) for i, y in zip(idx.tolist(), labels.tolist(), strict=True)]
@@ -636,7 +617,7 @@ class _EndToEndLearner(_Learner):
                 if self.teacher is not None:
                     with torch.no_grad():
                         target = self.teacher(xb)
-                    loss = loss + self.st.distill * _kd(out, target)
+                    loss = loss + self.st.distill * kd_loss(out, target)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
