@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -120,3 +122,12 @@ def fp32_bundle(finetuned_run: Path, tmp_path_factory: pytest.TempPathFactory) -
     export(run, "cpu-onnxruntime-fp32")
     make_bundle(run, "cpu-onnxruntime-fp32", root / "bundle", n_golden=3, allow_failed=True)
     return root / "bundle"
+
+
+@pytest.fixture(scope="module")
+def rt(fp32_bundle: Path) -> Iterator[Any]:
+    """The session's fp32 bundle opened in the torch-free runtime (one per test module)."""
+    from edge_tl.runtime import Runtime
+
+    with Runtime(fp32_bundle) as runtime:
+        yield runtime

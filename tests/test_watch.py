@@ -27,10 +27,6 @@ def bundle(fp32_bundle: Path) -> Path:
     return fp32_bundle
 
 
-@pytest.fixture(scope="module")
-def rt(bundle: Path) -> Runtime:
-    with Runtime(bundle) as runtime:
-        yield runtime
 
 
 def drop(folder: Path, names: range | list[int], age: float = 5.0) -> list[Path]:

@@ -20,17 +20,6 @@ from edge_tl.runtime.watch import DEFAULT_LOG, ResultLog, Watcher
 from .test_watch import drop, jsonl
 
 
-@pytest.fixture(scope="module")
-def bundle(fp32_bundle: Path) -> Path:
-    return fp32_bundle
-
-
-@pytest.fixture(scope="module")
-def rt(bundle: Path) -> Runtime:
-    with Runtime(bundle) as runtime:
-        yield runtime
-
-
 def names(rows: list[dict]) -> list[str]:
     return sorted(r["file"] for r in rows)
 
@@ -99,11 +88,11 @@ def test_lines_written_while_the_folder_is_deleted_are_written_again(tmp_path: P
     log.close()
 
 
-def test_cli_summary_counts_only_what_is_in_the_log(bundle: Path, tmp_path: Path) -> None:
+def test_cli_summary_counts_only_what_is_in_the_log(fp32_bundle: Path, tmp_path: Path) -> None:
     cam = tmp_path / "cam"
     drop(cam, range(2))
     log = cam / DEFAULT_LOG
-    proc = subprocess.Popen([sys.executable, "-m", "edge_tl", "watch", str(bundle), str(cam), "--poll", "0.05",
+    proc = subprocess.Popen([sys.executable, "-m", "edge_tl", "watch", str(fp32_bundle), str(cam), "--poll", "0.05",
                              "--settle", "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def lines() -> int:
