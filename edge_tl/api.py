@@ -78,8 +78,12 @@ def finetune(data_dir: PathLike, out: PathLike, *, arch: str = "mobilenet_v2", w
              val_fraction: float = 0.2, seed: int = 0, device: str = "auto", workers: int = 2,
              patience: int = 5, views: int = 2, balance: str = "none", resize: str | None = None,
              engine: str = "auto", input_size: int | None = None, baseline: str = "none",
-             quiet: bool = True) -> dict[str, Any]:
-    """Fine-tune an ImageNet backbone on an ImageFolder; writes ``out/finetune/``.
+             task: str = "classify", method: str = "padim", val: PathLike | None = None,
+             ok_class: str | None = None, holdout: float | None = None, coreset: float = 0.01,
+             bank_size: int | None = None, dim: int | None = None, clusters: int | str = "auto",
+             max_false_reject: float | None = None, quiet: bool = True) -> dict[str, Any]:
+    """Fine-tune an ImageNet backbone on an ImageFolder, or with ``task="anomaly"`` fit a good-only
+    anomaly model; writes ``out/finetune/``.
 
     ``data_dir``: one sub-folder per class (any image format Pillow reads, any size; each image is
     resized to the backbone's input, 224x224 for mobilenet_v2, or ``input_size`` pixels square).
@@ -92,6 +96,13 @@ def finetune(data_dir: PathLike, out: PathLike, *, arch: str = "mobilenet_v2", w
     ``export`` or ``bench`` stores them as ``RUN/eval.npz``, preprocessed (N, 3, H, W), with the
     model's (N, classes) float32 logits as the reference for every later comparison.
 
+    ``task="anomaly"`` (``edge-tl finetune --task anomaly``): ``data_dir`` holds good images (or an
+    ImageFolder whose good class is ``ok_class``); ``method`` ``"padim"`` or ``"patchcore"``, ``val`` a
+    labelled folder for the threshold, ``holdout``, ``coreset`` / ``bank_size`` (PatchCore), ``dim``,
+    ``clusters`` (PaDiM modes), ``max_false_reject`` (the threshold's false-reject rate); the training
+    options above (``mode``, ``epochs`` ...) do not apply, ``baseline`` and ``weights="run:..."`` are
+    ConfigErrors. Its manifest carries ``task: "anomaly"``, AUROC and the threshold instead of top-1.
+
     Returns the manifest (``out/finetune/manifest.json``): ``metrics`` (``val_top1``,
     ``val_balanced_accuracy`` as fractions, ``per_class_recall``, ``epochs``: best (1-based), run, planned), ``timings``
     (``train_seconds``, ``device``), ``data`` (``n_images``, classes), the preprocessing contract.
@@ -99,15 +110,17 @@ def finetune(data_dir: PathLike, out: PathLike, *, arch: str = "mobilenet_v2", w
     option.
     """
     _require_training()
-    from .stages.finetune import finetune as run
-    from .training import TrainConfig
+    from .stages.finetune import fit_task
 
-    cfg = TrainConfig(mode=mode, epochs=epochs, unfreeze=unfreeze, progressive=progressive, lr=lr,
-                      batch_size=batch_size, seed=seed, device=device, workers=workers, patience=patience,
-                      quiet=quiet, views=views, backbone_lr_scale=backbone_lr_scale, balance=balance,
-                      engine=engine)
-    return run(data_dir, out, arch=arch, weights=weights, val_fraction=val_fraction, train_cfg=cfg, resize=resize,
-               input_size=input_size, baseline=baseline)
+    return fit_task(data_dir, out, task=task, arch=arch, weights=weights, resize=resize, input_size=input_size,
+                    seed=seed, engine=engine, quiet=quiet, val_fraction=val_fraction, baseline=baseline,
+                    train={"mode": mode, "epochs": epochs, "unfreeze": unfreeze, "progressive": progressive,
+                           "lr": lr, "batch_size": batch_size, "device": device, "workers": workers,
+                           "patience": patience, "views": views, "backbone_lr_scale": backbone_lr_scale,
+                           "balance": balance},
+                    anomaly={"method": method, "val_dir": val, "ok_class": ok_class, "holdout": holdout,
+                             "coreset": coreset, "bank_size": bank_size, "dim": dim, "clusters": clusters,
+                             "max_false_reject": max_false_reject})
 
 
 @_library_output

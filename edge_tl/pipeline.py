@@ -200,10 +200,11 @@ def check_pipeline(path: Path) -> Pipeline:
     exists("finetune.data", ft.data)
     exists("finetune.val", ft.val)
     # finetune.weights is checked by the fine-tune itself before it trains (resolve_weights names the run).
-    if ft.task == "anomaly" and ft.baseline != "none":
-        raise fail("finetune.baseline", 'for task = "classify" only')
-    if ft.task == "anomaly" and ft.weights.startswith("run:"):
-        raise fail("finetune.weights", 'run: is for task = "classify" only')
+    from .stages.finetune import task_option_error
+
+    wrong = task_option_error(ft.task, ft.weights, ft.baseline)
+    if wrong is not None:
+        raise fail(f"finetune.{wrong[0]}", f'{"run: " if wrong[0] == "weights" else ""}for task = "classify" only')
     run = _resolve(here, ft.out)
     if p.prune is not None:
         exists("prune.data", p.prune.data)
@@ -400,8 +401,6 @@ def run_pipeline(path: Path, quiet: bool = False, force: bool = False,
     from .manifest import read_json, sha256_file
     from .stages.export import describe as describe_export
     from .stages.export import export
-    from .stages.finetune import finetune
-    from .training import TrainConfig
 
     p = check_pipeline(path)
     here = path.parent
@@ -435,7 +434,7 @@ def run_pipeline(path: Path, quiet: bool = False, force: bool = False,
         tuned = read_json(rd.finetune / "manifest.json")
     else:
         with _as_keys(path, "finetune"):
-            tuned = _finetune(ft, run, weights, rel, quiet, finetune, TrainConfig)
+            tuned = _finetune(ft, run, weights, rel, quiet)
         if tuned:  # only the main process of a distributed run writes
             stamps.done("finetune", settings, inputs, [rd.finetune / "manifest.json"])
     if p.prune is not None:
@@ -506,24 +505,21 @@ def run_pipeline(path: Path, quiet: bool = False, force: bool = False,
     return tuned, reports, shipped
 
 
-def _finetune(ft: FinetuneStep, run: str, weights: str, rel: Callable[[str], str], quiet: bool,
-              finetune: Callable[..., dict[str, Any]], train_config: Any) -> dict[str, Any]:
-    """The ``[finetune]`` stage: a classifier (``stages.finetune``) or an anomaly model (``anomaly.fit``)."""
-    if ft.task == "anomaly":
-        from .anomaly.fit import fit_anomaly
+def _finetune(ft: FinetuneStep, run: str, weights: str, rel: Callable[[str], str], quiet: bool) -> dict[str, Any]:
+    """The ``[finetune]`` stage of either task (``stages.finetune.fit_task`` makes the choice)."""
+    from .stages.finetune import fit_task
 
-        return fit_anomaly(rel(ft.data), run, arch=ft.arch, weights=weights, method=ft.method,
-                           val_dir=rel(ft.val) if ft.val else None, ok_class=ft.ok_class, holdout=ft.holdout,
-                           coreset=ft.coreset, bank_size=ft.bank_size, dim=ft.dim, resize=ft.resize,
-                           input_size=ft.input_size, max_false_reject=ft.max_false_reject, seed=ft.seed,
-                           clusters=ft.clusters, engine=ft.engine, quiet=quiet)
-    return finetune(rel(ft.data), run, arch=ft.arch, weights=weights, val_fraction=ft.val_fraction,
-                    resize=ft.resize, input_size=ft.input_size, baseline=ft.baseline,
-                    train_cfg=train_config(mode=ft.mode, epochs=ft.epochs, unfreeze=ft.unfreeze, seed=ft.seed,
-                                           device=ft.device, quiet=quiet, views=ft.views, balance=ft.balance,
-                                           engine=ft.engine, patience=ft.patience, progressive=ft.progressive,
-                                           batch_size=ft.batch_size, workers=ft.workers,
-                                           backbone_lr_scale=ft.backbone_lr_scale, lr=ft.lr))
+    return fit_task(rel(ft.data), run, task=ft.task, arch=ft.arch, weights=weights, resize=ft.resize,
+                    input_size=ft.input_size, seed=ft.seed, engine=ft.engine, quiet=quiet,
+                    val_fraction=ft.val_fraction, baseline=ft.baseline,
+                    train={"mode": ft.mode, "epochs": ft.epochs, "unfreeze": ft.unfreeze, "device": ft.device,
+                           "views": ft.views, "balance": ft.balance, "patience": ft.patience,
+                           "progressive": ft.progressive, "batch_size": ft.batch_size, "workers": ft.workers,
+                           "backbone_lr_scale": ft.backbone_lr_scale, "lr": ft.lr},
+                    anomaly={"method": ft.method, "val_dir": rel(ft.val) if ft.val else None,
+                             "ok_class": ft.ok_class, "holdout": ft.holdout, "coreset": ft.coreset,
+                             "bank_size": ft.bank_size, "dim": ft.dim, "max_false_reject": ft.max_false_reject,
+                             "clusters": ft.clusters})
 
 
 def _bench(bn: BenchStep, rd: RunDir, rel: Callable[[str], str], rel_target: Callable[[str], str],

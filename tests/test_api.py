@@ -108,3 +108,18 @@ def test_api_warnings_print_as_the_cli_prints_them() -> None:
     assert bare.stderr.splitlines() == ["warning: 3 duplicate file(s)", "after"]
     mine = subprocess.run([sys.executable, "-c", script, "configured"], capture_output=True, text=True, check=True)
     assert mine.stderr.splitlines() == ["MINE 3 duplicate file(s)", "MINE after"]
+
+
+def test_api_finetune_runs_the_anomaly_task(tmp_path: Path) -> None:
+    """Issue 25: the API's finetune fits a good-only anomaly model as `finetune --task anomaly` does, and
+    refuses the options of the other task with the same check as the CLI and the pipeline file."""
+    from .anomaly_data import write_anomaly_set
+
+    data = write_anomaly_set(tmp_path / "set", n_good_val=8, n_defect=8)
+    m = api.finetune(data / "train" / "good", tmp_path / "run", task="anomaly", val=data / "test", input_size=64)
+    assert m["task"] == "anomaly" and m["classes"] == ["good", "defect"] and m["method"]["name"] == "padim"
+    assert (tmp_path / "run" / "finetune" / "model.pt").is_file()
+    with pytest.raises(ConfigError, match="baseline is for task='classify'"):
+        api.finetune(data / "train" / "good", tmp_path / "run2", task="anomaly", baseline="scratch")
+    with pytest.raises(ConfigError, match="unknown task 'detect'"):
+        api.finetune(data / "train" / "good", tmp_path / "run3", task="detect")

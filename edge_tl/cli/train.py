@@ -88,38 +88,26 @@ def finetune(
     pip install 'edge-tl[train]'.
     """
     require_training()
-    if task == "anomaly":
-        from ..anomaly.fit import fit_anomaly
-        from ..errors import ConfigError
-        from ..weights import RUN_PREFIX
+    from ..stages.finetune import fit_task, task_option_error
 
-        if baseline != "none":
-            raise ConfigError("--baseline is for --task classify (an anomaly model has no from-scratch counterpart)")
-        if weights.startswith(RUN_PREFIX):
-            raise ConfigError("--weights run: is for --task classify; an anomaly model starts from imagenet, none "
-                              "or a state_dict file")
-
-        manifest = fit_anomaly(data_dir, out, arch=arch, weights=weights, method=method, val_dir=val,
-                               ok_class=ok_class, holdout=holdout, coreset=coreset, bank_size=bank_size, dim=dim,
-                               resize=resize, input_size=input_size, max_false_reject=max_false_reject, seed=seed,
-                               clusters=clusters, engine=engine, quiet=quiet or state.quiet)
-        console().print(anomaly_summary(manifest, out), soft_wrap=True)
-        return
-    if task != "classify":
+    wrong = task_option_error(task, weights, baseline)
+    if wrong is not None:
         from ..errors import ConfigError
 
-        raise ConfigError(f"unknown --task {task!r}; choose classify or anomaly")
-    from ..stages.finetune import finetune as run_finetune
-    from ..training import TrainConfig
-
-    cfg = TrainConfig(mode=mode, epochs=epochs, unfreeze=unfreeze, progressive=progressive, lr=lr,
-                      batch_size=batch_size, seed=seed, device=device, workers=workers, patience=patience,
-                      quiet=quiet or state.quiet, views=views, backbone_lr_scale=backbone_lr_scale,
-                      balance=balance, engine=engine)
-    manifest = run_finetune(data_dir, out, arch=arch, weights=weights, val_fraction=val_fraction, train_cfg=cfg,
-                            resize=resize, input_size=input_size, baseline=baseline)
+        raise ConfigError(f"unknown --task {task!r}; choose classify or anomaly" if wrong[0] == "task" else
+                          f"--{wrong[0]}{' run:' if wrong[0] == 'weights' else ''} is for --task classify{wrong[1]}")
+    manifest = fit_task(data_dir, out, task=task, arch=arch, weights=weights, resize=resize, input_size=input_size,
+                        seed=seed, engine=engine, quiet=quiet or state.quiet, val_fraction=val_fraction,
+                        baseline=baseline,
+                        train={"mode": mode, "epochs": epochs, "unfreeze": unfreeze, "progressive": progressive,
+                               "lr": lr, "batch_size": batch_size, "device": device, "workers": workers,
+                               "patience": patience, "views": views, "backbone_lr_scale": backbone_lr_scale,
+                               "balance": balance},
+                        anomaly={"method": method, "val_dir": val, "ok_class": ok_class, "holdout": holdout,
+                                 "coreset": coreset, "bank_size": bank_size, "dim": dim, "clusters": clusters,
+                                 "max_false_reject": max_false_reject})
     if manifest:
-        console().print(finetune_summary(manifest, out), soft_wrap=True)
+        console().print(finetune_summary(manifest, out), soft_wrap=True)  # an anomaly run's summary too
 
 
 def epochs_text(metrics: dict) -> str:
