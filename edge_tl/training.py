@@ -14,11 +14,13 @@ CPU, nccl on CUDA); only rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -509,35 +511,85 @@ def _train_on_cache(trainable: nn.Module, saved: nn.Module, groups: list[dict[st
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     sched = _schedule(opt, epochs * max(1, math.ceil(len(ytr) / bs)))
     crit = _criterion(cfg, ytr, n_classes, device)
-    ttr, tva = torch.from_numpy(ytr), torch.from_numpy(yva)
+    ttr = torch.from_numpy(ytr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    stop, history = _EarlyStop(cfg.patience), []
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
+        order = _epoch_order(ttr, gen, cfg)
+        pick = torch.randint(0, len(cache), (len(order),), generator=gen)
+        for s in range(0, len(order), bs):
+            b = order[s:s + bs]
+            yield cache[pick[s:s + bs], b].float().to(device), ttr[b].to(device), None
+
+    def one_epoch(epoch: int) -> tuple[float, int]:
+        trainable.train()
+        return optimise(trainable, batches(), opt, sched, lambda out, y, _x, _e: crit(out, y))
+
+    def validate(seen: int) -> tuple[np.ndarray, np.ndarray]:
+        trainable.eval()
+        with torch.no_grad():
+            out = torch.cat([trainable(fva[i:i + 256].to(device)).float().cpu()
+                             for i in range(0, len(fva), 256)]) if len(fva) else torch.zeros(0, n_classes)
+        return out.numpy(), yva
+
     with progress(cfg.quiet or not ddp.main) as bar:
         task = bar.add_task(desc, total=epochs, info="")
-        for epoch in range(epochs):
-            t0 = time.perf_counter()
-            trainable.train()
-            order = _epoch_order(ttr, gen, cfg)
-            pick = torch.randint(0, len(cache), (len(order),), generator=gen)
-            total = 0.0
-            for s in range(0, len(order), bs):
-                b = order[s:s + bs]
-                loss = crit(trainable(cache[pick[s:s + bs], b].float().to(device)), ttr[b].to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * len(b)
-            trainable.eval()
-            with torch.no_grad():
-                out = torch.cat([trainable(fva[i:i + 256].to(device)).float().cpu()
-                                 for i in range(0, len(fva), 256)]) if len(fva) else torch.zeros(0, n_classes)
-            vloss, vacc, vscore = _val_figures(out, tva, cfg)
-            history.append({"epoch": epoch + 1, "train_loss": total / max(1, len(order)), "val_loss": vloss,
-                            "val_top1": vacc, "val_score": vscore, "seconds": time.perf_counter() - t0})
-            bar.update(task, advance=1, info=f"val top-1 {vacc:.3f}")
-            if stop.update(epoch, vscore, vloss, saved, out.numpy(), yva):
-                break
+        return run_epochs(epochs, one_epoch, validate, cfg, saved,
+                          lambda epoch, vacc: bar.update(task, advance=1, info=f"val top-1 {vacc:.3f}"))
+
+
+def optimise(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor, Any]], opt: torch.optim.Optimizer,
+             sched: Any, loss_of: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor], *,
+             autocast: Callable[[], Any] | None = None, scaler: Any = None) -> tuple[float, int]:
+    """One pass of optimiser steps: the one batch loop of every fit (finetune's cached and end-to-end
+    paths, pruning recovery, adapt's self-training, QAT).
+
+    ``batches`` yields (inputs, labels, extra) on the training device; ``loss_of(outputs, labels,
+    inputs, extra)`` is the loss (cross-entropy, distillation, ...). ``autocast``: a context factory
+    around forward and loss (AMP on CUDA); ``scaler``: fp16's ``GradScaler``, whose skipped steps (inf
+    gradients: its scale drops) do not advance ``sched``, which counts optimiser steps (None: a
+    constant rate). Returns (sum of loss × batch size, images seen)."""
+    total, seen = 0.0, 0
+    for xb, yb, extra in batches:
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            loss = loss_of(net(xb), yb, xb, extra)
+        opt.zero_grad(set_to_none=True)
+        stepped = True
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scale = scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
+            stepped = scaler.get_scale() >= scale
+        else:
+            loss.backward()
+            opt.step()
+        if sched is not None and stepped:
+            sched.step()
+        total, seen = total + loss.item() * len(xb), seen + len(xb)
+    return total, seen
+
+
+def run_epochs(epochs: int, one_epoch: Callable[[int], tuple[float, int]],
+               validate: Callable[[int], tuple[np.ndarray, np.ndarray]], cfg: TrainConfig, saved: nn.Module,
+               after: Callable[[int, float], None] | None = None) -> tuple[list[dict[str, float]], _EarlyStop]:
+    """The epochs of a fit with validation and early stopping: ``one_epoch(epoch)`` trains (returns the
+    loss sum and images, as :func:`optimise`), ``validate(images_seen)`` gives the validation (logits,
+    labels); the best epoch by ``cfg``'s validation score (ties: lower loss) is kept, ``cfg.patience``
+    epochs without a better one stop it, and ``saved`` ends with the best state. ``after(epoch, top1)``
+    reports progress. Returns the per-epoch history (1-based epochs) and the early-stop record."""
+    stop, history = _EarlyStop(cfg.patience), []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        total, seen = one_epoch(epoch)
+        logits, labels = validate(seen)
+        vloss, vacc, vscore = _val_figures(torch.from_numpy(logits), torch.from_numpy(labels), cfg)
+        history.append({"epoch": epoch + 1, "train_loss": total / max(1, seen), "val_loss": vloss,
+                        "val_top1": vacc, "val_score": vscore, "seconds": time.perf_counter() - t0})
+        if after is not None:
+            after(epoch, vacc)
+        if stop.update(epoch, vscore, vloss, saved, logits, labels):
+            break
     saved.load_state_dict(stop.state)
     return history, stop
 
@@ -614,53 +666,46 @@ def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample]
         teacher.to(device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-    stop, history, skipped = _EarlyStop(cfg.patience), [], []
+    skipped: list[dict[str, str]] = []
+    frozen_now = [frozen]
+
+    def batches(advance: Callable[[], None]) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
+        for x, y, _i, bad in loader:
+            if bad:
+                _check_unreadable(skipped, bad, len(train), root)
+            if len(x):
+                yield _to(x, device), y.to(device), None
+            advance()
+
+    def loss_of(out: torch.Tensor, yb: torch.Tensor, xb: torch.Tensor, _extra: Any) -> torch.Tensor:
+        if teacher is None:
+            return crit(out, yb)
+        with torch.no_grad():
+            target = teacher(xb)
+        return distillation_loss(out, target, yb, crit)
+
+    def validate(seen: int) -> tuple[np.ndarray, np.ndarray]:
+        with torch.autocast("cuda", dtype=amp_dtype, enabled=cuda):
+            logits, labels, _ = predict_logits(model, root, val, pre, device, ddp=ddp, workers=cfg.workers)
+        _check_readable(seen, len(labels), len(val), root)
+        return logits, labels
+
     with progress(cfg.quiet or not ddp.main) as bar:
         task = bar.add_task(f"train ({cfg.mode})", total=epochs * len(loader), info="")
-        for epoch in range(epochs):
+
+        def one_epoch(epoch: int) -> tuple[float, int]:
             if cfg.progressive:
-                frozen = freeze_for_mode(model, arch, cfg.mode, unfreeze_at(epoch))
+                frozen_now[0] = freeze_for_mode(model, arch, cfg.mode, unfreeze_at(epoch))
             if sampler is not None and hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
-            t0 = time.perf_counter()
             net.train()
-            for m in frozen:
+            for m in frozen_now[0]:
                 m.eval()
-            total, seen = 0.0, 0
-            for x, y, _i, bad in loader:
-                if bad:
-                    _check_unreadable(skipped, bad, len(train), root)
-                if len(x):
-                    xb, yb = _to(x, device), y.to(device)
-                    with torch.autocast("cuda", dtype=amp_dtype, enabled=cuda):
-                        out = net(xb)
-                        if teacher is None:
-                            loss = crit(out, yb)
-                        else:
-                            with torch.no_grad():
-                                target = teacher(xb)
-                            loss = distillation_loss(out, target, yb, crit)
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scale = scaler.get_scale()
-                    scaler.step(opt)
-                    scaler.update()
-                    # The schedule counts optimizer steps (torch warns otherwise): none for a batch with no
-                    # readable image, none when fp16's scaler skipped one for inf gradients (its scale drops).
-                    if scaler.get_scale() >= scale:
-                        sched.step()
-                    total, seen = total + loss.item() * len(x), seen + len(x)
-                bar.advance(task)
-            with torch.autocast("cuda", dtype=amp_dtype, enabled=cuda):
-                logits, labels, _ = predict_logits(model, root, val, pre, device, ddp=ddp, workers=cfg.workers)
-            _check_readable(seen, len(labels), len(val), root)
-            vloss, vacc, vscore = _val_figures(torch.from_numpy(logits), torch.from_numpy(labels), cfg)
-            history.append({"epoch": epoch + 1, "train_loss": total / max(1, seen), "val_loss": vloss,
-                            "val_top1": vacc, "val_score": vscore, "seconds": time.perf_counter() - t0})
-            bar.update(task, info=f"epoch {epoch + 1}/{epochs} val top-1 {vacc:.3f}")
-            if stop.update(epoch, vscore, vloss, model, logits, labels):
-                break
-    model.load_state_dict(stop.state)
+            return optimise(net, batches(lambda: bar.advance(task)), opt, sched, loss_of,
+                            autocast=lambda: torch.autocast("cuda", dtype=amp_dtype, enabled=cuda), scaler=scaler)
+
+        history, stop = run_epochs(epochs, one_epoch, validate, cfg, model, lambda epoch, vacc: bar.update(
+            task, info=f"epoch {epoch + 1}/{epochs} val top-1 {vacc:.3f}"))
     if teacher is not None:
         teacher.cpu()
     return history, stop, skipped

@@ -517,7 +517,7 @@ class _CachedLearner(_Learner):
     def train(self, idx: np.ndarray, labels: np.ndarray, round_: int) -> float:
         import torch
 
-        from ..training import _schedule, kd_loss
+        from ..training import _schedule, kd_loss, optimise
 
         epochs = self.st.epochs or 5
         gen = torch.Generator().manual_seed(self.st.seed * 100 + round_)
@@ -527,27 +527,28 @@ class _CachedLearner(_Learner):
         index, target = torch.from_numpy(idx), torch.from_numpy(labels)
         # FixMatch: train on augmented views with the plain view's label (the plain view when there is no other).
         n_aug = len(self.cache) - 1
-        total = 0.0
+
+        def batches(order: torch.Tensor, view: torch.Tensor) -> Any:
+            for s in range(0, len(order), self.batch):
+                b = order[s:s + self.batch]
+                i, v = index[b], view[b]
+                yield self.cache[v, i].float().to(self.device), target[b].to(self.device), (v, i)
+
+        def loss_of(out: torch.Tensor, y: torch.Tensor, _x: torch.Tensor, vi: Any) -> torch.Tensor:
+            loss = crit(out, y)
+            if self.st.distill:
+                loss = loss + self.st.distill * kd_loss(out, self.teacher_logits[vi].to(self.device))
+            return loss
+
+        total, seen = 0.0, 0
         for _ in range(epochs):
             self.trainable.train()
             order = torch.randperm(len(idx), generator=gen)
             view = (torch.randint(0, n_aug, (len(idx),), generator=gen) + 1 if n_aug
                     else torch.zeros(len(idx), dtype=torch.long))
-            total = 0.0
-            for s in range(0, len(order), self.batch):
-                b = order[s:s + self.batch]
-                i, v = index[b], view[b]
-                out = self.trainable(self.cache[v, i].float().to(self.device))
-                loss = crit(out, target[b].to(self.device))
-                if self.st.distill:
-                    loss = loss + self.st.distill * kd_loss(out, self.teacher_logits[v, i].to(self.device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * len(b)
+            total, seen = optimise(self.trainable, batches(order, view), opt, sched, loss_of)
         self.trainable.eval()
-        return total / max(1, len(idx))
+        return total / max(1, seen)
 
 
 class _EndToEndLearner(_Learner):
@@ -591,7 +592,7 @@ class _EndToEndLearner(_Learner):
     def train(self, idx: np.ndarray, labels: np.ndarray, round_: int) -> float:
         import torch
 
-        from ..training import ImageDataset, _loader, _schedule, _to, kd_loss
+        from ..training import ImageDataset, _loader, _schedule, _to, kd_loss, optimise
 
         epochs = self.st.epochs or 2
         chosen = [Sample(self.samples[i].path, int(y)) for i, y in zip(idx.tolist(), labels.tolist(), strict=True)]
@@ -602,27 +603,25 @@ class _EndToEndLearner(_Learner):
         crit = torch.nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
         if self.teacher is not None:
             self.teacher.to(self.device)
+        def batches() -> Any:
+            for x, y, _i, _bad in loader:
+                if len(x):
+                    yield _to(x, self.device), y.to(self.device), None
+
+        def loss_of(out: torch.Tensor, y: torch.Tensor, xb: torch.Tensor, _extra: Any) -> torch.Tensor:
+            loss = crit(out, y)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    target = self.teacher(xb)
+                loss = loss + self.st.distill * kd_loss(out, target)
+            return loss
+
         total, seen = 0.0, 0
         for _ in range(epochs):
             self.model.train()
             for m in self.frozen:
                 m.eval()
-            total, seen = 0.0, 0
-            for x, y, _i, _bad in loader:
-                if not len(x):
-                    continue
-                xb, yb = _to(x, self.device), y.to(self.device)
-                out = self.model(xb)
-                loss = crit(out, yb)
-                if self.teacher is not None:
-                    with torch.no_grad():
-                        target = self.teacher(xb)
-                    loss = loss + self.st.distill * kd_loss(out, target)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total, seen = total + loss.item() * len(x), seen + len(x)
+            total, seen = optimise(self.model, batches(), opt, sched, loss_of)
         self.model.eval()
         return total / max(1, seen)
 

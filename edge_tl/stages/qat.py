@@ -106,7 +106,7 @@ def train(qm: Any, teacher: Any, root: Path, samples: list[Sample], pre: Preproc
     import torch
 
     from ..progress import progress
-    from ..training import ImageDataset, _loader, distillation_loss
+    from ..training import ImageDataset, _loader, distillation_loss, optimise
 
     teacher = teacher.cpu().eval()
     for p in teacher.parameters():
@@ -124,17 +124,19 @@ def train(qm: Any, teacher: Any, root: Path, samples: list[Sample], pre: Preproc
             drawn = [samples[i] for i in gen.permutation(len(samples))[:per_epoch]]
             loader = _loader(ImageDataset(root, drawn, pre, train=True), QAT_BATCH, True, 0, seed + epoch)
             qm.train()
-            total, seen = 0.0, 0
-            for x, y, _i, _bad in loader:  # unreadable images come back as _bad and are left out
-                if len(x):
-                    with torch.no_grad():
-                        target = teacher(x)
-                    loss = distillation_loss(qm(x), target, y, crit)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total, seen = total + loss.item() * len(x), seen + len(x)
-                bar.advance(task, len(x) + len(_bad))
+
+            def batches(loader: Any = loader) -> Any:
+                for x, y, _i, bad in loader:  # unreadable images come back as bad and are left out
+                    if len(x):
+                        yield x, y, None
+                    bar.advance(task, len(x) + len(bad))
+
+            def loss_of(out: Any, y: Any, x: Any, _extra: Any) -> Any:
+                with torch.no_grad():
+                    target = teacher(x)
+                return distillation_loss(out, target, y, crit)
+
+            total, seen = optimise(qm, batches(), opt, None, loss_of)  # constant rate: no schedule
             s = score(qm)
             history.append({"epoch": epoch, "score": s, "train_loss": total / max(1, seen),
                             "images": seen, "seconds": time.perf_counter() - t0})
