@@ -110,7 +110,7 @@ def finetune(data_dir: PathLike, out: PathLike, *, arch: str = "mobilenet_v2", w
     option.
     """
     _require_training()
-    from .stages.finetune import fit_task
+    from .tasks import fit_task
 
     return fit_task(data_dir, out, task=task, arch=arch, weights=weights, resize=resize, input_size=input_size,
                     seed=seed, engine=engine, quiet=quiet, val_fraction=val_fraction, baseline=baseline,

@@ -200,7 +200,7 @@ def check_pipeline(path: Path) -> Pipeline:
     exists("finetune.data", ft.data)
     exists("finetune.val", ft.val)
     # finetune.weights is checked by the fine-tune itself before it trains (resolve_weights names the run).
-    from .stages.finetune import task_option_error
+    from .tasks import task_option_error
 
     wrong = task_option_error(ft.task, ft.weights, ft.baseline)
     if wrong is not None:
@@ -507,7 +507,7 @@ def run_pipeline(path: Path, quiet: bool = False, force: bool = False,
 
 def _finetune(ft: FinetuneStep, run: str, weights: str, rel: Callable[[str], str], quiet: bool) -> dict[str, Any]:
     """The ``[finetune]`` stage of either task (``stages.finetune.fit_task`` makes the choice)."""
-    from .stages.finetune import fit_task
+    from .tasks import fit_task
 
     return fit_task(rel(ft.data), run, task=ft.task, arch=ft.arch, weights=weights, resize=ft.resize,
                     input_size=ft.input_size, seed=ft.seed, engine=ft.engine, quiet=quiet,

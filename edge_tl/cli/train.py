@@ -88,7 +88,7 @@ def finetune(
     pip install 'edge-tl[train]'.
     """
     require_training()
-    from ..stages.finetune import fit_task, task_option_error
+    from ..tasks import fit_task, task_option_error
 
     wrong = task_option_error(task, weights, baseline)
     if wrong is not None:

@@ -1,0 +1,56 @@
+"""The task a run is: the one place the classify / anomaly choice is made, for the CLI, the pipeline file
+and the API. It sits above ``stages`` and ``anomaly`` (``anomaly.fit`` uses the fine-tune's preprocessing
+helpers, so ``stages.finetune`` cannot import it back): the choice imports both, neither imports it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+TASKS = ("classify", "anomaly")
+
+
+def task_option_error(task: str, weights: str, baseline: str) -> tuple[str, str] | None:
+    """(option, why) when an option does not go with ``task``, else None: the one check behind the
+    CLI's, the pipeline file's and the API's errors, each of which names the option its own way
+    (``--baseline``, ``finetune.baseline``, ``baseline=``). ``why`` reads after "is for the classify
+    task"; for an unknown task the option is "task" and ``why`` is the whole message."""
+    from .weights import RUN_PREFIX
+
+    if task not in TASKS:
+        return "task", f"unknown task {task!r}; choose {' or '.join(TASKS)}"
+    if task == "anomaly" and baseline != "none":
+        return "baseline", " (an anomaly model has no from-scratch counterpart)"
+    if task == "anomaly" and weights.startswith(RUN_PREFIX):
+        return "weights", "; an anomaly model starts from imagenet, none or a state_dict file"
+    return None
+
+
+def fit_task(data_dir: str | Path, out: str | Path, *, task: str = "classify", arch: str = "mobilenet_v2",
+             weights: str = "imagenet", resize: str | None = None, input_size: int | None = None, seed: int = 0,
+             engine: str = "auto", quiet: bool = True, val_fraction: float = 0.2, baseline: str = "none",
+             train: dict[str, Any] | None = None, anomaly: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``finetune`` stage of either task, chosen here once for the CLI, the pipeline and the API.
+
+    ``task="classify"``: ``stages.finetune.finetune`` with a ``TrainConfig`` of ``train`` (its fields: mode, epochs,
+    unfreeze, ...) plus ``seed``, ``engine`` and ``quiet``. ``task="anomaly"``: ``anomaly.fit.fit_anomaly``
+    with ``anomaly`` (method, val_dir, ok_class, holdout, coreset, bank_size, dim, clusters,
+    max_false_reject). Options of the other task are ignored. Returns the stage's manifest; ConfigError
+    for an option that does not go with the task (:func:`task_option_error`)."""
+    wrong = task_option_error(task, weights, baseline)
+    if wrong is not None:
+        raise ConfigError(wrong[1] if wrong[0] == "task" else
+                          f"{wrong[0]}{' run:' if wrong[0] == 'weights' else ''} is for task='classify'{wrong[1]}")
+    if task == "anomaly":
+        from .anomaly.fit import fit_anomaly
+
+        return fit_anomaly(data_dir, out, arch=arch, weights=weights, resize=resize, input_size=input_size,
+                           seed=seed, engine=engine, quiet=quiet, **(anomaly or {}))
+    from .stages.finetune import finetune
+    from .training import TrainConfig
+
+    cfg = TrainConfig(**(train or {}), seed=seed, engine=engine, quiet=quiet)
+    return finetune(data_dir, out, arch=arch, weights=weights, val_fraction=val_fraction, train_cfg=cfg,
+                    resize=resize, input_size=input_size, baseline=baseline)
