@@ -577,15 +577,20 @@ def run_epochs(epochs: int, one_epoch: Callable[[int], tuple[float, int]],
     loss sum and images, as :func:`optimise`), ``validate(images_seen)`` gives the validation (logits,
     labels); the best epoch by ``cfg``'s validation score (ties: lower loss) is kept, ``cfg.patience``
     epochs without a better one stop it, and ``saved`` ends with the best state. ``after(epoch, top1)``
-    reports progress. Returns the per-epoch history (1-based epochs) and the early-stop record."""
+    reports progress. Returns the per-epoch history (1-based epochs; ``seconds`` with validation,
+    ``train_images_per_s`` of the training steps alone) and the early-stop record."""
     stop, history = _EarlyStop(cfg.patience), []
     for epoch in range(epochs):
         t0 = time.perf_counter()
         total, seen = one_epoch(epoch)
+        trained = time.perf_counter() - t0
         logits, labels = validate(seen)
         vloss, vacc, vscore = _val_figures(torch.from_numpy(logits), torch.from_numpy(labels), cfg)
+        # Training images (or cached inputs) per second of the epoch's optimiser steps, validation not
+        # counted: what says whether a GPU is fed.
         history.append({"epoch": epoch + 1, "train_loss": total / max(1, seen), "val_loss": vloss,
-                        "val_top1": vacc, "val_score": vscore, "seconds": time.perf_counter() - t0})
+                        "val_top1": vacc, "val_score": vscore, "seconds": time.perf_counter() - t0,
+                        "train_images_per_s": seen / trained if trained > 0 else None})
         if after is not None:
             after(epoch, vacc)
         if stop.update(epoch, vscore, vloss, saved, logits, labels):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import statistics
 import struct
 import zlib
 from pathlib import Path
@@ -75,6 +76,11 @@ def test_partial_on_a_cpu_records_planned_and_run_epochs_1_based(
     assert best["epoch"] == e["best"]
     err = " ".join(capsys.readouterr().err.split())
     assert f"best epoch {e['best']}/{CACHED_PARTIAL_EPOCHS}" in err
+    # issue 25: the training rate per epoch (validation not counted), its median in the timings and summary
+    rates = [h["train_images_per_s"] for h in m["metrics"]["history"]]
+    assert all(r > 0 for r in rates)
+    assert m["timings"]["train_images_per_s"] == pytest.approx(statistics.median(rates))
+    assert f"{m['timings']['train_images_per_s']:,.0f} img/s training" in err
 
 
 def test_help_states_the_epochs_each_mode_trains(capsys: pytest.CaptureFixture[str]) -> None:

@@ -119,6 +119,12 @@ def epochs_text(metrics: dict) -> str:
     return text + (f", stopped early after {e['run']}" if 0 < e["run"] < e["planned"] else "")
 
 
+def _rate(timings: dict) -> str:
+    """" (1,234 img/s training)": the median training rate per epoch, when the manifest has one."""
+    rate = timings.get("train_images_per_s")
+    return f" ({rate:,.0f} img/s training)" if rate else ""
+
+
 def finetune_summary(manifest: dict, out: Path) -> str:
     """Two lines: validation top-1, balanced accuracy and time; per-class recall. With ``--baseline
     scratch`` a third: transfer against scratch, and the classes where transfer lowered recall. An
@@ -129,7 +135,7 @@ def finetune_summary(manifest: dict, out: Path) -> str:
     recalls = ", ".join(f"{c} {'not evaluated' if r is None else f'{r:.3f}'}" for c, r in m["per_class_recall"].items())
     text = (f"[green]fine-tuned[/] {manifest['arch']} ({manifest['mode']}) on {manifest['data']['n_images']} images: "
             f"val top-1 {m['val_top1']:.4f}, balanced accuracy {m['val_balanced_accuracy']:.4f} "
-            f"({epochs_text(m)}), {t['train_seconds']:.1f} s on {t['device']} -> {out / 'finetune'}\n"
+            f"({epochs_text(m)}), {t['train_seconds']:.1f} s on {t['device']}{_rate(t)} -> {out / 'finetune'}\n"
             f"per-class recall (validation): {recalls}")
     b = m.get("baseline")
     if b:

@@ -55,6 +55,12 @@ def choose_resize(folder: ImageFolder, samples: list, pre: Preprocess, resize: s
     return mode, info
 
 
+def _median(values: list[float | None]) -> float | None:
+    """The median of the measured values (None where none was)."""
+    got = [v for v in values if v is not None]
+    return float(np.median(got)) if got else None
+
+
 def weights_preprocessing(arch: str, source: dict[str, Any], input_size: int | None,
                           resize: str | None = None) -> Preprocess:
     """The preprocessing the resolved weights expect, at ``input_size`` when given (the shorter-side
@@ -214,6 +220,7 @@ def finetune(data_dir: str | Path, out: str | Path, *, arch: str = "mobilenet_v2
                      **({"baseline": metrics_baseline} if metrics_baseline is not None else {})},
             timings={"started": started, "train_seconds": result.seconds,
                      "seconds_per_epoch": result.seconds_per_epoch, "device": result.device,
+                     "train_images_per_s": _median([h.get("train_images_per_s") for h in result.history]),
                      "world_size": result.world_size},
         )
         run.eval_npz.unlink(missing_ok=True)  # its reference logits are the replaced model's (rebuilt on demand)
