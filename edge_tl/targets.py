@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .backends.table import BACKENDS, facts
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -20,7 +21,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-Backend = Literal["torch", "onnxruntime", "openvino", "tensorrt"]
+# A backend is any name of the backend table (``backends/table.py``); ``Target`` checks it.
+Backend = str
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
 
 
@@ -81,6 +83,13 @@ class Target(_Strict):
     gates: Gates = Gates()
     source: str = Field("", exclude=True)
 
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r}; choose {', '.join(BACKENDS)}")
+        return value
+
     @property
     def quantized(self) -> bool:
         return self.precision == "int8"
@@ -105,11 +114,7 @@ class Target(_Strict):
     @property
     def model_file(self) -> str:
         """The file in ``targets/<name>/`` that the runner opens (TensorRT builds its engine from it)."""
-        return MODEL_FILES[self.backend]
-
-
-MODEL_FILES = {"torch": "model.pt", "onnxruntime": "model.onnx", "openvino": "model.xml",
-               "tensorrt": "model.onnx"}
+        return facts(self.backend).model_file
 
 
 def command(verb: str, run_root: str | Path, target: Target, *extra: str) -> str:
@@ -147,7 +152,7 @@ def _toml_value(value: object) -> str:
 
 def _openvino_ptq(target: Target) -> bool:
     """Whether ``target`` is quantised by NNCF on the OpenVINO model (``OPENVINO_PRESET``)."""
-    return target.backend == "openvino" and target.quantized and target.quantizer.method == "nncf"
+    return facts(target.backend).graph == "openvino-ir" and target.quantized and target.quantizer.method == "nncf"
 
 
 def dump_toml(target: Target) -> str:

@@ -12,6 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .table import BACKENDS
+
 
 @runtime_checkable
 class Runner(Protocol):
@@ -46,20 +48,21 @@ class RunnerSpec:
     options: dict[str, Any] | None = None
 
 
-# backend name -> module implementing `open(spec) -> Runner` and `availability(device) -> str | None`
-_BACKENDS = {
-    "torch": "edge_tl.backends.torch_",
-    "onnxruntime": "edge_tl.backends.onnxruntime_",
-    "openvino": "edge_tl.backends.openvino_",
-    "tensorrt": "edge_tl.backends.tensorrt_",
-}
-
-
 def _module(backend: str) -> Any:
+    """The runner module of ``backend`` (the table's ``runner``: ``open(spec) -> Runner``,
+    ``availability(device) -> str | None``)."""
     try:
-        return importlib.import_module(_BACKENDS[backend])
+        return importlib.import_module(BACKENDS[backend].runner)
     except KeyError:
         raise ValueError(f"unknown backend {backend!r}") from None
+
+
+def after_export(backend: str, target: Any, folder: Path) -> dict[str, Any]:
+    """The backend's own checks and builds on a freshly exported target folder (TensorRT: the graph's
+    readiness, and an engine where TensorRT is installed); the fields they add to the target's
+    manifest ({} for a backend with none)."""
+    fn = getattr(_module(backend), "after_export", None)
+    return {} if fn is None else fn(target, folder)
 
 
 def open_runner(spec: RunnerSpec) -> Runner:

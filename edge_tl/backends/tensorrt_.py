@@ -283,6 +283,25 @@ def _fp16_graph(onnx_path: Path) -> Path:
     return to_fp16(onnx_path, onnx_path.with_name(onnx_path.stem + ".fp16.onnx"))
 
 
+def after_export(target: Any, folder: Path) -> dict[str, Any]:
+    """Refuse a graph TensorRT would reject; on a device with TensorRT, build its engine now (export's
+    backend hook, ``backends.base.after_export``).
+
+    The engine and its sidecar are not listed in the manifest's files: the device may rebuild them.
+    """
+    from ..trt_ready import summary as trt_summary
+
+    graph = trt_summary(folder / target.model_file, max_batch=target.batch_size, require_quantized=target.quantized)
+    if graph["problems"]:
+        raise EdgeTLError(f"{target.name}: the graph is not TensorRT-ready: {'; '.join(graph['problems'])}; "
+                          "nothing was written")
+    out: dict[str, Any] = {"tensorrt_graph": graph}
+    if availability(target.device) is None:
+        out["engine"] = build_engine(folder / target.model_file, folder / "model.engine", target.precision,
+                                     target.batch_size)
+    return out
+
+
 def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str], precision: str,
                  max_batch: int, input_shape: tuple[int, int, int] | None = None,
                  timing_cache_path: str | os.PathLike[str] | None = None,

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import RunnerSpec, availability, open_runner, open_streams, profile_layers
+from ..backends.table import facts
 from ..errors import ConfigError, EdgeTLError
 from ..evalset import EvalSet, ensure_eval_set, eval_set_from_folder, load_eval_set, with_reference
 from ..gates import all_passed, verdicts
@@ -180,7 +181,7 @@ def candidate_source(run: RunDir, manifest: dict[str, Any], evalset: EvalSet, re
 
 
 def _reference_device(target: Target) -> str:
-    return "cuda" if target.backend == "tensorrt" or target.device.startswith("cuda") else "cpu"
+    return facts(target.backend).reference_device or ("cuda" if target.device.startswith("cuda") else "cpu")
 
 
 def _reliability(host_load: dict[str, Any], spreads: dict[str, dict[str, Any] | None]) -> list[str]:
@@ -377,7 +378,7 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
             say("INT8 vs the float graph on the same backend, alternating blocks…")
             # INT8 has to earn its place: the float graph on the same backend, timed alongside.
             # TensorRT's float baseline is fp16 (an fp32 engine would cost another long build on a Jetson).
-            float_precision = "fp16" if target.backend == "tensorrt" else "fp32"
+            float_precision = facts(target.backend).float_baseline
             frunner = open_runner(RunnerSpec(folder / "float.onnx", target.backend, target.device, float_precision,
                                              target.threads, target.batch_size))
             try:

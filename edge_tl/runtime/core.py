@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..backends import RunnerSpec, availability, open_runner
+from ..backends.table import facts
 from ..errors import ArtifactError, EdgeTLError
 from ..manifest import atomic_path, sha256_file
 from ..preprocess import Preprocess, from_array, load_image, to_rgb
@@ -33,10 +34,6 @@ log = logging.getLogger("edge_tl")
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]  # noqa: UP007 - readable at runtime on 3.10
 
-# Backends whose model object may be called from several threads at once; the others get a lock
-# (an OpenVINO infer request or a TensorRT execution context serves one call at a time).
-_THREAD_SAFE = {"onnxruntime"}
-_BACKEND_DIST = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 
 
 class InputError(EdgeTLError, ValueError):
@@ -177,7 +174,8 @@ class Runtime:
         if reason is not None:
             raise EdgeTLError(f"cannot run {self.path} ({self.backend} on {self.device}) here: {reason}")
         model_path = self.path / model["file"]
-        if self.backend == "tensorrt":
+        self.facts = facts(self.backend)
+        if self.facts.engine_on_device:
             model_path = self._engine_source(model_path, Path(engine_cache) if engine_cache else engine_cache_dir())
         spec = RunnerSpec(model_path, self.backend, self.device, self.precision,
                           int(threads or model["threads"]), self.batch_size)
@@ -186,13 +184,14 @@ class Runtime:
         except EdgeTLError:
             raise
         except Exception as exc:  # any backend failure to load is one readable line
-            built = m.get("versions", {}).get(_BACKEND_DIST[self.backend], "?")
-            here = _dist_version(_BACKEND_DIST[self.backend])
+            built = m.get("versions", {}).get(self.facts.dist, "?")
+            here = _dist_version(self.facts.dist)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ArtifactError(f"{self.backend} {here} cannot load {spec.model_path} (bundle built with "
                                 f"{self.backend} {built}): {first}") from exc
         self._lock: threading.Lock | contextlib.nullcontext[None] = (
-            contextlib.nullcontext() if self.backend in _THREAD_SAFE else threading.Lock())
+            # (an OpenVINO infer request or a TensorRT execution context serves one call at a time)
+            contextlib.nullcontext() if self.facts.thread_safe else threading.Lock())
         self.golden_report: dict[str, Any] | None = None
         if check_golden:
             try:
@@ -220,7 +219,7 @@ class Runtime:
         return dest
 
     def _open(self, spec: RunnerSpec) -> Any:
-        if self.backend != "tensorrt":
+        if not self.facts.engine_on_device:
             return open_runner(spec)
         try:
             return open_runner(spec)
@@ -355,7 +354,7 @@ class Runtime:
                 built = self.manifest.get("versions", {})
                 raise ArtifactError(
                     f"golden image {self.path / it['file']}: {problem}; this runtime does not reproduce the "
-                    f"bundle ({self.backend} {_dist_version(_BACKEND_DIST[self.backend])} and Pillow "
+                    f"bundle ({self.backend} {_dist_version(self.facts.dist)} and Pillow "
                     f"{_dist_version('pillow')} here; built with {built.get(self.backend, '?')} and Pillow "
                     f"{built.get('pillow', '?')}); refusing to classify")
         return {"n": len(items), "passed": True, "max_abs_logit_diff": float(diff.max()), "tolerance": tol}

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import RunnerSpec, availability, open_runner
+from ..backends.table import facts
 from ..errors import ArtifactError, ConfigError
 from ..evalset import ensure_eval_set, load_eval_set, with_reference
 from ..manifest import (
@@ -60,10 +61,11 @@ def model_files(target: Target) -> list[str]:
 
 
 def golden_backend(target: Target) -> tuple[str, str]:
-    """Where the golden expectations are computed: the target's own backend, or for TensorRT (built
-    on the device) ONNX Runtime on the same graph."""
-    if target.backend == "tensorrt":
-        return "onnxruntime", "cpu"
+    """Where the golden expectations are computed: the target's own backend, or for one that builds its
+    engine on the device (TensorRT) its stand-in on the same graph (ONNX Runtime)."""
+    known = facts(target.backend)
+    if known.engine_on_device and known.stand_in is not None:
+        return known.stand_in
     return target.backend, target.device
 
 
@@ -309,8 +311,8 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
                                      "(RGB/BGR)"},
                 "model": {"file": t.model_file, "files": files, "backend": t.backend, "device": t.device,
                           "precision": t.precision, "batch_size": t.batch_size, "threads": t.threads,
-                          **({"engine": "built on the device from model.onnx on first open, then cached"}
-                             if t.backend == "tensorrt" else {})},
+                          **({"engine": f"built on the device from {t.model_file} on first open, then cached"}
+                             if facts(t.backend).engine_on_device else {})},
                 "policy": policy.to_dict() | {"tuning": tuning, "validation": stats},
                 "target": t.model_dump(),
                 "golden": {"expected_from": {"backend": backend, "device": device, "precision": t.precision},

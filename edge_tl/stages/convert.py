@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..backends.table import facts
 from ..errors import require
 from ..targets import Target
 
@@ -19,9 +20,9 @@ def onnx_to_openvino(onnx_path: Path, xml_path: Path, compress_to_fp16: bool = F
 
 def convert_float(target: Target, onnx_path: Path, out_dir: Path) -> list[str]:
     """Write the float model for ``target`` into ``out_dir``; returns the files written."""
-    if target.backend == "openvino":
-        return onnx_to_openvino(onnx_path, out_dir / "model.xml", compress_to_fp16=target.precision == "fp16")
-    # onnxruntime runs the ONNX as is; TensorRT builds its fp16 engine from it on the device.
+    if facts(target.backend).graph == "openvino-ir":
+        return onnx_to_openvino(onnx_path, out_dir / target.model_file, compress_to_fp16=target.precision == "fp16")
+    # An "onnx" backend runs the ONNX as is (TensorRT builds its fp16 engine from it on the device).
     dest = out_dir / target.model_file
     if onnx_path != dest:
         os.replace(onnx_path, dest)

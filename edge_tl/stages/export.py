@@ -15,6 +15,8 @@ import numpy as np
 
 from .. import onnx_export
 from ..backends import RunnerSpec, availability, open_runner
+from ..backends.base import after_export
+from ..backends.table import facts
 from ..checkpoint import load_model
 from ..errors import ConfigError, EdgeTLError, require
 from ..evalset import ensure_eval_set, load_eval_set, save_adapted_reference
@@ -115,8 +117,7 @@ def export(run_dir: str | Path, target_name: str, calibration: str | None = None
             from .convert import convert_float
 
             files = convert_float(target, tmp / FLOAT_ONNX, tmp)
-        if target.backend == "tensorrt":
-            extra |= _tensorrt_graph(target, tmp)
+        extra |= after_export(target.backend, target, tmp)
         # An adapted model's in-distribution is the new line, not the validation split: its limit stays the
         # one calibrated on the new line's held-out images (stages/ood_fit.py).
         ood_fpr = extra["ood"]["false_alarm_target"] if "ood" in extra and src.name != "adapt" else None
@@ -144,26 +145,6 @@ def export(run_dir: str | Path, target_name: str, calibration: str | None = None
     return manifest
 
 
-def _tensorrt_graph(target: Target, folder: Path) -> dict[str, Any]:
-    """Refuse a graph TensorRT would reject; on a device with TensorRT, build its engine now.
-
-    The engine and its sidecar are not listed in the manifest's files: the device may rebuild them.
-    """
-    from ..trt_ready import summary as trt_summary
-
-    graph = trt_summary(folder / target.model_file, max_batch=target.batch_size, require_quantized=target.quantized)
-    if graph["problems"]:
-        raise EdgeTLError(f"{target.name}: the graph is not TensorRT-ready: {'; '.join(graph['problems'])}; "
-                          "nothing was written")
-    out: dict[str, Any] = {"tensorrt_graph": graph}
-    if availability("tensorrt", target.device) is None:
-        from ..backends.tensorrt_ import build_engine
-
-        out["engine"] = build_engine(folder / target.model_file, folder / "model.engine", target.precision,
-                                     target.batch_size)
-    return out
-
-
 def _ood_limit(validation: dict[str, Any] | None) -> dict[str, Any]:
     """The target's own ood limit (see ``validate``), or the float model's threshold when it cannot run here."""
     if validation is None or "ood_limit" not in validation:
@@ -184,9 +165,10 @@ def validate(target: Target, folder: Path, inputs: np.ndarray, reference: np.nda
     the ``1 - ood_fpr`` quantile of ``inputs`` (an INT8 backbone moves the scores of the float model, so
     each target is calibrated on its own answers)."""
     backend, device = target.backend, target.device
-    if backend == "tensorrt" and availability("tensorrt", device) is not None:
-        # Without TensorRT here, the shipped ONNX graph is checked in ONNX Runtime instead.
-        backend, device = "onnxruntime", "cpu"
+    stand_in = facts(backend).stand_in
+    if stand_in is not None and availability(backend, device) is not None:
+        # Without the backend here (TensorRT on a CPU box), its stand-in checks the same shipped graph.
+        backend, device = stand_in
     if availability(backend, device) is not None:
         return None
     runner = open_runner(RunnerSpec(folder / target.model_file, backend, device, target.precision,

@@ -180,7 +180,9 @@ def _int8_graph(target: Any, fp32: Path, size: int, work: Path) -> Path:
     """The target's INT8 form of ``fp32`` calibrated on noise: for timing only."""
     rng = np.random.default_rng(0)
     batches = [rng.normal(0, 1, (1, 3, size, size)).astype(np.float32) for _ in range(8)]
-    if target.backend == "openvino":
+    from ..backends.table import facts
+
+    if facts(target.backend).graph == "openvino-ir":
         import openvino as ov
 
         from ..backends.openvino_ import shared_core, signal_stack_kept

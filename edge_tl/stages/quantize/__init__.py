@@ -65,6 +65,8 @@ from typing import Any
 
 import numpy as np
 
+from ...backends.table import BACKENDS as BACKEND_TABLE
+from ...backends.table import facts
 from ...calibration import SelectionSet, build_calibration_set, build_selection_set, write_calibration_json
 from ...errors import ConfigError
 from ...evalset import EvalSet
@@ -94,9 +96,9 @@ log = logging.getLogger("edge_tl")
 
 CALIBRATION_JSON = "calibration.json"
 
-# The module that makes each backend's INT8 model. OpenVINO quantises its own model; every other backend
-# executes the ONNX graph.
-BACKENDS: dict[str, Backend] = {"onnxruntime": onnxruntime_, "tensorrt": onnxruntime_, "openvino": openvino_}
+# The modules that make INT8 models, by the backend table's ``quantiser`` name: OpenVINO quantises its
+# own model; the ONNX backends run an ONNX QDQ graph.
+QUANTISERS: dict[str, Backend] = {"onnxruntime_": onnxruntime_, "openvino_": openvino_}
 
 
 def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path, out_dir: Path,
@@ -121,10 +123,13 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
     if q.method == "none":
         raise ConfigError(f"{target.name}: precision is int8 but quantizer.method is 'none' "
                           "(use onnx_qdq or nncf)")
-    if q.method == "onnx_qdq" and target.backend not in ("onnxruntime", "tensorrt"):
-        raise ConfigError(f"{target.name}: quantizer.method 'onnx_qdq' needs backend onnxruntime or "
-                          f"tensorrt, not {target.backend}")
-    backend = BACKENDS.get(target.backend, onnxruntime_)
+    known = facts(target.backend)
+    if q.method == "onnx_qdq" and not known.onnx_qdq:
+        takers = " or ".join(b.name for b in BACKEND_TABLE.values() if b.onnx_qdq)
+        raise ConfigError(f"{target.name}: quantizer.method 'onnx_qdq' needs backend {takers}, not {target.backend}")
+    if known.quantiser not in QUANTISERS:
+        raise ConfigError(f"{target.name}: the {target.backend} backend has no INT8 quantiser")
+    backend = QUANTISERS[known.quantiser]
     # Bad combinations fail early (ONNX graphs: the QDQ form the runtime accepts).
     settings = backend.settings(target)
     src_manifest = read_manifest(src, verify=False)

@@ -16,6 +16,7 @@ import numpy as np
 
 import edge_tl.stages.quantize.onnx_common as onnx_common  # the module: it is the fallback backend below
 
+from ...backends.table import facts
 from ...calibration import CalibrationSet
 from ...errors import ConfigError, require
 from ...manifest import atomic_path
@@ -220,7 +221,8 @@ def quantize_nncf(target: Target, float_onnx: Path, out_dir: Path, cset: Calibra
     float_layers: list[dict[str, Any]] = []
     if "before" in fallback:
         fallback["after"] = fallback["before"]
-    if fallback["status"] == "needed" and target.backend == "onnxruntime":
+    # Float fallback removes QDQ pairs; an explicit-QDQ builder (TensorRT) reads every pair as an order.
+    if fallback["status"] == "needed" and not facts(target.backend).explicit_qdq:
         chosen, after, float_layers = bypass_fewest(onnx_common, target, fallback, onnx.load(str(dest)),
                                                     float_model, cset, judge, threads)
         if chosen is not None and after is not None:

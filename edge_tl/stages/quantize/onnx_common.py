@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ...backends.table import facts
 from ...errors import require
 from ...fixed_float import float_names
 from ...targets import Target
@@ -37,8 +38,8 @@ def fixed_float(model: Any) -> list[str]:
 
 
 def host_threads(target: Target) -> int:
-    # TensorRT's threads setting means nothing to ONNX Runtime on this host: use a few cores.
-    return target.threads if target.backend == "onnxruntime" else min(4, os.cpu_count() or 1)
+    # Another backend's threads setting (TensorRT's) means nothing to ONNX Runtime on this host: a few cores.
+    return target.threads if facts(target.backend).calibrates_with_target_threads else min(4, os.cpu_count() or 1)
 
 
 def ort_session(model: str | bytes, threads: int = 2) -> Any:

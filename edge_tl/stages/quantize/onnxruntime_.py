@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ...backends.table import facts
 from ...calibration import CalibrationSet
 from ...errors import ConfigError, require
 from ...manifest import atomic_path
@@ -123,13 +124,14 @@ class _Reader:
 def ort_settings(target: Target) -> dict[str, Any]:
     """The quantize_static arguments for this target's QDQ form (and a readable summary)."""
     q = target.quantizer
-    if target.backend == "tensorrt" and (q.activations != "int8" or not q.symmetric_activations):
-        raise ConfigError(f"{target.name}: TensorRT needs symmetric int8 activations (zero point 0); set "
+    explicit = facts(target.backend).explicit_qdq  # TensorRT: every QDQ pair is an order to its builder
+    if explicit and (q.activations != "int8" or not q.symmetric_activations):
+        raise ConfigError(f"{target.name}: {target.backend} needs symmetric int8 activations (zero point 0); set "
                           "quantizer.activations = 'int8' and quantizer.symmetric_activations = true")
-    if target.backend == "tensorrt" and not q.per_channel:
-        log.warning("%s: TensorRT runs per-channel weight scales best; per_channel is off", target.name)
-    if target.backend == "tensorrt":
-        form = "TensorRT explicit precision: symmetric int8 activations and weights, zero point 0"
+    if explicit and not q.per_channel:
+        log.warning("%s: %s runs per-channel weight scales best; per_channel is off", target.name, target.backend)
+    if explicit:
+        form = f"{target.backend} explicit precision: symmetric int8 activations and weights, zero point 0"
     elif q.activations == "uint8":
         form = "x86 u8s8: unsigned activations, signed weights (VNNI / AVX2 kernels)"
     else:
@@ -142,7 +144,7 @@ def ort_settings(target: Target) -> dict[str, Any]:
         "reduce_range": False, "calibration_method": q.calibration_method, "form": form,
         # TensorRT takes int8 Q/DQ only and adds biases in float itself; an int32 bias DQ is rejected
         # (onnx-tensorrt#850). The CPU kernels want the int32 bias (it folds into QLinearConv).
-        "quantize_bias": target.backend != "tensorrt",
+        "quantize_bias": not explicit,
     }
 
 
@@ -395,8 +397,8 @@ def quantize_qdq(target: Target, settings: dict[str, Any], float_onnx: Path, out
     fallback["float_layers"] = [r["name"] for r in float_layers]
     model = onnx.load(str(dest), load_external_data=False)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if target.backend == "tensorrt" and (opset is None or opset < 13):
-        raise ConfigError(f"{target.name}: the QDQ graph has opset {opset}; TensorRT's per-channel QDQ "
+    if facts(target.backend).explicit_qdq and (opset is None or opset < 13):
+        raise ConfigError(f"{target.name}: the QDQ graph has opset {opset}; {target.backend}'s per-channel QDQ "
                           "needs opset >= 13 (raise the profile's opset)")
     quantizer = {"method": "onnx_qdq", "library": f"onnxruntime {ort.__version__}", "format": "QDQ",
                  "opset": opset, "calibration_seconds": calib_seconds, **settings}

@@ -10,13 +10,15 @@ from typing import Any
 
 import numpy as np
 
+from ...backends.table import facts
 from ...targets import Target
 
 log = logging.getLogger("edge_tl")
 
 
 def _target_arch(target: Target) -> str | None:
-    if target.backend == "tensorrt":
+    """The CPU architecture the target runs on; None where its engine is built on the device (TensorRT)."""
+    if facts(target.backend).engine_on_device:
         return None
     if re.search(r"arm64|aarch64", target.name, re.IGNORECASE):
         return "aarch64"
