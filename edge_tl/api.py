@@ -75,7 +75,7 @@ def _library_output(stage: _Stage) -> _Stage:
 def finetune(data_dir: PathLike, out: PathLike, *, arch: str = "mobilenet_v2", weights: str = "imagenet",
              mode: str = "linear", epochs: int | None = None, unfreeze: int = 3, progressive: bool = False,
              lr: float | None = None, backbone_lr_scale: float = 0.1, batch_size: int = 32,
-             val_fraction: float = 0.2, seed: int = 0, device: str = "auto", workers: int = 2,
+             val_fraction: float = 0.2, seed: int = 0, device: str = "auto", workers: int = 2, cache_mb: int = 2048,
              patience: int = 5, views: int = 2, balance: str = "none", resize: str | None = None,
              engine: str = "auto", input_size: int | None = None, baseline: str = "none",
              task: str = "classify", method: str = "padim", val: PathLike | None = None,
@@ -96,6 +96,8 @@ def finetune(data_dir: PathLike, out: PathLike, *, arch: str = "mobilenet_v2", w
     ``export`` or ``bench`` stores them as ``RUN/eval.npz``, preprocessed (N, 3, H, W), with the
     model's (N, classes) float32 logits as the reference for every later comparison.
 
+    ``cache_mb``: end-to-end training (``full``, ``progressive``) decodes the images once and augments
+    them on the training device when their frames fit in this many MB (0: decode every epoch).
     ``task="anomaly"`` (``edge-tl finetune --task anomaly``): ``data_dir`` holds good images (or an
     ImageFolder whose good class is ``ok_class``); ``method`` ``"padim"`` or ``"patchcore"``, ``val`` a
     labelled folder for the threshold, ``holdout``, ``coreset`` / ``bank_size`` (PatchCore), ``dim``,
@@ -116,6 +118,7 @@ def finetune(data_dir: PathLike, out: PathLike, *, arch: str = "mobilenet_v2", w
                     seed=seed, engine=engine, quiet=quiet, val_fraction=val_fraction, baseline=baseline,
                     train={"mode": mode, "epochs": epochs, "unfreeze": unfreeze, "progressive": progressive,
                            "lr": lr, "batch_size": batch_size, "device": device, "workers": workers,
+                           "cache_mb": cache_mb,
                            "patience": patience, "views": views, "backbone_lr_scale": backbone_lr_scale,
                            "balance": balance},
                     anomaly={"method": method, "val_dir": val, "ok_class": ok_class, "holdout": holdout,

@@ -51,6 +51,7 @@ class FinetuneStep(_Strict):
     seed: int = 0
     device: str = "auto"
     workers: int = Field(2, ge=0)
+    cache_mb: int = Field(2048, ge=0)
     patience: int = 5
     views: int = 2
     balance: Literal["none", "weights", "sampler"] = "none"
@@ -515,6 +516,7 @@ def _finetune(ft: FinetuneStep, run: str, weights: str, rel: Callable[[str], str
                     train={"mode": ft.mode, "epochs": ft.epochs, "unfreeze": ft.unfreeze, "device": ft.device,
                            "views": ft.views, "balance": ft.balance, "patience": ft.patience,
                            "progressive": ft.progressive, "batch_size": ft.batch_size, "workers": ft.workers,
+                           "cache_mb": ft.cache_mb,
                            "backbone_lr_scale": ft.backbone_lr_scale, "lr": ft.lr},
                     anomaly={"method": ft.method, "val_dir": rel(ft.val) if ft.val else None,
                              "ok_class": ft.ok_class, "holdout": ft.holdout, "coreset": ft.coreset,

@@ -469,12 +469,17 @@ class Preprocess:
             canvas = Image.new("RGB", (self.crop, self.crop), self.pad_color)
             canvas.paste(img, ((self.crop - new_w) // 2, (self.crop - new_h) // 2))
             return canvas
+        return center_crop(self.resize_short_side(img), self.crop)
+
+    def resize_short_side(self, img: Image.Image) -> Image.Image:
+        """The image with its short side at ``resize`` and its aspect kept (torchvision's Resize(int))."""
+        w, h = img.size
         short, long = (w, h) if w <= h else (h, w)
         new_short, new_long = self.resize, int(self.resize * long / short)
         new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
         if (new_w, new_h) != (w, h):
             img = img.resize((new_w, new_h), _INTERP[self.interpolation], reducing_gap=None)
-        return center_crop(img, self.crop)
+        return img
 
     def normalize(self, img: Image.Image) -> np.ndarray:
         """RGB PIL image -> CHW float32, scaled and normalised."""

@@ -76,6 +76,9 @@ class TrainConfig:
     # balanced accuracy instead of top-1.
     balance: str = "none"
     engine: str = "auto"  # what runs the frozen layers: auto | onnxruntime | torch (features.PrefixEngine)
+    # End-to-end training: decode the training and validation images once and augment on the device when
+    # their frames fit in this many MB (decoded.DEFAULT_CACHE_MB); 0: decode every epoch (the loader).
+    cache_mb: int = 2048
 
     def resolved_epochs(self, cached: bool = False) -> int:
         if self.epochs is not None:
@@ -630,6 +633,40 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
                                 reduction="batchmean", log_target=True) * t * t
 
 
+def _decode_once(root: Path, train: list[Sample], val: list[Sample], pre: Preprocess, cfg: TrainConfig,
+                 ddp: Dist) -> tuple[Any, Any] | None:
+    """The training and validation sets decoded once (``decoded.py``), or None where the per-epoch loader
+    serves instead: ``cfg.cache_mb`` 0, frames over that limit (said in a line), or torchrun (each rank
+    decodes its own share there)."""
+    from .decoded import decode, estimated_mb
+
+    if cfg.cache_mb <= 0 or ddp.world > 1:
+        return None
+    need = estimated_mb(root, train, pre, True) + estimated_mb(root, val, pre, False)
+    if need > cfg.cache_mb:
+        log.info("decoding every epoch: the decoded images would take ~%.0f MB, over the %d MB cache limit "
+                 "(--cache-mb)", need, cfg.cache_mb)
+        return None
+    workers = max(1, os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    data = decode(root, train, pre, train=True, workers=workers)
+    held = decode(root, val, pre, train=False, workers=workers)
+    log.debug("decoded %d + %d images once (%.0f MB) in %.1f s", len(data.kept), len(held.kept),
+              (data.nbytes + held.nbytes) / 2**20, time.perf_counter() - t0)
+    return data, held
+
+
+@torch.no_grad()
+def _decoded_logits(model: nn.Module, held: Any, pre: Preprocess, device: str, batch: int = 64) -> np.ndarray:
+    """The model's (N, classes) float32 logits on decoded evaluation frames (exactly the loader's inputs)."""
+    from .decoded import normalise
+
+    model.eval()
+    outs = [model(_to(normalise(held.images[i:i + batch].to(device), pre), device)).float().cpu()
+            for i in range(0, len(held.kept), batch)]
+    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
+
+
 def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample], val: list[Sample],
                     pre: Preprocess, cfg: TrainConfig, device: str, ddp: Dist,
                     teacher: nn.Module | None = None, n_classes: int | None = None,
@@ -662,8 +699,10 @@ def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample]
         sampler = WeightedRandomSampler(torch.from_numpy(1.0 / np.maximum(counts, 1)[train_labels]), len(train),
                                         generator=torch.Generator().manual_seed(cfg.seed))
     loader = _loader(ds, cfg.batch_size, True, cfg.workers, cfg.seed, sampler, pin=cuda)
+    decoded = _decode_once(root, train, val, pre, cfg, ddp)
+    steps_per_epoch = math.ceil(len(decoded[0].kept) / cfg.batch_size) if decoded else len(loader)
     epochs = cfg.resolved_epochs()
-    sched = _schedule(opt, epochs * max(1, len(loader)))
+    sched = _schedule(opt, epochs * max(1, steps_per_epoch))
     crit = _criterion(cfg, train_labels, n_classes, device)
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
@@ -673,8 +712,24 @@ def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample]
             p.requires_grad_(False)
     skipped: list[dict[str, str]] = []
     frozen_now = [frozen]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if decoded:
+        _check_unreadable(skipped, decoded[0].bad, len(train), root)
+        if cuda:  # the frames live on the GPU: each batch is gathered, cropped and flipped there
+            decoded[0].images = decoded[0].images.to(device)
 
     def batches(advance: Callable[[], None]) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
+        if decoded:
+            from .decoded import augmented_batch
+
+            data = decoded[0]
+            order = _epoch_order(data.labels, gen, cfg)
+            for s in range(0, len(order), cfg.batch_size):
+                b = order[s:s + cfg.batch_size]
+                x = augmented_batch(data, b, pre, cfg.aug_scale, gen, device)
+                yield _to(x, device), data.labels[b].to(device), None
+                advance()
+            return
         for x, y, _i, bad in loader:
             if bad:
                 _check_unreadable(skipped, bad, len(train), root)
@@ -691,12 +746,15 @@ def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample]
 
     def validate(seen: int) -> tuple[np.ndarray, np.ndarray]:
         with torch.autocast("cuda", dtype=amp_dtype, enabled=cuda):
-            logits, labels, _ = predict_logits(model, root, val, pre, device, ddp=ddp, workers=cfg.workers)
+            if decoded:
+                logits, labels = _decoded_logits(model, decoded[1], pre, device), decoded[1].labels.numpy()
+            else:
+                logits, labels, _ = predict_logits(model, root, val, pre, device, ddp=ddp, workers=cfg.workers)
         _check_readable(seen, len(labels), len(val), root)
         return logits, labels
 
     with progress(cfg.quiet or not ddp.main) as bar:
-        task = bar.add_task(f"train ({cfg.mode})", total=epochs * len(loader), info="")
+        task = bar.add_task(f"train ({cfg.mode})", total=epochs * steps_per_epoch, info="")
 
         def one_epoch(epoch: int) -> tuple[float, int]:
             if cfg.progressive:

@@ -80,7 +80,8 @@ def test_an_unreadable_first_batch_does_not_step_the_schedule_before_the_optimiz
 
     folder = scan_image_folder(write_folder(tmp_path / "data", per_class=8))
     train, val = folder.samples[::2] + folder.samples[1::4], folder.samples[3::4]
-    cfg = TrainConfig(mode="full", epochs=1, batch_size=1, workers=0, seed=0, quiet=True)
+    # cache_mb=0: the per-epoch loader, where a file can vanish between two epochs' reads
+    cfg = TrainConfig(mode="full", epochs=1, batch_size=1, workers=0, seed=0, quiet=True, cache_mb=0)
     pre = Preprocess(resize=72, crop=64)
     # The loader's first draw (same seed, same order as in the fit) is the image that went away.
     _, _, first, _ = next(iter(_loader(ImageDataset(folder.root, train, pre, train=True), 1, True, 0, cfg.seed)))

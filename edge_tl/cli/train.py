@@ -36,6 +36,9 @@ def finetune(
     device: str = typer.Option("auto", metavar="auto|cpu|cuda", help="Where to train: auto (cuda when "
                                 "available) | cpu | cuda."),
     workers: int = typer.Option(2, help="Data-loading worker processes."),
+    cache_mb: int = typer.Option(2048, "--cache-mb", metavar="MB", help="partial --progressive/full: decode the "
+                                 "images once and augment on the training device when they fit in MB (0: decode "
+                                 "every epoch)."),
     patience: int = typer.Option(5, help="Early stopping: epochs without validation improvement."),
     views: int = typer.Option(2, help="partial: cached views per training image (1 plain + augmented); "
                               "the frozen layers run once per view."),
@@ -101,6 +104,7 @@ def finetune(
                         baseline=baseline,
                         train={"mode": mode, "epochs": epochs, "unfreeze": unfreeze, "progressive": progressive,
                                "lr": lr, "batch_size": batch_size, "device": device, "workers": workers,
+                               "cache_mb": cache_mb,
                                "patience": patience, "views": views, "backbone_lr_scale": backbone_lr_scale,
                                "balance": balance},
                         anomaly={"method": method, "val_dir": val, "ok_class": ok_class, "holdout": holdout,
