@@ -112,18 +112,9 @@ def finetune(data_dir: PathLike, out: PathLike, *, arch: str = "mobilenet_v2", w
     option.
     """
     _require_training()
-    from .tasks import fit_task
+    from .tasks import fit_task, fit_task_options
 
-    return fit_task(data_dir, out, task=task, arch=arch, weights=weights, resize=resize, input_size=input_size,
-                    seed=seed, engine=engine, quiet=quiet, val_fraction=val_fraction, baseline=baseline,
-                    train={"mode": mode, "epochs": epochs, "unfreeze": unfreeze, "progressive": progressive,
-                           "lr": lr, "batch_size": batch_size, "device": device, "workers": workers,
-                           "cache_mb": cache_mb,
-                           "patience": patience, "views": views, "backbone_lr_scale": backbone_lr_scale,
-                           "balance": balance},
-                    anomaly={"method": method, "val_dir": val, "ok_class": ok_class, "holdout": holdout,
-                             "coreset": coreset, "bank_size": bank_size, "dim": dim, "clusters": clusters,
-                             "max_false_reject": max_false_reject})
+    return fit_task(data_dir, out, **fit_task_options(locals()))
 
 
 @_library_output

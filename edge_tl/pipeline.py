@@ -508,20 +508,10 @@ def run_pipeline(path: Path, quiet: bool = False, force: bool = False,
 
 def _finetune(ft: FinetuneStep, run: str, weights: str, rel: Callable[[str], str], quiet: bool) -> dict[str, Any]:
     """The ``[finetune]`` stage of either task (``stages.finetune.fit_task`` makes the choice)."""
-    from .tasks import fit_task
+    from .tasks import fit_task, fit_task_options
 
-    return fit_task(rel(ft.data), run, task=ft.task, arch=ft.arch, weights=weights, resize=ft.resize,
-                    input_size=ft.input_size, seed=ft.seed, engine=ft.engine, quiet=quiet,
-                    val_fraction=ft.val_fraction, baseline=ft.baseline,
-                    train={"mode": ft.mode, "epochs": ft.epochs, "unfreeze": ft.unfreeze, "device": ft.device,
-                           "views": ft.views, "balance": ft.balance, "patience": ft.patience,
-                           "progressive": ft.progressive, "batch_size": ft.batch_size, "workers": ft.workers,
-                           "cache_mb": ft.cache_mb,
-                           "backbone_lr_scale": ft.backbone_lr_scale, "lr": ft.lr},
-                    anomaly={"method": ft.method, "val_dir": rel(ft.val) if ft.val else None,
-                             "ok_class": ft.ok_class, "holdout": ft.holdout, "coreset": ft.coreset,
-                             "bank_size": ft.bank_size, "dim": ft.dim, "max_false_reject": ft.max_false_reject,
-                             "clusters": ft.clusters})
+    return fit_task(rel(ft.data), run, **fit_task_options(
+        ft.model_dump() | {"weights": weights, "quiet": quiet, "val": rel(ft.val) if ft.val else None}))
 
 
 def _bench(bn: BenchStep, rd: RunDir, rel: Callable[[str], str], rel_target: Callable[[str], str],

@@ -10,6 +10,23 @@ from typing import Any
 from .errors import ConfigError
 
 TASKS = ("classify", "anomaly")
+# The finetune options by where they go, under the names the CLI and the API share: every task's, the
+# classifier's TrainConfig fields, and anomaly.fit's (the labelled folder is ``val`` there, ``val_dir`` here).
+COMMON_OPTIONS = ("task", "arch", "weights", "resize", "input_size", "seed", "engine", "quiet", "val_fraction",
+                  "baseline")
+TRAIN_OPTIONS = ("mode", "epochs", "unfreeze", "progressive", "lr", "batch_size", "device", "workers", "cache_mb",
+                 "patience", "views", "backbone_lr_scale", "balance")
+ANOMALY_OPTIONS = {"method": "method", "val": "val_dir", "ok_class": "ok_class", "holdout": "holdout",
+                   "coreset": "coreset", "bank_size": "bank_size", "dim": "dim", "clusters": "clusters",
+                   "max_false_reject": "max_false_reject"}
+
+
+def fit_task_options(options: dict[str, Any]) -> dict[str, Any]:
+    """:func:`fit_task`'s keyword arguments from one flat dict of finetune options (a command's or an API
+    call's parameters): the common ones as they are, the rest sorted into ``train`` and ``anomaly``."""
+    return {**{k: options[k] for k in COMMON_OPTIONS},
+            "train": {k: options[k] for k in TRAIN_OPTIONS},
+            "anomaly": {dest: options[k] for k, dest in ANOMALY_OPTIONS.items()}}
 
 
 def task_option_error(task: str, weights: str, baseline: str) -> tuple[str, str] | None:

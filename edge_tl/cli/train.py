@@ -91,7 +91,7 @@ def finetune(
     pip install 'edge-tl[train]'.
     """
     require_training()
-    from ..tasks import fit_task, task_option_error
+    from ..tasks import fit_task, fit_task_options, task_option_error
 
     wrong = task_option_error(task, weights, baseline)
     if wrong is not None:
@@ -99,17 +99,7 @@ def finetune(
 
         raise ConfigError(f"unknown --task {task!r}; choose classify or anomaly" if wrong[0] == "task" else
                           f"--{wrong[0]}{' run:' if wrong[0] == 'weights' else ''} is for --task classify{wrong[1]}")
-    manifest = fit_task(data_dir, out, task=task, arch=arch, weights=weights, resize=resize, input_size=input_size,
-                        seed=seed, engine=engine, quiet=quiet or state.quiet, val_fraction=val_fraction,
-                        baseline=baseline,
-                        train={"mode": mode, "epochs": epochs, "unfreeze": unfreeze, "progressive": progressive,
-                               "lr": lr, "batch_size": batch_size, "device": device, "workers": workers,
-                               "cache_mb": cache_mb,
-                               "patience": patience, "views": views, "backbone_lr_scale": backbone_lr_scale,
-                               "balance": balance},
-                        anomaly={"method": method, "val_dir": val, "ok_class": ok_class, "holdout": holdout,
-                                 "coreset": coreset, "bank_size": bank_size, "dim": dim, "clusters": clusters,
-                                 "max_false_reject": max_false_reject})
+    manifest = fit_task(data_dir, out, **fit_task_options(locals() | {"quiet": quiet or state.quiet}))
     if manifest:
         console().print(finetune_summary(manifest, out), soft_wrap=True)  # an anomaly run's summary too
 
