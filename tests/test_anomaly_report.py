@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_tl.bench.html import index_json, render_html, render_index, roc_curve
+from edge_tl.bench.charts import roc_curve
+from edge_tl.bench.html import index_json, render_html, render_index
 from edge_tl.bench.report import markdown, summary_table
 from edge_tl.metrics import auroc, decision_metrics
 

@@ -6,7 +6,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from ..bench.html import CSS, PALETTE, curve_svg, scatter_svg
+from ..bench.charts import CSS, PALETTE, curve_svg, scatter_svg
 from ..manifest import write_bytes
 
 
