@@ -14,8 +14,8 @@ import pytest
 
 from edge_tl.errors import ConfigError
 from edge_tl.ood import distance, fit, ood_module, threshold_for
+from edge_tl.runtime.drift import DriftMonitor
 from edge_tl.runtime.policy import Policy
-from edge_tl.runtime.watch import DriftMonitor
 
 from .conftest import make_image
 from .test_adapt import shifted

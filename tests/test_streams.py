@@ -14,7 +14,7 @@ import pytest
 
 from edge_tl.cli import main
 from edge_tl.runtime import Runtime
-from edge_tl.streams import Stream, is_live, is_stream
+from edge_tl.runtime.streams import Stream, is_live, is_stream
 
 from . import test_watch
 from .conftest import make_image
@@ -211,7 +211,7 @@ def test_a_csv_log_begun_by_an_older_version_keeps_its_columns(tmp_path: Path) -
     """Rows appended after an upgrade line up with the header already in the file."""
     import csv
 
-    from edge_tl.runtime.watch import FIELDS, ResultLog
+    from edge_tl.runtime.resultlog import FIELDS, ResultLog
 
     old = ["time", "path", "file", "size", "mtime_ns", "label", "score", "decision", "ms", "error", "moved_to"]
     path = tmp_path / "results.csv"

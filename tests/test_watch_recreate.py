@@ -15,7 +15,8 @@ import pytest
 
 from edge_tl.errors import EdgeTLError
 from edge_tl.runtime import Runtime
-from edge_tl.runtime.watch import DEFAULT_LOG, ResultLog, Watcher
+from edge_tl.runtime.resultlog import DEFAULT_LOG, ResultLog
+from edge_tl.runtime.watch import Watcher
 
 from .test_watch import drop, jsonl
 

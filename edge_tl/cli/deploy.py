@@ -263,7 +263,7 @@ def _write_heatmaps(rt: Runtime, files: list[Path], inputs: Any, folder: Path, c
 
 
 def _is_stream(source: str) -> bool:
-    from ..streams import is_stream
+    from ..runtime.streams import is_stream
 
     return is_stream(source)
 
@@ -271,7 +271,7 @@ def _is_stream(source: str) -> bool:
 def _predict_stream(rt: Runtime, source: str, json_lines: bool, batch: int | None, fps: float | None,
                     max_frames: int | None) -> int:
     """Classify a stream's frames, one line each as it is answered; returns the frames classified."""
-    from ..streams import Stream, classify_frames
+    from ..runtime.streams import Stream, classify_frames
 
     n = 0
     with Stream(source, fps=fps, max_frames=max_frames) as stream:
@@ -334,8 +334,8 @@ def watch(
 
     from ..errors import ConfigError
     from ..runtime import Runtime
+    from ..runtime.streams import is_stream
     from ..runtime.watch import DriftMonitor, Watcher
-    from ..streams import is_stream
 
     drift = DriftMonitor(drift_window, drift_limit)
     stream = is_stream(folder)
@@ -381,7 +381,7 @@ def _watch_stream(bundle: Path, source: str, log_path: Path | None, fps: float |
                   drift: Any = None) -> None:
     from ..errors import ConfigError
     from ..runtime import Runtime
-    from ..streams import Stream, is_live, watch_stream
+    from ..runtime.streams import Stream, is_live, watch_stream
 
     if once and is_live(source) and max_frames is None:
         raise ConfigError("--once on a live stream never ends by itself: give --max-frames N")

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, EdgeTLError, MissingExtraError
+from ..errors import ConfigError, EdgeTLError, MissingExtraError
 
 log = logging.getLogger("edge_tl")
 
@@ -256,7 +256,8 @@ def watch_stream(runtime: Any, source: str | Stream, log_path: str | os.PathLike
     warns when the share of out-of-distribution frames crosses its limit (default one; only for a bundle
     using ood).
     """
-    from .runtime.watch import DriftMonitor, ResultLog
+    from .drift import DriftMonitor
+    from .resultlog import ResultLog
 
     monitor = (drift or DriftMonitor()) if getattr(runtime, "ood", False) else None
     result_log = ResultLog(Path(log_path))
