@@ -21,7 +21,8 @@ from edge_tl.cli import main
 from edge_tl.errors import ConfigError
 from edge_tl.manifest import sha256_file
 from edge_tl.rundir import RunDir
-from edge_tl.stages.adapt import AdaptSettings, adapt_run, select_pseudo_labels
+from edge_tl.stages.adapt import AdaptSettings, adapt_run
+from edge_tl.stages.self_training import select_pseudo_labels
 
 from .conftest import make_image
 
@@ -106,14 +107,14 @@ def test_adabn_changes_only_batchnorm_layers_and_undoes_the_shift(
 
 def test_anchoring_keeps_the_function_and_plain_adabn_loses_on_a_frozen_backbone(
         finetuned_run: Path, domain: dict[str, Path], tmp_path: Path) -> None:
+    from edge_tl.batchnorm import anchor_batchnorm, input_statistics
     from edge_tl.data import split_from_json
     from edge_tl.manifest import read_json
     from edge_tl.preprocess import Preprocess
-    from edge_tl.stages.adapt import _input_statistics, anchor_batchnorm
 
     model, m = load_model(finetuned_run / "finetune")
     root, train, _val = split_from_json(read_json(finetuned_run / "finetune" / "split.json"))
-    stats, n = _input_statistics(model, root, train, Preprocess.from_dict(m["preprocessing"]), "cpu", 32, True)
+    stats, n = input_statistics(model, root, train, Preprocess.from_dict(m["preprocessing"]), "cpu", 32, True)
     x = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = model(x)
