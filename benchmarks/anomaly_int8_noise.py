@@ -36,10 +36,10 @@ def main() -> None:
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
+    from edge_tl.backends.pixel_grid import pin_pixel_quantizer, restore_pixels
     from edge_tl.checkpoint import load_model
     from edge_tl.metrics import auroc
     from edge_tl.preprocess import Preprocess, load_image
-    from edge_tl.stages.pixel_grid import pin_pixel_quantizer, restore_pixels
 
     run = Path(sys.argv[1])
     variants = sys.argv[2:] or ["base", "mixed", "minmax", "meanq", "to16float"]

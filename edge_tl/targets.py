@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .backends.openvino_ import OPENVINO_PRESET  # the manifest and `edge-tl targets NAME` say it
 from .backends.table import BACKENDS, facts
 from .errors import ConfigError
 
@@ -41,15 +42,6 @@ class Gates(_Strict):
     min_decision_agreement: float | None = Field(None, ge=0, le=1,
                                                  description="anomaly: fraction of ok/defect decisions equal to "
                                                  "the reference's")
-
-
-# What NNCF's post-training quantisation makes of an OpenVINO target, whatever the profile's
-# ``activations`` / ``symmetric_activations`` say (those keys shape the ONNX graphs and ``--qat``): its
-# "performance" preset quantises activations symmetrically, and a symmetric range over a tensor that is
-# never negative (after ReLU) is unsigned. Said by the export manifest and by ``edge-tl targets NAME``.
-OPENVINO_PRESET = ("performance: symmetric per-channel int8 weights; activations per tensor with zero point 0, "
-                   "unsigned u8 where the calibration tensor is never negative, signed i8 elsewhere "
-                   "(the profile's activations / symmetric_activations keys apply to --qat only)")
 
 
 class Quantizer(_Strict):

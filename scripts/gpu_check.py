@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from edge_tl.backends.base import RunnerSpec
-from edge_tl.backends.torch_ import TorchRunner
+from edge_tl.backends.torch_.runner import TorchRunner
 from edge_tl.bench.latency import measure_latency, measure_throughput
 from edge_tl.stages.finetune import finetune
 from edge_tl.training import TrainConfig

@@ -1,6 +1,6 @@
 """Issue 25: one table of backend facts. Code outside ``edge_tl/backends/`` reads the table instead of
-comparing a backend's name, so adding a backend is its runner module, one table entry, a pip extra and
-(where it quantises a model of its own) a quantiser; nothing falls through to ONNX Runtime unsaid."""
+comparing a backend's name, so adding a backend is its folder (runner, converter, quantiser, descriptor),
+one line in ``backends/table.py`` and a pip extra; nothing falls through to ONNX Runtime unsaid."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_tl.backends.int8 import quantizer_for
 from edge_tl.backends.table import BACKENDS, facts
 from edge_tl.errors import ConfigError
 
@@ -66,12 +67,13 @@ def test_no_code_outside_the_backend_folder_branches_on_a_backend_name() -> None
 
 @pytest.mark.parametrize("name", sorted(BACKENDS))
 def test_every_entry_is_complete(name: str) -> None:
-    from edge_tl.stages.quantize import QUANTISERS
-
     b = facts(name)
     runner = importlib.import_module(b.runner)  # runner modules import their library only when opening
     assert callable(runner.open) and callable(runner.availability)
-    assert b.quantiser is None or b.quantiser in QUANTISERS
+    quantiser = quantizer_for(name)  # quantiser modules, too, import their library only when quantising
+    assert (quantiser is None) == (b.quantiser is None)
+    assert quantiser is None or (callable(quantiser.quantize) and callable(quantiser.settings))
+    assert b.converter is None or callable(importlib.import_module(b.converter).convert)
     assert b.stand_in is None or b.stand_in[0] in BACKENDS
     assert b.model_file.endswith({"torch": ".pt", "onnx": ".onnx", "openvino-ir": ".xml"}[b.graph])
 

@@ -3,7 +3,7 @@
 OpenVINO's CPU plugin gives the thread that loads it, once per ``ov.Core``, an alternate signal stack and
 unmaps it on release; Cores released in creation order left the thread on unmapped pages, and the next
 signal with a Python handler (torch's SIGCHLD handler, left by DataLoader workers, when bench's memory
-probe exited) killed the process (``backends/openvino_.py``). Each check runs in a fresh child Python
+probe exited) killed the process (``backends/openvino_/runner.py``). Each check runs in a fresh child Python
 process: on the broken code the child dies of SIGSEGV and the test fails instead of taking pytest with it.
 """
 
@@ -82,7 +82,7 @@ def test_signal_stack_kept_survives_cores_it_does_not_own(tmp_path: Path) -> Non
     run_child("""
         import sys
         import openvino as ov
-        from edge_tl.backends.openvino_ import signal_stack_kept, signal_stack_usable
+        from edge_tl.backends.openvino_.runner import signal_stack_kept, signal_stack_usable
 
         with signal_stack_kept():
             first, second = ov.Core(), ov.Core()  # two plugins, as NNCF's engines make them

@@ -9,12 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_tl.backends.onnxruntime_.onnx_graph import logits as _ort_logits
 from edge_tl.calibration import SELECTION_CALIBRATION, SELECTION_TRAIN
 from edge_tl.evalset import EvalSet, ensure_eval_set, load_eval_set
 from edge_tl.manifest import read_json, sha256_file
 from edge_tl.rundir import RunDir
 from edge_tl.stages.export import export
-from edge_tl.stages.quantize import _ort_logits, gate_values
+from edge_tl.stages.quantize import gate_values
 from edge_tl.targets import get_target
 from tests import test_quantize
 from tests.test_quantize import near_tie_eval, profile, quantize, selection_of

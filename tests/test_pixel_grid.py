@@ -9,8 +9,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from edge_tl.backends.pixel_grid import restore_pixels
 from edge_tl.preprocess import Preprocess
-from edge_tl.stages.pixel_grid import restore_pixels
 
 PRE = Preprocess(resize=40, crop=32)
 

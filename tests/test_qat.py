@@ -10,13 +10,14 @@ import onnx
 import pytest
 import torch
 
+from edge_tl.backends.onnxruntime_.onnx_graph import logits as _ort_logits
+from edge_tl.backends.openvino_.quantize import logits as _ov_logits
 from edge_tl.checkpoint import load_model
 from edge_tl.cli import main
 from edge_tl.evalset import ensure_eval_set, load_eval_set
 from edge_tl.rundir import RunDir
 from edge_tl.stages import qat
 from edge_tl.stages.export import export
-from edge_tl.stages.quantize import _ort_logits, _ov_logits
 from tests.test_quantize import profile
 
 LOOSE = {"max_top1_drop": 100.0, "min_agreement": 0.0}

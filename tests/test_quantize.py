@@ -12,10 +12,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_tl.backends.onnxruntime_.quantize import ort_settings
 from edge_tl.errors import ConfigError
 from edge_tl.rundir import RunDir
 from edge_tl.stages.export import export
-from edge_tl.stages.quantize import ort_settings, search_fewest, speed_check
+from edge_tl.stages.quantize import search_fewest, speed_check
 from edge_tl.targets import get_target
 
 
@@ -155,14 +156,16 @@ def test_qdq_form_per_target(prepared: dict[str, Any], tmp_path: Path, builtin: 
     cal = json.loads((out / "calibration.json").read_text())
     assert cal["n"] == len(cal["images"]) and all(len(im["sha256"]) == 64 for im in cal["images"])
     if builtin == "gpu-tensorrt-int8":
-        from edge_tl.trt_ready import check_tensorrt_ready
+        from edge_tl.backends.tensorrt_.ready import check_tensorrt_ready
 
         assert check_tensorrt_ready(out / "model.onnx", max_batch=8, require_quantized=True) == []
         assert m["quantizer"]["quantize_bias"] is False  # TensorRT adds biases in float
     if builtin == "cpu-onnxruntime-int8":
         # NNCF's graph, every activation u8 (its int8 ones moved up by 128), the input on the pixel grid;
         # the fallback's bypass of activation quantisers leaves a runnable graph with int8 weights only.
-        from edge_tl.stages.quantize import _activation_quantizers, _ort_logits, onnx_without
+        from edge_tl.backends.onnxruntime_.onnx_graph import activation_quantizers as _activation_quantizers
+        from edge_tl.backends.onnxruntime_.onnx_graph import logits as _ort_logits
+        from edge_tl.backends.onnxruntime_.onnx_graph import without as onnx_without
 
         assert m["quantizer"]["method"] == "nncf" and m["quantizer"]["input"]["grid"] == [0.0, 1.0]
         names = [q.name for q in _activation_quantizers(model)]
@@ -273,7 +276,7 @@ def pick_flips(flipped: np.ndarray, steady: np.ndarray, logits: np.ndarray, n: i
 
 def test_fallback_keeps_layers_float_when_the_gate_is_tight(run_copy: Path, tmp_path: Path, unscaled_selection: None,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge_tl.stages.quantize import _ort_logits
+    from edge_tl.backends.onnxruntime_.onnx_graph import logits as _ort_logits
 
     # Which near-ties all-INT8 flips depends on the exact model (CPU training is not bit-reproducible
     # across machines): export once without a fallback, then choose on inputs it flips and the float
@@ -328,8 +331,9 @@ def test_openvino_fallback_bypasses_the_most_sensitive_activation_quantisers(
         prepared: dict[str, Any], tmp_path: Path, run_copy: Path, unscaled_selection: None) -> None:
     import openvino as ov
 
+    from edge_tl.backends.openvino_.quantize import logits as _ov_logits
+    from edge_tl.backends.openvino_.quantize import without as ov_without
     from edge_tl.evalset import EvalSet
-    from edge_tl.stages.quantize import _ov_logits, ov_without
 
     # NNCF's INT8 of this model is close to float, so which near-ties it flips cannot be guessed: quantise
     # once without gates, then evaluate on inputs that all-INT8 flips and float activations (every

@@ -99,12 +99,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# trt_ready: structural checks
+# backends/tensorrt_/ready: structural checks
 # ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["s8", "s8_pairs"])
 def test_symmetric_qdq_graph_is_tensorrt_ready(tiny: dict[str, Path], name: str) -> None:
-    from edge_tl.trt_ready import check_tensorrt_ready, summary
+    from edge_tl.backends.tensorrt_.ready import check_tensorrt_ready, summary
 
     assert check_tensorrt_ready(tiny[name], max_batch=32, require_quantized=True) == []
     s = summary(tiny[name], max_batch=32)
@@ -128,8 +128,8 @@ def _qdq_params(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def test_nncf_unsigned_activations_become_signed_on_the_same_range(tiny: dict[str, Path], tmp_path: Path) -> None:
-    from edge_tl.stages.quantize import nncf_quantize_onnx
-    from edge_tl.trt_ready import check_tensorrt_ready
+    from edge_tl.backends.onnxruntime_.nncf_onnx import nncf_quantize_onnx
+    from edge_tl.backends.tensorrt_.ready import check_tensorrt_ready
 
     calib = np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype(np.float32)
     nncf_quantize_onnx(tiny["float"], tmp_path / "u.onnx", calib, signed=False)
@@ -155,7 +155,7 @@ def test_nncf_unsigned_activations_become_signed_on_the_same_range(tiny: dict[st
 
 
 def test_uint8_asymmetric_graph_is_flagged(tiny: dict[str, Path]) -> None:
-    from edge_tl.trt_ready import check_tensorrt_ready
+    from edge_tl.backends.tensorrt_.ready import check_tensorrt_ready
 
     problems = check_tensorrt_ready(tiny["u8"])
     text = "\n".join(problems)
@@ -167,7 +167,7 @@ def test_uint8_asymmetric_graph_is_flagged(tiny: dict[str, Path]) -> None:
 
 
 def test_int32_bias_and_per_tensor_weights_are_flagged(tiny: dict[str, Path]) -> None:
-    from edge_tl.trt_ready import check_tensorrt_ready
+    from edge_tl.backends.tensorrt_.ready import check_tensorrt_ready
 
     bias = check_tensorrt_ready(tiny["s8_bias"])
     assert len(bias) == 1 and bias[0].startswith("int32 bias DequantizeLinear") and "3 nodes" in bias[0]
@@ -178,7 +178,7 @@ def test_int32_bias_and_per_tensor_weights_are_flagged(tiny: dict[str, Path]) ->
 def test_wrong_axis_and_old_opset_are_flagged(tiny: dict[str, Path], tmp_path: Path) -> None:
     import onnx
 
-    from edge_tl.trt_ready import check_tensorrt_ready
+    from edge_tl.backends.tensorrt_.ready import check_tensorrt_ready
 
     model = onnx.load(str(tiny["s8"]))
     conv_weights = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
@@ -196,7 +196,7 @@ def test_wrong_axis_and_old_opset_are_flagged(tiny: dict[str, Path], tmp_path: P
 
 
 def test_input_shape_rules(tiny: dict[str, Path], tmp_path: Path) -> None:
-    from edge_tl.trt_ready import check_tensorrt_ready
+    from edge_tl.backends.tensorrt_.ready import check_tensorrt_ready
 
     static = tmp_path / "static.onnx"
     _export_tiny(static, dynamic={})
@@ -229,11 +229,11 @@ def _ort(path: Path, x: np.ndarray) -> np.ndarray:
 
 def test_symmetric_qdq_and_fp16_graphs_keep_the_answers_in_onnxruntime(finetuned_run: Path,
                                                                        tmp_path: Path) -> None:
+    from edge_tl.backends.onnxruntime_.nncf_onnx import nncf_quantize_onnx
+    from edge_tl.backends.tensorrt_.ready import check_tensorrt_ready, float_type, summary, to_fp16
     from edge_tl.checkpoint import load_model
     from edge_tl.preprocess import Preprocess
     from edge_tl.stages.export import export_onnx
-    from edge_tl.stages.quantize import nncf_quantize_onnx
-    from edge_tl.trt_ready import check_tensorrt_ready, float_type, summary, to_fp16
 
     model, manifest = load_model(finetuned_run / "finetune")
     pre = Preprocess.from_dict(manifest["preprocessing"])
@@ -273,7 +273,7 @@ RTX = {"tensorrt_version": "11.4.0.106", "gpu_name": "NVIDIA GeForce RTX 4090", 
 
 
 def test_sidecar_mismatches_is_a_pure_comparison() -> None:
-    from edge_tl.backends.tensorrt_ import sidecar_mismatches
+    from edge_tl.backends.tensorrt_.sidecar import sidecar_mismatches
 
     sidecar = {**ORIN, "precision": "int8", "max_batch": 8, "onnx_sha256": "a" * 64,
                "engine_sha256": "b" * 64}
@@ -297,7 +297,7 @@ def test_sidecar_mismatches_is_a_pure_comparison() -> None:
 
 
 def test_check_sidecar_refuses_an_engine_from_another_host(tmp_path: Path) -> None:
-    from edge_tl.backends.tensorrt_ import check_sidecar, sidecar_path
+    from edge_tl.backends.tensorrt_.sidecar import check_sidecar, sidecar_path
     from edge_tl.manifest import sha256_file, write_json
 
     folder = tmp_path / "run" / "targets" / "jetson-orin-nano-int8"
@@ -332,7 +332,8 @@ def test_check_sidecar_refuses_an_engine_from_another_host(tmp_path: Path) -> No
 
 
 def test_engine_and_timing_cache_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge_tl.backends.tensorrt_ import default_timing_cache, engine_path_for, rebuild_hint
+    from edge_tl.backends.tensorrt_.build import default_timing_cache
+    from edge_tl.backends.tensorrt_.sidecar import engine_path_for, rebuild_hint
 
     assert engine_path_for(tmp_path / "model.onnx").name == "model.engine"
     assert engine_path_for(tmp_path / "float.onnx").name == "float.engine"  # bench's float twin: no clash
@@ -369,12 +370,12 @@ def test_availability_names_tensorrt_and_open_raises_missing_extra(tmp_path: Pat
 
 @needs_no_tensorrt
 def test_bench_skips_tensorrt_targets_with_the_reason(run_copy: Path) -> None:
+    from edge_tl.backends.tensorrt_.ready import check_tensorrt_ready
     from edge_tl.bench.run import bench, bench_target
     from edge_tl.evalset import ensure_eval_set, load_eval_set
     from edge_tl.rundir import RunDir
     from edge_tl.stages.export import export
     from edge_tl.targets import get_target
-    from edge_tl.trt_ready import check_tensorrt_ready
 
     run = RunDir(run_copy)
     manifest = export(run_copy, "gpu-tensorrt-fp16")
@@ -399,7 +400,7 @@ def test_bench_skips_tensorrt_targets_with_the_reason(run_copy: Path) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 def _gpu_or_skip() -> dict:
-    from edge_tl.backends import tensorrt_ as t
+    from edge_tl.backends.tensorrt_ import host as t
 
     if t._cudart() is None:
         pytest.skip("cuda-python is not installed")
@@ -410,7 +411,7 @@ def _gpu_or_skip() -> dict:
 
 
 def test_no_gpu_is_reported_by_cuda_python() -> None:
-    from edge_tl.backends import tensorrt_ as t
+    from edge_tl.backends.tensorrt_ import host as t
 
     if t._cudart() is None:
         pytest.skip("cuda-python is not installed")
@@ -424,7 +425,7 @@ def test_no_gpu_is_reported_by_cuda_python() -> None:
 
 def test_gpu_info_and_cuda_buffers_round_trip() -> None:
     info = _gpu_or_skip()
-    from edge_tl.backends.tensorrt_ import CudaIO, _check
+    from edge_tl.backends.tensorrt_.cuda_buffers import CudaIO, _check
 
     print(f"GPU: {info}")
     assert info["gpu_name"] and re.fullmatch(r"\d+\.\d+", info["compute_capability"])
@@ -451,7 +452,7 @@ def test_gpu_info_and_cuda_buffers_round_trip() -> None:
 @needs_no_tensorrt
 def test_gpu_without_tensorrt_is_skipped_for_tensorrt_alone() -> None:
     _gpu_or_skip()
-    from edge_tl.backends.tensorrt_ import availability
+    from edge_tl.backends.tensorrt_.host import availability
 
     assert availability("cuda:0") == availability("cuda") != None  # noqa: E711
     assert availability("cuda:0").startswith("TensorRT is not installed")
@@ -470,7 +471,7 @@ def test_engine_build_and_run_on_a_tensorrt_device(tiny: dict[str, Path], tmp_pa
     import shutil
 
     from edge_tl.backends import RunnerSpec, open_runner
-    from edge_tl.backends.tensorrt_ import check_sidecar, sidecar_path
+    from edge_tl.backends.tensorrt_.sidecar import check_sidecar, sidecar_path
     from edge_tl.manifest import read_json, write_json
 
     onnx_path = tmp_path / "model.onnx"

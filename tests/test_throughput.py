@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from edge_tl.backends import RunnerSpec, ThreadedStreams, open_runner, open_streams, profile_layers
-from edge_tl.backends.onnxruntime_ import op_precision
-from edge_tl.backends.openvino_ import kernel_precision
+from edge_tl.backends.onnxruntime_.runner import op_precision
+from edge_tl.backends.openvino_.runner import kernel_precision
 from edge_tl.bench.latency import measure_streams
 from edge_tl.bench.report import layers_text
 from edge_tl.bench.run import _layer_summary

@@ -50,7 +50,7 @@ def count_openvino(path: Path) -> tuple[int, int]:
 
 def openvino_layers(path: Path) -> tuple[list[tuple[str, bool]], set[str]]:
     """Every layer of an OpenVINO IR as (friendly name, runs in INT8), and the model's output names."""
-    from ..backends.openvino_ import shared_core
+    from ..backends.openvino_.runner import shared_core
 
     model = shared_core().read_model(str(path))
     layers: list[tuple[str, bool]] = []

@@ -185,11 +185,11 @@ def _int8_graph(target: Any, fp32: Path, size: int, work: Path) -> Path:
     if facts(target.backend).graph == "openvino-ir":
         import openvino as ov
 
-        from ..backends.openvino_ import shared_core, signal_stack_kept
+        from ..backends.openvino_.runner import shared_core, signal_stack_kept
         from ..errors import require
 
         nncf = require("nncf", "openvino")
-        with signal_stack_kept():  # NNCF compiles through Cores of its own (see backends/openvino_.py)
+        with signal_stack_kept():  # NNCF compiles through Cores of its own (see backends/openvino_/runner.py)
             q = nncf.quantize(shared_core().read_model(str(fp32)), nncf.Dataset(batches),
                               subset_size=len(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
                               fast_bias_correction=True)

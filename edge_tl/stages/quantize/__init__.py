@@ -14,7 +14,7 @@ the runtime (design.md):
   model, its input first restored to 8-bit pixels so the first quantiser is exact (``pixel_grid``).
   ONNX Runtime (the x86 default) and TensorRT: of the ONNX graph, per-tensor activations;
   unsigned activations (x86) also get the pixel grid, int8 ones (TensorRT) NNCF's unsigned
-  quantisers turned into signed zero-point-0 ones (``nncf_onnx.signed_activations``). On the NEU model
+  quantisers turned into signed zero-point-0 ones (``onnxruntime_.nncf_onnx.signed_activations``). On the NEU model
   bias correction is what keeps the symmetric TensorRT graph within the gate: ORT's min/max symmetric
   QDQ flips 7 of 360 answers, NNCF's 1.
 
@@ -28,7 +28,7 @@ allows there. ONNX Runtime QDQ: each quantised layer is kept in float alone and 
 removes is measured on the calibration images; layers are then excluded in that order, searching
 for the smallest count that passes (the calibration ranges are computed once and cached).
 OpenVINO and NNCF's ONNX graphs: the same ranking over the activation quantisers, each bypassed alone
-(``openvino_.sensitivity``, ``onnxruntime_.sensitivity``), then the fewest bypassed that pass
+(``openvino_.quantize.sensitivity``, ``onnxruntime_.onnx_graph.sensitivity``), then the fewest bypassed that pass
 (``fallback.bypass_fewest``). (NNCF's own ``quantize_with_accuracy_control`` was tried first: on the
 pruned NEU model, 2 answers off the gate, it reverted all 64 quantised ops in 10 minutes; bypassing the
 one input quantiser the ranking puts first passes, in about a minute.) Either way the manifest lists the
@@ -37,20 +37,16 @@ layers left in float and why, and says plainly when no choice of layers can pass
 Last, INT8 has to pay: the float and INT8 graphs are timed in this process on the target's backend;
 when INT8 is slower, ``export`` warns (and ``bench`` says so again on the device).
 
-The package, one module per backend of the same shape (``backend.Backend``), as NNCF lays out its
-backends:
+The quantisers themselves live with their backends (``edge_tl/backends/<name>_/quantize.py``, named by
+the table's ``quantiser``, of the shape ``backends.int8.Quantizer``): ``onnxruntime_.quantize`` the QDQ
+graph ONNX Runtime and TensorRT execute, made by ``quantize_static`` (``quantize_qdq``) or by NNCF
+(``nncf_onnx``); ``openvino_.quantize`` NNCF's OpenVINO model. What stays here is the stage:
 
 * ``__init__`` (this module): ``quantize_for_target``, the driver. It builds the calibration set and
-  the judge, hands the target to its backend (``BACKENDS``), times the result and writes
-  calibration.json.
-* ``backend``: the ``Backend`` protocol every backend module satisfies, and what they share
-  (``EVAL_BATCH``, ``rel_error``, quiet library logging); the parts kept float by design are
-  ``edge_tl.fixed_float``.
+  the judge, hands the target to its backend's quantiser (with ``fallback`` as its ``rules``), times the
+  result and writes calibration.json.
 * ``fallback``: the gates, the selection set and ``Judge``, the fallback record before and after the
   search, ``search_fewest`` and ``bypass_fewest``, the held-out verdict, the report. No runtime.
-* ``onnxruntime_``: the QDQ graph ONNX Runtime and TensorRT execute, made by ``quantize_static``
-  (``quantize_qdq``) or by NNCF (``nncf_onnx``).
-* ``openvino_``: NNCF's OpenVINO model.
 * ``qat_``: quantisation-aware training's graph (``stages/qat.py`` trains), judged in any backend.
 * ``speed``: ``speed_check``.
 """
@@ -65,6 +61,7 @@ from typing import Any
 
 import numpy as np
 
+from ...backends.int8 import quantizer_for
 from ...backends.table import BACKENDS as BACKEND_TABLE
 from ...backends.table import facts
 from ...calibration import SelectionSet, build_calibration_set, build_selection_set, write_calibration_json
@@ -74,31 +71,15 @@ from ...manifest import read_manifest
 from ...preprocess import Preprocess
 from ...rundir import RunDir
 from ...targets import Target
-from . import onnxruntime_, openvino_, qat_
-from .backend import Backend
+from . import fallback, qat_
 from .fallback import gate_values, make_judge, report_fallback, search_fewest
-from .nncf_onnx import nncf_quantize_onnx
-from .onnx_common import activation_quantizers as _activation_quantizers
-from .onnx_common import logits as _ort_logits
-from .onnx_common import without as onnx_without
-from .onnxruntime_ import ort_settings
-from .openvino_ import logits as _ov_logits
-from .openvino_ import without as ov_without
 from .speed import speed_check
 
-__all__ = [
-    "BACKENDS", "CALIBRATION_JSON", "_activation_quantizers", "_ort_logits", "_ov_logits", "gate_values",
-    "nncf_quantize_onnx", "onnx_without", "ort_settings", "ov_without", "quantize_for_target", "search_fewest",
-    "speed_check",
-]
+__all__ = ["CALIBRATION_JSON", "gate_values", "quantize_for_target", "search_fewest", "speed_check"]
 
 log = logging.getLogger("edge_tl")
 
 CALIBRATION_JSON = "calibration.json"
-
-# The modules that make INT8 models, by the backend table's ``quantiser`` name: OpenVINO quantises its
-# own model; the ONNX backends run an ONNX QDQ graph.
-QUANTISERS: dict[str, Backend] = {"onnxruntime_": onnxruntime_, "openvino_": openvino_}
 
 
 def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path, out_dir: Path,
@@ -127,9 +108,9 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
     if q.method == "onnx_qdq" and not known.onnx_qdq:
         takers = " or ".join(b.name for b in BACKEND_TABLE.values() if b.onnx_qdq)
         raise ConfigError(f"{target.name}: quantizer.method 'onnx_qdq' needs backend {takers}, not {target.backend}")
-    if known.quantiser not in QUANTISERS:
+    backend = quantizer_for(target.backend)
+    if backend is None:
         raise ConfigError(f"{target.name}: the {target.backend} backend has no INT8 quantiser")
-    backend = QUANTISERS[known.quantiser]
     # Bad combinations fail early (ONNX graphs: the QDQ form the runtime accepts).
     settings = backend.settings(target)
     src_manifest = read_manifest(src, verify=False)
@@ -160,7 +141,8 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
         files, info = qat_.quantize_qat(backend, target, run, model, out_dir, cset, judge, sel, float_values, pre,
                                         qat_epochs, quiet, float_onnx)
     else:
-        files, info = backend.quantize(target, settings, float_onnx, out_dir, cset, judge, float_values, pre)
+        files, info = backend.quantize(target, settings, float_onnx, out_dir, cset, judge, float_values, pre,
+                                       fallback)
 
     speed = speed_check(target, float_onnx, out_dir / target.model_file)
     info["speed_check"] = speed

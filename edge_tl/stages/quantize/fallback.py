@@ -4,8 +4,8 @@ chosen, and how the result is judged and reported.
 Float layers are *chosen* on a selection set (``Judge``, ``make_judge``) and the graph that ships is
 *judged* on validation afterwards (``held_out``). ``fallback_start`` records the all-INT8 model and says
 whether a search is needed; ``search_fewest`` finds the fewest float layers that pass, and
-``bypass_fewest`` runs it over a backend's activation quantisers (``Backend.sensitivity`` and
-``Backend.without``). Nothing here imports a runtime.
+``bypass_fewest`` runs it over a backend's activation quantisers (``Quantizer.sensitivity`` and
+``Quantizer.without``). Nothing here imports a runtime.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ...rundir import RunDir
 from ...targets import Gates, Target
 
 if TYPE_CHECKING:
-    from .backend import Backend
+    from ...backends.int8 import Quantizer
 
 log = logging.getLogger("edge_tl")
 
@@ -268,7 +268,7 @@ def search_fewest(n: int, trial: Callable[[int], dict[str, Any]], failing: int =
     return hi
 
 
-def bypass_fewest(backend: Backend, target: Target, fallback: dict[str, Any], qmodel: Any, float_model: Any,
+def bypass_fewest(backend: Quantizer, target: Target, fallback: dict[str, Any], qmodel: Any, float_model: Any,
                   cset: CalibrationSet, judge: Judge, threads: int,
                   ) -> tuple[Any | None, dict[str, Any] | None, list[dict[str, Any]]]:
     """The fallback of NNCF's models (OpenVINO's, and the ONNX graph's): the activation quantisers of

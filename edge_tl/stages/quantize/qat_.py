@@ -1,7 +1,7 @@
 """INT8 by quantisation-aware training (``export --qat``) instead of post-training quantisation.
 
 The training itself is ``stages/qat.py``; this module judges its QDQ graph like any other INT8 graph,
-in the form of the target's backend (``Backend.from_qdq``, ``Backend.logits``).
+in the form of the target's backend (``Quantizer.from_qdq``, ``Quantizer.logits``).
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ from typing import Any
 
 import numpy as np
 
+from ...backends.int8 import Quantizer
 from ...calibration import CalibrationSet, SelectionSet
 from ...errors import require
 from ...preprocess import Preprocess
 from ...rundir import RunDir
 from ...targets import Target
 from ..ood_fit import graft_ood
-from .backend import Backend
 from .fallback import Judge, fallback_start, gate_margin, held_out
 
 
-def quantize_qat(backend: Backend, target: Target, run: RunDir, model: Any, out_dir: Path, cset: CalibrationSet,
+def quantize_qat(backend: Quantizer, target: Target, run: RunDir, model: Any, out_dir: Path, cset: CalibrationSet,
                  judge: Judge, sel: SelectionSet | None, float_values: dict[str, Any] | None, pre: Preprocess,
                  epochs: int, quiet: bool, float_onnx: Path | None = None) -> tuple[list[str], dict[str, Any]]:
     """Quantisation-aware training (``stages/qat.py``), then the same verdicts as post-training INT8.

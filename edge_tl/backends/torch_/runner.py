@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import RunnerSpec
+from ..base import RunnerSpec
 
 
 def availability(device: str) -> str | None:
@@ -25,7 +25,7 @@ class TorchRunner:
     def __init__(self, spec: RunnerSpec) -> None:
         import torch
 
-        from ..checkpoint import load_model
+        from ...checkpoint import load_model
 
         # model_path is the stage folder (finetune/ or prune/) holding model.pt + manifest.json.
         folder = Path(spec.model_path)

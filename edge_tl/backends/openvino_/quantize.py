@@ -1,8 +1,8 @@
-"""The OpenVINO backend: NNCF post-training quantisation of the OpenVINO model.
+"""The OpenVINO quantiser: NNCF post-training quantisation of the OpenVINO model.
 
 Its input is first restored to 8-bit pixels so the first quantiser is exact (``pixel_grid``). The
-fallback bypasses the most sensitive activation FakeQuantize ops (``without``, ``sensitivity``,
-``fallback.bypass_fewest``).
+fallback bypasses the most sensitive activation FakeQuantize ops (``without``, ``sensitivity``, and the
+export stage's ``bypass_fewest``, handed in as ``rules``).
 """
 
 from __future__ import annotations
@@ -13,19 +13,22 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...backends.openvino_ import signal_stack_kept
-from ...calibration import CalibrationSet
 from ...errors import require
 from ...fixed_float import float_names
-from ...preprocess import Preprocess
-from ...targets import OPENVINO_PRESET, Target
+from ..int8 import EVAL_BATCH, quiet_library_logging, rel_error
 from ..pixel_grid import PixelInput, pin_pixel_quantizer, restore_pixels
-from .backend import EVAL_BATCH, quiet_library_logging, rel_error
-from .fallback import Judge, bypass_fewest, fallback_start, held_out, short
+from . import OPENVINO_PRESET
+from .runner import compile_static, cpu_config, shared_core, signal_stack_kept
+
+if TYPE_CHECKING:
+    from ...calibration import CalibrationSet
+    from ...preprocess import Preprocess
+    from ...targets import Target
+    from ..int8 import FallbackRules, Judge
 
 log = logging.getLogger("edge_tl")
 
@@ -39,7 +42,7 @@ def settings(target: Target) -> dict[str, Any]:
 
 
 def quantize(target: Target, settings: dict[str, Any], float_onnx: Path, out_dir: Path, cset: CalibrationSet,
-             judge: Judge, float_values: dict[str, Any] | None, pre: Preprocess,
+             judge: Judge, float_values: dict[str, Any] | None, pre: Preprocess, rules: FallbackRules,
              ) -> tuple[list[str], dict[str, Any]]:
     ov = require("openvino", "openvino")
     nncf = require("nncf", "openvino")
@@ -57,7 +60,7 @@ def quantize(target: Target, settings: dict[str, Any], float_onnx: Path, out_dir
         common["ignored_scope"] = nncf.IgnoredScope(names=float_ops, validate=False)
     t0 = time.perf_counter()
     # NNCF compiles through ov.Cores of its own: the thread's signal stack must survive them
-    # (backends/openvino_.py, the segfault of issue 24).
+    # (``runner``, the segfault of issue 24).
     with quiet_library_logging(), signal_stack_kept():
         qmodel = nncf.quantize(model, calib, **common)
         pinned = pin_pixel_quantizer(qmodel, pixels) if pixels is not None else None
@@ -77,18 +80,18 @@ def quantize(target: Target, settings: dict[str, Any], float_onnx: Path, out_dir
         # The batch size export's validation and bench use: near-ties can depend on it.
         return lambda inputs: logits(model, inputs, target.threads, target.batch_size)
 
-    fallback = fallback_start(target, judge, float_values, WHERE, logits_of(qmodel))
+    fallback = rules.fallback_start(target, judge, float_values, WHERE, logits_of(qmodel))
     if fallback["status"] not in ("no gates", "disabled"):
         after = fallback["before"]
         if fallback["status"] == "needed":
-            # This module is the backend the shared search calls back into.
-            chosen, values, float_layers = bypass_fewest(sys.modules[__name__], target, fallback, qmodel, model,
+            # This module is the quantiser the shared search calls back into.
+            chosen, values, float_layers = rules.bypass_fewest(sys.modules[__name__], target, fallback, qmodel, model,
                                                          cset, judge, target.threads)
             if chosen is not None and values is not None:
                 qmodel, after = chosen, values
-        fallback["after"] = short(after)
+        fallback["after"] = rules.short(after)
         fallback["float_layers"] = [r["name"] for r in float_layers]
-    held_out(target, fallback, judge, WHERE, logits_of(qmodel))
+    rules.held_out(target, fallback, judge, WHERE, logits_of(qmodel))
     xml = out_dir / "model.xml"
     ov.save_model(qmodel, str(xml), compress_to_fp16=False)
     return [xml.name, xml.with_suffix(".bin").name], {"quantizer": quantizer, "float_layers": float_layers,
@@ -105,8 +108,6 @@ def from_qdq(qdq: bytes, target: Target, out_dir: Path) -> tuple[list[str], Any]
 
 
 def logits(model: Any, inputs: np.ndarray, threads: int = 2, batch: int = EVAL_BATCH) -> np.ndarray:
-    from ...backends.openvino_ import compile_static, cpu_config, shared_core
-
     # Compiled as the bench's runner compiles the INT8 graph, so the gate sees the same numbers.
     core, compiled = shared_core(), {}
     out = []
@@ -135,8 +136,6 @@ def sensitivity(qmodel: Any, float_model: Any, inputs: np.ndarray, threads: int 
                 ) -> tuple[float, list[dict[str, Any]]]:
     """Each activation FakeQuantize of ``qmodel`` bypassed alone: how much of the INT8 logit error it
     removes, most sensitive first (rows: ``name``, ``consumers``, ``sensitivity``, ``error_if_float``)."""
-    from ...backends.openvino_ import compile_static, cpu_config, shared_core
-
     fp32 = compile_static(shared_core(), float_model, inputs.shape, "CPU", cpu_config(threads, "fp32"))
     ref = np.asarray(fp32(inputs)[0], np.float32)
     base = rel_error(logits(qmodel, inputs, threads), ref)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import require
+from ...errors import require
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 MIN_OPSET = 13  # per-axis (per-channel) Q/DQ arrived in opset 13
@@ -305,7 +305,7 @@ def to_fp16(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
     Runtime's converter (``onnxruntime.transformers.float16``), which keeps values outside fp16's range
     clamped and leaves ops without fp16 kernels in float32.
     """
-    from .manifest import atomic_path
+    from ...manifest import atomic_path
 
     # On a device the tensorrt extra brings onnx + onnxruntime for this conversion.
     onnx = require("onnx", "tensorrt")

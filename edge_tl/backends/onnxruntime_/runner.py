@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import require
-from .base import RunnerSpec
+from ...errors import require
+from ..base import RunnerSpec
 
 _PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],

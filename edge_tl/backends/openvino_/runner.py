@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingExtraError, require
-from .base import RunnerSpec
+from ...errors import MissingExtraError, require
+from ..base import RunnerSpec
 
 _HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 

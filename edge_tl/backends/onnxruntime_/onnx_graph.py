@@ -1,21 +1,23 @@
-"""What both ONNX quantisers (``onnxruntime_``'s QDQ path and ``nncf_onnx``) share: an ONNX Runtime
-session on the CPU, its logits, the graph pre-processing, the nodes that stay float, and the layer fallback
-that bypasses activation quantisers (``without``, ``sensitivity``: ``nncf_onnx`` hands this module to
-``fallback.bypass_fewest`` as its backend). ``onnxruntime_`` re-exports the ``Backend`` members among them."""
+"""What both ONNX quantisers (``quantize``'s QDQ path and ``nncf_onnx``) share: an ONNX Runtime session on
+the CPU, its logits, the graph pre-processing, the nodes that stay float, and the layer fallback that
+bypasses activation quantisers (``without``, ``sensitivity``: ``nncf_onnx`` hands this module to the
+stage's ``bypass_fewest`` as its quantiser). ``quantize`` re-exports the ``Quantizer`` members among them."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...backends.table import facts
 from ...errors import require
 from ...fixed_float import float_names
-from ...targets import Target
-from .backend import EVAL_BATCH, quiet_library_logging, rel_error
+from ..int8 import EVAL_BATCH, quiet_library_logging, rel_error
+from ..table import facts
+
+if TYPE_CHECKING:
+    from ...targets import Target
 
 WHERE = "ONNX Runtime CPU"
 QUANTIZER_OP = "QuantizeLinear"
@@ -76,7 +78,7 @@ def activation_quantizers(model: Any) -> list[Any]:
 def without(qmodel: Any, names: list[str] | tuple[str, ...]) -> Any:
     """A copy of QDQ graph ``qmodel`` in which the activation QuantizeLinear nodes ``names`` and their
     DequantizeLinear partners are bypassed: every reader of that tensor computes on its float value
-    (its weights stay int8). ``openvino_.without`` for ONNX: exactly the graph that ships, in milliseconds,
+    (its weights stay int8). ``openvino_.quantize.without`` for ONNX: exactly the graph that ships, in milliseconds,
     where a re-quantisation with an ignored scope would also redo the bias correction around it."""
     import onnx
 

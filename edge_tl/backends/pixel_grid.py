@@ -19,18 +19,22 @@ the stem convolution still runs in INT8.
 
 The rewrite is only made when the graph input feeds one plain convolution with constant weights;
 otherwise the graph is quantised as it is (``restore_pixels`` returns None and says why).
+
+Shared by the two quantisers that run NNCF: ``openvino_.quantize`` and the ONNX one (``onnxruntime_.nncf_onnx``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import require
-from ..preprocess import Preprocess
+
+if TYPE_CHECKING:
+    from ..preprocess import Preprocess
 
 log = logging.getLogger("edge_tl")
 

@@ -1,9 +1,11 @@
-"""The ONNX backend: INT8 as a QDQ graph, which ONNX Runtime and TensorRT both execute.
+"""The ONNX quantiser: INT8 as a QDQ graph, which ONNX Runtime and TensorRT both execute (the table's
+``quantiser`` of both; TensorRT's ``explicit_qdq`` asks for its explicit-quantisation form).
 
 ``quantize`` makes it with ``onnxruntime.quantization`` (``quantize_qdq``: static QDQ in the form the
 runtime wants, layers kept in float by re-quantising without them) or with NNCF (``nncf_onnx``, whose
-fallback bypasses activation quantisers: ``onnx_common.without``, ``sensitivity``). On TensorRT a NNCF graph that misses
-the gate on the selection set is replaced by the QDQ path with its layer fallback.
+fallback bypasses activation quantisers: ``onnx_graph.without``, ``sensitivity``). On TensorRT a NNCF graph
+that misses the gate on the selection set is replaced by the QDQ path with its layer fallback. The gates and
+the search are the export stage's, handed in as ``rules`` (``int8.FallbackRules``).
 """
 
 from __future__ import annotations
@@ -14,30 +16,17 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...backends.table import facts
-from ...calibration import CalibrationSet
 from ...errors import ConfigError, require
 from ...manifest import atomic_path
-from ...preprocess import Preprocess
-from ...targets import Target
-from .backend import quiet_library_logging, rel_error
-from .fallback import (
-    SENSITIVITY_IMAGES,
-    Judge,
-    fallback_start,
-    float_reason,
-    gate_margin,
-    held_out,
-    search_fewest,
-    short,
-)
+from ..int8 import quiet_library_logging, rel_error
+from ..table import facts
 
-# The backend's members (``backend.Backend``) that NNCF's ONNX path shares live in ``onnx_common``
-from .onnx_common import (  # noqa: F401 - MODEL, QUANTIZER_OP, without, sensitivity: Backend members
+# The quantiser's members (``int8.Quantizer``) that NNCF's ONNX path shares live in ``onnx_graph``
+from .onnx_graph import (  # noqa: F401 - MODEL, QUANTIZER_OP, without, sensitivity: Quantizer members
     MODEL,
     QUANTIZER_OP,
     WHERE,
@@ -49,13 +38,19 @@ from .onnx_common import (  # noqa: F401 - MODEL, QUANTIZER_OP, without, sensiti
     without,
 )
 
+if TYPE_CHECKING:
+    from ...calibration import CalibrationSet
+    from ...preprocess import Preprocess
+    from ...targets import Target
+    from ..int8 import FallbackRules, Judge
+
 log = logging.getLogger("edge_tl")
 
 CAL_BATCH = 8  # images per calibration inference (ranges are min/max over all of them anyway)
 
 
 # --------------------------------------------------------------------------------------------------
-# The backend's entry points (``backend.Backend``)
+# The quantiser's entry points (``int8.Quantizer``)
 
 
 def settings(target: Target) -> dict[str, Any]:
@@ -63,21 +58,21 @@ def settings(target: Target) -> dict[str, Any]:
 
 
 def quantize(target: Target, settings: dict[str, Any], float_onnx: Path, out_dir: Path, cset: CalibrationSet,
-             judge: Judge, float_values: dict[str, Any] | None, pre: Preprocess,
+             judge: Judge, float_values: dict[str, Any] | None, pre: Preprocess, rules: FallbackRules,
              ) -> tuple[list[str], dict[str, Any]]:
     """``quantizer.method`` ``onnx_qdq``: ``quantize_qdq``; ``nncf``: NNCF's graph (``nncf_onnx``), and when
     it misses the gate on the selection set and has no fallback of its own (TensorRT), the QDQ path."""
     if target.quantizer.method != "nncf":
-        return quantize_qdq(target, settings, float_onnx, out_dir, cset, judge, float_values)
+        return quantize_qdq(target, settings, float_onnx, out_dir, cset, judge, float_values, rules)
     from .nncf_onnx import quantize_nncf
 
-    files, info = quantize_nncf(target, float_onnx, out_dir, cset, judge, float_values, pre)
+    files, info = quantize_nncf(target, float_onnx, out_dir, cset, judge, float_values, pre, rules)
     if info["fallback"]["status"] == "needed":
         # NNCF's graph misses the gate on the selection set: the QDQ path below can keep chosen layers
         # in float (chosen on the same selection set; validation still only judges).
         first = {k: v for k, v in info["fallback"].items() if k not in ("selection", "float_layers")}
         first_quantizer = info["quantizer"]
-        files, info = quantize_qdq(target, settings, float_onnx, out_dir, cset, judge, float_values)
+        files, info = quantize_qdq(target, settings, float_onnx, out_dir, cset, judge, float_values, rules)
         info["fallback"]["first_try"] = first | {
             "quantizer": first_quantizer,
             "status": "missed the gate on the selection set; replaced by onnx_qdq with fallback"}
@@ -304,7 +299,7 @@ def layer_sensitivity(pre_path: Path, q_path: Path, inputs: np.ndarray, threads:
 
 
 def quantize_qdq(target: Target, settings: dict[str, Any], float_onnx: Path, out_dir: Path,
-                 cset: CalibrationSet, judge: Judge, float_values: dict[str, Any] | None
+                 cset: CalibrationSet, judge: Judge, float_values: dict[str, Any] | None, rules: FallbackRules,
                  ) -> tuple[list[str], dict[str, Any]]:
     """Static QDQ with ``quantize_static``; when the gate misses on the selection set, the layers most
     sensitive to quantisation (``layer_sensitivity``) are excluded, as few as pass (searched on
@@ -337,7 +332,7 @@ def quantize_qdq(target: Target, settings: dict[str, Any], float_onnx: Path, out
         def evaluate(model: str | bytes, k: int) -> dict[str, Any]:
             # Chosen on the selection set only; validation judges the shipped graph (held_out).
             values = judge.on_selection(logits_of(model))
-            return values | {"k": k, "margin": gate_margin(values, target.gates)}
+            return values | {"k": k, "margin": rules.gate_margin(values, target.gates)}
 
         def real(k: int) -> dict[str, Any]:
             if k not in trials:
@@ -354,18 +349,18 @@ def quantize_qdq(target: Target, settings: dict[str, Any], float_onnx: Path, out
             return approx[k]
 
         chosen = 0
-        fallback = fallback_start(target, judge, float_values, WHERE, logits_of(str(work / "q-0.onnx")))
+        fallback = rules.fallback_start(target, judge, float_values, WHERE, logits_of(str(work / "q-0.onnx")))
         if fallback["status"] not in ("no gates", "disabled"):
             if fallback["status"] == "needed":
-                n_sens = min(SENSITIVITY_IMAGES, len(cset.inputs))
+                n_sens = min(rules.SENSITIVITY_IMAGES, len(cset.inputs))
                 base_err, ranked = layer_sensitivity(pre_path, work / "q-0.onnx", cset.inputs[:n_sens],
                                                      threads)
                 models["q"], models["float"] = onnx.load(str(work / "q-0.onnx")), onnx.load(str(pre_path))
                 n = len(ranked)
                 # Search on fast approximations, then confirm on real quantize_static graphs from the
                 # guess upwards (usually one re-quantisation).
-                guess = search_fewest(n, approximate)
-                found = search_fewest(n, real, failing=(guess if guess is not None else n) - 1)
+                guess = rules.search_fewest(n, approximate)
+                found = rules.search_fewest(n, real, failing=(guess if guess is not None else n) - 1)
                 fallback |= {"candidates": n, "int8_logit_error": base_err,
                              "sensitivity_measured_on": f"{n_sens} calibration images ({cset.source}), "
                              "logit error vs the float graph, one layer kept in float at a time"}
@@ -379,7 +374,7 @@ def quantize_qdq(target: Target, settings: dict[str, Any], float_onnx: Path, out
                         f"INT8 cannot pass the gate on the selection set even with all {n} quantised layers in "
                         f"float (best tried: {chosen} in float, {'; '.join(trials[chosen]['failed'])}); "
                         "use the fp32 target or calibrate on images closer to production (--calibration)")}
-            fallback["after"] = short(real(chosen))
+            fallback["after"] = rules.short(real(chosen))
             fallback["trials"] = [
                 {"float_layers": t["k"], "graph": graph, "top1_drop": t["top1_drop"],
                  "agreement": t["agreement"], "passed": t["passed"]}
@@ -387,11 +382,11 @@ def quantize_qdq(target: Target, settings: dict[str, Any], float_onnx: Path, out
                 for _, t in sorted(table.items())]
         shutil.copyfile(work / f"q-{chosen}.onnx", dest)
         fallback["float_layers"] = [r["name"] for r in ranked[:chosen]]
-        held_out(target, fallback, judge, WHERE, logits_of(str(dest)))
+        rules.held_out(target, fallback, judge, WHERE, logits_of(str(dest)))
 
     float_layers = [
         {"name": r["name"], "op_type": r["op_type"], "sensitivity": r["sensitivity"], "rank": i + 1,
-         "reason": float_reason(fallback, i, len(ranked))}
+         "reason": rules.float_reason(fallback, i, len(ranked))}
         for i, r in enumerate(ranked[:chosen])
     ]
     fallback["float_layers"] = [r["name"] for r in float_layers]

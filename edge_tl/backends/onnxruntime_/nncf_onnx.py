@@ -2,7 +2,7 @@
 
 Per-tensor activations; unsigned activations (x86) also get the pixel grid, int8 ones (TensorRT) NNCF's
 unsigned quantisers turned into signed zero-point-0 ones (``signed_activations``). Part of the ONNX
-backend (``onnxruntime_`` dispatches to it); its fallback uses ``onnx_common.without`` and ``sensitivity``.
+quantiser (``quantize`` dispatches to it); its fallback uses ``onnx_graph.without`` and ``sensitivity``.
 """
 
 from __future__ import annotations
@@ -10,21 +10,22 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import edge_tl.stages.quantize.onnx_common as onnx_common  # the module: it is the fallback backend below
-
-from ...backends.table import facts
-from ...calibration import CalibrationSet
 from ...errors import ConfigError, require
 from ...manifest import atomic_path
-from ...preprocess import Preprocess
-from ...targets import Target
+from ..int8 import quiet_library_logging
 from ..pixel_grid import LEVELS, PixelInput, restore_pixels
-from .backend import quiet_library_logging
-from .fallback import Judge, bypass_fewest, fallback_start, held_out, short
+from ..table import facts
+from . import onnx_graph  # the module: it is the quantiser the fallback search calls back into
+
+if TYPE_CHECKING:
+    from ...calibration import CalibrationSet
+    from ...preprocess import Preprocess
+    from ...targets import Target
+    from ..int8 import FallbackRules, Judge
 
 
 def signed_activations(model: Any) -> int:
@@ -129,14 +130,14 @@ def nncf_quantize_onnx(float_onnx: Path, dest: Path, inputs: np.ndarray, signed:
             if pixels is not None:
                 source = Path(work_str) / "pixels.onnx"
                 onnx.save(graph, str(source))
-        onnx_common.preprocess_graph(source, pre)
+        onnx_graph.preprocess_graph(source, pre)
         model = onnx.load(str(pre))
     input_name = model.graph.input[0].name
     n = len(inputs)
     calib = nncf.Dataset([inputs[i:i + 1] for i in range(n)], lambda x: {input_name: x})
     extra: dict[str, Any] = {}
     # Quantisers in front of the restoring ops would round the normalised input again.
-    float_ops = [*(pixels.float_ops if pixels is not None else ()), *onnx_common.fixed_float(model)]
+    float_ops = [*(pixels.float_ops if pixels is not None else ()), *onnx_graph.fixed_float(model)]
     if float_ops:
         extra["ignored_scope"] = nncf.IgnoredScope(names=float_ops, validate=False)
     t0 = time.perf_counter()
@@ -194,7 +195,7 @@ def pin_pixel_quantizer_onnx(qmodel: Any, pixels: PixelInput) -> str:
 
 
 def quantize_nncf(target: Target, float_onnx: Path, out_dir: Path, cset: CalibrationSet,
-                  judge: Judge, float_values: dict[str, Any] | None, pre: Preprocess,
+                  judge: Judge, float_values: dict[str, Any] | None, pre: Preprocess, rules: FallbackRules,
                   ) -> tuple[list[str], dict[str, Any]]:
     """``nncf_quantize_onnx`` for a target, then its gates on the selection set.
 
@@ -205,7 +206,7 @@ def quantize_nncf(target: Target, float_onnx: Path, out_dir: Path, cset: Calibra
     import onnx
 
     dest = out_dir / target.model_file
-    threads = onnx_common.host_threads(target)
+    threads = onnx_graph.host_threads(target)
     q = target.quantizer
     with tempfile.TemporaryDirectory(prefix="edge-tl-quant-") as work:
         pre_path = Path(work) / "pre.onnx"
@@ -215,21 +216,21 @@ def quantize_nncf(target: Target, float_onnx: Path, out_dir: Path, cset: Calibra
 
     def logits(inputs: np.ndarray) -> np.ndarray:
         # The batch size export's validation and bench use: near-ties can depend on it.
-        return onnx_common.logits(str(dest), inputs, threads, target.batch_size)
+        return onnx_graph.logits(str(dest), inputs, threads, target.batch_size)
 
-    fallback = fallback_start(target, judge, float_values, onnx_common.WHERE, logits)
+    fallback = rules.fallback_start(target, judge, float_values, onnx_graph.WHERE, logits)
     float_layers: list[dict[str, Any]] = []
     if "before" in fallback:
         fallback["after"] = fallback["before"]
     # Float fallback removes QDQ pairs; an explicit-QDQ builder (TensorRT) reads every pair as an order.
     if fallback["status"] == "needed" and not facts(target.backend).explicit_qdq:
-        chosen, after, float_layers = bypass_fewest(onnx_common, target, fallback, onnx.load(str(dest)),
+        chosen, after, float_layers = rules.bypass_fewest(onnx_graph, target, fallback, onnx.load(str(dest)),
                                                     float_model, cset, judge, threads)
         if chosen is not None and after is not None:
-            fallback["after"] = short(after)
+            fallback["after"] = rules.short(after)
             with atomic_path(dest) as tmp:
                 onnx.save(chosen, str(tmp))
     fallback["float_layers"] = [r["name"] for r in float_layers]
     if fallback["status"] != "needed":
-        held_out(target, fallback, judge, onnx_common.WHERE, logits)
+        rules.held_out(target, fallback, judge, onnx_graph.WHERE, logits)
     return [dest.name], {"quantizer": quantizer, "float_layers": float_layers, "fallback": fallback}
