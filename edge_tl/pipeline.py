@@ -18,10 +18,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .anomaly.methods import names as anomaly_methods
 from .errors import ConfigError
 from .rundir import RunDir
 
 log = logging.getLogger(__name__)
+# The anomaly methods registered when the package was imported: a new method needs no edit here.
+AnomalyMethodName = Literal[anomaly_methods()]  # type: ignore[valid-type]
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,7 +64,7 @@ class FinetuneStep(_Strict):
     baseline: Literal["none", "scratch"] = "none"  # classify only
     # --task anomaly (good-only anomaly detection; ``data`` holds good images)
     task: Literal["classify", "anomaly"] = "classify"
-    method: Literal["padim", "patchcore"] = "padim"
+    method: AnomalyMethodName = anomaly_methods()[0]  # the registered anomaly methods (anomaly.methods)
     val: str | None = None
     ok_class: str | None = None
     coreset: float = Field(0.01, gt=0, le=1)

@@ -261,9 +261,9 @@ def test_pipeline_file_fits_and_exports_an_anomaly_model(data: Path, tmp_path: P
 def test_padim_modes_score_each_patch_against_its_nearest_mode() -> None:
     import torch
 
-    from edge_tl.anomaly.model import _torch_modules
+    from edge_tl.anomaly.padim import head_class
 
-    _, _, PaDiMHead, _ = _torch_modules()
+    PaDiMHead = head_class()
     torch.manual_seed(0)
     p, d = 4, 3
     two = PaDiMHead(p, d, clusters=2)
@@ -304,6 +304,24 @@ def test_two_kinds_of_part_fit_as_two_modes_and_export(tmp_path: Path) -> None:
     # Good images only: nothing to judge modes by, so one unless asked.
     m = fit_anomaly(data / "train" / "good", tmp_path / "good-only", holdout=0.3)
     assert m["method"]["clusters"]["k"] == 1
+
+
+def test_auto_clusters_says_why_it_kept_one_mode(tmp_path: Path) -> None:
+    """With defect threshold images but too few good images for two modes, ``auto`` keeps one mode and
+    the manifest says so, not "no defect threshold images" (the rule's text used to say that whenever
+    one candidate was left)."""
+    from edge_tl.anomaly.fit import MIN_MODE_IMAGES, fit_anomaly
+
+    data = write_anomaly_set(tmp_path / "set", n_train=12, n_good_val=4, n_defect=4)
+    m = fit_anomaly(data / "train" / "good", tmp_path / "r", val_dir=data / "test")
+    assert m["data"]["threshold_per_class"][1] > 0 and m["data"]["train_good"] < 2 * MIN_MODE_IMAGES
+    modes = m["method"]["clusters"]
+    assert modes["k"] == 1 and "candidates" not in modes
+    assert "no defect" not in modes["rule"]
+    assert modes["rule"] == f"one mode (2 or 3 modes would leave a mode under {MIN_MODE_IMAGES} good images)"
+    # Good images only: that is the reason given.
+    m = fit_anomaly(data / "train" / "good", tmp_path / "good-only", holdout=0.3)
+    assert m["method"]["clusters"]["rule"] == "one mode (no defect threshold images)"
 
 
 def test_bad_clusters_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

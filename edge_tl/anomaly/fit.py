@@ -1,5 +1,9 @@
 """``edge-tl finetune GOOD_DIR --task anomaly``: good images -> ``RUN/finetune/`` (PatchCore or PaDiM).
 
+The stage flow shared by every method: scan the images, extract the patch features, fit the method
+(:mod:`.methods` names them; one file each) once per mode, set the threshold, score the figures, write
+the run. ``fit_anomaly`` calls one function per step.
+
 The run looks like a two-class classifier run to every later stage (classes ``[good, defect]``, a
 ``split.json`` whose ``val`` images build ``eval.npz``), so export, bench, bundle and the device runtime
 take it unchanged; see :mod:`.model` for the graph's outputs.
@@ -22,15 +26,17 @@ rejected 47 % of the good cells); with good images only, or with
 ``max_false_reject`` set, the lowest one whose one-sided Clopper-Pearson upper bound of the false-reject
 rate on the ``threshold`` good images is within ``max_false_reject``.
 
-PaDiM modes (``clusters``): ``auto`` fits 1, 2 and 3 modes (k-means on the good images' pooled features)
-when the ``threshold`` images include defects, and keeps the fewest whose AUROC there is within
-``MODE_TOLERANCE`` of the best; the ``val`` images never take part. On elpv (mono- and polycrystalline
-cells mixed) two modes raised image AUROC on all 1,273 test cells from 0.877 to 0.901. Good images only: one
-mode, unless ``clusters`` says otherwise (nothing tells modes that help from modes that overfit).
+Modes (``clusters``, for a method that takes them: PaDiM): ``auto`` fits 1, 2 and 3 modes (k-means on
+the good images' pooled features) when the ``threshold`` images include defects, and keeps the fewest
+whose AUROC there is within ``MODE_TOLERANCE`` of the best; the ``val`` images never take part. On elpv
+(mono- and polycrystalline cells mixed) two modes raised image AUROC on all 1,273 test cells from 0.877
+to 0.901. Good images only: one mode, unless ``clusters`` says otherwise (nothing tells modes that help
+from modes that overfit). The manifest's ``method.clusters.rule`` says why the count was kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -45,20 +51,15 @@ from ..data import Sample, class_folders, find_files, name_left_out, readable, s
 from ..errors import ConfigError, DataError
 from ..metrics import decision_metrics, worse_than_chance
 from ..progress import progress
-from .model import METHODS, AnomalySpec, backbone_stages, build_anomaly_model, stride_cuts
+from .methods import AnomalyMethod, FitOptions, Fitted, method_for, names
+from .model import AnomalySpec, backbone_stages, build_anomaly_model, stride_cuts
 
 log = logging.getLogger("edge_tl")
 
 CLASSES = ["good", "defect"]
 GOOD_NAMES = ("good", "ok")
-# Patches kept per fit before the coreset (a random subset when there are more): bounds memory and the
-# coreset's time on a CPU (k-center is k passes over the pool).
-MAX_POOL = 200_000
-PADIM_EPS = 0.01  # the paper's covariance regulariser
-# Defaults chosen on elpv (README, "Anomaly detection"): PaDiM at 64 random dimensions scored image AUROC
-# 0.877 against 0.879 at 128 with a quarter of the memory (13 MB); the whole cell ("full") 0.868 against
-# 0.840 for PatchCore with the centre crop.
-PADIM_DIM = 64
+# Default chosen on elpv (README, "Anomaly detection"): the whole cell ("full") scored image AUROC 0.868
+# against 0.840 for PatchCore with the centre crop.
 DEFAULT_RESIZE = "full"
 MODE_CHOICES = (1, 2, 3)
 MODE_TOLERANCE = 0.005  # AUROC on the threshold images: a smaller model within this of the best wins
@@ -151,26 +152,6 @@ def _features(engine: Any, paths: list[Path], pre: Any, quiet: bool, what: str,
     return out, kept
 
 
-def _fit_patchcore(feats: list[np.ndarray], coreset: float, bank_size: int | None, seed: int,
-                   quiet: bool) -> tuple[np.ndarray, dict[str, Any]]:
-    from .coreset import greedy_coreset
-
-    dim = feats[0].shape[1]
-    total = sum(f.shape[0] * f.shape[2] * f.shape[3] for f in feats)
-    patches = np.concatenate([f.transpose(0, 2, 3, 1).reshape(-1, dim) for f in feats])
-    rng = np.random.default_rng(seed)
-    if len(patches) > MAX_POOL:
-        patches = patches[np.sort(rng.choice(len(patches), MAX_POOL, replace=False))]
-    k = bank_size if bank_size is not None else max(1, math.ceil(coreset * total))
-    k = min(k, len(patches))
-    started = time.perf_counter()
-    idx = greedy_coreset(patches, k, seed=seed)
-    bank = np.ascontiguousarray(patches[idx], dtype=np.float32)
-    return bank, {"patches": int(total), "pool": len(patches), "entries": int(k),
-                  "fraction": k / total, "coreset_seconds": time.perf_counter() - started,
-                  "selection": "greedy k-center on a 64-d random projection (Sener & Savarese 2018)"}
-
-
 def _modes(feats: list[np.ndarray], k: int, seed: int) -> np.ndarray:
     """Mode of each good image (N,): k-means (scikit-learn, 10 starts) on its L2-normalised, spatially
     pooled patch features. Raises DataError when a mode has fewer than ``MIN_MODE_IMAGES`` images."""
@@ -190,39 +171,6 @@ def _modes(feats: list[np.ndarray], k: int, seed: int) -> np.ndarray:
         raise DataError(f"k-means found a mode of only {sizes.min()} good images for --clusters {k} (at least "
                         f"{MIN_MODE_IMAGES} are needed): use fewer --clusters")
     return assign
-
-
-def _fit_padim(feats: list[np.ndarray], assign: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Per-mode, per-position mean (K, P, D) and inverse covariance (K, P, D, D), squeezed to (P, D) and
-    (P, D, D) for one mode. The covariance is scikit-learn's Ledoit-Wolf shrinkage estimate (plus the
-    paper's small ridge): with ~1,000 images for 64-128 dimensions the sample covariance is noisy, and on
-    elpv shrinkage raised image AUROC from 0.879 to 0.885 (mono 0.907 -> 0.920, poly 0.899 -> 0.905; 128
-    dimensions, the paper's fixed 0.01 ridge before)."""
-    import torch
-    from sklearn.covariance import ledoit_wolf
-
-    x = np.concatenate(feats)  # (N, D, h, w) float32: float64 only per position, not the whole set
-    n, d = x.shape[:2]
-    if n < 2:
-        raise DataError("PaDiM needs at least 2 good training images")
-    x = x.reshape(n, d, -1)
-    k = int(assign.max()) + 1
-    means, invs, shrinkage = [], [], []
-    for mode in range(k):
-        xm = x[assign == mode].transpose(2, 0, 1)  # (P, Nk, D)
-        means.append(xm.mean(1, dtype=np.float64))
-        cov = np.empty((len(xm), d, d))
-        for p in range(len(xm)):
-            cov[p], shr = ledoit_wolf(xm[p].astype(np.float64))
-            shrinkage.append(shr)
-        cov += PADIM_EPS * np.eye(d)
-        invs.append(torch.linalg.inv(torch.from_numpy(cov)).numpy())
-    mean, inv = np.stack(means), np.stack(invs)
-    if k == 1:
-        mean, inv = mean[0], inv[0]
-    return mean.astype(np.float32), inv.astype(np.float32), {
-        "positions": x.shape[2], "covariance": "Ledoit-Wolf shrinkage (scikit-learn) + ridge", "eps": PADIM_EPS,
-        "shrinkage_median": float(np.median(shrinkage))}
 
 
 def raw_scores(model: Any, engine: Any, paths: list[Path], pre: Any, quiet: bool,
@@ -281,16 +229,50 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray, max_false_reject: f
             "note": note}
 
 
+
+
+@dataclasses.dataclass
+class LabelledSplit:
+    """The images of one fit: good ones to fit on, labelled ones for the threshold and for the figures."""
+
+    train: list[Path]
+    threshold: list[Sample]
+    val: list[Sample]
+    labelled: list[Path]  # every labelled image (threshold and val), for the bit-depth record
+    skipped: list[dict[str, str]]
+
+
+@dataclasses.dataclass
+class FittedModel:
+    """A fitted ``AnomalyModel`` (threshold 1) and what the manifest says of it."""
+
+    model: Any
+    spec: AnomalySpec
+    info: dict[str, Any]  # the manifest's method fields
+    stored: list[np.ndarray]  # the arrays the bank size and sha256 cover
+    threshold_scores: tuple[np.ndarray, list[Path]] | None = None  # raw threshold-image scores, when computed
+
+
+@dataclasses.dataclass
+class Scored:
+    """Raw image scores of the labelled images that decoded, with their labels."""
+
+    raw: np.ndarray
+    kept: list[Path]
+    labels: np.ndarray
+
+
 def fit_anomaly(good_dir: str | Path, out: str | Path, *, arch: str = "mobilenet_v2", weights: str = "imagenet",
                 method: str = "padim", val_dir: str | Path | None = None, ok_class: str | None = None,
                 holdout: float | None = None, coreset: float = 0.01, bank_size: int | None = None,
                 dim: int | None = None, resize: str | None = None, input_size: int | None = None,
                 max_false_reject: float | None = None, confidence: float = 0.95, seed: int = 0,
                 clusters: int | str = "auto", engine: str = "auto", quiet: bool = True) -> dict[str, Any]:
-    """Fit PatchCore or PaDiM on the good images of ``good_dir``; write ``out/finetune/``; return its manifest.
+    """Fit an anomaly method (PaDiM, PatchCore: :func:`.methods.names`) on the good images of ``good_dir``;
+    write ``out/finetune/``; return its manifest.
 
     ``coreset``: the PatchCore bank as a fraction of all training patches (``bank_size`` overrides it
-    with a count). ``dim``: features after the random projection (default: 64 for PaDiM, whose
+    with a count). ``dim``: features after the random projection (default: the method's; 64 for PaDiM, whose
     inverse covariances grow with its square; none for PatchCore). ``resize``: default ``full`` (the whole
     frame: a centre crop would hide a defect at the part's border, and no one would know).
     ``holdout``: share of the good images kept out of the fit (PatchCore's bank, PaDiM's Gaussians) for
@@ -299,34 +281,91 @@ def fit_anomaly(good_dir: str | Path, out: str | Path, *, arch: str = "mobilenet
     docstring). Raises DataError/ConfigError before any work for bad
     input; nothing is written until the fit has finished.
     """
-    import dataclasses
-
-    import torch
-
     from ..features import PrefixEngine
-    from ..manifest import check_writable, staged_folder, write_json, write_manifest
-    from ..preprocess import record_bit_depths
-    from ..rundir import RunDir
-    from ..stages.finetune import choose_resize, weights_preprocessing
+    from ..manifest import check_writable
     from ..weights import resolve_weights
 
-    if method not in METHODS:
-        raise ConfigError(f"unknown --method {method!r}; choose {', '.join(METHODS)}")
+    meth, clusters = _checked_options(method, coreset, bank_size, max_false_reject, clusters)
+    check_writable(out)
+    good_dir = Path(good_dir)
+    images = split_images(good_dir, Path(val_dir) if val_dir else None, ok_class, holdout, clusters, seed)
+    state, source = resolve_weights(arch, weights)
+    pre, resize_info = _preprocessing(arch, source, input_size, resize, images, quiet)
+    cut8, cut16, chans, dim = _feature_taps(arch, state, pre.crop, meth, dim)
+
+    started = time.time()
+    spec = AnomalySpec(arch, meth.name, cut8, cut16, sum(chans), dim, bank=1, grid=math.ceil(pre.crop / 8))
+    features = _projected_features(spec, state, seed)
+    feat_engine = PrefixEngine(features, (3, pre.crop, pre.crop), "cpu", engine)
+    feats, train_kept = _features(feat_engine, images.train, pre, quiet, "features (good images)")
+    if not feats:
+        raise DataError(f"none of the good images under {good_dir} can be read")
+    options = FitOptions(coreset=coreset, bank_size=bank_size, seed=seed)
+    if meth.modes:
+        fitted = _fit_modes(meth, feats, spec, state, feat_engine, clusters, images.threshold, pre, options, quiet)
+    else:
+        fitted = _fit_one(meth, feats, _one_mode(feats), spec, state, feat_engine, options)
+    del feats
+    fit_seconds = time.time() - started
+
+    threshold, thr = _set_threshold(fitted, feat_engine, images.threshold, pre, max_false_reject, confidence,
+                                    quiet)
+    val = _score(fitted.model, feat_engine, images.val, pre, quiet, "validation images")
+    metrics, warnings = _figures(thr, val, threshold["raw"])
+    return _write_run(
+        Path(out), fitted.model, _split_json(train_kept, thr, val, images.skipped, seed),
+        arch=arch, classes=CLASSES, preprocessing=pre.to_dict(), structure=None, weights=source,
+        task="anomaly", mode=f"anomaly ({meth.name})", anomaly=fitted.spec.to_dict(),
+        method=_method_fields(meth, fitted, cut8, cut16, chans, dim),
+        bank=_bank_fields(fitted, dim), threshold=threshold,
+        normalisation={"score": "raw / threshold (1.0 = the threshold)",
+                       "logits": "[0, score - 1]: argmax is defect exactly when score > 1",
+                       "anomaly_map": "each patch's raw distance / threshold, stride 8"},
+        resize=resize_info,
+        data=_data_fields(good_dir, val_dir, train_kept, thr, val, images.skipped),
+        metrics=metrics, warnings=warnings,
+        timings={"started": started, "train_seconds": fit_seconds, "seconds_per_epoch": fit_seconds,
+                 "device": "cpu", "world_size": 1, "feature_engine": feat_engine.name})
+
+
+def _checked_options(method: str, coreset: float, bank_size: int | None, max_false_reject: float | None,
+                     clusters: int | str) -> tuple[AnomalyMethod, int | str]:
+    """The registered method and the parsed ``clusters``; ConfigError for an option out of range."""
+    meth = method_for(method)
     if not 0 < coreset <= 1:
         raise ConfigError(f"--coreset is a fraction of the training patches in (0, 1], got {coreset}")
     if bank_size is not None and bank_size < 1:
         raise ConfigError(f"--bank-size must be at least 1, got {bank_size}")
     if max_false_reject is not None and not 0 < max_false_reject < 1:
         raise ConfigError(f"--max-false-reject must be in (0, 1), got {max_false_reject}")
-    clusters = _parse_clusters(clusters, method)
-    check_writable(out)
-    good_dir = Path(good_dir)
-    good, labelled, skipped = scan_good_and_labelled(good_dir, Path(val_dir) if val_dir else None, ok_class)
+    return meth, _parse_clusters(clusters, meth)
+
+
+def _parse_clusters(clusters: int | str, method: AnomalyMethod) -> int | str:
+    if clusters == "auto":
+        return clusters
+    try:
+        k = int(clusters)
+    except ValueError:
+        raise ConfigError(f"--clusters is a count of modes or auto, got {clusters!r}") from None
+    if not 1 <= k <= 8:
+        raise ConfigError(f"--clusters must be between 1 and 8, got {k}")
+    if k > 1 and not method.modes:
+        takes = " or ".join(n for n in names() if method_for(n).modes)
+        why = f" ({method.why_no_modes})" if method.why_no_modes else ""
+        raise ConfigError(f"--clusters is for --method {takes}{why}")
+    return k
+
+
+def split_images(good_dir: Path, val_dir: Path | None, ok_class: str | None, holdout: float | None,
+                 clusters: int | str, seed: int) -> LabelledSplit:
+    """Scan the folders, hold ``holdout`` of the good images out of the fit, and split the labelled images
+    into a threshold half and a reported half per class (seeded). DataError/ConfigError for too few."""
+    good, labelled, skipped = scan_good_and_labelled(good_dir, val_dir, ok_class)
     holdout = (0.0 if val_dir else 0.2) if holdout is None else holdout
     if not 0 <= holdout < 1:
         raise ConfigError(f"--holdout must be in [0, 1), got {holdout}")
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(good))
+    order = np.random.default_rng(seed).permutation(len(good))
     n_hold = round(holdout * len(good))
     train = [good[i] for i in sorted(order[n_hold:])]
     labelled = [(good[i], 0) for i in sorted(order[:n_hold])] + labelled
@@ -338,198 +377,226 @@ def fit_anomaly(good_dir: str | Path, out: str | Path, *, arch: str = "mobilenet
     if sum(1 for _, y in labelled if y == 0) < 2:
         raise DataError("at least 2 labelled good images are needed for the threshold and the figures: "
                         "raise --holdout or give --val DIR with a good folder")
-    # Threshold half / reported half, per class.
     lab_samples = [Sample(str(p.resolve()), y) for p, y in labelled]
-    counts = np.bincount([s.label for s in lab_samples], minlength=2)
-    if counts[1] == 1:
+    if np.bincount([s.label for s in lab_samples], minlength=2)[1] == 1:
         raise DataError("a single defect image cannot be split between the threshold and the figures")
     thr_samples, val_samples = stratified_split(lab_samples, 0.5, seed)
+    return LabelledSplit(train, thr_samples, val_samples, [p for p, _ in labelled], skipped)
 
-    state, source = resolve_weights(arch, weights)
-    pre = weights_preprocessing(arch, source, input_size)
+
+def _preprocessing(arch: str, source: Any, input_size: int | None, resize: str | None, images: LabelledSplit,
+                   quiet: bool) -> tuple[Any, dict[str, Any]]:
+    """The weights' preprocessing with the resize mode chosen on the good images and their bit depths."""
     from ..data import ImageFolder
+    from ..preprocess import record_bit_depths
+    from ..stages.finetune import choose_resize, weights_preprocessing
 
-    probe = ImageFolder(Path("/"), CLASSES, [Sample(str(p.resolve()), 0) for p in train])
+    pre = weights_preprocessing(arch, source, input_size)
+    probe = ImageFolder(Path("/"), CLASSES, [Sample(str(p.resolve()), 0) for p in images.train])
     mode, resize_info = choose_resize(probe, probe.samples, pre, resize or DEFAULT_RESIZE)
     pre = dataclasses.replace(pre, resize_mode=mode)
-    pre = record_bit_depths(pre, [*train, *(p for p, _ in labelled)], quiet)
+    return record_bit_depths(pre, [*images.train, *images.labelled], quiet), resize_info
 
+
+def _feature_taps(arch: str, state: dict, crop: int, method: AnomalyMethod,
+                  dim: int | None) -> tuple[int, int, list[int], int]:
+    """(cut8, cut16, channels of the two taps, projected dimension): where the backbone's stride-8 and
+    stride-16 features are tapped, and ``dim`` checked (the method's default when None)."""
     import torchvision.models as tvm
 
     backbone = getattr(tvm, arch)(weights=None)
     backbone.load_state_dict(state)
-    cut8, cut16, chans = stride_cuts(backbone_stages(backbone, arch).copy(), pre.crop)
+    cut8, cut16, chans = stride_cuts(backbone_stages(backbone, arch).copy(), crop)
     channels = sum(chans)
-    if dim is None:
-        dim = min(PADIM_DIM, channels) if method == "padim" else channels
+    dim = method.default_dim(channels) if dim is None else dim
     if not 1 <= dim <= channels:
         raise ConfigError(f"--dim must be between 1 and {channels} (the features' channels), got {dim}")
-    grid = math.ceil(pre.crop / 8)
+    return cut8, cut16, chans, dim
 
-    started = time.time()
+
+def _projected_features(spec: AnomalySpec, state: dict, seed: int) -> Any:
+    """The model's feature module: the backbone's taps and, when ``spec.dim`` is below the channels, a fixed
+    random projection drawn from ``seed``."""
+    import torch
+
     torch.manual_seed(seed)
-    spec = AnomalySpec(arch, method, cut8, cut16, channels, dim, bank=1, grid=grid)
     model = build_anomaly_model(spec, state)
-    if dim != channels:
+    if spec.dim != spec.channels:
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            model.features.project.weight.copy_(torch.randn(dim, channels, 1, 1, generator=gen) / dim ** 0.5)
-    feat_engine = PrefixEngine(model.features, (3, pre.crop, pre.crop), "cpu", engine)
-    feats, train_kept = _features(feat_engine, train, pre, quiet, "features (good images)")
-    if not feats:
-        raise DataError(f"none of the good images under {good_dir} can be read")
-    grid_hw = feats[0].shape[2:]
-    if method == "patchcore":
-        bank, bank_info = _fit_patchcore(feats, coreset, bank_size, seed, quiet)
-        spec = dataclasses.replace(spec, bank=len(bank), grid=int(grid_hw[0]))
-        model = build_anomaly_model(spec, state)
-        model.load_state_dict({**_features_state(feat_engine.module), "head.bank": torch.from_numpy(bank),
-                               "head.bank_sq": torch.from_numpy((bank * bank).sum(1)),
-                               "threshold": torch.ones(())})
-        stored = [bank]
-        thr_scored = None
-    else:
-        model, spec, thr_scored, bank_info = _fit_padim_modes(feats, spec, state, feat_engine, clusters,
-                                                              thr_samples, pre, seed, quiet)
-        stored = [model.head.mean.numpy(), model.head.inv_cov.numpy()]
-    del feats
-    fit_seconds = time.time() - started
+            model.features.project.weight.copy_(
+                torch.randn(spec.dim, spec.channels, 1, 1, generator=gen) / spec.dim ** 0.5)
+    return model.features
 
-    thr_paths = [Path(s.path) for s in thr_samples]
-    thr_raw, thr_kept = (thr_scored if thr_scored is not None
-                         else raw_scores(model, feat_engine, thr_paths, pre, quiet, "threshold images"))
-    thr_labels = _labels_of(thr_samples, thr_kept)
-    threshold = choose_threshold(thr_raw, thr_labels, max_false_reject, confidence)
+
+def _one_mode(feats: list[np.ndarray]) -> np.ndarray:
+    return np.zeros(sum(len(f) for f in feats), np.int64)
+
+
+def _fit_one(method: AnomalyMethod, feats: list[np.ndarray], assign: np.ndarray, spec: AnomalySpec, state: dict,
+             feat_engine: Any, options: FitOptions) -> FittedModel:
+    """``method`` fitted on ``feats`` split into the modes ``assign``, loaded into a model (threshold 1)."""
+    import torch
+
+    fitted: Fitted = method.fit(feats, assign, options)
+    k = int(assign.max()) + 1
+    kspec = dataclasses.replace(spec, bank=fitted.size, grid=int(feats[0].shape[2]), clusters=k)
+    model = build_anomaly_model(kspec, state)
+    model.load_state_dict({**_features_state(feat_engine.module),
+                           **{f"head.{name}": torch.from_numpy(a) for name, a in fitted.buffers.items()},
+                           "threshold": torch.ones(())})
+    return FittedModel(model, kspec, fitted.info, [fitted.buffers[name] for name in fitted.stored])
+
+
+def _mode_candidates(clusters: int | str, thr_labels: np.ndarray) -> tuple[tuple[int, ...], str]:
+    """The mode counts to fit, and why there is one candidate when ``auto`` cannot choose."""
+    if clusters != "auto":
+        return (int(clusters),), "--clusters"
+    if not (thr_labels == 1).any():
+        return (1,), "one mode (no defect threshold images)"
+    if not (thr_labels == 0).any():
+        return (1,), "one mode (no good threshold images)"
+    return MODE_CHOICES, ""
+
+
+def _fit_modes(method: AnomalyMethod, feats: list[np.ndarray], spec: AnomalySpec, state: dict, feat_engine: Any,
+               clusters: int | str, thr_samples: list[Sample], pre: Any, options: FitOptions,
+               quiet: bool) -> FittedModel:
+    """The model with ``clusters`` modes, or with the mode count ``auto`` picks on the threshold images
+    (module docstring); the manifest's ``clusters`` fields say which and why."""
+    counts, rule = _mode_candidates(clusters, np.asarray([s.label for s in thr_samples]))
+    fitted, too_few = [], []
+    for k in counts:
+        try:
+            assign = _modes(feats, k, options.seed)
+        except DataError:
+            if len(counts) > 1:  # too few images for k modes: k is not a candidate
+                too_few.append(k)
+                continue
+            raise
+        fit = _fit_one(method, feats, assign, spec, state, feat_engine, options)
+        fit.info["clusters"] = {"k": k, "images_per_mode": np.bincount(assign, minlength=k).tolist(),
+                                "by": "k-means (scikit-learn) on L2-normalised pooled features" if k > 1
+                                else "no split"}
+        fitted.append(fit)
+    if len(fitted) == 1:
+        fitted[0].info["clusters"]["rule"] = rule or (
+            f"one mode ({' or '.join(map(str, too_few))} modes would leave a mode under {MIN_MODE_IMAGES} good "
+            "images)")
+        return fitted[0]
+    return _pick_modes(fitted, feat_engine, thr_samples, pre, quiet)
+
+
+def _pick_modes(fitted: list[FittedModel], feat_engine: Any, thr_samples: list[Sample], pre: Any,
+                quiet: bool) -> FittedModel:
+    """The fewest modes whose AUROC on the threshold images is within ``MODE_TOLERANCE`` of the best."""
+    from ..metrics import auroc
+
+    paths = [Path(s.path) for s in thr_samples]
+    scores, kept = raw_scores(None, feat_engine, paths, pre, quiet, "threshold images (choosing modes)",
+                              heads=[f.model.head for f in fitted])
+    labels = _labels_of(thr_samples, kept)
+    aurocs = [auroc(labels, s) for s in scores]
+    best = max(a for a in aurocs if a is not None)
+    pick = next(i for i, a in enumerate(aurocs) if a is not None and a >= best - MODE_TOLERANCE)
+    chosen = fitted[pick]
+    chosen.info["clusters"].update(
+        rule=f"fewest modes within {MODE_TOLERANCE} AUROC of the best on the threshold images",
+        candidates=[{"k": f.spec.clusters, "auroc_threshold_images": a} for f, a in zip(fitted, aurocs, strict=True)])
+    chosen.threshold_scores = (scores[pick], kept)
+    return chosen
+
+
+def _score(model: Any, feat_engine: Any, samples: list[Sample], pre: Any, quiet: bool, what: str) -> Scored:
+    raw, kept = raw_scores(model, feat_engine, [Path(s.path) for s in samples], pre, quiet, what)
+    return Scored(raw, kept, _labels_of(samples, kept))
+
+
+def _set_threshold(fitted: FittedModel, feat_engine: Any, thr_samples: list[Sample], pre: Any,
+                   max_false_reject: float | None, confidence: float, quiet: bool) -> tuple[dict[str, Any], Scored]:
+    """Choose the threshold on the threshold images and store it in the model; (how it was chosen, the
+    threshold images' scores)."""
+    if fitted.threshold_scores is not None:
+        raw, kept = fitted.threshold_scores
+        thr = Scored(raw, kept, _labels_of(thr_samples, kept))
+    else:
+        thr = _score(fitted.model, feat_engine, thr_samples, pre, quiet, "threshold images")
+    threshold = choose_threshold(thr.raw, thr.labels, max_false_reject, confidence)
     if threshold["raw"] <= 0:
         raise DataError("every threshold image scores 0: the good images leave nothing to tell apart")
-    model.threshold.fill_(threshold["raw"])
-    val_paths = [Path(s.path) for s in val_samples]
-    val_raw, val_kept = raw_scores(model, feat_engine, val_paths, pre, quiet, "validation images")
-    val_labels = _labels_of(val_samples, val_kept)
-    s_val, s_thr = val_raw / threshold["raw"], thr_raw / threshold["raw"]
-    val_m = decision_metrics(s_val, val_labels)
-    all_m = decision_metrics(np.concatenate([s_thr, s_val]), np.concatenate([thr_labels, val_labels]))
+    fitted.model.threshold.fill_(threshold["raw"])
+    return threshold, thr
+
+
+def _figures(thr: Scored, val: Scored, raw_threshold: float) -> tuple[dict[str, Any], list[str]]:
+    """The manifest's metrics (on the ``val`` images; AUROC on all labelled ones too) and its warnings."""
     from ..metrics import classification_metrics
 
+    s_val, s_thr = val.raw / raw_threshold, thr.raw / raw_threshold
+    val_m = decision_metrics(s_val, val.labels)
+    all_m = decision_metrics(np.concatenate([s_thr, s_val]), np.concatenate([thr.labels, val.labels]))
     logits = np.stack([np.zeros_like(s_val), s_val - 1], 1)
-    cls = classification_metrics(logits, val_labels, CLASSES)
+    cls = classification_metrics(logits, val.labels, CLASSES)
     # In the manifest; the summary line (finetune, run) prints them.
     warnings = [w for w in (worse_than_chance(val_m["auroc"]),) if w]
+    return {"val_top1": cls["top1"], "val_balanced_accuracy": cls["balanced_accuracy"],
+            "per_class_recall": cls["per_class_recall"], "confusion": cls["confusion"],
+            **{f"val_{k}": v for k, v in val_m.items()},
+            "auroc_all_labelled": all_m["auroc"], "history": []}, warnings
 
-    bank_bytes = b"".join(np.ascontiguousarray(a, np.float32).tobytes() for a in stored)
-    run = RunDir(Path(out))
-    from ..checkpoint import MODEL_FILE, save_state
 
-    # Good images and --val may live in different trees: paths are relative to their common folder, so
-    # reports name a real folder and split.json stays readable.
-    used = [p.resolve() for p in (*train_kept, *thr_kept, *val_kept)]
+def _method_fields(method: AnomalyMethod, fitted: FittedModel, cut8: int, cut16: int, chans: list[int],
+                   dim: int) -> dict[str, Any]:
+    return {"name": method.name, "source": method.source,
+            "layers": {"stride_8": f"backbone stages [0, {cut8})", "stride_16": f"stages [{cut8}, {cut16})",
+                       "channels": chans}, "aggregation": "3x3 average", "projection_dim": dim, **fitted.info}
+
+
+def _data_fields(good_dir: Path, val_dir: str | Path | None, train_kept: list[Path], thr: Scored, val: Scored,
+                 skipped: list[dict[str, str]]) -> dict[str, Any]:
+    return {"root": str(good_dir.resolve()), "val_dir": str(Path(val_dir).resolve()) if val_dir else None,
+            "n_images": len(train_kept) + len(thr.kept) + len(val.kept), "train_good": len(train_kept),
+            "threshold_per_class": np.bincount(thr.labels, minlength=2).tolist(),
+            "val_per_class": np.bincount(val.labels, minlength=2).tolist(), "skipped": skipped}
+
+
+def _bank_fields(fitted: FittedModel, dim: int) -> dict[str, Any]:
+    bank_bytes = b"".join(np.ascontiguousarray(a, np.float32).tobytes() for a in fitted.stored)
+    return {"entries": fitted.spec.bank, "dim": dim, "mb": len(bank_bytes) / 1e6,
+            "sha256": hashlib.sha256(bank_bytes).hexdigest()}
+
+
+def _split_json(train_kept: list[Path], thr: Scored, val: Scored, skipped: list[dict[str, str]],
+                seed: int) -> dict[str, Any]:
+    """``split.json``: paths relative to the images' common folder (good images and ``--val`` may live in
+    different trees), so reports name a real folder and the file stays readable."""
+    used = [p.resolve() for p in (*train_kept, *thr.kept, *val.kept)]
     common = Path(os.path.commonpath([str(p) for p in used]))
     common = common if common.is_dir() else common.parent
 
     def rel(p: Path) -> str:
         return str(p.resolve().relative_to(common))
 
+    return {"root": str(common), "classes": CLASSES, "seed": seed, "val_fraction": 0.5, "task": "anomaly",
+            "train": [[rel(p), 0] for p in train_kept],
+            "threshold": [[rel(p), int(y)] for p, y in zip(thr.kept, thr.labels, strict=True)],
+            "val": [[rel(p), int(y)] for p, y in zip(val.kept, val.labels, strict=True)],
+            "skipped": skipped}
+
+
+def _write_run(out: Path, model: Any, split: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """Write ``out/finetune/`` (model.pt, split.json, manifest.json with ``fields``) in one staged step."""
+    from ..checkpoint import MODEL_FILE, save_state
+    from ..manifest import staged_folder, write_json, write_manifest
+    from ..rundir import RunDir
+
+    run = RunDir(out)
     with staged_folder(run.finetune) as tmp:
         save_state(model, tmp / MODEL_FILE)
-        write_json(tmp / "split.json", {
-            "root": str(common), "classes": CLASSES, "seed": seed, "val_fraction": 0.5, "task": "anomaly",
-            "train": [[rel(p), 0] for p in train_kept],
-            "threshold": [[rel(p), int(y)] for p, y in zip(thr_kept, thr_labels, strict=True)],
-            "val": [[rel(p), int(y)] for p, y in zip(val_kept, val_labels, strict=True)],
-            "skipped": skipped})
-        manifest = write_manifest(
-            tmp, "finetune", files=[MODEL_FILE, "split.json"],
-            arch=arch, classes=CLASSES, preprocessing=pre.to_dict(), structure=None, weights=source,
-            task="anomaly", mode=f"anomaly ({method})", anomaly=spec.to_dict(),
-            method={"name": method, "source": {"patchcore": "Roth et al., CVPR 2022",
-                                               "padim": "Defard et al., ICPR 2021"}[method],
-                    "layers": {"stride_8": f"backbone stages [0, {cut8})", "stride_16": f"stages [{cut8}, {cut16})",
-                               "channels": chans}, "aggregation": "3x3 average", "projection_dim": dim,
-                    **bank_info},
-            bank={"entries": spec.bank, "dim": dim, "mb": len(bank_bytes) / 1e6,
-                  "sha256": hashlib.sha256(bank_bytes).hexdigest()},
-            threshold=threshold,
-            normalisation={"score": "raw / threshold (1.0 = the threshold)",
-                           "logits": "[0, score - 1]: argmax is defect exactly when score > 1",
-                           "anomaly_map": "each patch's raw distance / threshold, stride 8"},
-            resize=resize_info,
-            data={"root": str(good_dir.resolve()), "val_dir": str(Path(val_dir).resolve()) if val_dir else None,
-                  "n_images": len(train_kept) + len(thr_kept) + len(val_kept), "train_good": len(train_kept),
-                  "threshold_per_class": np.bincount(thr_labels, minlength=2).tolist(),
-                  "val_per_class": np.bincount(val_labels, minlength=2).tolist(), "skipped": skipped},
-            metrics={"val_top1": cls["top1"], "val_balanced_accuracy": cls["balanced_accuracy"],
-                     "per_class_recall": cls["per_class_recall"], "confusion": cls["confusion"],
-                     **{f"val_{k}": v for k, v in val_m.items()},
-                     "auroc_all_labelled": all_m["auroc"], "history": []},
-            warnings=warnings,
-            timings={"started": started, "train_seconds": fit_seconds, "seconds_per_epoch": fit_seconds,
-                     "device": "cpu", "world_size": 1, "feature_engine": feat_engine.name},
-        )
+        write_json(tmp / "split.json", split)
+        manifest = write_manifest(tmp, "finetune", files=[MODEL_FILE, "split.json"], **fields)
         run.eval_npz.unlink(missing_ok=True)  # its reference scores are the replaced model's (rebuilt on demand)
     return manifest
-
-
-def _parse_clusters(clusters: int | str, method: str) -> int | str:
-    if clusters == "auto":
-        return clusters
-    try:
-        k = int(clusters)
-    except ValueError:
-        raise ConfigError(f"--clusters is a count of modes or auto, got {clusters!r}") from None
-    if not 1 <= k <= 8:
-        raise ConfigError(f"--clusters must be between 1 and 8, got {k}")
-    if k > 1 and method != "padim":
-        raise ConfigError("--clusters is for --method padim (PatchCore's bank already holds every mode)")
-    return k
-
-
-def _fit_padim_modes(feats: list[np.ndarray], spec: AnomalySpec, state: dict, feat_engine: Any,
-                     clusters: int | str, thr_samples: list[Sample], pre: Any, seed: int,
-                     quiet: bool) -> tuple[Any, AnomalySpec, tuple[np.ndarray, list[Path]] | None, dict[str, Any]]:
-    """The PaDiM model with ``clusters`` modes, or with the mode count ``auto`` picks on the threshold
-    images (module docstring). Returns the model, its spec, the chosen model's raw threshold-image scores
-    and kept paths when they were computed, and the manifest's method fields."""
-    import dataclasses
-
-    import torch
-
-    from ..metrics import auroc
-
-    thr_labels = np.asarray([s.label for s in thr_samples])
-    choose = clusters == "auto" and (thr_labels == 1).any() and (thr_labels == 0).any()
-    counts = MODE_CHOICES if choose else ((1,) if clusters == "auto" else (int(clusters),))
-    fitted = []
-    for k in counts:
-        try:
-            assign = _modes(feats, k, seed)
-        except DataError:
-            if choose:  # too few images for k modes: k is not a candidate
-                continue
-            raise
-        mean, inv, info = _fit_padim(feats, assign)
-        kspec = dataclasses.replace(spec, bank=mean.shape[-2], grid=int(feats[0].shape[2]), clusters=k)
-        model = build_anomaly_model(kspec, state)
-        model.load_state_dict({**_features_state(feat_engine.module), "head.mean": torch.from_numpy(mean),
-                               "head.inv_cov": torch.from_numpy(inv), "threshold": torch.ones(())})
-        info["clusters"] = {"k": k, "images_per_mode": np.bincount(assign, minlength=k).tolist(),
-                            "by": "k-means (scikit-learn) on L2-normalised pooled features" if k > 1 else "no split"}
-        fitted.append((k, model, kspec, info))
-    if len(fitted) == 1:
-        k, model, kspec, info = fitted[0]
-        info["clusters"]["rule"] = "one mode (no defect threshold images)" if clusters == "auto" else "--clusters"
-        return model, kspec, None, info
-    paths = [Path(s.path) for s in thr_samples]
-    scores, kept = raw_scores(None, feat_engine, paths, pre, quiet, "threshold images (choosing modes)",
-                              heads=[m.head for _, m, _, _ in fitted])
-    labels = _labels_of(thr_samples, kept)
-    aurocs = [auroc(labels, s) for s in scores]
-    best = max(a for a in aurocs if a is not None)
-    pick = next(i for i, a in enumerate(aurocs) if a is not None and a >= best - MODE_TOLERANCE)
-    k, model, kspec, info = fitted[pick]
-    info["clusters"].update(rule=f"fewest modes within {MODE_TOLERANCE} AUROC of the best on the threshold images",
-                            candidates=[{"k": f[0], "auroc_threshold_images": a}
-                                        for f, a in zip(fitted, aurocs, strict=True)])
-    return model, kspec, (scores[pick], kept), info
 
 
 def _features_state(features: Any) -> dict[str, Any]:

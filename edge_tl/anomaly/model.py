@@ -10,21 +10,10 @@ plain state_dict, exported to ONNX like a classifier and run by the same runners
   argmax = ``defect`` exactly when ``s > 1``.
 - ``anomaly_map`` (N, 1, h, w): each patch's normalised distance (same scale), at stride 8.
 
-Methods:
+Methods: one file each (:mod:`.padim`, :mod:`.patchcore`), registered by name in :mod:`.methods`; the
+head a method builds turns the features into a raw distance map (N, 1, h, w).
 
-- PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022): a memory
-  bank of patch features of good images (greedy coreset, :mod:`.coreset`); a patch's distance is its
-  Euclidean distance to the nearest bank entry, written as matrix products
-  ``‖a‖² − 2a·b + ‖b‖²`` (``cdist`` does not export), min over the bank; the image score is the max
-  over patches. The paper's nearest-neighbour reweighting of the score is left out.
-- PaDiM (Defard et al., "PaDiM: a Patch Distribution Modeling Framework", ICPR 2021): one Gaussian per
-  patch position; a patch's distance is its Mahalanobis distance to its position's Gaussian. With
-  ``clusters`` K > 1 the good images are first split into K modes (k-means on their pooled features: a
-  line that makes two kinds of part, say) with one PaDiM per mode, and a patch's distance is the smallest
-  over the modes. Mahalanobis distances are in units of each mode's own spread, so the modes need no
-  further normalisation against each other.
-
-Features (both methods): the backbone's last blocks at stride 8 and at stride 16, each averaged over a
+Features (every method): the backbone's last blocks at stride 8 and at stride 16, each averaged over a
 3×3 neighbourhood (PatchCore's local aggregation), the stride-16 map upsampled to stride 8, both
 concatenated, and optionally reduced by a fixed random projection (a 1×1 convolution; Johnson-
 Lindenstrauss).
@@ -37,8 +26,7 @@ from typing import Any
 
 from .. import builders
 from ..errors import ConfigError
-
-METHODS = ("patchcore", "padim")
+from .methods import method_for
 
 
 @dataclass(frozen=True)
@@ -116,43 +104,6 @@ def _torch_modules() -> Any:
             f16 = F.interpolate(f16, size=f8.shape[-2:], mode="bilinear", align_corners=False)
             return self.project(torch.cat([f8, f16], 1))
 
-    class PatchCoreHead(nn.Module):
-        """Features -> raw distance map (N, 1, h, w): each patch's Euclidean distance to its nearest bank entry."""
-
-        def __init__(self, bank: int, dim: int) -> None:
-            super().__init__()
-            self.register_buffer("bank", torch.zeros(bank, dim))
-            self.register_buffer("bank_sq", torch.zeros(bank))
-
-        def forward(self, f: torch.Tensor) -> torch.Tensor:
-            n, _, h, w = f.shape
-            a = f.flatten(2).transpose(1, 2)  # (N, P, D)
-            d2 = (a * a).sum(-1, keepdim=True) - 2.0 * torch.matmul(a, self.bank.t()) + self.bank_sq
-            nearest = d2.min(-1).values.clamp_min(0.0)
-            return nearest.sqrt().reshape(n, 1, h, w)
-
-    class PaDiMHead(nn.Module):
-        """Features -> Mahalanobis distance map (N, 1, h, w) to each position's Gaussian (the nearest of the
-        ``clusters`` modes' Gaussians). Buffers: mean (P, D) and inv_cov (P, D, D), with a leading (K,)
-        axis when K > 1."""
-
-        def __init__(self, positions: int, dim: int, clusters: int = 1) -> None:
-            super().__init__()
-            lead = (clusters,) if clusters > 1 else ()
-            self.register_buffer("mean", torch.zeros(*lead, positions, dim))
-            self.register_buffer("inv_cov", torch.zeros(*lead, positions, dim, dim))
-
-        def forward(self, f: torch.Tensor) -> torch.Tensor:
-            n, _, h, w = f.shape
-            x = f.flatten(2).permute(2, 0, 1)  # (P, N, D)
-            if self.mean.dim() == 2:
-                delta = x - self.mean.unsqueeze(1)  # (P, N, D)
-                m = (torch.matmul(delta, self.inv_cov) * delta).sum(-1)  # (P, N)
-            else:
-                delta = x.unsqueeze(0) - self.mean.unsqueeze(2)  # (K, P, N, D)
-                m = (torch.matmul(delta, self.inv_cov) * delta).sum(-1).min(0).values
-            return m.clamp_min(0.0).sqrt().t().reshape(n, 1, h, w)
-
     class AnomalyModel(nn.Module):
         """Image -> logits (N, 2) = [0, s - 1] (``with_map`` adds anomaly_map (N, 1, h, w)), ``s`` = score /
         threshold."""
@@ -192,7 +143,7 @@ def _torch_modules() -> Any:
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return self.model.with_map(x)
 
-    return PatchFeatures, PatchCoreHead, PaDiMHead, AnomalyModel
+    return PatchFeatures, AnomalyModel
 
 
 def build_anomaly_model(spec: AnomalySpec, backbone_state: dict | None = None) -> Any:
@@ -200,17 +151,14 @@ def build_anomaly_model(spec: AnomalySpec, backbone_state: dict | None = None) -
     state_dict to be loaded next), a zero bank and threshold 1. In eval mode."""
     import torchvision.models as tvm
 
-    if spec.method not in METHODS:
-        raise ConfigError(f"unknown --method {spec.method!r}; choose {', '.join(METHODS)}")
-    PatchFeatures, PatchCoreHead, PaDiMHead, AnomalyModel = _torch_modules()
+    method = method_for(spec.method)
+    PatchFeatures, AnomalyModel = _torch_modules()
     backbone = getattr(tvm, spec.arch)(weights=None)
     if backbone_state is not None:
         backbone.load_state_dict(backbone_state)
     stages = backbone_stages(backbone, spec.arch)
     features = PatchFeatures(stages, spec.cut8, spec.cut16, spec.channels, spec.dim)
-    head = (PatchCoreHead(spec.bank, spec.dim) if spec.method == "patchcore"
-            else PaDiMHead(spec.bank, spec.dim, spec.clusters))
-    return AnomalyModel(features, head).eval()
+    return AnomalyModel(features, method.head(spec.bank, spec.dim, spec.clusters)).eval()
 
 
 def _from_manifest(manifest: dict[str, Any]) -> Any:

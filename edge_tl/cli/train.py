@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..anomaly.methods import method_for, names
 from ..progress import console
 from ._app import app, require_training, state
 
@@ -58,9 +59,8 @@ def finetune(
     task: str = typer.Option("classify", metavar="classify|anomaly",
                              help="classify (an ImageFolder of labelled classes) | anomaly (DATA_DIR holds good "
                              "images only, or name the good class with --ok-class; PatchCore/PaDiM)."),
-    method: str = typer.Option("padim", metavar="padim|patchcore", help="anomaly: padim (one Gaussian per patch "
-                               "position: fixtured, aligned parts; cheap) | patchcore (a bank of good patches, "
-                               "position-free)."),
+    method: str = typer.Option(names()[0], metavar="|".join(names()), help="anomaly: " + " | ".join(
+                               f"{n} ({method_for(n).summary})" for n in names()) + "."),
     val: Path = typer.Option(None, "--val", metavar="DIR", help="anomaly: labelled folder (a good/ok folder and "
                              "defect folders) that sets the threshold (one half) and gives AUROC (the other)."),
     ok_class: str = typer.Option(None, "--ok-class", metavar="NAME", help="anomaly: the good class folder in "
