@@ -1,4 +1,5 @@
-"""The fine-tuning loop shared by ``finetune`` and pruning recovery.
+"""The fine-tuning loop shared by ``finetune`` and pruning recovery, and the one epoch loop
+(``run_epochs``) and batch loop (``optimise``) that QAT and adapt's self-training train in too.
 
 Three paths: ``linear`` computes backbone features once (frozen weights *and* BatchNorm statistics)
 and trains the head on the cached features, which is what makes CPU fine-tuning take seconds.
@@ -372,22 +373,46 @@ def _schedule(opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_sc
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 
-class _EarlyStop:
-    """Tracks the best epoch by validation top-1 (ties broken by loss), its weights and validation
-    logits (so no extra pass is needed at the end), and when to stop."""
+@dataclass
+class Verdict:
+    """One epoch judged for :func:`run_epochs`: ``score`` is what the loop maximises (ties: the higher
+    ``tiebreak``), ``fields`` go into the epoch's history entry, ``kept`` stays with the best epoch
+    (fit: its validation logits and labels, so no extra pass is needed at the end)."""
 
-    def __init__(self, patience: int, val_labels: np.ndarray | None = None) -> None:
-        self.patience, self.best, self.best_epoch, self.state = patience, (-1.0, math.inf), -1, None
-        self.val_logits = np.zeros((0, 0), np.float32)
-        self.val_labels = val_labels if val_labels is not None else np.zeros(0, np.int64)
+    score: float
+    fields: dict[str, Any]
+    tiebreak: float = 0.0
+    kept: Any = None
 
-    def update(self, epoch: int, acc: float, loss: float, module: nn.Module, logits: np.ndarray,
-               labels: np.ndarray) -> bool:
-        if (acc, -loss) > (self.best[0], -self.best[1]):
-            self.best, self.best_epoch = (acc, loss), epoch
-            self.state = copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})
-            self.val_logits, self.val_labels = logits, labels
-        return epoch - self.best_epoch >= self.patience
+
+@dataclass
+class Best:
+    """The best-judged epoch of a :func:`run_epochs` loop: its number (1-based; 0 is the model before
+    training, or no epoch yet), score and tiebreak, what its verdict kept, and its state (CPU copies;
+    only with ``keep="best"``)."""
+
+    epoch: int = 0
+    score: float = -math.inf
+    tiebreak: float = -math.inf
+    kept: Any = None
+    state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, epoch: int, verdict: Verdict, module: nn.Module | None) -> None:
+        """Take ``epoch`` when it beats the best so far (an equal one does not: the earlier stays);
+        ``module``: whose state to copy (None: none is kept)."""
+        if (verdict.score, verdict.tiebreak) > (self.score, self.tiebreak):
+            self.epoch, self.score, self.tiebreak, self.kept = epoch, verdict.score, verdict.tiebreak, verdict.kept
+            if module is not None:
+                self.state = copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})
+
+
+@dataclass
+class _FitBest:
+    """A fit's best epoch (0-based, as :class:`FitResult`) and its validation logits and labels."""
+
+    best_epoch: int
+    val_logits: np.ndarray
+    val_labels: np.ndarray
 
 
 def _skipped(bad: list[str]) -> list[dict[str, str]]:
@@ -430,7 +455,7 @@ def _check_readable(n_train_seen: int, n_val_seen: int, n_val: int, root: Path) 
 
 def _fit_linear(model: nn.Module, arch: str, root: Path, train: list[Sample], val: list[Sample],
                 pre: Preprocess, cfg: TrainConfig, device: str, ddp: Dist,
-                n_classes: int) -> tuple[list[dict[str, float]], _EarlyStop, list[dict[str, str]]]:
+                n_classes: int) -> tuple[list[dict[str, float]], _FitBest, list[dict[str, str]]]:
     """``linear``: the pooled features of the frozen backbone, computed once, train the new head."""
     from .features import PrefixEngine
 
@@ -460,7 +485,7 @@ def _val_figures(out: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> t
 
 def _fit_cached(model: nn.Module, arch: str, root: Path, train: list[Sample], val: list[Sample],
                 pre: Preprocess, cfg: TrainConfig, device: str, ddp: Dist,
-                n_classes: int) -> tuple[list[dict[str, float]], _EarlyStop, list[dict[str, str]]]:
+                n_classes: int) -> tuple[list[dict[str, float]], _FitBest, list[dict[str, str]]]:
     """``partial`` on a CPU: the frozen prefix runs once per image and view, the tail trains on that.
 
     Training images get ``cfg.views`` cached views (the evaluation preprocessing, then augmented
@@ -506,7 +531,7 @@ def _cache(engine: Any, root: Path, train: list[Sample], val: list[Sample], pre:
 
 def _train_on_cache(trainable: nn.Module, saved: nn.Module, groups: list[dict[str, Any]], cache: torch.Tensor,
                     ytr: np.ndarray, fva: torch.Tensor, yva: np.ndarray, cfg: TrainConfig, device: str, ddp: Dist,
-                    n_classes: int, epochs: int, bs: int, desc: str) -> tuple[list[dict[str, float]], _EarlyStop]:
+                    n_classes: int, epochs: int, bs: int, desc: str) -> tuple[list[dict[str, float]], _FitBest]:
     """Train ``trainable`` (the head, or the tail of blocks and head) on cached inputs ``cache`` (views, N,
     ...), one view per image per epoch, with early stopping on the validation inputs ``fva``; ``saved``
     (the module whose best state is kept and restored) holds ``trainable``. Identical on every rank, so
@@ -524,7 +549,7 @@ def _train_on_cache(trainable: nn.Module, saved: nn.Module, groups: list[dict[st
             b = order[s:s + bs]
             yield cache[pick[s:s + bs], b].float().to(device), ttr[b].to(device), None
 
-    def one_epoch(epoch: int) -> tuple[float, int]:
+    def one_epoch(_epoch: int) -> tuple[float, int]:
         trainable.train()
         return optimise(trainable, batches(), opt, sched, lambda out, y, _x, _e: crit(out, y))
 
@@ -537,8 +562,8 @@ def _train_on_cache(trainable: nn.Module, saved: nn.Module, groups: list[dict[st
 
     with progress(cfg.quiet or not ddp.main) as bar:
         task = bar.add_task(desc, total=epochs, info="")
-        return run_epochs(epochs, one_epoch, validate, cfg, saved,
-                          lambda epoch, vacc: bar.update(task, advance=1, info=f"val top-1 {vacc:.3f}"))
+        return _fit_epochs(epochs, one_epoch, validate, cfg, saved,
+                           lambda _epoch, entry: bar.update(task, advance=1, info=f"val top-1 {entry['val_top1']:.3f}"))
 
 
 def optimise(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor, Any]], opt: torch.optim.Optimizer,
@@ -573,33 +598,79 @@ def optimise(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor,
     return total, seen
 
 
-def run_epochs(epochs: int, one_epoch: Callable[[int], tuple[float, int]],
-               validate: Callable[[int], tuple[np.ndarray, np.ndarray]], cfg: TrainConfig, saved: nn.Module,
-               after: Callable[[int, float], None] | None = None) -> tuple[list[dict[str, float]], _EarlyStop]:
-    """The epochs of a fit with validation and early stopping: ``one_epoch(epoch)`` trains (returns the
-    loss sum and images, as :func:`optimise`), ``validate(images_seen)`` gives the validation (logits,
-    labels); the best epoch by ``cfg``'s validation score (ties: lower loss) is kept, ``cfg.patience``
-    epochs without a better one stop it, and ``saved`` ends with the best state. ``after(epoch, top1)``
-    reports progress. Returns the per-epoch history (1-based epochs; ``seconds`` with validation,
-    ``train_images_per_s`` of the training steps alone) and the early-stop record."""
-    stop, history = _EarlyStop(cfg.patience), []
-    for epoch in range(epochs):
+KEEP = ("best", "last")
+
+
+def run_epochs(epochs: int, one_epoch: Callable[[int], tuple[float, int]], *,
+               judge: Callable[[int, int], Verdict] | None = None, keep: str = "last",
+               saved: nn.Module | None = None, patience: int | None = None, judge_first: bool = False,
+               before: Callable[[int], None] | None = None,
+               after: Callable[[int, dict[str, Any]], None] | None = None) -> tuple[list[dict[str, Any]], Best]:
+    """The one epoch loop of every training: finetune's cached and end-to-end paths (and so pruning
+    recovery), QAT, and each round of adapt's self-training. Epochs are numbered from 1; each runs
+    ``before(epoch)`` (per-epoch work that is not a step: progressive unfreezing, a sampler's epoch),
+    ``one_epoch(epoch)`` (the training: loss sum and images, as :func:`optimise` returns), then
+    ``judge(epoch, images_seen)`` (a :class:`Verdict`; None: epochs are not judged) and ``after(epoch,
+    entry)`` (progress).
+
+    ``keep``: ``"best"`` loads into ``saved`` the state of the best-judged epoch (ties: the earlier one);
+    ``"last"`` leaves the last epoch's. ``patience``: stop once that many epochs in a row did not beat
+    the best (None: never early). ``judge_first``: judge the model before training as epoch 0, a
+    candidate like any other (QAT: the calibrated, untrained model).
+
+    Returns the history, one entry per epoch (``epoch``, ``train_loss``, the verdict's fields,
+    ``seconds`` with judging, ``train_images_per_s`` of the training alone; epoch 0 has the verdict's
+    fields only), and the best epoch."""
+    if keep not in KEEP or (keep == "best" and (judge is None or saved is None)):
+        raise ValueError(f"keep={keep!r} needs one of {KEEP}, and 'best' a judge and a module to restore")
+    if judge is None and (patience is not None or judge_first):
+        raise ValueError("patience and judge_first need a judge")
+    best, history = Best(), []
+    state_of = saved if keep == "best" else None
+    if judge_first:
+        verdict = judge(0, 0)
+        history.append({"epoch": 0, **verdict.fields})
+        best.offer(0, verdict, state_of)
+    for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
+        if before is not None:
+            before(epoch)
         total, seen = one_epoch(epoch)
         trained = time.perf_counter() - t0
-        logits, labels = validate(seen)
-        vloss, vacc, vscore = _val_figures(torch.from_numpy(logits), torch.from_numpy(labels), cfg)
-        # Training images (or cached inputs) per second of the epoch's optimiser steps, validation not
+        verdict = judge(epoch, seen) if judge is not None else None
+        # Training images (or cached inputs) per second of the epoch's optimiser steps, judging not
         # counted: what says whether a GPU is fed.
-        history.append({"epoch": epoch + 1, "train_loss": total / max(1, seen), "val_loss": vloss,
-                        "val_top1": vacc, "val_score": vscore, "seconds": time.perf_counter() - t0,
+        history.append({"epoch": epoch, "train_loss": total / max(1, seen), **(verdict.fields if verdict else {}),
+                        "seconds": time.perf_counter() - t0,
                         "train_images_per_s": seen / trained if trained > 0 else None})
         if after is not None:
-            after(epoch, vacc)
-        if stop.update(epoch, vscore, vloss, saved, logits, labels):
-            break
-    saved.load_state_dict(stop.state)
-    return history, stop
+            after(epoch, history[-1])
+        if verdict is not None:
+            best.offer(epoch, verdict, state_of)
+            if patience is not None and epoch - best.epoch >= patience:
+                break
+    if keep == "best" and best.state is not None and saved is not None:
+        saved.load_state_dict(best.state)
+    return history, best
+
+
+def _fit_epochs(epochs: int, one_epoch: Callable[[int], tuple[float, int]],
+                validate: Callable[[int], tuple[np.ndarray, np.ndarray]], cfg: TrainConfig, saved: nn.Module,
+                after: Callable[[int, dict[str, Any]], None], before: Callable[[int], None] | None = None,
+                ) -> tuple[list[dict[str, float]], _FitBest]:
+    """:func:`run_epochs` as both fit paths use it: ``validate(images_seen)`` gives the validation
+    (logits, labels); the best epoch by ``cfg``'s validation score (ties: lower loss) is kept,
+    ``cfg.patience`` epochs without a better one stop it, and ``saved`` ends with the best state."""
+
+    def judge(_epoch: int, seen: int) -> Verdict:
+        logits, labels = validate(seen)
+        vloss, vacc, vscore = _val_figures(torch.from_numpy(logits), torch.from_numpy(labels), cfg)
+        return Verdict(vscore, {"val_loss": vloss, "val_top1": vacc, "val_score": vscore}, -vloss, (logits, labels))
+
+    history, best = run_epochs(epochs, one_epoch, judge=judge, keep="best", saved=saved, patience=cfg.patience,
+                               before=before, after=after)
+    logits, labels = best.kept if best.kept is not None else (np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
+    return history, _FitBest(best.epoch - 1, logits, labels)
 
 
 def param_groups(params: Any, head_params: Any, lr: float, backbone_lr_scale: float) -> list[dict[str, Any]]:
@@ -670,7 +741,7 @@ def _decoded_logits(model: nn.Module, held: Any, pre: Preprocess, device: str, b
 def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample], val: list[Sample],
                     pre: Preprocess, cfg: TrainConfig, device: str, ddp: Dist,
                     teacher: nn.Module | None = None, n_classes: int | None = None,
-                    ) -> tuple[list[dict[str, float]], _EarlyStop, list[dict[str, str]]]:
+                    ) -> tuple[list[dict[str, float]], _FitBest, list[dict[str, str]]]:
     from torch.utils.data.distributed import DistributedSampler
 
     cuda = device.startswith("cuda")
@@ -756,19 +827,21 @@ def _fit_end_to_end(model: nn.Module, arch: str, root: Path, train: list[Sample]
     with progress(cfg.quiet or not ddp.main) as bar:
         task = bar.add_task(f"train ({cfg.mode})", total=epochs * steps_per_epoch, info="")
 
-        def one_epoch(epoch: int) -> tuple[float, int]:
+        def before(epoch: int) -> None:  # epochs from 1; unfreezing and the sampler count from 0
             if cfg.progressive:
-                frozen_now[0] = freeze_for_mode(model, arch, cfg.mode, unfreeze_at(epoch))
+                frozen_now[0] = freeze_for_mode(model, arch, cfg.mode, unfreeze_at(epoch - 1))
             if sampler is not None and hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
+                sampler.set_epoch(epoch - 1)
+
+        def one_epoch(_epoch: int) -> tuple[float, int]:
             net.train()
             for m in frozen_now[0]:
                 m.eval()
             return optimise(net, batches(lambda: bar.advance(task)), opt, sched, loss_of,
                             autocast=lambda: torch.autocast("cuda", dtype=amp_dtype, enabled=cuda), scaler=scaler)
 
-        history, stop = run_epochs(epochs, one_epoch, validate, cfg, model, lambda epoch, vacc: bar.update(
-            task, info=f"epoch {epoch + 1}/{epochs} val top-1 {vacc:.3f}"))
+        history, stop = _fit_epochs(epochs, one_epoch, validate, cfg, model, lambda epoch, entry: bar.update(
+            task, info=f"epoch {epoch}/{epochs} val top-1 {entry['val_top1']:.3f}"), before)
     if teacher is not None:
         teacher.cpu()
     return history, stop, skipped

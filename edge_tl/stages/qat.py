@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -100,50 +99,52 @@ def logits_of(qm: Any, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
 
 def train(qm: Any, teacher: Any, root: Path, samples: list[Sample], pre: Preprocess, epochs: int, *,
           score: Callable[[Any], float], seed: int = 0, quiet: bool = True) -> tuple[Any, list[dict[str, Any]]]:
-    """``epochs`` of distillation from ``teacher`` with fake quantisation; returns the best state of
-    ``qm`` by ``score(qm)`` (higher is better; epoch 0 is the calibrated, untrained model) and the
-    history (seconds, training loss, score per epoch)."""
+    """``epochs`` of distillation from ``teacher`` with fake quantisation, in the one epoch loop
+    (``training.run_epochs``); returns the best state of ``qm`` by ``score(qm)`` (higher is better; ties:
+    the earlier epoch; epoch 0 is the calibrated, untrained model) and the history (score, training
+    loss, images, seconds per epoch)."""
     import torch
 
     from ..progress import progress
-    from ..training import ImageDataset, _loader, distillation_loss, optimise
+    from ..training import ImageDataset, Verdict, _loader, distillation_loss, optimise, run_epochs
 
     teacher = teacher.cpu().eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW([p for p in qm.parameters() if p.requires_grad], lr=QAT_LR, weight_decay=0.0)
     crit = torch.nn.CrossEntropyLoss()
-    best_score, best_state = score(qm), copy.deepcopy(qm.state_dict())
-    history: list[dict[str, Any]] = [{"epoch": 0, "score": best_score, "note": "calibrated, before training"}]
     gen = np.random.default_rng(seed)
     per_epoch = min(len(samples), QAT_IMAGES_PER_EPOCH)
+
+    def loss_of(out: Any, y: Any, x: Any, _extra: Any) -> Any:
+        with torch.no_grad():
+            target = teacher(x)
+        return distillation_loss(out, target, y, crit)
+
+    def judge(epoch: int, seen: int) -> Verdict:
+        s = score(qm)
+        return Verdict(s, {"score": s, "note": "calibrated, before training"} if epoch == 0
+                       else {"score": s, "images": seen})
+
     with progress(quiet) as bar:
         task = bar.add_task("QAT", total=epochs * per_epoch, info="")
-        for epoch in range(1, epochs + 1):
-            t0 = time.perf_counter()
-            drawn = [samples[i] for i in gen.permutation(len(samples))[:per_epoch]]
+
+        def one_epoch(epoch: int) -> tuple[float, int]:
+            drawn = [samples[i] for i in gen.permutation(len(samples))[:per_epoch]]  # a fresh seeded subset
             loader = _loader(ImageDataset(root, drawn, pre, train=True), QAT_BATCH, True, 0, seed + epoch)
             qm.train()
 
-            def batches(loader: Any = loader) -> Any:
+            def batches() -> Any:
                 for x, y, _i, bad in loader:  # unreadable images come back as bad and are left out
                     if len(x):
                         yield x, y, None
                     bar.advance(task, len(x) + len(bad))
 
-            def loss_of(out: Any, y: Any, x: Any, _extra: Any) -> Any:
-                with torch.no_grad():
-                    target = teacher(x)
-                return distillation_loss(out, target, y, crit)
+            return optimise(qm, batches(), opt, None, loss_of)  # constant rate: no schedule
 
-            total, seen = optimise(qm, batches(), opt, None, loss_of)  # constant rate: no schedule
-            s = score(qm)
-            history.append({"epoch": epoch, "score": s, "train_loss": total / max(1, seen),
-                            "images": seen, "seconds": time.perf_counter() - t0})
-            bar.update(task, info=f"epoch {epoch}/{epochs} selection score {s:.4f}")
-            if s > best_score:
-                best_score, best_state = s, copy.deepcopy(qm.state_dict())
-    qm.load_state_dict(best_state)
+        history, _best = run_epochs(epochs, one_epoch, judge=judge, keep="best", saved=qm, judge_first=True,
+                                    after=lambda epoch, entry: bar.update(
+                                        task, info=f"epoch {epoch}/{epochs} selection score {entry['score']:.4f}"))
     qm.eval()
     return qm, history
 

@@ -1,7 +1,11 @@
 """Self-training of the adapt stage (FixMatch-style pseudo-labels, Sohn et al. 2020): the model labels the
 unlabelled images it is sure of, on a plain and an augmented view, and trains on them for a few rounds, on
-the fine-tune's own path (cached frozen layers for linear/partial, end to end for full) and the one batch
-loop (``training.optimise``).
+the fine-tune's own path (cached frozen layers for linear/partial, end to end for full), the one epoch loop
+(``training.run_epochs``) and the one batch loop (``training.optimise``).
+
+A round is not an epoch: it labels the images anew, starts a fresh optimiser and learning-rate schedule
+over its own ``epochs``, trains them (``run_epochs``, not judged: no labelled images here, so the last
+epoch stays), labels again and stops when few answers changed. ``self_train`` loops over rounds.
 """
 
 from __future__ import annotations
@@ -160,7 +164,7 @@ class _CachedLearner(_Learner):
     def train(self, idx: np.ndarray, labels: np.ndarray, round_: int) -> float:
         import torch
 
-        from ..training import _schedule, kd_loss, optimise
+        from ..training import _schedule, kd_loss, optimise, run_epochs
 
         epochs = self.st.epochs or 5
         gen = torch.Generator().manual_seed(self.st.seed * 100 + round_)
@@ -183,15 +187,16 @@ class _CachedLearner(_Learner):
                 loss = loss + self.st.distill * kd_loss(out, self.teacher_logits[vi].to(self.device))
             return loss
 
-        total, seen = 0.0, 0
-        for _ in range(epochs):
+        def one_epoch(_epoch: int) -> tuple[float, int]:
             self.trainable.train()
             order = torch.randperm(len(idx), generator=gen)
             view = (torch.randint(0, n_aug, (len(idx),), generator=gen) + 1 if n_aug
                     else torch.zeros(len(idx), dtype=torch.long))
-            total, seen = optimise(self.trainable, batches(order, view), opt, sched, loss_of)
+            return optimise(self.trainable, batches(order, view), opt, sched, loss_of)
+
+        history, _ = run_epochs(epochs, one_epoch)  # not judged: the round's last epoch stays
         self.trainable.eval()
-        return total / max(1, seen)
+        return history[-1]["train_loss"]
 
 
 class _EndToEndLearner(_Learner):
@@ -235,7 +240,7 @@ class _EndToEndLearner(_Learner):
     def train(self, idx: np.ndarray, labels: np.ndarray, round_: int) -> float:
         import torch
 
-        from ..training import ImageDataset, _loader, _schedule, _to, kd_loss, optimise
+        from ..training import ImageDataset, _loader, _schedule, _to, kd_loss, optimise, run_epochs
 
         epochs = self.st.epochs or 2
         chosen = [Sample(self.samples[i].path, int(y)) for i, y in zip(idx.tolist(), labels.tolist(), strict=True)]
@@ -259,14 +264,15 @@ class _EndToEndLearner(_Learner):
                 loss = loss + self.st.distill * kd_loss(out, target)
             return loss
 
-        total, seen = 0.0, 0
-        for _ in range(epochs):
+        def one_epoch(_epoch: int) -> tuple[float, int]:
             self.model.train()
             for m in self.frozen:
                 m.eval()
-            total, seen = optimise(self.model, batches(), opt, sched, loss_of)
+            return optimise(self.model, batches(), opt, sched, loss_of)
+
+        history, _ = run_epochs(epochs, one_epoch)  # not judged: the round's last epoch stays
         self.model.eval()
-        return total / max(1, seen)
+        return history[-1]["train_loss"]
 
 
 def self_train(model: nn.Module, arch: str, cfg: Any, root: Path, samples: list[Sample], pre: Preprocess,
