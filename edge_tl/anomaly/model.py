@@ -54,14 +54,9 @@ class AnomalySpec:
 
 def backbone_stages(model: Any, arch: str) -> list[Any]:
     """The backbone as an ordered list of modules that run one after the other (head excluded)."""
-    import torch.nn as nn
+    from ..models import runnable_blocks
 
-    if hasattr(model, "features"):
-        return list(model.features.children())
-    if hasattr(model, "layer1"):  # ResNets
-        return [nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool),
-                model.layer1, model.layer2, model.layer3, model.layer4]
-    raise ConfigError(f"--task anomaly does not know how to split {arch} into stages")
+    return runnable_blocks(model, arch)
 
 
 def stride_cuts(stages: list[Any], input_size: int) -> tuple[int, int, list[int]]:
@@ -149,13 +144,11 @@ def _torch_modules() -> Any:
 def build_anomaly_model(spec: AnomalySpec, backbone_state: dict | None = None) -> Any:
     """An ``AnomalyModel`` for ``spec``: the ImageNet backbone (``backbone_state``, or empty for a
     state_dict to be loaded next), a zero bank and threshold 1. In eval mode."""
-    import torchvision.models as tvm
+    from ..models import build_backbone
 
     method = method_for(spec.method)
     PatchFeatures, AnomalyModel = _torch_modules()
-    backbone = getattr(tvm, spec.arch)(weights=None)
-    if backbone_state is not None:
-        backbone.load_state_dict(backbone_state)
+    backbone = build_backbone(spec.arch, backbone_state)
     stages = backbone_stages(backbone, spec.arch)
     features = PatchFeatures(stages, spec.cut8, spec.cut16, spec.channels, spec.dim)
     return AnomalyModel(features, method.head(spec.bank, spec.dim, spec.clusters)).eval()

