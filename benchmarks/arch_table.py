@@ -61,7 +61,8 @@ def _bench(run: Path) -> dict[str, Any]:
         r = json.loads((run / "reports" / f"{t}.json").read_text())
         c = r["candidate"]
         out[t] = {"drop": c["top1_drop"], "agreement": c["agreement"], "p50_ms": c["latency_ms"]["p50"],
-                  "speedup": r["speedup"], "layers": c["precision_state"]["label"], "passed": r["passed"],
+                  "speedup": r["speedup"], "passed": r["passed"],
+                  "layers": (c.get("precision_state") or {}).get("label", c["precision"]),
                   "reliable": r["timing_reliable"], "host": r["host"]}
     return out
 

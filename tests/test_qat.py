@@ -90,3 +90,29 @@ def test_export_qat_trains_chooses_on_selection_and_judges_on_validation(run_cop
 def test_cli_qat_on_a_float_target_warns_and_negative_epochs_exit_2(run_copy: Path, capsys) -> None:
     assert main(["export", str(run_copy), "--target", "cpu-onnxruntime-int8", "--qat", "-1"]) == 2
     assert "--qat" in capsys.readouterr().err
+
+
+def test_qat_reports_the_epoch_it_ships(finetuned_run: Path) -> None:
+    """With a score, the best epoch's state ships and is the one reported (ties: the earlier, here the
+    calibrated epoch 0); without one (no selection images), the last epoch ships and is reported."""
+    from edge_tl.manifest import read_manifest
+    from edge_tl.preprocess import Preprocess
+
+    run = RunDir(finetuned_run)
+    model, _ = load_model(run.finetune)
+    pre = Preprocess.from_dict(read_manifest(run.finetune)["preprocessing"])
+    root, train, _val = run.split()
+    es = load_eval_set(ensure_eval_set(run))
+    mapping = qat.qconfig_mapping("uint8", False, reduce_range=True)
+
+    def prepared(model: torch.nn.Module) -> torch.nn.Module:
+        return qat.prepare(model, es.inputs.shape[-1], mapping, es.inputs[:8])
+
+    qm = prepared(model)
+    before = {k: v.clone() for k, v in qm.state_dict().items()}
+    qm, history, shipped = qat.train(qm, model, root, train[:8], pre, 2, score=lambda m: 0.0)
+    assert shipped == 0 and [h["epoch"] for h in history] == [0, 1, 2]
+    assert all(torch.equal(before[k], v) for k, v in qm.state_dict().items() if v.is_floating_point())
+    teacher, _ = load_model(run.finetune)  # train() freezes its teacher: a fresh one to prepare from
+    qm, history, shipped = qat.train(prepared(teacher), teacher, root, train[:8], pre, 2, score=None)
+    assert shipped == 2 == len(history)

@@ -98,11 +98,13 @@ def logits_of(qm: Any, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
 
 
 def train(qm: Any, teacher: Any, root: Path, samples: list[Sample], pre: Preprocess, epochs: int, *,
-          score: Callable[[Any], float], seed: int = 0, quiet: bool = True) -> tuple[Any, list[dict[str, Any]]]:
+          score: Callable[[Any], float] | None, seed: int = 0,
+          quiet: bool = True) -> tuple[Any, list[dict[str, Any]], int]:
     """``epochs`` of distillation from ``teacher`` with fake quantisation, in the one epoch loop
-    (``training.run_epochs``); returns the best state of ``qm`` by ``score(qm)`` (higher is better; ties:
-    the earlier epoch; epoch 0 is the calibrated, untrained model) and the history (score, training
-    loss, images, seconds per epoch)."""
+    (``training.run_epochs``); returns ``qm`` in the state of the best epoch by ``score(qm)`` (higher is
+    better; ties: the earlier epoch; epoch 0 is the calibrated, untrained model), the history (score,
+    training loss, images, seconds per epoch) and the number of the epoch that state is from. Without a
+    ``score`` (no images to judge on) the last epoch's state is kept."""
     import torch
 
     from ..progress import progress
@@ -122,7 +124,7 @@ def train(qm: Any, teacher: Any, root: Path, samples: list[Sample], pre: Preproc
         return distillation_loss(out, target, y, crit)
 
     def judge(epoch: int, seen: int) -> Verdict:
-        s = score(qm)
+        s = score(qm)  # type: ignore[misc]
         return Verdict(s, {"score": s, "note": "calibrated, before training"} if epoch == 0
                        else {"score": s, "images": seen})
 
@@ -142,11 +144,16 @@ def train(qm: Any, teacher: Any, root: Path, samples: list[Sample], pre: Preproc
 
             return optimise(qm, batches(), opt, None, loss_of)  # constant rate: no schedule
 
-        history, _best = run_epochs(epochs, one_epoch, judge=judge, keep="best", saved=qm, judge_first=True,
-                                    after=lambda epoch, entry: bar.update(
-                                        task, info=f"epoch {epoch}/{epochs} selection score {entry['score']:.4f}"))
+        if score is None:
+            history, _ = run_epochs(epochs, one_epoch, keep="last",
+                                    after=lambda epoch, entry: bar.update(task, info=f"epoch {epoch}/{epochs}"))
+            qm.eval()
+            return qm, history, len(history)
+        history, best = run_epochs(epochs, one_epoch, judge=judge, keep="best", saved=qm, judge_first=True,
+                                   after=lambda epoch, entry: bar.update(
+                                       task, info=f"epoch {epoch}/{epochs} selection score {entry['score']:.4f}"))
     qm.eval()
-    return qm, history
+    return qm, history, best.epoch
 
 
 def to_onnx(qm: Any, crop: int, opset: int) -> bytes:

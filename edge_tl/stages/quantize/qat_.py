@@ -49,12 +49,11 @@ def quantize_qat(backend: Quantizer, target: Target, run: RunDir, model: Any, ou
     samples = [s for s in train if s.path not in held and s.path not in {v.path for v in val}]
 
     def score(m: Any) -> float:
-        if judge.select is None:
-            return 0.0  # nothing to choose on: the last epoch ships
         values = judge.on_selection(lambda inputs: qat.logits_of(m, inputs))
         return gate_margin(values, target.gates) + values["agreement"] * 1e-3
-    qm, history = qat.train(qm, model, root, samples, pre, epochs, score=score, quiet=quiet)
-    best = max(history, key=lambda h: (h["score"], h["epoch"]))["epoch"]
+    # Nothing to choose on without a selection set: the last epoch ships. ``best``: the epoch that ships.
+    qm, history, best = qat.train(qm, model, root, samples, pre, epochs,
+                                  score=None if judge.select is None else score, quiet=quiet)
     # The trained graph has logits only; the float graph's ood_score subgraph is attached to its features.
     qdq = qat.to_onnx(qm, pre.crop, target.opset)
     if float_onnx is not None:
