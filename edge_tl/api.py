@@ -72,71 +72,58 @@ def _library_output(stage: _Stage) -> _Stage:
 
 
 @_library_output
-def finetune(data_dir: PathLike, out: PathLike, *, arch: str = "mobilenet_v2", weights: str = "imagenet",
-             mode: str = "linear", epochs: int | None = None, unfreeze: int = 3, progressive: bool = False,
-             lr: float | None = None, backbone_lr_scale: float = 0.1, batch_size: int = 32,
-             val_fraction: float = 0.2, seed: int = 0, device: str = "auto", workers: int = 2, cache_mb: int = 2048,
-             patience: int = 5, views: int = 2, balance: str = "none", resize: str | None = None,
-             engine: str = "auto", input_size: int | None = None, baseline: str = "none",
-             task: str = "classify", method: str = "padim", val: PathLike | None = None,
-             ok_class: str | None = None, holdout: float | None = None, coreset: float = 0.01,
-             bank_size: int | None = None, dim: int | None = None, clusters: int | str = "auto",
-             max_false_reject: float | None = None, quiet: bool = True) -> dict[str, Any]:
+def finetune(data_dir: PathLike, out: PathLike, *, quiet: bool = True, **options: Any) -> dict[str, Any]:
     """Fine-tune an ImageNet backbone on an ImageFolder, or with ``task="anomaly"`` fit a good-only
     anomaly model; writes ``out/finetune/``.
 
-    ``data_dir``: one sub-folder per class (any image format Pillow reads, any size; each image is
-    resized to the backbone's input, 224x224 for mobilenet_v2, or ``input_size`` pixels square).
-    ``weights``: ``"imagenet"``, ``"none"``, ``"run:RUN"`` (the backbone of an earlier edge-tl run; its
-    preprocessing is carried, and ``resize`` None takes it) or the path of a state_dict. ``baseline``:
-    ``"scratch"`` also trains the same arch from random initialisation and records the transfer's gain in
-    ``metrics["baseline"]``. ``mode``: ``"linear"``
-    (frozen backbone, cached features), ``"partial"`` (also the last ``unfreeze`` blocks) or
-    ``"full"``. ``val_fraction`` of each class is held out (stratified, by ``seed``); the first
-    ``export`` or ``bench`` stores them as ``RUN/eval.npz``, preprocessed (N, 3, H, W), with the
+    ``options``: the fields of ``edge_tl.settings.FinetuneSettings``, the same as ``edge-tl finetune``'s
+    options and the pipeline file's ``[finetune]`` keys, with the same defaults and limits (``arch``,
+    ``weights``: ``"imagenet"`` | ``"none"`` | ``"run:RUN"`` | a state_dict path, ``mode``: ``"linear"`` |
+    ``"partial"`` | ``"full"``, ``epochs``, ``unfreeze``, ``balance``, ``input_size``, ``baseline``, ``task``,
+    and the anomaly options ``method``, ``val``, ``holdout``, ``coreset``, ``clusters`` ...).
+    ``data_dir``: one sub-folder per class (any image format Pillow reads, any size; each image is resized
+    to the backbone's input). ``val_fraction`` of each class is held out (stratified, by ``seed``); the
+    first ``export`` or ``bench`` stores them as ``RUN/eval.npz``, preprocessed (N, 3, H, W), with the
     model's (N, classes) float32 logits as the reference for every later comparison.
 
-    ``cache_mb``: end-to-end training (``full``, ``progressive``) decodes the images once and augments
-    them on the training device when their frames fit in this many MB (0: decode every epoch).
-    ``task="anomaly"`` (``edge-tl finetune --task anomaly``): ``data_dir`` holds good images (or an
-    ImageFolder whose good class is ``ok_class``); ``method`` ``"padim"`` or ``"patchcore"``, ``val`` a
-    labelled folder for the threshold, ``holdout``, ``coreset`` / ``bank_size`` (PatchCore), ``dim``,
-    ``clusters`` (PaDiM modes), ``max_false_reject`` (the threshold's false-reject rate); the training
-    options above (``mode``, ``epochs`` ...) do not apply, ``baseline`` and ``weights="run:..."`` are
-    ConfigErrors. Its manifest carries ``task: "anomaly"``, AUROC and the threshold instead of top-1.
-
     Returns the manifest (``out/finetune/manifest.json``): ``metrics`` (``val_top1``,
-    ``val_balanced_accuracy`` as fractions, ``per_class_recall``, ``epochs``: best (1-based), run, planned), ``timings``
-    (``train_seconds``, ``device``), ``data`` (``n_images``, classes), the preprocessing contract.
-    Raises MissingExtraError without torch, DataError for an unusable folder, ConfigError for a bad
-    option.
+    ``val_balanced_accuracy`` as fractions, ``per_class_recall``, ``epochs``: best (1-based), run, planned),
+    ``timings`` (``train_seconds``, ``device``), ``data`` (``n_images``, classes), the preprocessing contract;
+    an anomaly run's carries ``task: "anomaly"``, AUROC and the threshold instead of top-1. Raises
+    MissingExtraError without torch, DataError for an unusable folder, ConfigError for a bad or unknown
+    option (naming it) or one that does not go with the task.
     """
     _require_training()
-    from .tasks import fit_task, fit_task_options
+    from .settings import FinetuneSettings
 
-    return fit_task(data_dir, out, **fit_task_options(locals()))
+    return _settings(FinetuneSettings, {"data": data_dir, "out": out, **options}).run(quiet)
 
 
 @_library_output
-def prune(run: PathLike, ratio: float = 0.3, *, round_to: int = 16, recover: str = "auto",
-          recover_epochs: int | None = None, importance: str = "l2", steps: int | None = None,
-          device: str = "auto", data: PathLike | None = None, quiet: bool = True) -> dict[str, Any]:
+def prune(run: PathLike, ratio: float = 0.3, *, quiet: bool = True, **options: Any) -> dict[str, Any]:
     """Remove ``ratio`` (0 < ratio < 1) of every prunable layer's output channels, fine-tune to
     recover, and write ``RUN/prune/``; ``export`` then uses it by default.
 
-    Kept channel counts are multiples of ``round_to`` (8, 16 or 32). ``recover``: ``"full"``,
-    ``"partial"``, ``"head"`` or ``"auto"``; ``recover_epochs=0`` only recomputes BatchNorm statistics.
-    Returns the manifest: channel counts per layer, MACs and parameters before and after, and the
-    recovered validation metrics. ``data``: where the run's images are now when they moved (checked
-    against split.json's sha256). Raises MissingExtraError without torch/torch-pruning,
-    ArtifactError when ``RUN/finetune`` is missing, ConfigError for a bad option, DataError when the
-    run's images are gone or differ.
+    ``options``: the fields of ``edge_tl.settings.PruneSettings`` (``edge-tl prune``'s options, ``[prune]``'s
+    keys): ``round_to`` (8, 16 or 32: kept channel counts are its multiples), ``recover`` (``"full"``,
+    ``"partial"``, ``"head"`` or ``"auto"``), ``recover_epochs`` (0 only recomputes BatchNorm statistics),
+    ``importance``, ``steps``, ``device``, ``data`` (where the run's images are now when they moved,
+    checked against split.json's sha256). Returns the manifest: channel counts per layer, MACs and
+    parameters before and after, and the recovered validation metrics. Raises MissingExtraError without
+    torch/torch-pruning, ArtifactError when ``RUN/finetune`` is missing, ConfigError for a bad option,
+    DataError when the run's images are gone or differ.
     """
     _require_training()
-    from .stages.prune import prune as run_prune
+    from .settings import PruneSettings
 
-    return run_prune(run, ratio, recover_epochs=recover_epochs, importance=importance, steps=steps,
-                     quiet=quiet, device=device, recover=recover, round_to=round_to, data=data)
+    return _settings(PruneSettings, {"ratio": ratio, **options}).run(run, quiet)
+
+
+def _settings(model: Any, values: dict[str, Any]) -> Any:
+    """``model`` from an API call's keyword arguments; a ConfigError names the keyword."""
+    from .settings import validate
+
+    return validate(model, values, lambda key: f"option {key!r}")
 
 
 @_library_output
@@ -165,45 +152,42 @@ def adapt(run: PathLike, unlabeled: PathLike, *, method: str = "adabn", target_v
 
 
 @_library_output
-def export(run: PathLike, target: str, *, calibration: str | None = None, source: str | None = None,
-           qat: int = 0, ood: bool = True, data: str | None = None, quiet: bool = True) -> dict[str, Any]:
+def export(run: PathLike, target: str, *, quiet: bool = True, **options: Any) -> dict[str, Any]:
     """Export the run's model for one target (a built-in name or a profile file's path) to
     ``RUN/targets/<name>/``: ONNX, an INT8 QDQ graph, OpenVINO IR or the ONNX a TensorRT engine is
     built from, then check it against the torch model on ``eval.npz`` where this host can run it.
 
-    ``calibration``: INT8 only, a folder of (unlabelled) images to calibrate on (default: the
-    training split). ``data``: where the run's images are now when they moved (checked against
-    split.json's sha256; DataError on a mismatch). ``source``: ``"finetune"``, ``"prune"`` or
-    ``"adapt"`` (``rundir.MODEL_STAGES``; default: prune when present, else finetune).
-    ``qat``: INT8 only, epochs of quantisation-aware training instead of post-training quantisation
-    (``manifest["quantizer"]["history"]`` has the selection-set score per epoch). ``ood``: a classifier's
-    graph gets a second output, ``ood_score`` (``edge_tl/ood.py``; ``manifest["ood"]`` says what it was
-    fitted and calibrated on and the target's limit).
+    ``options``: the fields of ``edge_tl.settings.ExportSettings`` but ``targets`` (``edge-tl export``'s
+    options, ``[export]``'s keys): ``calibration`` (INT8: a folder of unlabelled images to calibrate on;
+    default the training split), ``source`` (``"finetune"``, ``"prune"`` or ``"adapt"``; default prune when
+    present, else finetune), ``qat`` (INT8: epochs of quantisation-aware training instead of post-training
+    quantisation; ``manifest["quantizer"]["history"]`` has the selection-set score per epoch), ``ood``
+    (a classifier's graph gets a second output, ``ood_score``; ``manifest["ood"]``), ``data`` (where the
+    run's images are now when they moved; DataError on a sha256 mismatch).
     Returns the target manifest; ``manifest["validation"]`` holds ``agreement`` (fraction of argmax
     equal to the torch model's) and ``max_abs_logit_diff``, or is None when this host cannot run the
     target. Raises MissingExtraError (torch, onnx, openvino, nncf), ConfigError for an unknown target
-    (with the closest name), ArtifactError when the run has no model.
+    (with the closest name) or option, ArtifactError when the run has no model.
     """
-    from .stages.export import export as run_export
+    from .settings import ExportSettings
 
-    return run_export(run, target, calibration=calibration, source=source, quiet=quiet, qat_epochs=qat, ood=ood,
-                      data=data)
+    return _settings(ExportSettings, {"targets": [target], **options}).run(run, target, quiet)
 
 
 @_library_output
-def bench(run: PathLike, targets: list[str] | None = None, *, data: PathLike | None = None,
-          json_path: PathLike | None = None, wait_quiet: float = 0.0, export: bool = False, layers: bool = False,
-          latency: bool = True, quiet: bool = True) -> list[dict[str, Any]]:
+def bench(run: PathLike, targets: list[str] | None = None, *, quiet: bool = True,
+          **options: Any) -> list[dict[str, Any]]:
     """Measure each target against the full fp32 torch model in one process; write and return reports.
 
     ``targets``: names or profile paths (None: every built-in target; those this host cannot run, or
-    not exported, come back with ``report["skipped"]`` saying why). ``data``: another labelled folder
-    with the same classes to evaluate on instead of the run's held-out split. ``export``: first export
-    the chosen targets this host can run that are not exported yet. ``layers``: also record per-layer
-    timings. ``wait_quiet``: seconds to wait for a quiet host before timing. ``json_path``: also write the
-    JSON there (one target: its report; several: a list of reports in bench order). ``latency=False``:
-    accuracy only, nothing timed (latency figures null, a latency gate ``passed: None``, "not measured").
-    The torch reference is timed once per call for each threads / batch / input size / device.
+    not exported, come back with ``report["skipped"]`` saying why). ``options``: the fields of
+    ``edge_tl.settings.BenchSettings`` (``edge-tl bench``'s options, ``[bench]``'s keys): ``data`` (another
+    labelled folder with the same classes instead of the run's held-out split), ``export`` (first export the
+    chosen targets this host can run that are not exported yet), ``layers`` (per-layer timings),
+    ``wait_quiet`` (seconds to wait for a quiet host before timing), ``json_path`` (also write the JSON
+    there: one target its report, several a list in bench order), ``latency=False`` (accuracy only, nothing
+    timed: latency figures null, a latency gate ``passed: None``, "not measured"). The torch reference is
+    timed once per call for each threads / batch / input size / device.
 
     Each report is the JSON of ``RUN/reports/<target>.json``: ``reference`` and ``candidate`` with
     ``top1`` (fraction), ``latency_ms`` (``p50``/``p90``/``p99``/``mean``, batch 1, milliseconds),
@@ -212,47 +196,36 @@ def bench(run: PathLike, targets: list[str] | None = None, *, data: PathLike | N
     p50); ``gates`` and ``passed``. A failed gate is not an exception here: check ``report["passed"]``
     (the CLI exits 1). Raises ArtifactError when the run has no ``eval.npz`` and cannot make one.
     """
-    from .orchestrate import bench as run_bench
+    from .settings import BenchSettings
 
-    options: dict[str, Any] = {}
-    if export:
-        options["export"] = True
-    if layers:
-        options["layers"] = True
-    if not latency:
-        options["latency"] = False
-    return run_bench(run, None if targets is None else [str(t) for t in targets],
-                     data=str(data) if data else None, json_path=str(json_path) if json_path else None,
-                     quiet=quiet, wait_quiet=wait_quiet, **options)
+    chosen = None if targets is None else [str(t) for t in targets]
+    return _settings(BenchSettings, {"targets": chosen, **options}).run(run, quiet)
 
 
 @_library_output
-def bundle(run: PathLike, target: str, out: PathLike, *, golden: int = 8, ok_classes: list[str] | None = None,
-           defect_classes: list[str] | None = None, max_escape: float | None = None,
-           max_false_reject: float | None = None, ok_threshold: float | None = None,
-           defect_threshold: float = 0.5, ood_limit: float | None = None, use_ood: bool = True,
-           allow_failed: bool = False, quiet: bool = True) -> dict[str, Any]:
+def bundle(run: PathLike, target: str, out: PathLike, *, quiet: bool = True, **options: Any) -> dict[str, Any]:
     """Package an exported target for a device in ``out``: model, preprocessing, QC policy, sha256 of
     every file and ``golden`` images with their expected logits (the runtime refuses to classify if it
     does not reproduce them). Open it with ``open_bundle(out)`` (``edge_tl.runtime``, no torch).
 
-    The QC policy: ``ok_classes``/``defect_classes`` split the classes; the ok threshold (a softmax
-    probability in [0, 1]) is fixed (``ok_threshold``) or tuned on the validation split to a
-    false-reject rate (``max_false_reject``, default 0.01) or an escape rate (``max_escape``: the
-    share of defects passed as ok); a defect answer below ``defect_threshold`` becomes ``review``.
+    ``options``: the fields of ``edge_tl.settings.BundleSettings`` (``edge-tl bundle``'s options,
+    ``[bundle]``'s keys). The QC policy: ``ok_classes``/``defect_classes`` split the classes; the ok
+    threshold (a softmax probability in [0, 1]) is fixed (``ok_threshold``) or tuned on the validation
+    split to a false-reject rate (``max_false_reject``, default 0.01) or an escape rate (``max_escape``:
+    the share of defects passed as ok); a defect answer below ``defect_threshold`` becomes ``review``.
     Give at most one of the three. An image whose ``ood_score`` exceeds ``ood_limit`` (default: the limit
     the export calibrated for this target) is ``review`` with the reason ``out_of_distribution``;
-    ``use_ood=False`` switches that off. The target must have passed ``bench`` (its report of this export in
-    ``RUN/reports/``) unless ``allow_failed`` (then ``bundle.json["bench"]`` records it). Returns ``bundle.json``.
-    Raises ArtifactError when the target is not exported (the message gives the command that exports it),
-    failed its bench or was not benched, ConfigError for a bad option.
+    ``ood=False`` (or, as before, ``use_ood=False``) switches that off. The target must have passed
+    ``bench`` (its report of this export in ``RUN/reports/``) unless ``allow_failed`` (then
+    ``bundle.json["bench"]`` records it). Returns ``bundle.json``. Raises ArtifactError when the target is
+    not exported (the message gives the command that exports it), failed its bench or was not benched,
+    ConfigError for a bad option.
     """
-    from .stages.bundle import bundle as run_bundle
+    from .settings import BundleSettings
 
-    return run_bundle(run, target, out, golden, ok_classes=ok_classes, defect_classes=defect_classes,
-                      max_false_reject=max_false_reject, ok_threshold=ok_threshold,
-                      defect_threshold=defect_threshold, max_escape=max_escape, ood_limit=ood_limit,
-                      use_ood=use_ood, allow_failed=allow_failed, quiet=quiet)
+    if "use_ood" in options:  # the keyword's name before the settings model
+        options["ood"] = options.pop("use_ood")
+    return _settings(BundleSettings, {"target": target, "out": out, **options}).run(run, quiet)
 
 
 @_library_output

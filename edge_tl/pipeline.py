@@ -14,17 +14,24 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .anomaly.methods import names as anomaly_methods
 from .errors import ConfigError
 from .rundir import RunDir
+from .settings import (
+    STAGES,
+    BenchSettings,
+    BundleSettings,
+    ExportSettings,
+    FinetuneSettings,
+    PruneSettings,
+    key_of_flag,
+    keys,
+)
 
 log = logging.getLogger(__name__)
-# The anomaly methods registered when the package was imported: a new method needs no edit here.
-AnomalyMethodName = Literal[anomaly_methods()]  # type: ignore[valid-type]
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,135 +39,23 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class _Strict(BaseModel):
+class Pipeline(BaseModel):
+    """The file: one table per stage, each the stage's settings model (``edge_tl.settings``)."""
+
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    finetune: FinetuneSettings
+    prune: PruneSettings | None = None
+    export: ExportSettings | None = None
+    bench: BenchSettings | None = None
+    bundle: BundleSettings | None = None
 
 
-class FinetuneStep(_Strict):
-    """``[finetune]``: the options of ``edge-tl finetune`` (``data`` is DATA_DIR)."""
-
-    data: str
-    out: str
-    arch: str = "mobilenet_v2"
-    weights: str = "imagenet"
-    mode: Literal["linear", "partial", "full"] = "linear"
-    epochs: int | None = None
-    unfreeze: int = 3
-    progressive: bool = False
-    lr: float | None = None
-    backbone_lr_scale: float = 0.1
-    batch_size: int = Field(32, ge=1)
-    val_fraction: float = 0.2
-    seed: int = 0
-    device: str = "auto"
-    workers: int = Field(2, ge=0)
-    cache_mb: int = Field(2048, ge=0)
-    patience: int = 5
-    views: int = 2
-    balance: Literal["none", "weights", "sampler"] = "none"
-    resize: Literal["shorter", "full", "letterbox", "auto"] | None = None  # None: shorter; full for anomaly
-    engine: Literal["auto", "onnxruntime", "torch"] = "auto"
-    input_size: int | None = Field(None, ge=32, le=1024)
-    baseline: Literal["none", "scratch"] = "none"  # classify only
-    # --task anomaly (good-only anomaly detection; ``data`` holds good images)
-    task: Literal["classify", "anomaly"] = "classify"
-    method: AnomalyMethodName = anomaly_methods()[0]  # the registered anomaly methods (anomaly.methods)
-    val: str | None = None
-    ok_class: str | None = None
-    coreset: float = Field(0.01, gt=0, le=1)
-    bank_size: int | None = Field(None, ge=1)
-    dim: int | None = Field(None, ge=1)
-    clusters: Literal["auto"] | Annotated[int, Field(ge=1, le=8)] = "auto"
-    holdout: float | None = Field(None, ge=0, lt=1)
-    max_false_reject: float | None = Field(None, gt=0, lt=1)
-
-
-class PruneStep(_Strict):
-    """``[prune]``: the options of ``edge-tl prune`` (``device`` defaults to the fine-tune's)."""
-
-    ratio: float = Field(gt=0, lt=1)
-    round_to: Literal[8, 16, 32] = 16
-    recover: Literal["auto", "full", "partial", "head"] = "auto"
-    recover_epochs: int | None = None
-    importance: Literal["l2", "taylor"] = "l2"
-    steps: int | None = Field(None, ge=1)
-    device: str | None = None
-    data: str | None = None  # the run's images moved here (`--data`)
-
-
-class ExportStep(_Strict):
-    """``[export]``: ``edge-tl export`` once per target (``source`` is ``--from``)."""
-
-    targets: list[str]
-    calibration: str | None = None
-    source: Literal["finetune", "prune"] | None = None
-    qat: int = Field(0, ge=0)
-    ood: bool = True  # the ood_score output (`--no-ood` is ood = false)
-    data: str | None = None  # the run's images moved here (`--data`)
-
-
-class BenchStep(_Strict):
-    """``[bench]``: the options of ``edge-tl bench`` (``json`` is ``--json``)."""
-
-    targets: list[str] | None = None  # default: the exported ones
-    all_targets: bool = False
-    export: bool = False
-    data: str | None = None
-    layers: bool = False
-    json_path: str | None = Field(None, alias="json")  # the TOML key is `json`, as the option
-    wait_quiet: float = Field(0.0, ge=0)
-    latency: bool = True  # time the models (`--no-latency` is latency = false: accuracy only)
-
-
-class BundleStep(_Strict):
-    """``[bundle]``: the options of ``edge-tl bundle`` (``ok_classes``/``defect_classes`` are the repeatable
-    ``--ok-class``/``--defect-class``)."""
-
-    target: str
-    out: str
-    golden: int = Field(8, ge=1)
-    ok_classes: list[str] | None = None
-    defect_classes: list[str] | None = None
-    max_escape: float | None = Field(default=None, ge=0, lt=1)
-    max_false_reject: float | None = Field(default=None, ge=0, lt=1)
-    ok_threshold: float | None = Field(default=None, ge=0, le=1)
-    defect_threshold: float = Field(0.5, ge=0, le=1)
-    ood_limit: float | None = Field(default=None, gt=0)
-    ood: bool = True  # review out-of-distribution images (`--no-ood` is ood = false)
-    allow_failed: bool = False  # ship a target whose bench failed, or that has none (recorded in bundle.json)
-
-
-class Pipeline(_Strict):
-    finetune: FinetuneStep
-    prune: PruneStep | None = None
-    export: ExportStep | None = None
-    bench: BenchStep | None = None
-    bundle: BundleStep | None = None
-
-
-# CLI options with no pipeline key, and why (tests/test_cli_conventions.py checks every other option of
-# these commands is a key of its table, and docs/pipeline.md documents every key).
-CLI_ONLY = {
-    "finetune": {"quiet": "`edge-tl run --quiet` covers every stage"},
-    "prune": {"run": "the run is [finetune] out", "quiet": "`edge-tl run --quiet`"},
-    "export": {"run": "the run is [finetune] out", "quiet": "`edge-tl run --quiet`"},
-    "bench": {"run": "the run is [finetune] out", "quiet": "`edge-tl run --quiet`"},
-    "bundle": {"run": "the run is [finetune] out", "quiet": "`edge-tl run --quiet`"},
-}
-# CLI option name -> pipeline key, where they differ.
-CLI_TO_KEY = {
-    "finetune": {"data_dir": "data"},
-    "export": {"target": "targets", "from_": "source", "no_ood": "ood"},
-    "bench": {"target": "targets", "json_path": "json", "no_latency": "latency"},
-    "bundle": {"ok_class": "ok_classes", "defect_class": "defect_classes", "no_ood": "ood"},
-}
-STEPS: dict[str, type[_Strict]] = {"finetune": FinetuneStep, "prune": PruneStep, "export": ExportStep,
-                                  "bench": BenchStep, "bundle": BundleStep}
+STEPS = STAGES
 
 
 def step_keys(step: str) -> list[str]:
     """The TOML keys of one table, in order (aliases as written in the file)."""
-    return [f.alias or name for name, f in STEPS[step].model_fields.items()]
+    return keys(STAGES[step])
 
 
 def load_pipeline(path: Path) -> Pipeline:
@@ -252,7 +147,7 @@ def _classes(p: Pipeline, here: Path, fail: Callable[[str, str], ConfigError]) -
     return classes
 
 
-def _check_policy(b: BundleStep, classes: list[str], given: list[str],
+def _check_policy(b: BundleSettings, classes: list[str], given: list[str],
                   fail: Callable[[str, str], ConfigError]) -> None:
     """``[bundle]``'s class lists against the data's classes, as ``bundle`` would check them after the export."""
     from .runtime.policy import make_policy
@@ -294,11 +189,10 @@ def _as_keys(path: Path, table: str) -> Iterator[None]:
         yield
     except ConfigError as exc:
         def key(m: re.Match[str]) -> str:
-            name = m.group(1).replace("-", "_")
-            name = CLI_TO_KEY.get(table, {}).get(name, name)
-            return f"{table}.{name}" if name in step_keys(table) else m.group(0)
+            name = key_of_flag(STAGES[table], m.group(0))
+            return f"{table}.{name}" if name is not None else m.group(0)
 
-        msg = re.sub(r"--([a-z][a-z0-9-]*)", key, str(exc))
+        msg = re.sub(r"--[a-z][a-z0-9-]*", key, str(exc))
         if msg == str(exc):
             raise
         raise ConfigError(f"{path}: {msg}") from exc
@@ -404,7 +298,6 @@ def run_pipeline(path: Path, quiet: bool = False, force: bool = False,
     ``skip <stage>: up to date (--force to redo)``; ``force`` runs every stage again."""
     from .manifest import read_json, sha256_file
     from .stages.export import describe as describe_export
-    from .stages.export import export
 
     p = check_pipeline(path)
     here = path.parent
@@ -430,48 +323,44 @@ def run_pipeline(path: Path, quiet: bool = False, force: bool = False,
         weights = "run:" + rel(ft.weights[len("run:"):])
     else:
         weights = rel(ft.weights)
-    settings = ft.model_dump() | {"data": rel(ft.data), "out": run, "weights": weights,
-                                  "val": rel(ft.val) if ft.val else None}
+    resolved = ft.model_copy(update={"data": rel(ft.data), "out": run, "weights": weights,
+                                     "val": rel(ft.val) if ft.val else None})
+    settings = resolved.model_dump()
     inputs = {"data": _digest(Path(settings["data"])),
               "val": _digest(Path(settings["val"])) if ft.val else None, "weights": _weights_digest(weights)}
     if stamps.fresh("finetune", settings, inputs) is not None:
         tuned = read_json(rd.finetune / "manifest.json")
     else:
         with _as_keys(path, "finetune"):
-            tuned = _finetune(ft, run, weights, rel, quiet)
+            tuned = resolved.run(quiet)
         if tuned:  # only the main process of a distributed run writes
             stamps.done("finetune", settings, inputs, [rd.finetune / "manifest.json"])
     if p.prune is not None:
-        from .stages.prune import prune
-
-        pr = p.prune
-        settings = pr.model_dump() | {"device": pr.device or ft.device, "data": rel(pr.data) if pr.data else None}
+        pr = p.prune.model_copy(update={"device": p.prune.device or ft.device,
+                                        "data": rel(p.prune.data) if p.prune.data else None})
+        settings = pr.model_dump()
         inputs = {"finetune": sha256_file(rd.finetune / "model.pt")}
         if stamps.fresh("prune", settings, inputs, ((rd.prune, None),)) is None:
             with _as_keys(path, "prune"):
-                prune(run, pr.ratio, recover_epochs=pr.recover_epochs, quiet=quiet, recover=pr.recover,
-                      device=pr.device or ft.device, importance=pr.importance, steps=pr.steps, round_to=pr.round_to,
-                      data=rel(pr.data) if pr.data else None)
+                pr.run(run, quiet)
             stamps.done("prune", settings, inputs, [rd.prune / "manifest.json"])
     exported: list[str] = []
     if p.export is not None:
-        ex = p.export
-        calibration = rel(ex.calibration) if ex.calibration else None
+        calibration = rel(p.export.calibration) if p.export.calibration else None
+        ex = p.export.model_copy(update={"calibration": calibration,
+                                         "data": rel(p.export.data) if p.export.data else None})
         for t in ex.targets:
             target = _target(path, "export.targets", t)
             source = ex.source or next((s for s in ("prune", "finetune") if (rd.root / s / "manifest.json").is_file()),
                                        "finetune")
             settings = ex.model_dump(exclude={"targets"}) | {"target": rel_target(t), "source": source,
-                                                             "profile": target.model_dump(),
-                                                             "calibration": calibration,
-                                                             "data": rel(ex.data) if ex.data else None}
+                                                             "profile": target.model_dump()}
             folder = rd.target(target.name)
             inputs = {"source": _digest(rd.root / source / "model.pt"),
                       "calibration": _digest(Path(calibration)) if calibration else None}
             if stamps.fresh(f"export {target.name}", settings, inputs, ((folder, target.cli_ref),)) is None:
                 with _as_keys(path, "export"):
-                    made = export(run, rel_target(t), calibration=calibration, source=ex.source, quiet=quiet,
-                                  qat_epochs=ex.qat, ood=ex.ood, data=rel(ex.data) if ex.data else None)
+                    made = ex.run(run, rel_target(t), quiet)
                 for line in describe_export(made, folder):
                     say(line)
                 stamps.done(f"export {target.name}", settings, inputs, [folder / "manifest.json"])
@@ -481,11 +370,9 @@ def run_pipeline(path: Path, quiet: bool = False, force: bool = False,
         reports = _bench(p.bench, rd, rel, rel_target, exported, stamps, quiet, path)
     shipped = None
     if p.bundle is not None:
-        from .stages.bundle import bundle
-
-        b = p.bundle
-        target = _target(path, "bundle.target", b.target)
-        settings = b.model_dump() | {"target": rel_target(b.target), "out": rel(b.out)}
+        b = p.bundle.model_copy(update={"target": rel_target(p.bundle.target), "out": rel(p.bundle.out)})
+        target = _target(path, "bundle.target", p.bundle.target)
+        settings = b.model_dump()
         folder = rd.target(target.name)
         # The target and its bench verdict (bundle refuses a failed one): a new bench may change the answer.
         inputs = {"target": _digest(folder / "manifest.json"), "report": _digest(rd.reports / f"{target.name}.json")}
@@ -500,35 +387,24 @@ def run_pipeline(path: Path, quiet: bool = False, force: bool = False,
             shipped = read_json(out / "bundle.json")
         else:
             with _as_keys(path, "bundle"):
-                shipped = bundle(run, rel_target(b.target), out, n_golden=b.golden, ok_classes=b.ok_classes,
-                                 defect_classes=b.defect_classes, max_escape=b.max_escape,
-                                 max_false_reject=b.max_false_reject, ok_threshold=b.ok_threshold,
-                                 defect_threshold=b.defect_threshold, ood_limit=b.ood_limit, use_ood=b.ood,
-                                 allow_failed=b.allow_failed, quiet=quiet)
+                shipped = b.run(run, quiet)
             stamps.done("bundle", settings, inputs, [out / "bundle.json"])
     return tuned, reports, shipped
 
 
-def _finetune(ft: FinetuneStep, run: str, weights: str, rel: Callable[[str], str], quiet: bool) -> dict[str, Any]:
-    """The ``[finetune]`` stage of either task (``stages.finetune.fit_task`` makes the choice)."""
-    from .tasks import fit_task, fit_task_options
-
-    return fit_task(rel(ft.data), run, **fit_task_options(
-        ft.model_dump() | {"weights": weights, "quiet": quiet, "val": rel(ft.val) if ft.val else None}))
-
-
-def _bench(bn: BenchStep, rd: RunDir, rel: Callable[[str], str], rel_target: Callable[[str], str],
+def _bench(bn: BenchSettings, rd: RunDir, rel: Callable[[str], str], rel_target: Callable[[str], str],
            exported: list[str], stamps: _Stamps, quiet: bool, path: Path) -> list[dict[str, Any]]:
     """The ``[bench]`` stage; an up-to-date bench returns the reports it wrote last time (a failed gate
     still fails the run)."""
     from .manifest import read_json
-    from .orchestrate import bench
     from .targets import builtin_targets
 
     chosen = None if bn.all_targets else [rel_target(t) for t in (bn.targets or exported)]
     names = ([_target(path, "bench.targets", t).name for t in chosen] if chosen
              else sorted(builtin_targets()))
-    settings = bn.model_dump(by_alias=True) | {"targets": chosen, "data": rel(bn.data) if bn.data else None}
+    resolved = bn.model_copy(update={"targets": chosen, "data": rel(bn.data) if bn.data else None,
+                                     "json_path": rel(bn.json_path) if bn.json_path else None})
+    settings = bn.model_dump(by_alias=True) | {"targets": chosen, "data": resolved.data}
 
     def inputs() -> dict[str, Any]:
         return {"data": _digest(Path(rel(bn.data))) if bn.data else None,
@@ -538,16 +414,8 @@ def _bench(bn: BenchStep, rd: RunDir, rel: Callable[[str], str], rel_target: Cal
     old = stamps.fresh("bench", settings, inputs(), folders)
     if old is not None:
         return [read_json(f) for f in old.get("reports", [])]
-    options: dict[str, Any] = {}  # only what differs from bench()'s defaults
-    if bn.export:
-        options["export"] = True
-    if bn.layers:
-        options["layers"] = True
-    if not bn.latency:
-        options["latency"] = False
     with _as_keys(path, "bench"):
-        reports = bench(rd.root, chosen, data=rel(bn.data) if bn.data else None, quiet=quiet,
-                        json_path=rel(bn.json_path) if bn.json_path else None, wait_quiet=bn.wait_quiet, **options)
+        reports = resolved.run(rd.root, quiet)
     files = [_report_file(rd, r) for r in reports]
     if all(f is not None for f in files):  # else it runs again next time: nothing to hand back
         stamps.done("bench", settings, inputs(), [f for f in files if f is not None], reports=files)

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from ..settings import BundleSettings
 from ._app import app, state
+from .options import settings_command
 
 if TYPE_CHECKING:
     from ..runtime import Prediction, Runtime
@@ -24,32 +26,10 @@ log = logging.getLogger("edge_tl")
 
 
 @app.command()
+@settings_command(BundleSettings)
 def bundle(
     run: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
-    target: str = typer.Option(..., "--target", "-t", metavar="NAME|PATH", help="An exported target of the run "
-                               "(its name, or the profile file it was exported with)."),
-    out: Path = typer.Option(..., "--out", metavar="DIR",
-                             help="Bundle folder to write (an old bundle there is replaced "
-                             "atomically)."),
-    golden: int = typer.Option(8, "--golden", help="Golden images to include (at least one per class)."),
-    ok_class: list[str] = typer.Option(None, "--ok-class", metavar="CLASS", help="A class that passes QC (repeatable). "
-                                       "Default: a class named ok/good/pass/normal/no_defect, if any."),
-    defect_class: list[str] = typer.Option(None, "--defect-class", metavar="CLASS", help="A defect class (repeatable); "
-                                           "the others are ok classes."),
-    max_false_reject: float = typer.Option(None, "--max-false-reject", help="Tune the ok threshold on the "
-                                           "validation set to this false-reject rate (default 0.01)."),
-    ok_threshold: float = typer.Option(None, "--ok-threshold", help="Fixed ok threshold instead of tuning."),
-    max_escape: float = typer.Option(None, "--max-escape", help="Tune the ok threshold instead to the lowest that "
-                                     "passes at most this share of the validation defects as ok (low-confidence "
-                                     "ok answers go to review)."),
-    defect_threshold: float = typer.Option(0.5, "--defect-threshold", help="Confidence a defect answer "
-                                           "needs; below it the decision is 'review'."),
-    ood_limit: float = typer.Option(None, "--ood-limit", help="ood_score above which an image is 'review' "
-                                    "(out_of_distribution). Default: calibrated on this target's validation "
-                                    "scores at the export's false-alarm rate (about 1.0 for fp32)."),
-    no_ood: bool = typer.Option(False, "--no-ood", help="Do not review out-of-distribution images."),
-    allow_failed: bool = typer.Option(False, "--allow-failed", help="Ship a target whose bench failed, or that has "
-                                      "no bench report of this export (refused otherwise); bundle.json records it."),
+    settings: BundleSettings = ...,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Package an exported target for a device: model, preprocessing, policy, hashes, golden images.
@@ -58,12 +38,9 @@ def bundle(
     --allow-failed is given.
     """
     from ..progress import console
-    from ..stages.bundle import bundle as run_bundle
 
-    m = run_bundle(run, target, out, golden, ok_classes=list(ok_class or []) or None,
-                   defect_classes=list(defect_class or []) or None, max_false_reject=max_false_reject,
-                   ok_threshold=ok_threshold, defect_threshold=defect_threshold, max_escape=max_escape,
-                   ood_limit=ood_limit, use_ood=not no_ood, allow_failed=allow_failed, quiet=quiet or state.quiet)
+    m = settings.run(run, quiet=quiet or state.quiet)
+    out = settings.out
     g = m["golden"]
     console().print(
         f"[green]bundled[/] {m['target']['name']} -> {out}: {len(g['images'])} golden images (max |Δlogit| "

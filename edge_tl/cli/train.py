@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
-from ..anomaly.methods import method_for, names
 from ..progress import console
+from ..settings import FinetuneSettings
 from ._app import app, require_training, state
+from .options import settings_command
 
 
 def _arch_help() -> str:
@@ -22,95 +23,25 @@ def _arch_help() -> str:
 
 
 @app.command()
-def finetune(
-    data_dir: Path = typer.Argument(..., metavar="DATA_DIR", help="ImageFolder: one sub-folder per class."),
-    out: Path = typer.Option(..., "--out", metavar="RUN", help="Run directory to write (RUN/finetune/)."),
-    arch: str = typer.Option("mobilenet_v2", metavar="NAME", help=_arch_help()),
-    weights: str = typer.Option("imagenet", metavar="imagenet|none|run:RUN|PATH",
-                                help="imagenet | none (random initialisation) | run:RUN (the backbone of an earlier "
-                                "classification run: RUN, meaning RUN/finetune, or its finetune/ folder; same --arch; "
-                                "the new run keeps its preprocessing) | PATH to a state_dict."),
-    mode: str = typer.Option("linear", metavar="linear|partial|full",
-                             help="linear (frozen backbone, cached features) | partial | full."),
-    epochs: int = typer.Option(None, help="Epochs (default: 30 linear; partial: 20, where the frozen "
-                               "layers run once and an epoch is cheap, 8 with --progressive; 8 full). "
-                               "Early stopping (--patience) may end sooner; the manifest records both."),
-    unfreeze: int = typer.Option(3, help="partial: number of last blocks to train."),
-    progressive: bool = typer.Option(False, "--progressive", help="partial: unfreeze one more block per epoch."),
-    lr: float = typer.Option(None, help="Learning rate of the head."),
-    backbone_lr_scale: float = typer.Option(0.1, help="partial/full: the unfrozen backbone blocks learn at this "
-                                            "multiple of --lr."),
-    batch_size: int = typer.Option(32, help="Batch size."),
-    val_fraction: float = typer.Option(0.2, help="Held-out fraction per class."),
-    seed: int = typer.Option(0, help="Seed for the split, the initialisation and augmentation."),
-    device: str = typer.Option("auto", metavar="auto|cpu|cuda", help="Where to train: auto (cuda when "
-                                "available) | cpu | cuda."),
-    workers: int = typer.Option(2, help="Data-loading worker processes."),
-    cache_mb: int = typer.Option(2048, "--cache-mb", metavar="MB", help="partial --progressive/full: decode the "
-                                 "images once and augment on the training device when they fit in MB (0: decode "
-                                 "every epoch)."),
-    patience: int = typer.Option(5, help="Early stopping: epochs without validation improvement."),
-    views: int = typer.Option(2, help="partial: cached views per training image (1 plain + augmented); "
-                              "the frozen layers run once per view."),
-    balance: str = typer.Option("none", metavar="none|weights|sampler",
-                                help="Imbalanced classes: none | weights (loss weighted per class) | "
-                                "sampler (classes drawn equally often); early stopping then uses balanced accuracy."),
-    resize: str = typer.Option(None, metavar="shorter|full|letterbox|auto",
-                               help="How an image becomes the square input: shorter (resize + centre "
-                               "crop, ImageNet's recipe) | full (whole frame, squeezed) | letterbox (whole frame, "
-                               "padded) | auto (letterbox when the crop would drop a median > 45 %). "
-                               "Default: shorter; full for --task anomaly."),
-    engine: str = typer.Option("auto", metavar="auto|onnxruntime|torch",
-                               help="What runs the frozen layers once: auto (ONNX Runtime on a CPU) | "
-                               "onnxruntime | torch."),
-    input_size: int = typer.Option(None, metavar="N", help="Square input side in pixels (default: the weights' "
-                                   "own, 224): larger keeps fine defects visible, at a latency cost."),
-    task: str = typer.Option("classify", metavar="classify|anomaly",
-                             help="classify (an ImageFolder of labelled classes) | anomaly (DATA_DIR holds good "
-                             "images only, or name the good class with --ok-class; PatchCore/PaDiM)."),
-    method: str = typer.Option(names()[0], metavar="|".join(names()), help="anomaly: " + " | ".join(
-                               f"{n} ({method_for(n).summary})" for n in names()) + "."),
-    val: Path = typer.Option(None, "--val", metavar="DIR", help="anomaly: labelled folder (a good/ok folder and "
-                             "defect folders) that sets the threshold (one half) and gives AUROC (the other)."),
-    ok_class: str = typer.Option(None, "--ok-class", metavar="NAME", help="anomaly: the good class folder in "
-                                 "DATA_DIR or --val (default: the folder named good or ok)."),
-    coreset: float = typer.Option(0.01, metavar="FRACTION", help="anomaly (patchcore): bank size as a fraction of "
-                                  "the training patches (greedy coreset)."),
-    bank_size: int = typer.Option(None, metavar="N", help="anomaly (patchcore): bank entries (overrides --coreset)."),
-    dim: int = typer.Option(None, metavar="D", help="anomaly: random projection of the patch features to D "
-                            "dimensions (default: 64 for padim, none for patchcore; fewer cost less per image)."),
-    clusters: str = typer.Option("auto", metavar="auto|K", help="anomaly (padim): modes of the good images (k-means), "
-                                 "one Gaussian per position each; auto picks 1-3 on the --val threshold half "
-                                 "(one mode without defect images)."),
-    holdout: float = typer.Option(None, metavar="FRACTION", help="anomaly: good images kept out of the fit for "
-                                  "the threshold and the figures (default 0.2 without --val, 0 with it)."),
-    max_false_reject: float = typer.Option(None, metavar="RATE", help="anomaly: set the threshold so that the "
-                                           "false-reject rate's 95 % upper bound is within RATE (default with "
-                                           "defect images: max balanced accuracy; without: 0.05)."),
-    baseline: str = typer.Option("none", metavar="none|scratch",
-                                 help="scratch: also train the same --arch from random initialisation (same split, "
-                                 "mode, epochs and seed; in linear mode a random frozen backbone with a trained head) "
-                                 "and record what the transfer gained, per class too (metrics.baseline). "
-                                 "classify only."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
-) -> None:
+@settings_command(FinetuneSettings, helps={"arch": _arch_help()})
+def finetune(settings: FinetuneSettings,
+             quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output.")) -> None:
     """Fine-tune a pretrained backbone on an image folder, or fit a good-only anomaly model (--task anomaly).
 
     Writes RUN/finetune/ (model.pt, manifest.json, split.json). Needs the train extra (torch):
     pip install 'edge-tl[train]'.
     """
     require_training()
-    from ..tasks import fit_task, fit_task_options, task_option_error
+    from ..tasks import task_option_error
 
-    wrong = task_option_error(task, weights, baseline)
+    wrong = task_option_error(settings.task, settings.weights, settings.baseline)
     if wrong is not None:
         from ..errors import ConfigError
 
-        raise ConfigError(f"unknown --task {task!r}; choose classify or anomaly" if wrong[0] == "task" else
-                          f"--{wrong[0]}{' run:' if wrong[0] == 'weights' else ''} is for --task classify{wrong[1]}")
-    manifest = fit_task(data_dir, out, **fit_task_options(locals() | {"quiet": quiet or state.quiet}))
+        raise ConfigError(f"--{wrong[0]}{' run:' if wrong[0] == 'weights' else ''} is for --task classify{wrong[1]}")
+    manifest = settings.run(quiet=quiet or state.quiet)
     if manifest:
-        console().print(finetune_summary(manifest, out), soft_wrap=True)  # an anomaly run's summary too
+        console().print(finetune_summary(manifest, Path(settings.out)), soft_wrap=True)  # an anomaly run's too
 
 
 def epochs_text(metrics: dict) -> str:
