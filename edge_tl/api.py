@@ -127,28 +127,24 @@ def _settings(model: Any, values: dict[str, Any]) -> Any:
 
 
 @_library_output
-def adapt(run: PathLike, unlabeled: PathLike, *, method: str = "adabn", target_val: PathLike | None = None,
-          source: str | None = None, device: str = "auto", data: PathLike | None = None, quiet: bool = True,
-          **settings: Any) -> dict[str, Any]:
+def adapt(run: PathLike, unlabeled: PathLike, *, quiet: bool = True, **options: Any) -> dict[str, Any]:
     """Adapt the run's classifier to a new line, camera or product variant from the unlabelled images under
     ``unlabeled`` and write ``RUN/adapt/`` (``export(..., source="adapt")`` ships it).
 
-    ``method``: ``"adabn"`` (BatchNorm statistics re-estimated on the new images), ``"self-train"``
-    (confident, augmentation-consistent, class-balanced pseudo-labels) or ``"both"``. ``target_val``: a
-    labelled folder of the new domain with the run's classes, only for the report (``manifest["report"]``:
-    source-only vs adapted top-1 and balanced accuracy). ``source``: ``"finetune"`` or ``"prune"``
-    (default: prune when present). ``settings``: the fields of ``stages.adapt.AdaptSettings``
-    (``threshold``, ``class_factor``, ``epochs``, ``rounds``, ``tolerance``, ``distill``, ``views``,
-    ``bn_images``, ``anchor``, ``lr``, ``seed``). Returns the manifest. Raises MissingExtraError without
-    torch, ArtifactError when the run has no model, ConfigError for a bad option or an anomaly run,
-    DataError when no unlabelled image is readable or ``target_val`` has other classes.
+    ``options``: the fields of ``edge_tl.settings.AdaptSettings`` (``edge-tl adapt``'s options): ``method``
+    (``"adabn"``: BatchNorm statistics re-estimated on the new images; ``"self-train"``: confident,
+    augmentation-consistent, class-balanced pseudo-labels; ``"both"``), ``target_val`` (a labelled folder of
+    the new domain with the run's classes, only for the report: ``manifest["report"]``, source-only vs
+    adapted top-1 and balanced accuracy), ``source`` (``"finetune"`` or ``"prune"``; default prune when
+    present), ``threshold``, ``class_factor``, ``epochs``, ``rounds``, ``tolerance``, ``distill``, ``views``,
+    ``bn_images``, ``anchor``, ``lr``, ``seed``, ``device``, ``data``. Returns the manifest. Raises
+    MissingExtraError without torch, ArtifactError when the run has no model, ConfigError for a bad option
+    or an anomaly run, DataError when no unlabelled image is readable or ``target_val`` has other classes.
     """
     _require_training()
-    from .stages.adapt import AdaptSettings
-    from .stages.adapt import adapt as run_adapt
+    from .settings import AdaptSettings
 
-    return run_adapt(run, unlabeled, method, target_val, source, settings=AdaptSettings(method=method, **settings),
-                     device=device, quiet=quiet, data=data)
+    return _settings(AdaptSettings, {"unlabeled": unlabeled, **options}).run(run, quiet)
 
 
 @_library_output

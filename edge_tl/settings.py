@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -255,6 +255,56 @@ class BundleSettings(StageSettings):
                       ok_threshold=self.ok_threshold, defect_threshold=self.defect_threshold,
                       max_escape=self.max_escape, ood_limit=self.ood_limit, use_ood=self.ood,
                       allow_failed=self.allow_failed, quiet=quiet)
+
+
+class AdaptSettings(StageSettings):
+    """``edge-tl adapt RUN`` / ``api.adapt``: a new line, camera or product variant from unlabelled images
+    (AdaBN, self-training); recorded in RUN/adapt/manifest.json. None means the documented default."""
+
+    unlabeled: str = opt(..., "Unlabelled images of the new line, camera or variant (every image below DIR; "
+                         "sub-folder names are ignored).", metavar="DIR")
+    method: Literal["adabn", "self-train", "both"] = opt(
+        "adabn", "adabn (re-estimate BatchNorm statistics on DIR: seconds) | self-train (confident, "
+        "augmentation-consistent, class-balanced pseudo-labels) | both (AdaBN, then self-training).",
+        metavar="adabn|self-train|both")
+    target_val: str | None = opt(None, "Labelled images of the new domain (one folder per class, the run's "
+                                 "classes): only to report source-only vs adapted accuracy, never to train or choose "
+                                 "anything.", metavar="DIR")
+    source: Literal["finetune", "prune"] | None = opt(None, "finetune | prune (default: prune when present).",
+                                                      flags=("--from",), metavar="finetune|prune")
+    # Self-training. 0.8, not FixMatch's 0.95: fine-tunes use label smoothing 0.1, which caps a confident
+    # answer near 0.95 for two classes and 0.91 for ten.
+    threshold: float = opt(0.8, "self-train: softmax confidence a pseudo-label needs.", gt=0, lt=1)
+    class_factor: float = opt(2.0, "self-train: at most this times the smallest class's count of pseudo-labels "
+                              "per class.", ge=1)
+    epochs: int | None = opt(None, "self-train: epochs per round (default: 5 on cached features or activations, 2 "
+                             "end to end).", ge=1)
+    rounds: int = opt(5, "self-train: most rounds; it stops earlier when fewer than --tolerance of the "
+                      "pseudo-labels change.", ge=1)
+    tolerance: float = opt(0.02, "self-train: stop when fewer than this share of the pseudo-labels change between "
+                           "rounds.", ge=0, lt=1)
+    distill: float = opt(0.5, "self-train: weight of the KL term to the starting model's logits (limits drift); "
+                         "0: off.", ge=0)
+    views: int = opt(3, "self-train: views per image (the plain one and augmented ones).", ge=1)
+    lr: float | None = opt(None, "self-train: learning rate (default: the fine-tune's own).", gt=0)
+    # AdaBN: the statistics of every pixel of 512 images are stable, as in prune's recalibration.
+    bn_images: int = opt(512, "AdaBN: unlabelled images whose statistics are averaged.", ge=1)
+    anchor: bool = opt(True, "AdaBN: first re-anchor the BatchNorm statistics on the fine-tune's training images "
+                       "without changing the model (right for a frozen backbone, whose statistics are ImageNet's); "
+                       "--no-anchor: plain AdaBN.", flags=("--anchor/--no-anchor",))
+    data: str | None = opt(None, "AdaBN anchor: " + MOVED_DATA_HELP[0].lower() + MOVED_DATA_HELP[1:], metavar="DIR")
+    seed: int = opt(0, "Seed for augmentation, image order and training.")
+    device: str = opt("auto", "auto | cpu | cuda.", metavar="auto|cpu|cuda")
+
+    # What the manifest records as the method's settings (the paths are recorded beside them).
+    RECORDED: ClassVar[tuple[str, ...]] = ("method", "bn_images", "anchor", "threshold", "class_factor",
+                                           "epochs", "rounds", "tolerance", "distill", "views", "lr", "seed")
+
+    def run(self, run: str | Path, quiet: bool = True) -> dict[str, Any]:
+        """Adapt; returns ``RUN/adapt/manifest.json``."""
+        from .stages.adapt import adapt_run
+
+        return adapt_run(run, self, quiet=quiet)[1]
 
 
 STAGES: dict[str, type[StageSettings]] = {"finetune": FinetuneSettings, "prune": PruneSettings,

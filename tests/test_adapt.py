@@ -21,7 +21,8 @@ from edge_tl.cli import main
 from edge_tl.errors import ConfigError
 from edge_tl.manifest import sha256_file
 from edge_tl.rundir import RunDir
-from edge_tl.stages.adapt import AdaptSettings, adapt_run
+from edge_tl.settings import AdaptSettings
+from edge_tl.stages.adapt import adapt_run
 from edge_tl.stages.self_training import select_pseudo_labels
 
 from .conftest import make_image
@@ -71,7 +72,8 @@ def adabn(finetuned_run: Path, domain: dict[str, Path],
     """The tiny linear run adapted by AdaBN to the shifted domain (shared, read-only)."""
     run = tmp_path_factory.mktemp("adabn") / "run"
     shutil.copytree(finetuned_run, run)
-    model, manifest = adapt_run(run, domain["unlabeled"], "adabn", domain["val"], device="cpu")
+    model, manifest = adapt_run(run, AdaptSettings(unlabeled=str(domain["unlabeled"]), method="adabn",
+                                                   target_val=str(domain["val"]), device="cpu"))
     return run, model, manifest
 
 
@@ -127,8 +129,8 @@ def test_anchoring_keeps_the_function_and_plain_adabn_loses_on_a_frozen_backbone
     # normalises the target to where the source images never were: worse than re-anchored.
     run = tmp_path / "run"
     shutil.copytree(finetuned_run, run)
-    _model, plain = adapt_run(run, domain["unlabeled"], "adabn", domain["val"], device="cpu",
-                              settings=AdaptSettings(anchor=False))
+    _model, plain = adapt_run(run, AdaptSettings(unlabeled=str(domain["unlabeled"]), target_val=str(domain["val"]),
+                                                 device="cpu", anchor=False))
     assert plain["adabn"]["anchor"] is None and plain["settings"]["anchor"] is False
     assert plain["report"]["adapted"]["top1"] < 0.9
 
@@ -233,8 +235,9 @@ def test_self_training_runs_in_rounds_and_records_them(finetuned_run: Path, doma
                                                        tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(finetuned_run, run)
-    st = AdaptSettings(threshold=0.5, epochs=3, rounds=3, views=2, distill=0.5)
-    model, manifest = adapt_run(run, domain["unlabeled"], "both", domain["val"], settings=st, device="cpu")
+    st = AdaptSettings(unlabeled=str(domain["unlabeled"]), method="both", target_val=str(domain["val"]), device="cpu",
+                       threshold=0.5, epochs=3, rounds=3, views=2, distill=0.5)
+    model, manifest = adapt_run(run, st)
     s = manifest["self_training"]
     assert s["trained"] == "the head, on cached backbone features" and s["epochs_per_round"] == 3
     assert s["rounds"][0]["round"] == 0 and sum(s["rounds"][0]["predicted_per_class"]) == 36
@@ -321,8 +324,8 @@ def test_bad_input_is_one_line_and_exit_2(case: str, run_copy: Path, domain: dic
     run, unlabeled, extra = str(run_copy), str(domain["unlabeled"]), []
     expect = {"no-run": "run directory not found", "empty-unlabeled": "holds no image",
               "unreadable-only": "none of its 1 image(s) can be read", "anomaly": "anomaly model",
-              "other-classes": "the run's classes are", "bad-method": "--method must be one of",
-              "from-adapt": "--from must be finetune or prune"}[case]
+              "other-classes": "the run's classes are", "bad-method": "--method: unknown value 'tent'",
+              "from-adapt": "--from: unknown value 'adapt'; choose 'finetune' or 'prune'"}[case]
     if case == "no-run":
         run = str(tmp_path / "nothing")
     elif case == "empty-unlabeled":

@@ -37,7 +37,6 @@ import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +52,8 @@ from .self_training import self_train
 if TYPE_CHECKING:
     import torch.nn as nn
 
+    from ..settings import AdaptSettings
+
 log = logging.getLogger("edge_tl")
 
 METHODS = ("adabn", "self-train", "both")
@@ -60,69 +61,14 @@ METHODS = ("adabn", "self-train", "both")
 ADAPT_SOURCES = ("finetune", "prune")
 
 
-@dataclass
-class AdaptSettings:
-    """How ``adapt`` works; recorded whole in the manifest. None means the documented default."""
+def adapt_run(run_dir: str | Path, st: AdaptSettings, quiet: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """Adapt the classifier of RUN/finetune (``st.source="prune"``: RUN/prune; None: prune when present)
+    to the unlabelled images under ``st.unlabeled`` (every image below it, sub-folder names ignored) by
+    ``st.method`` (``adabn``, ``self-train`` or ``both``); ``st`` is ``edge_tl.settings.AdaptSettings``.
 
-    method: str = "adabn"
-    # AdaBN: images whose statistics are averaged (a random subset beyond this; the statistics of
-    # every pixel of 512 images are stable, as in prune's recalibration).
-    bn_images: int = 512
-    # AdaBN: first re-anchor the BatchNorm layers on the source training images (``anchor_batchnorm``),
-    # so that the statistics AdaBN replaces are the source domain's, as the method assumes.
-    anchor: bool = True
-    # Self-training. 0.8, not FixMatch's 0.95: fine-tunes use label smoothing 0.1, which caps a
-    # confident answer near 0.95 for two classes and 0.91 for ten.
-    threshold: float = 0.8
-    class_factor: float = 2.0
-    epochs: int | None = None  # per round; None: 5 on cached inputs, 2 end to end
-    rounds: int = 5
-    tolerance: float = 0.02
-    distill: float = 0.5
-    views: int = 3  # cached views per image: the plain one, then augmented ones
-    lr: float | None = None  # None: the fine-tune's own learning rate
-    seed: int = 0
-
-    def check(self) -> None:
-        """ConfigError (one line) for a setting out of range."""
-        if self.method not in METHODS:
-            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        checks = [
-            (self.bn_images >= 1, f"--bn-images must be at least 1, got {self.bn_images}"),
-            (0.0 < self.threshold < 1.0, f"--threshold must be between 0 and 1, got {self.threshold}"),
-            (self.class_factor >= 1.0, f"--class-factor must be at least 1, got {self.class_factor}"),
-            (self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.rounds >= 1, f"--rounds must be at least 1, got {self.rounds}"),
-            (0.0 <= self.tolerance < 1.0, f"--tolerance must be in [0, 1), got {self.tolerance}"),
-            (self.distill >= 0.0, f"--distill must be 0 or more, got {self.distill}"),
-            (self.views >= 1, f"--views must be at least 1, got {self.views}"),
-            (self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-
-
-def adapt(run_dir: str | Path, unlabeled: str | Path, method: str = "adabn", target_val: str | Path | None = None,
-          source: str | None = None, *, settings: AdaptSettings | None = None, device: str = "auto",
-          quiet: bool = True, data: str | Path | None = None) -> dict[str, Any]:
-    """Adapt RUN's classifier to the images under ``unlabeled`` and write RUN/adapt/; returns its
-    manifest (see ``adapt_run``)."""
-    return adapt_run(run_dir, unlabeled, method, target_val, source, settings=settings, device=device,
-                     quiet=quiet, data=data)[1]
-
-
-def adapt_run(run_dir: str | Path, unlabeled: str | Path, method: str = "adabn",
-              target_val: str | Path | None = None, source: str | None = None, *,
-              settings: AdaptSettings | None = None, device: str = "auto",
-              quiet: bool = True, data: str | Path | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Adapt the classifier of RUN/finetune (``source="prune"``: RUN/prune; None: prune when present)
-    to the unlabelled images under ``unlabeled`` (every image below it, sub-folder names ignored) by
-    ``method`` (``adabn``, ``self-train`` or ``both``; ``settings.method`` is overridden by it).
-
-    ``target_val``: an ImageFolder of the new domain with exactly the run's classes, used only to
+    ``st.target_val``: an ImageFolder of the new domain with exactly the run's classes, used only to
     report source-only vs adapted accuracy. Unreadable images are skipped with a warning and recorded.
-    ``data``: where the fine-tune's training images (the AdaBN anchor) were moved (``data.locate_split``).
+    ``st.data``: where the fine-tune's training images (the AdaBN anchor) were moved (``data.locate_split``).
     Returns the adapted model (eval mode, CPU) and the manifest written to RUN/adapt/manifest.json.
     Raises ArtifactError (no run / model), ConfigError (bad option, an anomaly run), DataError (no
     readable unlabelled image, ``target_val`` unusable or with other classes).
@@ -132,9 +78,7 @@ def adapt_run(run_dir: str | Path, unlabeled: str | Path, method: str = "adabn",
     from ..training import TrainConfig, resolve_device
     from .prune import _train_config
 
-    st = copy.copy(settings or AdaptSettings())
-    st.method = method
-    st.check()
+    unlabeled, target_val, source, device, data = st.unlabeled, st.target_val, st.source, st.device, st.data
     run = RunDir(Path(run_dir))
     if not run.root.is_dir():
         raise ArtifactError(f"run directory not found: {run.root}")
@@ -187,7 +131,7 @@ def adapt_run(run_dir: str | Path, unlabeled: str | Path, method: str = "adabn",
             structure=src_manifest.get("structure"), weights=src_manifest.get("weights"), mode=mode,
             source={"stage": src.name, "path": str((src / MODEL_FILE).resolve()),
                     "sha256": source_sha, "mode": mode},
-            method=st.method, settings=asdict(st) | {"device": dev},
+            method=st.method, settings=st.model_dump(include=set(st.RECORDED)) | {"device": dev},
             unlabeled={"root": str(root.resolve()), "n_images": len(samples), "n_skipped": len(pool["skipped"]),
                        "set_sha256": pool["set_sha256"], "images": pool["images"], "skipped": pool["skipped"]},
             **record, report=report,
@@ -319,4 +263,4 @@ def describe(manifest: dict[str, Any]) -> str:
     return line
 
 
-__all__ = ["METHODS", "AdaptSettings", "adapt", "adapt_run", "describe", "scan_unlabeled"]
+__all__ = ["METHODS", "adapt_run", "describe", "scan_unlabeled"]

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import torch
     import torch.nn as nn
 
-    from .adapt import AdaptSettings
+    from ..settings import AdaptSettings
 
 log = logging.getLogger("edge_tl")
 
