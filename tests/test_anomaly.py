@@ -112,6 +112,11 @@ def test_bench_reports_anomaly_figures_and_gates(run: Path) -> None:
     assert c["decision_agreement"] == 1.0 and c["max_score_drift"] < 1e-3 and abs(c["auroc_drop"]) < 1e-6
     assert {g["name"] for g in report["gates"]} == {"max_auroc_drop", "min_decision_agreement"}
     assert report["passed"]
+    from edge_tl.bench.schema import load_report
+
+    typed = load_report(run / "reports" / "cpu-onnxruntime-fp32.json")  # an anomaly report fits the model
+    assert typed.task == "anomaly" and typed.candidate is not None
+    assert typed.candidate.auroc_drop == c["auroc_drop"] and typed.reference.auroc == report["reference"]["auroc"]
 
 
 def test_bundle_carries_threshold_and_policy_to_the_runtime(run: Path, data: Path, tmp_path: Path,

@@ -69,6 +69,18 @@ def test_export_fp32_matches_torch_and_bench_passes(run_copy: Path, capsys: pyte
     assert report["candidate"]["size_mb"] > 1 and report["candidate"]["peak_rss_mb"] > 10
     assert (run_copy / "reports" / "cpu-onnxruntime-fp32.md").read_text().count("|") > 20
     assert "speedup" in capsys.readouterr().out
+    # the typed report and manifest (issue 25): what bench wrote loads, field for field as the JSON says
+    from edge_tl.bench.schema import load_report
+    from edge_tl.target_manifest import load_target_manifest
+
+    typed = load_report(run_copy / "reports" / "cpu-onnxruntime-fp32.json")
+    assert typed.task == "classification" and typed.skipped is None and typed.passed is True
+    assert typed.candidate is not None and typed.candidate.latency_ms is not None
+    assert typed.candidate.latency_ms.p95 == report["candidate"]["latency_ms"]["p95"]
+    assert typed.candidate.target_manifest_sha256 == report["candidate"]["target_manifest_sha256"]
+    assert [g.name for g in typed.gates] == [g["name"] for g in report["gates"]]
+    tm = load_target_manifest(tdir)
+    assert tm.validation is not None and tm.validation.agreement == 1.0 and tm.source_stage == "finetune"
 
 
 def test_openvino_fp32_really_runs_fp32(run_copy: Path) -> None:
@@ -115,6 +127,10 @@ def test_all_targets_marks_unrunnable_ones_skipped(run_copy: Path) -> None:
     assert code in (0, 1)
     reports = {p.stem: json.loads(p.read_text()) for p in (run_copy / "reports").glob("*.json")}
     assert reports["cpu-onnxruntime-fp32"]["skipped"] is None
+    from edge_tl.bench.schema import Report
+
+    skipped = Report.model_validate(reports["gpu-tensorrt-fp16"])  # a skipped target's report fits the model too
+    assert skipped.candidate is None and skipped.passed is True and skipped.gates == []
     assert "TensorRT" in reports["gpu-tensorrt-fp16"]["skipped"] or "tensorrt" in reports["gpu-tensorrt-fp16"][
         "skipped"].lower()
 

@@ -321,9 +321,9 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
     if reason is not None:
         return base | {"reference": reference, "candidate": None, "speedup": None, "gates": [],
                        "passed": True, "skipped": reason, "host_load": None, "timing_reliable": None}
-    from ..manifest import read_manifest
+    from ..target_manifest import read_target_manifest
 
-    manifest = read_manifest(folder)
+    manifest = read_target_manifest(folder)
     if manifest.get("source_stage") == "adapt" and evalset.identity.get("kind") == "validation split":
         base["notes"].append("this target was adapted to a new line (RUN/adapt); the validation split is the old "
                              "line's, where it may do worse: bench it with --data on labelled new-line images")

@@ -9,6 +9,7 @@ from typing import Any
 from ..manifest import write_bytes, write_json
 from .html import render_html, write_index
 from .report import markdown
+from .schema import check_report
 
 
 def write_reports(report: dict[str, Any], reports_dir: Path, json_path: Path | None = None,
@@ -18,7 +19,11 @@ def write_reports(report: dict[str, Any], reports_dir: Path, json_path: Path | N
     ``index_root``: the run's ``reports/`` folder when ``reports_dir`` is a ``--data`` subfolder of it;
     the run index there (``index.html``, ``index.json``) is rebuilt from every report of every
     evaluation set, and the subfolder gets an index of its own set.
+
+    The report is checked against :class:`~.schema.Report` first: a field that does not fit fails here,
+    before any file is written (the dict is written as it is, not the model's dump).
     """
+    check_report(report)
     name = report["target"]
     dest = reports_dir / f"{name}.json"
     write_json(dest, report)

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..backends import RunnerSpec, availability, open_runner
 from ..backends.table import facts
+from ..bench.schema import Gate, load_report
 from ..errors import ArtifactError, ConfigError
 from ..evalset import ensure_eval_set, load_eval_set, with_reference
 from ..manifest import (
@@ -47,6 +48,7 @@ from ..runtime.bundlefile import (
     write_sums,
 )
 from ..runtime.policy import make_policy, policy_stats, tune_for_escape, tune_ok_threshold
+from ..target_manifest import read_target_manifest
 from ..targets import Target, command, get_target
 
 log = logging.getLogger("edge_tl")
@@ -140,26 +142,29 @@ def bench_verdict(run: RunDir, t: Target) -> tuple[dict[str, Any], str | None]:
     if not path.is_file():
         return facts | {"status": "not benched"}, (f"{t.name} has not been benched ({path} is missing); run "
                                                    f"`{bench_cmd}` first")
-    report = read_json(path)
-    cand = report.get("candidate") or {}
-    facts |= {"measured_at": report.get("measured_at"), "session": (report.get("session") or {}).get("id")}
-    if report.get("skipped") or not cand:
+    try:
+        report = load_report(path)
+    except ArtifactError as exc:  # written by another edge-tl, or edited: as good as no bench
+        return facts | {"status": "not benched"}, f"{exc}; run `{bench_cmd}` again"
+    cand = report.candidate
+    facts |= {"measured_at": report.measured_at, "session": report.session.id if report.session else None}
+    if report.skipped or cand is None:
         return facts | {"status": "not benched"}, (f"the bench of {t.name} was skipped "
-                                                   f"({report.get('skipped')}); run `{bench_cmd}` where it runs")
-    if cand.get("target_manifest_sha256") != sha256_file(run.target(t.name) / MANIFEST):
+                                                   f"({report.skipped}); run `{bench_cmd}` where it runs")
+    if cand.target_manifest_sha256 != sha256_file(run.target(t.name) / MANIFEST):
         return facts | {"status": "stale"}, (f"{path} measured another export of {t.name} (exported again "
                                              f"since, or an older edge-tl); run `{bench_cmd}` again first")
-    failed = [g for g in report.get("gates") or [] if g.get("passed") is False]
+    failed = [g for g in report.gates if g.passed is False]
     facts |= {"passed": not failed, "status": "failed" if failed else "passed",
-              "failed_gates": [g["name"] for g in failed],
-              "gates_not_measured": [g["name"] for g in report.get("gates") or [] if g.get("passed") is None]}
+              "failed_gates": [g.name for g in failed],
+              "gates_not_measured": [g.name for g in report.gates if g.passed is None]}
     if not failed:
         return facts, None
 
-    def show(g: dict[str, Any]) -> str:
-        sign = ">" if g["name"].startswith("max_") else "<"
-        value = "not measured" if g.get("value") is None else f"{g['value']:.4g}"
-        return f"{g['name']} {value} {sign} {g['limit']:g}"
+    def show(g: Gate) -> str:
+        sign = ">" if g.name.startswith("max_") else "<"
+        value = "not measured" if g.value is None else f"{g.value:.4g}"
+        return f"{g.name} {value} {sign} {g.limit:g}"
 
     return facts, f"{t.name} FAILED its bench ({'; '.join(show(g) for g in failed)}; {path})"
 
@@ -201,7 +206,7 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
         raise ConfigError(f"--ood-limit must be above 0, got {ood_limit}")
     _check_out(out)
     check_writable(out)
-    tm = read_manifest(folder)
+    tm = read_target_manifest(folder)
     classes: list[str] = list(tm["classes"])
     base_policy = make_policy(classes, ok_classes, defect_classes,
                               0.5 if ok_threshold is None else ok_threshold, defect_threshold)

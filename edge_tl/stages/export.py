@@ -20,9 +20,10 @@ from ..backends.table import facts
 from ..checkpoint import load_model
 from ..errors import ConfigError, EdgeTLError, require
 from ..evalset import ensure_eval_set, load_eval_set, save_adapted_reference
-from ..manifest import check_writable, read_manifest, staged_folder, write_manifest
+from ..manifest import check_writable, staged_folder, write_manifest
 from ..metrics import agreement, max_abs_diff
 from ..rundir import RunDir
+from ..target_manifest import check_target_manifest, read_target_manifest
 from ..targets import Target, command, get_target
 
 log = logging.getLogger("edge_tl")
@@ -139,6 +140,8 @@ def export(run_dir: str | Path, target_name: str, calibration: str | None = None
             arch=src_manifest["arch"], classes=src_manifest["classes"],
             preprocessing=src_manifest["preprocessing"], structure=src_manifest.get("structure"),
             validation=validation, seconds=time.perf_counter() - started, **extra)
+        # Inside the staged folder: a manifest that does not fit its model never replaces a good export.
+        check_target_manifest(manifest)
     if validation is None:
         log.warning("%s cannot run on this host (%s): the export is not validated here",
                     target.name, availability(target.backend, target.device))
@@ -210,4 +213,4 @@ def read_target(run: RunDir, target: Target) -> dict[str, Any]:
     if not (folder / "manifest.json").is_file():
         raise EdgeTLError(f"{target.name} is not exported in {run.root}; run "
                           f"`{command('export', run.root, target)}` first")
-    return read_manifest(folder)
+    return read_target_manifest(folder)
