@@ -32,6 +32,7 @@ from .charts import (
 from .hostload import describe, describe_spread, unreliable_label
 from .labels import eval_set_key, eval_set_text, load_short, measured_text, precision_text, session_id
 from .report import is_anomaly, missing_class_note, source_text
+from .schema import parse_report
 
 
 def _status(r: dict[str, Any]) -> str:
@@ -549,6 +550,7 @@ def load_reports(reports_dir: str | Path, data_sets: bool = True) -> list[dict[s
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"cannot read report {path}: {exc}") from exc
         if isinstance(data, dict) and "target" in data and "reference" in data:
+            parse_report(data, path)  # a report that does not fit the model is named here, not half-drawn
             out.append(data | {"_file": path.relative_to(reports_dir).as_posix()})
     return out
 
