@@ -93,9 +93,14 @@ class FinetuneSettings(StageSettings):
         "none", "scratch: also train the same --arch from random initialisation (same split, mode, epochs and seed; "
         "in linear mode a random frozen backbone with a trained head) and record what the transfer gained, per "
         "class too (metrics.baseline). classify only.", metavar="none|scratch")
-    task: Literal["classify", "anomaly"] = opt(
+    task: Literal["classify", "anomaly", "detect"] = opt(
         "classify", "classify (an ImageFolder of labelled classes) | anomaly (DATA_DIR holds good images only, or "
-        "name the good class with --ok-class; PatchCore/PaDiM).", metavar="classify|anomaly")
+        "name the good class with --ok-class; PatchCore/PaDiM) | detect (boxes: Pascal VOC, COCO or YOLO, see "
+        "--format; mode, input size, batch size and epochs default to the detector's own: partial, 320, 16, 30).",
+        metavar="classify|anomaly|detect")
+    format: Literal["auto", "voc", "coco", "yolo"] = opt(
+        "auto", "detect: the annotation layout: voc (an XML per image) | coco (one JSON) | yolo (a txt per image) | "
+        "auto (found from the folder).", metavar="auto|voc|coco|yolo")
     method: AnomalyMethodName = opt(  # type: ignore[valid-type]
         anomaly_methods()[0], "anomaly: " + " | ".join(f"{n} ({method_for(n).summary})" for n in anomaly_methods())
         + ".", metavar="|".join(anomaly_methods()))
@@ -121,7 +126,8 @@ class FinetuneSettings(StageSettings):
         """Fit; returns the manifest (``RUN/finetune/manifest.json``)."""
         from .tasks import fit_task, fit_task_options
 
-        return fit_task(self.data, self.out, **fit_task_options(self.model_dump() | {"quiet": quiet}))
+        return fit_task(self.data, self.out, **fit_task_options(self.model_dump() | {"quiet": quiet},
+                                                                 given=self.model_fields_set))
 
 
 class PruneSettings(StageSettings):

@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-TASKS = ("classify", "anomaly")
+TASKS = ("classify", "anomaly", "detect")
 # The finetune options by where they go, under the names the CLI and the API share: every task's, the
 # classifier's TrainConfig fields, and anomaly.fit's (the labelled folder is ``val`` there, ``val_dir`` here).
 COMMON_OPTIONS = ("task", "arch", "weights", "resize", "input_size", "seed", "engine", "quiet", "val_fraction",
@@ -19,14 +19,22 @@ TRAIN_OPTIONS = ("mode", "epochs", "unfreeze", "progressive", "lr", "batch_size"
 ANOMALY_OPTIONS = {"method": "method", "val": "val_dir", "ok_class": "ok_class", "holdout": "holdout",
                    "coreset": "coreset", "bank_size": "bank_size", "dim": "dim", "clusters": "clusters",
                    "max_false_reject": "max_false_reject"}
+# The detector's options; those it has defaults of its own for (mode, input size, batch size) are passed
+# only when the user gave them.
+DETECT_OPTIONS = ("mode", "epochs", "unfreeze", "lr", "batch_size", "device", "views", "patience", "format",
+                  "input_size")
+DETECT_OWN_DEFAULTS = ("mode", "batch_size", "input_size", "unfreeze", "patience")
 
 
-def fit_task_options(options: dict[str, Any]) -> dict[str, Any]:
+def fit_task_options(options: dict[str, Any], given: set[str] | None = None) -> dict[str, Any]:
     """:func:`fit_task`'s keyword arguments from one flat dict of finetune options (a command's or an API
-    call's parameters): the common ones as they are, the rest sorted into ``train`` and ``anomaly``."""
+    call's parameters): the common ones as they are, the rest sorted into ``train``, ``anomaly`` and
+    ``detect``. ``given``: the options the user set (None: all), for the detector's own defaults."""
     return {**{k: options[k] for k in COMMON_OPTIONS},
             "train": {k: options[k] for k in TRAIN_OPTIONS},
-            "anomaly": {dest: options[k] for k, dest in ANOMALY_OPTIONS.items()}}
+            "anomaly": {dest: options[k] for k, dest in ANOMALY_OPTIONS.items()},
+            "detect": {k: options[k] for k in DETECT_OPTIONS
+                       if k not in DETECT_OWN_DEFAULTS or given is None or k in given}}
 
 
 def task_option_error(task: str, weights: str, baseline: str) -> tuple[str, str] | None:
@@ -38,28 +46,38 @@ def task_option_error(task: str, weights: str, baseline: str) -> tuple[str, str]
 
     if task not in TASKS:
         return "task", f"unknown task {task!r}; choose {' or '.join(TASKS)}"
-    if task == "anomaly" and baseline != "none":
-        return "baseline", " (an anomaly model has no from-scratch counterpart)"
-    if task == "anomaly" and weights.startswith(RUN_PREFIX):
-        return "weights", "; an anomaly model starts from imagenet, none or a state_dict file"
+    if task != "classify" and baseline != "none":
+        return "baseline", f" (an {task} model has no from-scratch counterpart)"
+    if task != "classify" and weights.startswith(RUN_PREFIX):
+        return "weights", f"; an {task} model starts from imagenet, none or a state_dict file"
     return None
 
 
 def fit_task(data_dir: str | Path, out: str | Path, *, task: str = "classify", arch: str = "mobilenet_v2",
              weights: str = "imagenet", resize: str | None = None, input_size: int | None = None, seed: int = 0,
              engine: str = "auto", quiet: bool = True, val_fraction: float = 0.2, baseline: str = "none",
-             train: dict[str, Any] | None = None, anomaly: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``finetune`` stage of either task, chosen here once for the CLI, the pipeline and the API.
+             train: dict[str, Any] | None = None, anomaly: dict[str, Any] | None = None,
+             detect: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``finetune`` stage of every task, chosen here once for the CLI, the pipeline and the API.
 
     ``task="classify"``: ``stages.finetune.finetune`` with a ``TrainConfig`` of ``train`` (its fields: mode, epochs,
     unfreeze, ...) plus ``seed``, ``engine`` and ``quiet``. ``task="anomaly"``: ``anomaly.fit.fit_anomaly``
     with ``anomaly`` (method, val_dir, ok_class, holdout, coreset, bank_size, dim, clusters,
-    max_false_reject). Options of the other task are ignored. Returns the stage's manifest; ConfigError
+    max_false_reject). ``task="detect"``: ``detect.train.fit_detector`` with ``detect`` (mode, epochs, input size,
+    format ...: only those given, the detector has defaults of its own). Options of the other tasks are ignored.
+    Returns the stage's manifest; ConfigError
     for an option that does not go with the task (:func:`task_option_error`)."""
     wrong = task_option_error(task, weights, baseline)
     if wrong is not None:
         raise ConfigError(wrong[1] if wrong[0] == "task" else
                           f"{wrong[0]}{' run:' if wrong[0] == 'weights' else ''} is for task='classify'{wrong[1]}")
+    if task == "detect":
+        from .detect.train import fit_detector
+
+        options = {k: v for k, v in (detect or {}).items() if v is not None}
+        return fit_detector(data_dir, out, arch=arch, weights=weights, seed=seed, quiet=quiet,
+                            val_fraction=val_fraction, engine=engine, **(({"resize": resize} if resize else {})
+                                                                           | options))
     if task == "anomaly":
         from .anomaly.fit import fit_anomaly
 

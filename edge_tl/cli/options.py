@@ -63,7 +63,10 @@ def settings_command(model: type[StageSettings], helps: dict[str, str] | None = 
 
         @functools.wraps(command)
         def run(**values: Any) -> Any:
-            given = {k: v for k, v in values.items() if k in names}
+            # What the user typed, not typer's defaults: a task with defaults of its own (detect) reads
+            # ``model_fields_set`` to know which options were given.
+            given = {k: v for k, v in values.items() if k in names
+                     and (model.model_fields[k].is_required() or v != model.model_fields[k].default)}
             settings = validate(model, given, lambda key: cli_flag(model, key))
             return command(settings=settings, **{k: v for k, v in values.items() if k not in names})
 
