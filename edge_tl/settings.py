@@ -29,9 +29,11 @@ AnomalyMethodName = Literal[anomaly_methods()]  # type: ignore[valid-type]
 
 
 def opt(default: Any, text: str, *, flags: tuple[str, ...] | None = None, metavar: str | None = None,
-        argument: str | None = None, **limits: Any) -> Any:
-    """A field with its help text and CLI spelling (see the module docstring)."""
-    extra = {k: v for k, v in (("flags", flags), ("metavar", metavar), ("argument", argument)) if v is not None}
+        argument: str | None = None, expects: str | None = None, **limits: Any) -> Any:
+    """A field with its help text and CLI spelling (see the module docstring). ``expects``: what a value of a
+    field of several types must be, for the error when it is none of them ("a count of modes or auto")."""
+    extra = {k: v for k, v in (("flags", flags), ("metavar", metavar), ("argument", argument),
+                               ("expects", expects)) if v is not None}
     return Field(default, description=text, json_schema_extra=extra or None, **limits)
 
 
@@ -115,7 +117,8 @@ class FinetuneSettings(StageSettings):
                           "padim, none for patchcore; fewer cost less per image).", metavar="D", ge=1)
     clusters: Literal["auto"] | Annotated[int, Field(ge=1, le=8)] = opt(
         "auto", "anomaly (padim): modes of the good images (k-means), one Gaussian per position each; auto picks "
-        "1-3 on the --val threshold half (one mode without defect images).", metavar="auto|K")
+        "1-3 on the --val threshold half (one mode without defect images).", metavar="auto|K",
+        expects="a count of modes or auto (a count between 1 and 8)")
     holdout: float | None = opt(None, "anomaly: good images kept out of the fit for the threshold and the figures "
                                 "(default 0.2 without --val, 0 with it).", metavar="FRACTION", ge=0, lt=1)
     max_false_reject: float | None = opt(
@@ -371,6 +374,12 @@ def error_text(model: type[StageSettings], exc: ValidationError, name: Callable[
         known = keys(model)
         near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         return f"{name(key)}: unknown option" + (f"; did you mean {name(near[0])}?" if near else "")
+    same = [e for e in exc.errors() if e["loc"][:1] == first["loc"][:1]]
+    if len(same) > 1:  # a field of several types: each branch said why; the field says it in one line
+        extra = model.model_fields[key].json_schema_extra if key in model.model_fields else None
+        expects = extra.get("expects") if isinstance(extra, dict) else None
+        if expects:
+            return f"{name(key)}: {first['input']!r} is not {expects}"
     if first["type"] == "literal_error":
         return f"{name(key)}: unknown value {first['input']!r}; choose {first['ctx']['expected']}"
     return f"{name(key)}: {first['msg']}"

@@ -341,3 +341,16 @@ def test_bad_clusters_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Cap
         err = capsys.readouterr().err.strip()
         assert said in err and len(err.splitlines()) == 1, (args, err)
     assert not (tmp_path / "r" / "finetune").exists()
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "efficientnet_lite0"])
+def test_feature_taps_are_found_at_input_sizes_that_are_not_a_multiple_of_32(arch: str) -> None:
+    """At 260 px (Lite2's own size) padded stages give 33 and 17 positions: 260/17 is 15.3, not 16. The taps
+    must be the same stages as at 256 px, where every ratio is exact."""
+    if arch.startswith("efficientnet"):
+        pytest.importorskip("timm")
+    from edge_tl.anomaly.model import backbone_stages, stride_cuts
+    from edge_tl.models import build_backbone
+
+    stages = backbone_stages(build_backbone(arch), arch)
+    assert stride_cuts(stages, 260) == stride_cuts(stages, 256)

@@ -121,5 +121,5 @@ def test_api_finetune_runs_the_anomaly_task(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "finetune" / "model.pt").is_file()
     with pytest.raises(ConfigError, match="baseline is for task='classify'"):
         api.finetune(data / "train" / "good", tmp_path / "run2", task="anomaly", baseline="scratch")
-    with pytest.raises(ConfigError, match="option 'task': unknown value 'detect'"):
-        api.finetune(data / "train" / "good", tmp_path / "run3", task="detect")
+    with pytest.raises(ConfigError, match="option 'task': unknown value 'segment'"):
+        api.finetune(data / "train" / "good", tmp_path / "run3", task="segment")
