@@ -126,3 +126,46 @@ def test_anomaly_is_judged_on_anomaly_gates() -> None:
     # A candidate with every defect score halved fails on AUROC/decisions, named as such, never "top-1".
     worse = gate_values(logits(s_c * 0.5), es, gates, 0.05, anomaly=True)
     assert not worse["passed"] and not any("top-1" in f for f in worse["failed"])
+
+
+def test_when_int8_cannot_pass_the_best_measured_graph_ships_and_says_it_still_fails() -> None:
+    """Issue 26: 'cannot pass' shipped the all-INT8 graph even where keeping layers float measured better."""
+    from edge_tl.calibration import CalibrationSet
+    from edge_tl.stages.quantize.fallback import Judge, bypass_fewest, short
+
+    ref, cand, labels = planted()
+    es = evalset(ref, labels)
+    # confident answers changed with k activation quantisers bypassed; the search tries k = 1, 3, 4
+    flips = {0: 12, 1: 6, 2: 5, 3: 1, 4: 4}
+
+    def with_flips(k: int) -> np.ndarray:
+        out = cand.copy()
+        for i in range(100, 100 + flips[k]):
+            out[i] = np.roll(ref[i], 1)
+        return out
+
+    class Backend:
+        MODEL, QUANTIZER_OP = "graph", "FakeQuantize"
+
+        def sensitivity(self, q, f, inputs, threads):
+            return 0.1, [{"name": f"q{i}", "consumers": [f"conv{i}"], "sensitivity": 1.0 - i / 10} for i in range(4)]
+
+        def without(self, q, names):
+            return tuple(names)
+
+        def logits(self, variant, inputs, threads, batch):
+            return with_flips(len(variant))
+
+    gates = Gates(min_agreement=0.999)
+    target = get_target("cpu-openvino-int8").model_copy(update={"gates": gates})
+    judge = Judge(es, gates, es, ref)
+    before = judge.on_selection(lambda x: with_flips(0))
+    fallback = {"before": short(before), "status": "needed"}
+    cset = CalibrationSet(np.zeros((4, 3, 2, 2), np.float32), [], "train-split", "", 4, 0)
+    model, values, layers = bypass_fewest(Backend(), target, fallback, None, None, cset, judge, 1)
+    assert fallback["status"] == "cannot pass" and fallback["shipped"] == "best measured"
+    assert model == ("q0", "q1", "q2") and [layer["name"] for layer in layers] == ["q0", "q1", "q2"]
+    assert values is not None and not values["passed"] and "still fails" in fallback["message"]
+    assert all("best measured" in layer["reason"] for layer in layers)
+    assert {t["float_inputs"] for t in fallback["trials"]} == {1, 3, 4}
+    assert all("agreement_confident" in t for t in fallback["trials"])
