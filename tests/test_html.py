@@ -216,5 +216,8 @@ def test_target_page_draws_agreement_against_margin_with_the_noise() -> None:
                   "agreement, confident answers (gated)", "300 selection images"):
         assert words in text, words
     assert 'class="noise"' in page and 'class="agreement-curve"' in page
+    from edge_tl.bench.report import markdown
+
+    assert "agreement, confident answers (gated)" in markdown(r) and "near-ties" in markdown(r)
     # A report written before the split still renders, without the curve.
     assert parse(render_html(synthetic_report())).tags.count("svg") == 3
