@@ -184,7 +184,8 @@ def test_real_bench_writes_html(run_copy: Path, tmp_path: Path) -> None:
     assert page_path.is_file()
     c = parse(page_path.read_text())
     text = " ".join(c.text)
-    assert c.tags.count("svg") == 4  # latency, accuracy vs latency, confusion, ood scores
+    # latency, accuracy vs latency, confusion, ood scores, agreement against margin
+    assert c.tags.count("svg") == 5
     assert "Out-of-distribution score" in text and report["ood"]["n"] == report["n"]
     for name in report["classes"]:
         assert name in text

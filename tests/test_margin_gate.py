@@ -10,7 +10,7 @@ import pytest
 from edge_tl.bench.run import target_gates
 from edge_tl.evalset import EvalSet
 from edge_tl.metrics import answer_noise, margin_agreement, margin_fields, wilson_interval
-from edge_tl.stages.quantize.fallback import NOT_ENOUGH, gate_margin, gate_values
+from edge_tl.stages.quantize.fallback import NOT_ENOUGH, gate_margin, gate_values, images_to_show
 from edge_tl.targets import Gates, get_target
 
 rng = np.random.default_rng(0)
@@ -100,6 +100,7 @@ def test_selection_calls_a_pass_only_when_the_interval_allows_it() -> None:
     assert gate_values(cand, es, Gates(min_agreement=0.98), noise, selection=True)["selection_call"] == "pass"
     few = gate_values(cand, es, Gates(min_agreement=0.99), noise, selection=True)
     assert few["selection_call"] == NOT_ENOUGH and few["passed"]  # decided on the point estimate, and said
+    assert (images_to_show(0.98), images_to_show(0.99), images_to_show(1.0)) == (189, 381, None)
     # 5 confident flips of 360: 0.986 >= 0.98 on the point estimate, but the lower bound 0.968 is not.
     flipped = cand.copy()
     for i in range(100, 105):

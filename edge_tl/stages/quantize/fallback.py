@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...calibration import CalibrationSet, SelectionSet
+from ...errors import DataError
 from ...evalset import EvalSet, reference_logits
 from ...gates import passes, verdicts
 from ...metrics import (
@@ -113,6 +114,23 @@ def gate_values(logits: np.ndarray, evalset: EvalSet, gates: Gates, noise: float
 
 
 NOT_ENOUGH = "not enough images"
+
+
+def images_to_show(limit: float) -> int | None:
+    """The fewest answers, all agreeing, whose Wilson 95 % lower bound reaches ``limit`` (None for 1.0)."""
+    if limit >= 1.0:
+        return None
+    n = 1
+    while not passes("min_", wilson_interval(n, n)[0], limit):  # type: ignore[index]
+        n = n * 2
+    lo = n // 2
+    while n - lo > 1:
+        mid = (lo + n) // 2
+        if passes("min_", wilson_interval(mid, mid)[0], limit):  # type: ignore[index]
+            n = mid
+        else:
+            lo = mid
+    return n
 
 
 def _failed_text(g: dict[str, Any], values: dict[str, Any]) -> str:
@@ -282,7 +300,14 @@ def make_judge(target: Target, run: RunDir, src: Path, evalset: EvalSet, src_log
     shipped graph's answer noise is measured there (``Judge.noise``)."""
     if not len(evalset.labels) or not has_gates(target.gates):
         return Judge(evalset, target.gates, anomaly=anomaly), None
-    sel = selection()
+    try:
+        sel = selection()
+    except DataError as exc:
+        if target.quantizer.accuracy_fallback:
+            raise
+        # Nothing is chosen: without labelled spare images the noise is simply not measured (bench: 0).
+        log.warning("%s: answer noise not measured (%s)", target.name, exc)
+        return Judge(evalset, target.gates, anomaly=anomaly), None
     float_sel = (model_logits or _torch_source_logits(src))(sel.inputs).astype(np.float32)
     full = src.resolve() == run.finetune.resolve()
     ref = float_sel if full or against_source else reference_logits(run, sel.inputs).astype(np.float32)
@@ -325,6 +350,14 @@ def fallback_start(target: Target, judge: Judge, float_values: dict[str, Any] | 
         "selection": judge.record, "before": short(before),
         "measured_on": (f"{len(judge.select.labels)} selection images ({judge.record.get('source')}; {where} on "
                         f"this host, INT8 error ×{judge.error_scale:g}): before, after and trials")}
+    if before.get("selection_call") == NOT_ENOUGH:
+        gate = "min_decision_agreement" if judge.anomaly else "min_agreement"
+        limit = getattr(target.gates, gate)
+        need = images_to_show(limit)
+        needs = f"that needs at least {need}" if need is not None else "no finite number of images can"
+        fallback["selection_call"] = (
+            f"{NOT_ENOUGH}: {before['confident_n']} confident selection answers cannot show {gate} >= {limit:g} at "
+            f"95 % ({needs}); the agreement gate is decided on its value there")
     if before["passed"]:
         fallback["status"] = "not needed"
     elif float_values is not None and not float_values["passed"]:
