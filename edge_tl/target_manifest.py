@@ -73,6 +73,8 @@ class TargetManifest(_Open):
     speed_check: dict[str, Any] | None = None
     gate_reference: str | None = None
     int8_speedup_over_float: float | None = Field(None, description="float p50 / INT8 p50 at export, ×")
+    answer_noise: dict[str, Any] | None = Field(
+        None, description="the shipped INT8 graph's answer noise on the selection images (metrics.answer_noise)")
 
 
 # Written by every export today: a manifest missing one was written wrong (not merely old).

@@ -99,6 +99,14 @@ def test_int8_float_layers_are_chosen_on_the_threshold_images(run: Path) -> None
     assert chosen == threshold, "every threshold image, and only those"
     assert {c for c, n in sel["per_class"].items() if n} == {"good", "defect"}
     assert not {im["sha256"] for im in sel["images"]} & {im["sha256"] for im in cal["images"]}
+    # Issue 26: one gate definition per task: the fallback judges AUROC drop and decision agreement (on the
+    # confident decisions), never top-1; the noise is the score's, in units of the threshold.
+    m = json.loads((run / "targets" / "cpu-openvino-int8" / "manifest.json").read_text())
+    for part in ("before", "held_out"):
+        judged = m["fallback"][part]
+        assert "auroc_drop" in judged and "decision_agreement" in judged and "top1_drop" not in judged, part
+        assert not any("top-1" in f for f in judged["failed"])
+    assert "threshold" in m["answer_noise"]["unit"] and m["answer_noise"]["n"] == len(threshold)
 
 
 def test_bench_reports_anomaly_figures_and_gates(run: Path) -> None:

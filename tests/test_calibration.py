@@ -153,3 +153,35 @@ def test_recipe_profile_in_the_calibration_folder_loads() -> None:
     path = Path(__file__).resolve().parents[1] / "calibration" / "cpu-onnxruntime-int8-entropy.toml"
     target = get_target(str(path))
     assert target.quantizer.calibration_method == "entropy" and target.quantizer.calibration_size == 500
+
+
+def test_selection_set_judges_a_class_calibration_took_whole_and_names_one_it_cannot(
+        finetuned_run: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 26: on an imbalanced line calibration can take every image of a rare class; the selection set
+    then gets that class's calibration images (recorded), and a class with none at all is named."""
+    from edge_tl.calibration import CalibrationSet, build_selection_set
+
+    run, pre, classes, split = _ctx(finetuned_run)
+    rare = classes[-1]
+    root = Path(split["root"])
+    val = {p for p, _ in split["val"]}
+    whole = [{"path": p, "sha256": sha256_file(root / p), "class": classes[y]}
+             for p, y in split["train"] if classes[y] == rare and p not in val]
+    assert whole, "precondition: the rare class has training images"
+    x = np.zeros((len(whole), 3, pre.crop, pre.crop), np.float32)
+    cset = CalibrationSet(x, whole, SOURCE_TRAIN, str(root), len(whole), 0, classes=list(classes))
+    with caplog.at_level(logging.WARNING, logger="edge_tl"):
+        sel = build_selection_set(run, pre, classes, cset, size=30, minimum=5)
+    summary = sel.summary()
+    assert summary["per_class"][rare] == summary["per_class_from_calibration"][rare] == min(10, len(whole))
+    assert not summary["disjoint_from_calibration"] and summary["classes_without_images"] == []
+    assert all(im.get("from_calibration") for im in sel.images if im["class"] == rare)
+    assert len(sel.inputs) == len(sel.labels) == len(sel.images)
+    assert "topped up" in caplog.text
+    # Unlabelled calibration images (a camera folder) cannot stand in: the class is named, in the manifest too.
+    caplog.clear()
+    unlabelled = CalibrationSet(x, [im | {"class": None} for im in whole], SOURCE_FOLDER, str(root), len(whole), 0)
+    with caplog.at_level(logging.WARNING, logger="edge_tl"):
+        sel = build_selection_set(run, pre, classes, unlabelled, size=30, minimum=5)
+    assert sel.summary()["classes_without_images"] == [rare] and sel.per_class[rare] == 0
+    assert f"no image of class(es) {rare}" in caplog.text

@@ -184,7 +184,8 @@ def test_real_bench_writes_html(run_copy: Path, tmp_path: Path) -> None:
     assert page_path.is_file()
     c = parse(page_path.read_text())
     text = " ".join(c.text)
-    assert c.tags.count("svg") == 4  # latency, accuracy vs latency, confusion, ood scores
+    # latency, accuracy vs latency, confusion, ood scores, agreement against margin
+    assert c.tags.count("svg") == 5
     assert "Out-of-distribution score" in text and report["ood"]["n"] == report["n"]
     for name in report["classes"]:
         assert name in text
@@ -193,3 +194,31 @@ def test_real_bench_writes_html(run_copy: Path, tmp_path: Path) -> None:
         assert gate["name"] in text
     index = parse(write_index(run_copy / "reports").read_text())
     assert index.tags.count("svg") == 3 and "cpu-onnxruntime-fp32" in " ".join(index.text)
+
+
+def test_target_page_draws_agreement_against_margin_with_the_noise() -> None:
+    """Issue 26: the split by the reference's margin and its curve, noise marked, on the target's page."""
+    import numpy as np
+
+    from edge_tl.metrics import agreement_curve, margin_agreement, margin_fields
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 2, (200, 4))
+    cand = ref + rng.normal(0, 0.2, ref.shape)
+    r = synthetic_report()
+    r["profile"]["gates"]["min_agreement"] = 0.98
+    r["candidate"] |= margin_fields(margin_agreement(cand, ref, 0.35)) | {
+        "answer_noise_source": "300 selection images", "agreement_curve": agreement_curve(cand, ref)}
+    page = render_html(r)
+    c = parse(page)
+    assert c.tags.count("svg") == 4
+    text = " ".join(c.text)
+    for words in ("Agreement against the reference's margin", "noise 0.35", "gate 98 %", "near-ties",
+                  "agreement, confident answers (gated)", "300 selection images"):
+        assert words in text, words
+    assert 'class="noise"' in page and 'class="agreement-curve"' in page
+    from edge_tl.bench.report import markdown
+
+    assert "agreement, confident answers (gated)" in markdown(r) and "near-ties" in markdown(r)
+    # A report written before the split still renders, without the curve.
+    assert parse(render_html(synthetic_report())).tags.count("svg") == 3

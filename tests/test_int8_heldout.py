@@ -53,12 +53,28 @@ def test_selection_is_disjoint_and_the_verdict_is_measured_on_validation(run_cop
     assert "selection images" in fb["measured_on"]
     # The verdict is the shipped graph's, on every validation image (what bench reports), unscaled.
     es = load_eval_set(ensure_eval_set(run))
-    want = gate_values(_ort_logits(str(folder / "model.onnx"), es.inputs, 2, 8), es, get_target(target).gates)
+    # The shipped graph's answer noise, measured on the selection images (never validation), is in the
+    # manifest; validation's answers are split at it.
+    noise = m["answer_noise"]
+    assert noise["value"] >= 0 and noise["n"] == len(selected) and "selection images" in noise["measured_on"]
+    assert fb["answer_noise"] == noise
+    want = gate_values(_ort_logits(str(folder / "model.onnx"), es.inputs, 2, 8), es, get_target(target).gates,
+                       noise["value"])
     held = fb["held_out"]
     assert held["n"] == len(es.labels)
-    for key in ("top1", "top1_drop", "agreement", "passed"):
+    for key in ("top1", "top1_drop", "agreement", "agreement_confident", "near_tie_n", "answer_noise", "passed"):
         assert held[key] == pytest.approx(want[key]), key
     assert "validation" in held["measured_on"]
+    # Bench splits at the same recorded number and judges with the same evaluator: the same figures.
+    from edge_tl.bench.run import bench_target
+
+    report = bench_target(run, get_target(target), es, memory=False, throughput_s=0, latency=False)
+    cand = report["candidate"]
+    for key in ("agreement", "agreement_confident", "near_tie_n", "near_tie_agreement", "answer_noise"):
+        assert cand[key] == held[key], key
+    gate = next(g for g in report["gates"] if g["name"] == "min_agreement")
+    assert gate["value"] == held["agreement_confident"] and "confident answers" in gate["on"]
+    assert cand["agreement_curve"] and cand["agreement_curve"][0]["margin"] == 0.0
 
 
 def test_a_training_split_too_small_for_a_disjoint_set_selects_on_calibration_images(

@@ -79,6 +79,10 @@ class FallbackRules(Protocol):
         """The gate values the manifest keeps."""
         ...
 
+    def trial_record(self, values: dict[str, Any], **which: Any) -> dict[str, Any]:
+        """One fallback trial as the manifest lists it."""
+        ...
+
     def float_reason(self, fallback: dict[str, Any], index: int, total: int) -> str:
         """Why the ``index``-th most sensitive layer stayed float."""
         ...

@@ -498,3 +498,41 @@ def curve_svg(rows: list[dict[str, Any]], title: str = "Top-1 against labelled i
                     f'fill="{PALETTE[0]}"><title>{esc(tip)}</title></circle>'
                     f'<text x="{x + 7:.1f}" y="{y - 7:.1f}" fill="#333">{esc(r["label"])}</text>')
     return _svg(w, h, title, body)
+
+
+def agreement_margin_svg(curve: list[dict[str, Any]], noise: float | None, limit: float | None = None,
+                         unit: str = "logits") -> str:
+    """Agreement with the reference of the answers whose reference margin is at least m, against m
+    (``metrics.agreement_curve``: rows ``{margin, n, agreement}``), the target's answer noise as a
+    vertical line (answers right of it are the confident ones the agreement gate judges), and the gate's
+    limit as a dashed horizontal line."""
+    pts = [c for c in curve if c.get("agreement") is not None]
+    if not pts:
+        return '<p class="sub">No agreement-versus-margin curve: no answers.</p>'
+    w, h, left, top, right, bottom = 720, 320, 70, 40, 170, 276
+    top_m = max(max(float(c["margin"]) for c in pts), float(noise or 0.0)) or 1.0
+    ax = _Axis(0.0, top_m * 1.05, left, w - right)
+    lows = [100 * float(c["agreement"]) for c in pts] + ([100 * limit] if limit is not None else [])
+    ay = _Axis(max(0.0, min(lows) - 2), 100.0, bottom, top)
+    body = _xgrid(ax, top, bottom, f"reference margin at least m [{unit}]")
+    body += _ygrid(ay, left, w - right, "agreement [%]")
+    line = " ".join(f"{ax(float(c['margin'])):.1f},{ay(100 * float(c['agreement'])):.1f}" for c in pts)
+    body.append(f'<polyline class="agreement-curve" points="{line}" fill="none" stroke="{PALETTE[0]}" '
+                'stroke-width="2"/>')
+    for c in pts:
+        tip = f"margin ≥ {float(c['margin']):.3g}: {c['n']} answers, agreement {100 * float(c['agreement']):.2f} %"
+        body.append(f'<circle cx="{ax(float(c["margin"])):.1f}" cy="{ay(100 * float(c["agreement"])):.1f}" r="3" '
+                    f'fill="{PALETTE[0]}"><title>{esc(tip)}</title></circle>')
+    items: list[tuple[str, str, str | None]] = [(PALETTE[0], "agreement", "")]
+    if noise is not None:
+        x = ax(float(noise))
+        body.append(f'<line class="noise" x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" stroke="#cf222e" '
+                    f'stroke-width="1.5"><title>answer noise {float(noise):.3g} {esc(unit)}</title></line>')
+        items.append(("#cf222e", f"noise {float(noise):.3g}", ""))
+    if limit is not None:
+        y = ay(100 * limit)
+        body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w - right}" y2="{y:.1f}" stroke="{REF_COLOR}" '
+                    'stroke-dasharray="6,4"/>')
+        items.append((REF_COLOR, f"gate {100 * limit:g} %", "6,4"))
+    body += _legend(w - right + 16, top + 12, items)
+    return _svg(w, h, "Agreement against the reference's margin", body)

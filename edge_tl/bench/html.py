@@ -19,6 +19,7 @@ from .charts import (
     CSS,
     PALETTE,
     REF_COLOR,
+    agreement_margin_svg,
     anomaly_figures,
     confusion_svg,
     esc,
@@ -106,6 +107,19 @@ def _points(reports: list[dict[str, Any]], key: str = "top1") -> tuple[list[dict
     return pts, ref_top1
 
 
+def _split_rows(cand: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The agreement split by the reference's margin (bench's ``agreement_confident`` and near-tie fields)."""
+    if "agreement_confident" not in cand:
+        return []  # a report written before the split
+    ci = cand.get("confident_interval")
+    interval = f" (95 % {pct(ci[0], 2)}–{pct(ci[1], 2)})" if ci else ""
+    return [("agreement, confident answers (gated)", "",
+             f'{pct(cand.get("agreement_confident"), 2)}{interval}, {esc(cand.get("confident_n"))} answers'),
+            ("near-ties (reference margin ≤ noise): share / agreement", "",
+             f'{pct(cand.get("near_tie_share"), 1)} / {pct(cand.get("near_tie_agreement"), 1)}'),
+            ("answer noise", "", num(cand.get("answer_noise"), 3))]
+
+
 def _page(title: str, body: str, css_class: str = "") -> str:
     cls = f' class="{css_class}"' if css_class else ""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
@@ -188,13 +202,15 @@ def render_html(report: dict[str, Any]) -> str:
              pct(cand.get("false_reject_rate"), 2)),
             ("escape rate (defect images passed)", pct(ref.get("escape_rate"), 2), pct(cand.get("escape_rate"), 2)),
             ("decision agreement with reference", "", pct(cand.get("decision_agreement"), 2)),
+            *_split_rows(cand),
             ("max score drift vs reference", "", num(cand.get("max_score_drift"), 4, " × threshold")),
             ("images: good / defect", "", f'{esc(cand.get("n_good", "–"))} / {esc(cand.get("n_defect", "–"))}'),
         ] if anomaly else [
             ("top-1", pct(ref.get("top1"), 2), pct(cand.get("top1"), 2)),
             ("balanced accuracy", pct(ref.get("balanced_accuracy"), 2), pct(cand.get("balanced_accuracy"), 2)),
             ("top-1 drop", "", num(cand.get("top1_drop"), 2, " points")),
-            ("agreement with reference", "", pct(cand.get("agreement"), 2))]
+            ("agreement with reference", "", pct(cand.get("agreement"), 2)),
+            *_split_rows(cand)]
         rows = [("format / precision", f'{esc(ref.get("format"))} / {esc(ref.get("precision"))}',
                  f'{esc(cand.get("format"))} / {esc(precision_text(cand))}'),
                 *figures,
@@ -236,6 +252,15 @@ def render_html(report: dict[str, Any]) -> str:
         out.append(f'<p><b>Speed-up</b> (reference p50 / candidate p50): {num(r.get("speedup"), 2, "×")}{mark}'
                    + (f'<br><span class="sub">per timing block: {esc(spread)}</span>' if spread else "") + "</p>")
         out.append(f"<h2>Gates</h2>{gates_table([r], with_target=False)}")
+        if cand.get("agreement_curve"):
+            gate = "min_decision_agreement" if anomaly else "min_agreement"
+            unit = "× threshold" if anomaly else "logits"
+            limit = ((r.get("profile") or {}).get("gates") or {}).get(gate)
+            svg = agreement_margin_svg(cand["agreement_curve"], cand.get("answer_noise"), limit, unit)
+            out.append(f'<figure>{svg}'
+                       f'<figcaption>Agreement of the answers whose reference margin is at least m. Right of the '
+                       f'noise line ({esc(cand.get("answer_noise_source") or "")}) are the confident answers '
+                       "the agreement gate judges; left of it, near-ties (reported, not gated).</figcaption></figure>")
         out.append(transfer_html(r.get("transfer")))
         out.append(adaptation_html(r.get("adaptation")))
         out.append(ood_html(r.get("ood")))

@@ -111,6 +111,12 @@ def markdown(report: dict[str, Any]) -> str:
         ("balanced accuracy", _fmt(ref.get("balanced_accuracy")), _fmt(cand.get("balanced_accuracy"))),
         ("top-1 drop (points)", "", _fmt(cand.get("top1_drop"), 2)),
         ("agreement", "", _fmt(cand.get("agreement"), 4))]
+    if "agreement_confident" in cand:  # issue 26: the split by the reference's margin (absent in older reports)
+        figures += [("agreement, confident answers (gated)", "",
+                     f"{_fmt(cand.get('agreement_confident'), 4)} of {_fmt(cand.get('confident_n'))}"),
+                    ("near-ties: share / agreement", "",
+                     f"{_fmt(cand.get('near_tie_share'), 4)} / {_fmt(cand.get('near_tie_agreement'), 4)}"),
+                    ("answer noise", "", _fmt(cand.get("answer_noise"), 4))]
     rows = [
         ("format / precision", f"{ref['format']} / {ref['precision']}", f"{cand['format']} / {precision_text(cand)}"),
         *figures,

@@ -44,7 +44,7 @@ from ..errors import ConfigError, EdgeTLError
 from ..evalset import EvalSet, ensure_eval_set, eval_set_from_folder, load_eval_set, with_reference
 from ..gates import all_passed, verdicts
 from ..manifest import host_info, sha256_file, versions
-from ..metrics import agreement, classification_metrics
+from ..metrics import agreement, agreement_curve, classification_metrics, margin_agreement, margin_fields
 from ..rundir import RunDir
 from ..targets import Target, builtin_targets, get_target
 from .hostload import HostLoad, spread_reason, wait_for_quiet
@@ -178,6 +178,24 @@ def candidate_source(run: RunDir, manifest: dict[str, Any], evalset: EvalSet, re
                       "no prune manifest)"}
     return out | {"float_top1": met["val_top1"], "float_top1_drop": met.get("val_top1_drop"),
                   "float_from": "the prune manifest (validation split; no torch on this host)"}
+
+
+def target_noise(manifest: dict[str, Any], target: Target) -> tuple[float, str]:
+    """The answer noise a target's answers are split at (``metrics.margin_agreement``), and where it came from.
+
+    An INT8 export records its shipped graph's noise on the selection images (``answer_noise`` in the
+    target manifest, ``metrics.answer_noise``): read, not re-measured, so bench, export and bundle split
+    at the same number and never on the images the verdict is taken on. A float target is not measured
+    (its export builds no selection set, and a float graph's logits differ from torch's by float rounding
+    only): noise 0, every answer but an exact tie is confident, as the agreement gate always judged it.
+    """
+    record = manifest.get("answer_noise")
+    if record and record.get("value") is not None:
+        return float(record["value"]), str(record.get("measured_on") or "the export's selection images")
+    if target.quantized:
+        return 0.0, ("not measured (exported before edge-tl recorded answer noise, or without a gate or "
+                     "labelled images): 0, every answer judged; export again to measure it")
+    return 0.0, "not measured (float target): 0, every answer judged"
 
 
 def _reference_device(target: Target) -> str:
@@ -486,7 +504,16 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
         log.warning("UNRELIABLE: %s (%s): %s of %s are not to be trusted", what, "; ".join(unreliable),
                     figure, target.name)
     p95 = (candidate["latency_ms"] or {}).get("p95")
-    not_measured = () if latency else ("max_p95_ms",)
+    not_measured: tuple[str, ...] = () if latency else ("max_p95_ms",)
+    # The agreement gate judges the answers the reference is sure of (margin above the target's noise,
+    # measured by its export on the selection images): the one definition export's fallback uses.
+    noise, noise_source = target_noise(manifest, target)
+    split = margin_agreement(cand["logits"], evalset.logits, noise, anomaly)
+    candidate |= margin_fields(split) | {"answer_noise_source": noise_source,
+                                         "agreement_curve": agreement_curve(cand["logits"], evalset.logits, anomaly)}
+    agreement_gate = "min_decision_agreement" if anomaly else "min_agreement"
+    if split["confident"]["n"] == 0:
+        not_measured += (agreement_gate,)
     if anomaly:
         from ..metrics import compare
 
@@ -494,11 +521,16 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
         candidate |= figures["candidate"]
         reference |= figures["reference"]
         gates = target_gates(target, {"max_auroc_drop": candidate["auroc_drop"],
-                                      "min_decision_agreement": candidate["decision_agreement"],
+                                      "min_decision_agreement": candidate["agreement_confident"],
                                       "max_p95_ms": p95}, not_measured)
     else:
         gates = target_gates(target, {"max_top1_drop": candidate["top1_drop"],
-                                      "min_agreement": candidate["agreement"], "max_p95_ms": p95}, not_measured)
+                                      "min_agreement": candidate["agreement_confident"], "max_p95_ms": p95},
+                             not_measured)
+    for g in gates:
+        if g["name"] == agreement_gate:
+            g["on"] = (f"{split['confident']['n']} confident answers (reference margin > noise {noise:.3g}); "
+                       f"{split['near_tie']['n']} near-ties reported, not gated")
     if state is not None and state["precision"] != "int8":
         base["notes"].append(f"an INT8 profile whose graph is {state['label']}: it runs as a float model "
                              "with quantise/dequantise hops; compare with the float target")

@@ -80,6 +80,7 @@ class Gate(_Closed):
                                             "not computed, or not measured")
     passed: bool | None = Field(description="None: not measured (neither passed nor failed)")
     status: str | None = Field(None, description='"not measured" for a gate skipped by --no-latency')
+    on: str | None = Field(None, description="which answers an agreement gate judged, in words (the confident ones)")
 
 
 class Session(_Open):
@@ -150,6 +151,20 @@ class Candidate(_Accuracy):
     decision_agreement: float | None = Field(None, description="same ok/defect decision as the reference, fraction")
     max_score_drift: float | None = Field(None, description="max |Δ normalised score|, in units of the threshold")
     auroc_drop: float | None = Field(None, description="reference AUROC minus candidate AUROC (in [0, 1] units)")
+    # both tasks: agreement split at the answer noise (``metrics.margin_agreement``, ``margin_fields``)
+    agreement_confident: float | None = Field(
+        None, description="agreement (anomaly: decision agreement) of the answers whose reference margin exceeds "
+        "the answer noise: what the agreement gate judges, fraction")
+    confident_n: int | None = Field(None, description="images in that confident part")
+    confident_interval: list[float] | None = Field(None, description="Wilson 95 % interval of it, [low, high]")
+    near_tie_n: int | None = Field(None, description="images whose reference margin is within the noise")
+    near_tie_share: float | None = Field(None, description="their share of the images, fraction")
+    near_tie_agreement: float | None = Field(None, description="their agreement, fraction (None: no image)")
+    answer_noise: float | None = Field(
+        None, description="95th percentile of |Δ margin| (logits; anomaly: |Δ score| in threshold units)")
+    answer_noise_source: str | None = Field(None, description="where the noise was measured, in words")
+    agreement_curve: list[dict[str, float]] | None = Field(
+        None, description="[{margin, n, agreement}]: agreement of the answers with reference margin ≥ margin")
 
 
 class Report(_Closed):

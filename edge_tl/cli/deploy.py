@@ -80,7 +80,8 @@ def policy_line(p: dict) -> str:
             f"(not passed) {pct(recall)}, escape {pct(v['escape_rate'])}, false-reject {pct(v['false_reject_rate'])}, "
             f"review {pct(v['review_rate'])}"
             + (f" (out of distribution {pct(v['out_of_distribution_rate'])}, ood limit {p['ood_limit']:g})"
-               if "out_of_distribution_rate" in v else ""))
+               if "out_of_distribution_rate" in v else "")
+            + (f"; {p['noise_guard']['summary']}" if (p.get("noise_guard") or {}).get("summary") else ""))
 
 
 def _expand(paths: list[Path], require: bool = True) -> list[Path]:

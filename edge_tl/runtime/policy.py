@@ -40,7 +40,9 @@ from ..errors import ConfigError
 RULE = ("label = argmax(logits); score = softmax(logits)[label]; decision = 'ok' if label is an ok class "
         "and score >= ok_threshold, 'defect' if label is a defect class and score >= defect_threshold, "
         "otherwise 'review'; with an ood_limit, an image whose ood_score exceeds it is 'review' whatever its "
-        "label (reason out_of_distribution)")
+        "label (reason out_of_distribution); with a noise_margin v > 0 (an INT8 bundle: its target's measured "
+        "answer noise, in logits), an answer is acted on only when its top-1 logit beats the runner-up by more "
+        "than v and its score with the top-1 logit lowered by v still meets the threshold, otherwise 'review'")
 REASONS = ("low_confidence", "out_of_distribution")
 DECISIONS = ("ok", "defect", "review")
 OK_NAMES = frozenset({"ok", "good", "pass", "passed", "normal", "no_defect", "nodefect", "no-defect",
@@ -67,6 +69,9 @@ class Policy:
     # The model's ood_score (1.0 = its calibrated threshold, see edge_tl/ood.py) above which an image goes
     # to review; None: not used (no ood output, or switched off at bundle time).
     ood_limit: float | None = None
+    # The review band's widening for the target's answer noise (logits; ``edge_tl.metrics.answer_noise``
+    # of an INT8 graph against the full model, 0 for fp32): see ``guarded_scores``.
+    noise_margin: float = 0.0
 
     def __post_init__(self) -> None:
         both = set(self.ok_classes) & set(self.defect_classes)
@@ -81,6 +86,33 @@ class Policy:
                 raise ConfigError(f"{name} must be between 0 and 1, got {value}")
         if self.ood_limit is not None and not self.ood_limit > 0:
             raise ConfigError(f"the ood limit must be above 0, got {self.ood_limit}")
+        if not self.noise_margin >= 0:
+            raise ConfigError(f"the noise margin must be at least 0, got {self.noise_margin}")
+
+    def guarded_scores(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(class index, score, score the thresholds judge) per row of ``logits`` (N, C).
+
+        The judged score is the softmax score of the top-1 class with its logit lowered by
+        ``noise_margin`` v, or -1 (never acted on) when the top-1 logit beats the runner-up by v or less.
+        Why: when no top-1-minus-other logit difference moves by more than v between this graph and the
+        full fp32 model, the full model gives the same label with a score at least the judged one (the
+        softmax score rises with each such difference), so every answer acted on here is one the fp32 policy
+        acts on alike: an INT8 bundle never turns a confident ``ok`` into ``defect``, nor a fp32 ``review``
+        into a decision. v = 0: the judged score is the score."""
+        z = np.asarray(np.atleast_2d(logits), dtype=np.float64)
+        probs = softmax(z)
+        idx = probs.argmax(axis=1)
+        rows = np.arange(len(z))
+        score = probs[rows, idx]
+        if self.noise_margin <= 0 or z.shape[1] < 2:
+            return idx, score, score
+        lowered = z.copy()
+        lowered[rows, idx] -= self.noise_margin
+        judged = softmax(lowered)[rows, idx]
+        others = z.copy()
+        others[rows, idx] = -np.inf
+        near = z[rows, idx] - others.max(axis=1) <= self.noise_margin
+        return idx, score, np.where(near, -1.0, judged)
 
     def out_of_distribution(self, ood: float | None) -> bool:
         return self.ood_limit is not None and ood is not None and ood > self.ood_limit
@@ -100,27 +132,27 @@ class Policy:
         return "out_of_distribution" if self.out_of_distribution(ood) else "low_confidence"
 
     def decide_logits(self, logits: np.ndarray, ood: np.ndarray | None = None) -> list[tuple[int, float, str]]:
-        """(class index, score, decision) for each row of ``logits`` (``ood``: (N,) ood_score, optional)."""
-        probs = softmax(np.atleast_2d(logits))
-        idx = probs.argmax(axis=1)
+        """(class index, score, decision) for each row of ``logits`` (``ood``: (N,) ood_score, optional);
+        the thresholds judge the noise-guarded score (``guarded_scores``)."""
+        idx, scores, judged = self.guarded_scores(logits)
         out = []
         for i, k in enumerate(idx):
-            score = float(probs[i, k])
             o = None if ood is None else float(ood[i])
-            out.append((int(k), score, self.decide(self.classes[k], score, o)))
+            out.append((int(k), float(scores[i]), self.decide(self.classes[k], float(judged[i]), o)))
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": RULE, "ok_classes": list(self.ok_classes),
                 "defect_classes": list(self.defect_classes), "ok_threshold": float(self.ok_threshold),
-                "defect_threshold": float(self.defect_threshold), "ood_limit": self.ood_limit}
+                "defect_threshold": float(self.defect_threshold), "ood_limit": self.ood_limit,
+                "noise_margin": float(self.noise_margin)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], classes: Sequence[str]) -> Policy:
         limit = d.get("ood_limit")
         return cls(tuple(classes), tuple(d["ok_classes"]), tuple(d["defect_classes"]),
                    float(d["ok_threshold"]), float(d["defect_threshold"]),
-                   None if limit is None else float(limit))
+                   None if limit is None else float(limit), float(d.get("noise_margin") or 0.0))
 
 
 def make_policy(classes: Sequence[str], ok_classes: Sequence[str] | None = None,
@@ -355,3 +387,32 @@ def tune_for_escape(policy: Policy, logits: np.ndarray, labels: np.ndarray, max_
               "escape_upper_bound": rate_upper_bound(escaped, n_defect, confidence or DEFAULT_CONFIDENCE),
               "reason": reason, "tuned_on": "validation images (the same ones report it: optimistic)", **stats}
     return tuned, record
+
+
+def review_added(policy: Policy, candidate: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """What a target's noise guard costs and buys on the same images, against the fp32 policy.
+
+    ``candidate``: this target's logits (N, C); ``reference``: the full fp32 model's on the same images. The fp32
+    policy is ``policy`` without its noise margin (same classes and thresholds) applied to ``reference``.
+    Returns ``n``, ``noise_margin``, ``fp32_review_rate``, ``review_rate`` (this target, guarded),
+    ``added_review_rate`` (the difference), ``noise_guard_review_rate`` (this target's answers sent to
+    review by the guard alone) and the two failures the guard exists to prevent, counted: ``decision_flips``
+    (an ok/defect decision of fp32 that this target acts on the other way) and ``decided_outside_review``
+    (an fp32 ``review`` this target acts on). OOD review is left out of both sides (it is the same rule).
+    """
+    from dataclasses import replace
+
+    fp32 = replace(policy, noise_margin=0.0, ood_limit=None)
+    guarded = replace(policy, ood_limit=None)
+    n = len(candidate)
+    if n == 0:
+        return {"n": 0, "noise_margin": policy.noise_margin}
+    ref = np.array([d for _, _, d in fp32.decide_logits(reference)])
+    got = np.array([d for _, _, d in guarded.decide_logits(candidate)])
+    plain = np.array([d for _, _, d in fp32.decide_logits(candidate)])
+    return {"n": n, "noise_margin": float(policy.noise_margin),
+            "fp32_review_rate": float(np.mean(ref == "review")), "review_rate": float(np.mean(got == "review")),
+            "added_review_rate": float(np.mean(got == "review") - np.mean(ref == "review")),
+            "noise_guard_review_rate": float(np.mean((got == "review") & (plain != "review"))),
+            "decision_flips": int(np.sum((ref != "review") & (got != "review") & (ref != got))),
+            "decided_outside_review": int(np.sum((ref == "review") & (got != "review")))}

@@ -47,7 +47,14 @@ from ..runtime.bundlefile import (
     tolerance_for,
     write_sums,
 )
-from ..runtime.policy import make_policy, policy_stats, tune_for_escape, tune_ok_threshold
+from ..runtime.policy import (
+    Policy,
+    make_policy,
+    policy_stats,
+    review_added,
+    tune_for_escape,
+    tune_ok_threshold,
+)
 from ..target_manifest import read_target_manifest
 from ..targets import Target, command, get_target
 
@@ -262,6 +269,7 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
             if ood_limit is None:
                 ood_limit, limit_source = ood["limit"], ood["limit_source"]
             policy = replace(policy, ood_limit=float(ood_limit))
+        policy, guard = noise_guard(policy, tm, t, cand, evalset.logits)
         stats = policy_stats(policy, cand, evalset.labels, val_ood)
 
         with staged_folder(out) as tmp:
@@ -318,7 +326,7 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
                           "precision": t.precision, "batch_size": t.batch_size, "threads": t.threads,
                           **({"engine": f"built on the device from {t.model_file} on first open, then cached"}
                              if facts(t.backend).engine_on_device else {})},
-                "policy": policy.to_dict() | {"tuning": tuning, "validation": stats},
+                "policy": policy.to_dict() | {"tuning": tuning, "validation": stats, "noise_guard": guard},
                 "target": t.model_dump(),
                 "golden": {"expected_from": {"backend": backend, "device": device, "precision": t.precision},
                            "tolerance": tol, "top1": "must equal",
@@ -339,6 +347,34 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
         runner.close()
     log.debug("bundle written in %.1f s", time.perf_counter() - started)
     return manifest
+
+
+def noise_guard(policy: Policy, tm: dict[str, Any], t: Target, cand: np.ndarray,
+                reference: np.ndarray) -> tuple[Policy, dict[str, Any]]:
+    """The policy with its review band widened by the target's answer noise, and what that costs.
+
+    The noise is the export's (``answer_noise`` in the target manifest: the shipped INT8 graph against the
+    full model on the selection images, ``metrics.answer_noise``), the number bench split its answers at;
+    a float target has none (0). Its cost is measured on the bundle's own evaluation images
+    (``runtime.policy.review_added``: review over the fp32 policy with the same thresholds on the full model's
+    logits of the same images). The thresholds are tuned first, on the unguarded rule: the guard only
+    moves answers to review, so an escape target stays met, and the false-reject figures it reports
+    (``policy.validation``) include the guard's cost.
+    """
+    record = tm.get("answer_noise") or {}
+    value = record.get("value") if t.quantized else None
+    if value:
+        policy = replace(policy, noise_margin=float(value))
+    guard = review_added(policy, cand, reference) | {
+        "noise_source": record.get("measured_on") if value else
+        ("not measured (float target): no widening" if not t.quantized else
+         "not measured by this export (exported before answer noise was recorded, or without gates): no widening"),
+        "images": f"the {len(cand)} evaluation images (eval.npz) the policy is tuned on"}
+    if guard.get("n") and policy.noise_margin > 0:
+        guard["summary"] = (f"noise guard {guard['noise_margin']:.3g}: review {guard['review_rate']:.1%} vs "
+                            f"{guard['fp32_review_rate']:.1%} for fp32 on the same {guard['n']} images "
+                            f"({guard['added_review_rate']:+.1%})")
+    return policy, guard
 
 
 def anomaly_section(run: RunDir) -> dict[str, Any]:

@@ -368,16 +368,17 @@ def quantize_qdq(target: Target, settings: dict[str, Any], float_onnx: Path, out
                     chosen = found
                     fallback["status"] = "passed"
                 else:
-                    # Nothing passes: ship the best of what was tried, and say so.
+                    # Nothing passes: ship the best graph measured (the all-INT8 one among them), and say so.
+                    real(0)
                     chosen = max(trials.values(), key=lambda t: (t["margin"], -t["k"]))["k"]
-                    fallback |= {"status": "cannot pass", "message": (
+                    fallback |= {"status": "cannot pass", "shipped": "best measured", "message": (
                         f"INT8 cannot pass the gate on the selection set even with all {n} quantised layers in "
-                        f"float (best tried: {chosen} in float, {'; '.join(trials[chosen]['failed'])}); "
+                        f"float: shipping the best graph measured, which still fails ({chosen} in float, "
+                        f"{'; '.join(trials[chosen]['failed'])}); bench will fail this target; "
                         "use the fp32 target or calibrate on images closer to production (--calibration)")}
             fallback["after"] = rules.short(real(chosen))
             fallback["trials"] = [
-                {"float_layers": t["k"], "graph": graph, "top1_drop": t["top1_drop"],
-                 "agreement": t["agreement"], "passed": t["passed"]}
+                rules.trial_record(t, float_layers=t["k"], graph=graph)
                 for graph, table in (("approximate", approx), ("quantize_static", trials))
                 for _, t in sorted(table.items())]
         shutil.copyfile(work / f"q-{chosen}.onnx", dest)

@@ -117,7 +117,8 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
     pre = Preprocess.from_dict(src_manifest["preprocessing"])
     cset = build_calibration_set(run, pre, src_manifest["classes"], q.calibration_size,
                                  user_source=calibration, quiet=quiet)
-    float_values = gate_values(src_logits, evalset, target.gates) if len(evalset.labels) else None
+    anomaly = src_manifest.get("task") == "anomaly"
+    float_values = gate_values(src_logits, evalset, target.gates, anomaly=anomaly) if len(evalset.labels) else None
     gate_reference = "full model"
     if float_values is not None and not float_values["passed"]:
         # A pruned float model can already miss the gate against the full model; then no float layers
@@ -127,11 +128,11 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
                     "fallback judges quantisation against the float %s model instead", target.name, src.name,
                     "; ".join(float_values["failed"]), src.name)
         evalset = dataclasses.replace(evalset, logits=src_logits)
-        float_values = gate_values(src_logits, evalset, target.gates)
+        float_values = gate_values(src_logits, evalset, target.gates, anomaly=anomaly)
         gate_reference = f"float {src.name} model (it misses the gate against the full model)"
     judge, sel = make_judge(target, run, src, evalset, src_logits, gate_reference != "full model",
                             lambda: build_selection_set(run, pre, src_manifest["classes"], cset, quiet=quiet)
-                            if selection is None else selection, model_logits)
+                            if selection is None else selection, model_logits, anomaly)
 
     if qat_epochs:
         if model is None:
@@ -147,6 +148,8 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
     speed = speed_check(target, float_onnx, out_dir / target.model_file)
     info["speed_check"] = speed
     info["gate_reference"] = gate_reference
+    # Bench and bundle split answers at this number (the shipped graph's noise on the selection images).
+    info["answer_noise"] = info["fallback"].get("answer_noise")
     info["int8_speedup_over_float"] = speed.get("speedup")
     methods = {"onnx_qdq": q.calibration_method, "qat": "moving-average min/max observers, then trained weights"}
     calibration_summary = cset.summary() | {"method": methods.get(info["quantizer"]["method"],
