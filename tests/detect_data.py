@@ -59,7 +59,8 @@ def write_set(root: Path, layout: str, n: int = 24, size: int = 96, seed: int = 
     """Write the synthetic set under ``root`` in ``layout`` (voc | coco | yolo); returns ``root``."""
     data = synthetic_images(n, size, seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
-    coco: dict = {"images": [], "annotations": [], "categories": [{"id": k + 1, "name": c} for k, c in enumerate(CLASSES)]}
+    coco: dict = {"images": [], "annotations": [],
+                  "categories": [{"id": k + 1, "name": c} for k, c in enumerate(CLASSES)]}
     for i, (arr, boxes, labels) in enumerate(data):
         name = f"img_{i:03d}.png"
         Image.fromarray(arr).save(root / "images" / name)

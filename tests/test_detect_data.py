@@ -99,7 +99,7 @@ def test_split_is_by_image_seeded_and_counted(tmp_path: Path) -> None:
     write_set(tmp_path, "voc", n=20)
     ds = read_detection_set(tmp_path)
     tr, va = split_images(ds.images, 0.2, seed=3)
-    tr2, va2 = split_images(ds.images, 0.2, seed=3)
+    _tr2, va2 = split_images(ds.images, 0.2, seed=3)
     assert [a.path for a in va] == [a.path for a in va2] and len(va) == 4 and len(tr) == 16
     assert not {a.path for a in tr} & {a.path for a in va}
     assert [a.path for a in split_images(ds.images, 0.2, seed=4)[1]] != [a.path for a in va]
