@@ -113,3 +113,23 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=text):
             fit_detector(root, tmp_path / "run", **kwargs)
     assert not (tmp_path / "run" / "finetune").exists()
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "efficientnet_lite0"])
+def test_taps_and_cut_on_registry_backbones(arch: str, one_thread: None) -> None:
+    from edge_tl.detect.model import DetectorSpec, build_detector, prefix_and_tail, stride_taps
+    from edge_tl.models import build_backbone, runnable_blocks
+
+    cut16, cut32, channels = stride_taps(runnable_blocks(build_backbone(arch), arch), 64)
+    assert {"mobilenet_v2": (14, 19, (96, 1280)), "efficientnet_lite0": (12, 18, (112, 1280))}[arch] == (
+        cut16, cut32, channels)
+    det = build_detector(DetectorSpec(arch, 3, 64, cut16, cut32, channels, boundary=16.0))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        boxes, scores = det(x)
+        assert boxes.shape == (2, 4 * 4 + 2 * 2, 4) and scores.shape == (2, 20, 3)
+        assert float(boxes.min()) >= 0 and float(boxes.max()) <= 64 and float(scores.max()) <= 1
+        for cut in (cut16 - 1, cut16, cut16 + 1, cut32):  # the cached split gives the model's own outputs
+            prefix, tail = prefix_and_tail(det, cut)
+            for a, b in zip(tail(prefix(x)), det.raw(x), strict=True):
+                assert torch.equal(a, b)

@@ -34,11 +34,13 @@ def detection_metrics(predictions: Sequence[Detections | Mapping[str, Any]],
     an image): ``map50`` is AP at IoU 0.5, ``map50_95`` the mean over IoU 0.50:0.05:0.95, both averaged over
     the classes with a ground-truth box, as fractions (None when no class has one); ``per_class_ap50``:
     class name -> AP at IoU 0.5 (None for a class without a ground-truth box). ``images`` and ``boxes``
-    count what was evaluated. Raises ValueError when the two lists differ in length.
+    count what was evaluated. Raises ValueError when the two lists differ in length, MissingExtraError
+    without pycocotools (``pip install 'edge-tl[detect]'``).
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    from ..errors import require
 
+    COCO = require("pycocotools.coco", "detect").COCO
+    COCOeval = require("pycocotools.cocoeval", "detect").COCOeval
     if len(predictions) != len(truths):
         raise ValueError(f"{len(predictions)} predictions for {len(truths)} images")
     gt: dict[str, Any] = {"images": [], "annotations": [],
