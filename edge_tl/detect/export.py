@@ -83,8 +83,8 @@ def compare_onnx(det: Any, onnx_path: str | Path, x: np.ndarray, truths: list[di
 
 
 def export_run(run_dir: str | Path, dest: str | Path, check_images: int = 16) -> dict[str, Any]:
-    """Export ``RUN/finetune``'s detector to ``dest`` and compare it with torch on the first ``check_images``
-    validation images of its ``split.json`` (:func:`compare_onnx`); returns the comparison with ``path``.
+    """Export ``RUN/finetune``'s detector to ``dest`` and compare it with torch on ``check_images``
+    validation images spread over of its ``split.json`` (:func:`compare_onnx`); returns the comparison with ``path``.
     Raises ArtifactError (checkpoint) when the run is missing or not a detection run."""
     from ..checkpoint import load_model
     from ..errors import ArtifactError
@@ -100,7 +100,9 @@ def export_run(run_dir: str | Path, dest: str | Path, check_images: int = 16) ->
         raise ArtifactError(f"{stage} is not a detection run (task {manifest.get('task')!r})")
     pre = Preprocess.from_dict(manifest["preprocessing"])
     split = read_json(stage / "split.json")
-    rows = split["val"][:check_images]
+    val = split["val"]
+    # Spread over the split (sorted by path, its first images are often one class's).
+    rows = val[::max(1, len(val) // max(1, check_images))][:check_images]
     items = [Annotated(r["path"], np.asarray(r["boxes"], np.float32).reshape(-1, 4), np.asarray(r["labels"], np.int64),
                        *r["size"]) for r in rows]
     frames = decode_frames(Path(split["root"]), items, pre)
