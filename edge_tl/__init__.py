@@ -16,3 +16,4 @@ __version__ = "0.1.0"
 # The built-in tasks register their model builders (``edge_tl.builders``) for the checkpoint loader. Cheap:
 # the task modules import torch only inside their functions.
 from .anomaly import model as _anomaly_model  # noqa: F401
+from .detect import model as _detect_model  # noqa: F401

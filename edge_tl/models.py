@@ -171,6 +171,24 @@ def runnable_blocks(model: nn.Module, arch: str) -> list[nn.Module]:
     return list(m.features.children())
 
 
+def stride_taps(blocks: list[nn.Module], input_size: int, strides: tuple[int, ...]) -> list[tuple[int, int]] | None:
+    """For each of ``strides``: (how many of the runnable ``blocks`` reach the last output at that stride, its
+    channels), found by running a zero image through them; None when one of the strides never appears at
+    ``input_size``. The feature taps of the anomaly models (8, 16) and of the detector (16, 32)."""
+    import torch
+
+    x = torch.zeros(1, 3, input_size, input_size)
+    last: dict[int, tuple[int, int]] = {}
+    with torch.inference_mode():
+        for i, block in enumerate(blocks):
+            x = block(x)
+            # Padded stages round sizes up (260 px: 33 and 17 positions): the ratio is near a power of two only
+            last[2 ** round(math.log2(input_size / x.shape[-1]))] = (i + 1, int(x.shape[1]))
+    if any(s not in last for s in strides):
+        return None
+    return [last[s] for s in strides]
+
+
 def build_model(arch: str, num_classes: int, backbone_state: dict | None = None, seed: int = 0) -> nn.Module:
     """Build ``arch`` with ImageNet-shaped weights loaded (if given), then a new ``num_classes`` head.
 

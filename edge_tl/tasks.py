@@ -19,11 +19,11 @@ TRAIN_OPTIONS = ("mode", "epochs", "unfreeze", "progressive", "lr", "batch_size"
 ANOMALY_OPTIONS = {"method": "method", "val": "val_dir", "ok_class": "ok_class", "holdout": "holdout",
                    "coreset": "coreset", "bank_size": "bank_size", "dim": "dim", "clusters": "clusters",
                    "max_false_reject": "max_false_reject"}
-# The detector's options; those it has defaults of its own for (mode, input size, batch size) are passed
+# The detector's options; those it has defaults of its own for (mode, input size, batch size, views ...) are passed
 # only when the user gave them.
 DETECT_OPTIONS = ("mode", "epochs", "unfreeze", "lr", "batch_size", "device", "views", "patience", "format",
                   "input_size")
-DETECT_OWN_DEFAULTS = ("mode", "batch_size", "input_size", "unfreeze", "patience")
+DETECT_OWN_DEFAULTS = ("mode", "batch_size", "input_size", "unfreeze", "patience", "views")
 
 
 def fit_task_options(options: dict[str, Any], given: set[str] | None = None) -> dict[str, Any]:

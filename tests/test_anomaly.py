@@ -357,8 +357,9 @@ def test_feature_taps_are_found_at_input_sizes_that_are_not_a_multiple_of_32(arc
     must be the same stages as at 256 px, where every ratio is exact."""
     if arch.startswith("efficientnet"):
         pytest.importorskip("timm")
-    from edge_tl.anomaly.model import backbone_stages, stride_cuts
-    from edge_tl.models import build_backbone
+    from edge_tl.anomaly.model import backbone_stages
+    from edge_tl.models import build_backbone, stride_taps
 
     stages = backbone_stages(build_backbone(arch), arch)
-    assert stride_cuts(stages, 260) == stride_cuts(stages, 256)
+    taps = stride_taps(stages, 260, (8, 16, 32))  # the anomaly models' and the detector's
+    assert taps is not None and taps == stride_taps(stages, 256, (8, 16, 32))

@@ -82,10 +82,13 @@ def test_a_wrong_type_is_refused() -> None:
 
 def test_candidate_accepts_fields_added_later_and_types_the_known_ones() -> None:
     report = copy.deepcopy(synthetic_report())
-    report["candidate"] |= {"agreement_confident": 1.0, "near_tie_share": 0.02}  # other work adds these
+    report["candidate"] |= {"npu_cycles": 1234, "agreement_confident": 1.0}  # a backend adds its own
     typed = Report.model_validate(report)
-    assert typed.candidate is not None and typed.candidate.model_extra == {"agreement_confident": 1.0,
-                                                                           "near_tie_share": 0.02}
+    assert typed.candidate is not None and typed.candidate.model_extra == {"npu_cycles": 1234}
+    assert typed.candidate.agreement_confident == 1.0
+    report["candidate"]["confident_n"] = "many"
+    with pytest.raises(ValidationError, match="confident_n"):
+        Report.model_validate(report)
     assert typed.candidate.latency_ms is not None and typed.candidate.latency_ms.p95 > 0
 
 

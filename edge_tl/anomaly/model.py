@@ -61,22 +61,14 @@ def backbone_stages(model: Any, arch: str) -> list[Any]:
 
 def stride_cuts(stages: list[Any], input_size: int) -> tuple[int, int, list[int]]:
     """(cut8, cut16, channels): how many stages reach the last stride-8 and stride-16 outputs, and
-    those outputs' channel counts, found by running a dummy image through the stages."""
-    import math
+    those outputs' channel counts (``models.stride_taps``)."""
+    from ..models import stride_taps
 
-    import torch
-
-    x = torch.zeros(1, 3, input_size, input_size)
-    last: dict[int, tuple[int, int]] = {}
-    with torch.inference_mode():
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            # Padded ("same") stages round sizes up (260 px: 33, 17), so the ratio is only near a power of two
-            stride = 2 ** round(math.log2(input_size / x.shape[-1]))
-            last[stride] = (i + 1, int(x.shape[1]))
-    if 8 not in last or 16 not in last:
+    found = stride_taps(stages, input_size, (8, 16))
+    if found is None:
         raise ConfigError(f"the backbone has no stride-8 and stride-16 stages at input {input_size}")
-    return last[8][0], last[16][0], [last[8][1], last[16][1]]
+    (cut8, c8), (cut16, c16) = found
+    return cut8, cut16, [c8, c16]
 
 
 def _torch_modules() -> Any:

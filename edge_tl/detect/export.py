@@ -1,0 +1,118 @@
+"""The detector as an ONNX graph, and the check that ONNX Runtime answers as torch does.
+
+The graph goes through the product's one export call (``onnx_export.export_onnx``: TorchScript exporter,
+opset 17, checked, written atomically) with a free batch axis: ``input`` (B, 3, S, S) -> ``boxes``
+(B, K, 4) x1 y1 x2 y2 in input pixels and ``scores`` (B, K, C). Box decoding is inside the graph; NMS is
+not (it runs in the runtime: :func:`edge_tl.detect.nms.nms`, stated in the manifest's ``outputs.nms``).
+
+:func:`compare_onnx` runs both on the same images and compares what a user sees: the detections after NMS
+(``box_agreement``: torch boxes matched by the same class with IoU >= 0.99, all but the few float rounding
+moves across a cut-off) and, with ground truth,
+mAP (equal to 1e-6).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .evaluate import box_agreement, detection_metrics
+
+INPUT_NAME = "input"
+BOX_IOU_FLOOR = 0.99  # exported boxes must overlap torch's at least this much, every one
+MAP_TOLERANCE = 1e-6
+# Detections that float rounding may move across a cut-off (score threshold, NMS IoU, the 100-box cap):
+# on NEU-DET 2 of 3,200 low-score boxes flipped (32 images, max |box diff| 0.0014 px), mAP identical.
+MAX_UNMATCHED_SHARE = 0.005
+
+
+def export_detector(det: Any, dest: str | Path, opset: int | None = None) -> Path:
+    """Write ``det`` (a ``Detector``, evaluated on the CPU) as ONNX at ``dest`` (dynamic batch); returns it."""
+    import torch
+
+    from ..onnx_export import export_onnx
+
+    det = det.to("cpu").eval()
+    s = det.spec.input_size
+    return export_onnx(det, torch.zeros(1, 3, s, s), dest, input_names=[INPUT_NAME],
+                       output_names=list(det.output_names), dynamic_batch=True, opset=opset)
+
+
+def onnx_outputs(onnx_path: str | Path, x: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """ONNX Runtime (CPU) on ``x`` (N, 3, S, S) float32 -> (boxes (N, K, 4), scores (N, K, C))."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    boxes, scores = sess.run(None, {INPUT_NAME: np.ascontiguousarray(x, np.float32)})
+    return boxes, scores
+
+
+def compare_onnx(det: Any, onnx_path: str | Path, x: np.ndarray, truths: list[dict[str, Any]] | None = None,
+                 classes: list[str] | None = None, **nms_args: Any) -> dict[str, Any]:
+    """Torch and ONNX Runtime fp32 on the same normalised inputs ``x`` (N, 3, S, S), after NMS (input pixels).
+
+    Returns the raw differences (``max_abs_box_diff`` in pixels, ``max_abs_score_diff``), the box agreement
+    of ONNX with torch (:func:`.evaluate.box_agreement`, matched at IoU ``BOX_IOU_FLOOR``), with ``truths``
+    (one per image, input pixels) both mAPs, and ``passed``: every torch box matched (and no extra one) at
+    IoU >= ``BOX_IOU_FLOOR`` but at most ``MAX_UNMATCHED_SHARE`` of either side (boxes at a cut-off), and
+    the mAPs equal within ``MAP_TOLERANCE``."""
+    import torch
+
+    from .nms import batched_nms
+
+    det = det.to("cpu").eval()
+    with torch.no_grad():
+        tb, ts = (t.numpy() for t in det(torch.from_numpy(np.ascontiguousarray(x, np.float32))))
+    ob, os_ = onnx_outputs(onnx_path, x)
+    ref, cand = batched_nms(tb, ts, **nms_args), batched_nms(ob, os_, **nms_args)
+    agree = box_agreement(cand, ref, iou=BOX_IOU_FLOOR)
+    out: dict[str, Any] = {"images": len(x), "max_abs_box_diff": float(np.abs(tb - ob).max()) if len(x) else 0.0,
+                           "max_abs_score_diff": float(np.abs(ts - os_).max()) if len(x) else 0.0,
+                           "agreement": agree}
+    n = max(agree["reference_boxes"], agree["candidate_boxes"])
+    passed = n - agree["matched"] <= MAX_UNMATCHED_SHARE * n
+    if truths is not None:
+        names = classes or [str(k) for k in range(ts.shape[-1])]
+        m_t, m_o = detection_metrics(ref, truths, names), detection_metrics(cand, truths, names)
+        out.update(map50_torch=m_t["map50"], map50_onnx=m_o["map50"], map50_95_torch=m_t["map50_95"],
+                   map50_95_onnx=m_o["map50_95"])
+        passed = passed and all(abs((a or 0.0) - (b or 0.0)) <= MAP_TOLERANCE for a, b in
+                                ((m_t["map50"], m_o["map50"]), (m_t["map50_95"], m_o["map50_95"])))
+    out["passed"] = bool(passed)
+    return out
+
+
+def export_run(run_dir: str | Path, dest: str | Path, check_images: int = 16) -> dict[str, Any]:
+    """Export ``RUN/finetune``'s detector to ``dest`` and compare it with torch on ``check_images``
+    validation images spread over its ``split.json`` (:func:`compare_onnx`); returns the comparison with ``path``.
+    Raises ArtifactError (checkpoint) when the run is missing or not a detection run."""
+    from ..checkpoint import load_model
+    from ..errors import ArtifactError
+    from ..manifest import read_json
+    from ..preprocess import Preprocess
+    from ..rundir import RunDir
+    from .data import Annotated
+    from .train import decode_frames, normalise
+
+    stage = RunDir(Path(run_dir)).finetune
+    det, manifest = load_model(stage)
+    if manifest.get("task") != "detect":
+        raise ArtifactError(f"{stage} is not a detection run (task {manifest.get('task')!r})")
+    pre = Preprocess.from_dict(manifest["preprocessing"])
+    split = read_json(stage / "split.json")
+    val = split["val"]
+    # Spread over the split (sorted by path, its first images are often one class's).
+    rows = val[::max(1, len(val) // max(1, check_images))][:check_images]
+    items = [Annotated(r["path"], np.asarray(r["boxes"], np.float32).reshape(-1, 4), np.asarray(r["labels"], np.int64),
+                       *r["size"]) for r in rows]
+    frames = decode_frames(Path(split["root"]), items, pre)
+    path = export_detector(det, dest)
+    truths = [{"boxes": b, "labels": y} for b, y in zip(frames.boxes, frames.labels, strict=True)]
+    return {"path": str(path), **compare_onnx(det, path, normalise(frames.images, pre).numpy(), truths,
+                                              manifest["classes"])}
