@@ -68,12 +68,13 @@ RECOVER_LR = 1e-3
 
 
 def resolve_recover_mode(recover: str, finetune_mode: str) -> str:
-    """``auto`` -> ``full`` for a linear fine-tune, else the fine-tune's own mode; others as given."""
+    """``auto`` -> ``full``: pruning cuts channels in every layer, and only end-to-end training wins them back
+    (a partial fine-tune trained one block, the rest stayed ImageNet's); others as given."""
     if recover not in RECOVER_MODES:
         raise ConfigError(f"--recover must be one of {', '.join(RECOVER_MODES)}, got {recover!r}")
     if recover != "auto":
         return recover
-    return "full" if finetune_mode == "linear" else finetune_mode
+    return "full"
 
 
 def default_steps(ratio: float, importance: str) -> int:
@@ -96,14 +97,14 @@ def default_recover_epochs(recover: str, finetune_mode: str, finetune_epochs: in
 
     ``head``: the linear default epoch count. Epochs on cached features take milliseconds; the cost
     of a recovery round is the feature pass, which does not depend on the epoch count.
-    End to end: half the end-to-end default (or the fine-tune's own epochs when it trained end to
-    end) spread over the rounds, at least 1 per round: recovery starts from a trained model.
+    End to end: half the mode's end-to-end default (or the fine-tune's own epochs when it trained in that
+    mode) spread over the rounds, at least 1 per round: recovery starts from a trained model.
     """
     from ..training import DEFAULT_EPOCHS
 
     if recover == "head":
         return DEFAULT_EPOCHS["linear"]
-    base = DEFAULT_EPOCHS[recover] if finetune_mode == "linear" else finetune_epochs
+    base = finetune_epochs if finetune_mode == recover else DEFAULT_EPOCHS[recover]
     return max(1, math.ceil(base / (2 * steps)))
 
 
