@@ -63,8 +63,8 @@ class FinetuneSettings(StageSettings):
         "partial", "partial (default: the last --unfreeze blocks and the head train on cached activations of the "
         "frozen rest; measured better than linear on every set tried, benchmarks/default_recipe.py) | linear "
         "(frozen backbone, cached features; fastest) | full.", metavar="linear|partial|full")
-    epochs: int | None = opt(None, "Epochs (default: partial 15, where the frozen layers run once and an epoch is "
-                             "cheap, 8 with --progressive; linear 30; full 8). Early stopping (--patience) may end "
+    epochs: int | None = opt(None, "Epochs (default: partial: 15, where the frozen layers run once and an epoch is "
+                             "cheap, 8 with --progressive; 30 linear; 8 full). Early stopping (--patience) may end "
                              "sooner; the manifest records both.", ge=1)
     unfreeze: int = opt(1, "partial: number of last blocks to train.", ge=1)
     progressive: bool = opt(False, "partial: unfreeze one more block per epoch.")

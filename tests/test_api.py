@@ -37,7 +37,7 @@ def test_every_api_function_is_documented_with_units_and_errors() -> None:
 
 def test_finetune_through_the_api(image_folder: Path, tmp_path: Path) -> None:
     manifest = api.finetune(image_folder, tmp_path / "run", epochs=2, workers=0, seed=1)
-    assert 0 <= manifest["metrics"]["val_top1"] <= 1 and manifest["mode"] == "linear"
+    assert 0 <= manifest["metrics"]["val_top1"] <= 1 and manifest["mode"] == "partial"  # the default recipe
     assert (tmp_path / "run" / "finetune" / "manifest.json").is_file()
     with pytest.raises(ConfigError):
         api.finetune(image_folder, tmp_path / "run2", mode="sideways")
