@@ -47,6 +47,27 @@ class ExportValidation(_Open):
     max_abs_logit_diff: float = Field(description="max |Δlogit| over every image and class")
 
 
+class DetectValidation(_Open):
+    """A detection graph run on this host against the torch detector, after NMS, on the run's held-out
+    validation images (``stages.export_detect.validate_detect``)."""
+
+    task: Literal["detect"]
+    backend: str
+    device: str
+    n: int = Field(description="images")
+    agreement: float = Field(description="share of torch's boxes matched by the target's (same class, IoU >= "
+                                         "match_iou), fraction")
+    disagreements: int = Field(description="boxes of either side left unmatched")
+    match_iou: float
+    max_abs_box_diff: float = Field(description="max |Δ coordinate| of the raw boxes, input pixels")
+    max_abs_score_diff: float = Field(description="max |Δ score| of the raw scores")
+    map50_torch: float | None = Field(description="mAP@0.5 of torch, fraction (None: no ground-truth box)")
+    map50_target: float | None = Field(description="mAP@0.5 of the target, fraction")
+    map50_95_torch: float | None = None
+    map50_95_target: float | None = None
+    passed: bool
+
+
 class TargetManifest(_Open):
     """``RUN/targets/<target>/manifest.json``: what ``export`` made, from what, and how it checked it."""
 
@@ -62,7 +83,10 @@ class TargetManifest(_Open):
     classes: list[str] | None = None
     preprocessing: dict[str, Any] | None = None
     structure: dict[str, Any] | None = Field(None, description="a pruned model's layer widths")
-    validation: ExportValidation | None = Field(None, description="None: the target cannot run on the host")
+    task: Literal["classification", "anomaly", "detect"] | None = Field(
+        None, description="detect: a detector's graph (boxes, scores; NMS outside); absent: the finetune's task")
+    validation: ExportValidation | DetectValidation | None = Field(
+        None, description="None: the target cannot run on the host")
     seconds: float | None = Field(None, description="export wall time, s")
     ood: dict[str, Any] | None = Field(None, description="the OOD score's fit and this target's limit")
     # INT8 targets (``stages.quantize.quantize_for_target``)
