@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ArtifactError
 from .manifest import MANIFEST, read_manifest
@@ -47,17 +47,13 @@ class ExportValidation(_Open):
     max_abs_logit_diff: float = Field(description="max |Δlogit| over every image and class")
 
 
-class DetectValidation(_Open):
+class DetectValidation(ExportValidation):
     """A detection graph run on this host against the torch detector, after NMS, on the run's held-out
-    validation images (``stages.export_detect.validate_detect``)."""
+    validation images (``detect.ship.validate_detect``). The shared fields read for boxes: ``agreement`` is
+    the share of torch's boxes the target matches (same class, IoU >= ``match_iou``), ``disagreements`` the
+    boxes of either side left unmatched, ``max_abs_logit_diff`` the max |Δ score| of the raw scores."""
 
     task: Literal["detect"]
-    backend: str
-    device: str
-    n: int = Field(description="images")
-    agreement: float = Field(description="share of torch's boxes matched by the target's (same class, IoU >= "
-                                         "match_iou), fraction")
-    disagreements: int = Field(description="boxes of either side left unmatched")
     match_iou: float
     max_abs_box_diff: float = Field(description="max |Δ coordinate| of the raw boxes, input pixels")
     max_abs_score_diff: float = Field(description="max |Δ score| of the raw scores")
@@ -85,8 +81,8 @@ class TargetManifest(_Open):
     structure: dict[str, Any] | None = Field(None, description="a pruned model's layer widths")
     task: Literal["classification", "anomaly", "detect"] | None = Field(
         None, description="detect: a detector's graph (boxes, scores; NMS outside); absent: the finetune's task")
-    validation: ExportValidation | DetectValidation | None = Field(
-        None, description="None: the target cannot run on the host")
+    validation: ExportValidation | None = Field(
+        None, description="None: the target cannot run on the host; a detect export's is a DetectValidation")
     seconds: float | None = Field(None, description="export wall time, s")
     ood: dict[str, Any] | None = Field(None, description="the OOD score's fit and this target's limit")
     # INT8 targets (``stages.quantize.quantize_for_target``)
@@ -99,6 +95,16 @@ class TargetManifest(_Open):
     int8_speedup_over_float: float | None = Field(None, description="float p50 / INT8 p50 at export, ×")
     answer_noise: dict[str, Any] | None = Field(
         None, description="the shipped INT8 graph's answer noise on the selection images (metrics.answer_noise)")
+
+
+    @model_validator(mode="after")
+    def _detect_validation(self) -> TargetManifest:
+        # A detector's check has fields of its own (boxes, mAP), typed by DetectValidation; keeping the field's
+        # declared type the shared one leaves a classifier's errors named ``validation.<field>``.
+        if self.task == "detect" and self.validation is not None and not isinstance(self.validation,
+                                                                                    DetectValidation):
+            self.validation = DetectValidation.model_validate(self.validation.model_dump())
+        return self
 
 
 # Written by every export today: a manifest missing one was written wrong (not merely old).

@@ -99,7 +99,8 @@ def validate_detect(target: Target, folder: Path, reference: tuple[np.ndarray, n
             "agreement": a["matched_share"],
             "disagreements": max(a["reference_boxes"], a["candidate_boxes"]) - a["matched"],
             "boxes": a, "match_iou": BOX_IOU_FLOOR, "max_abs_box_diff": c["max_abs_box_diff"],
-            "max_abs_score_diff": c["max_abs_score_diff"], "map50_torch": c["map50_torch"],
+            "max_abs_score_diff": c["max_abs_score_diff"], "max_abs_logit_diff": c["max_abs_score_diff"],
+            "map50_torch": c["map50_torch"],
             "map50_target": c["map50_candidate"], "map50_95_torch": c["map50_95_torch"],
             "map50_95_target": c["map50_95_candidate"], "passed": c["passed"], "pixels": "input"}
 
