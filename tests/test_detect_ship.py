@@ -106,7 +106,11 @@ def test_bench_reports_map_and_box_agreement(run: Path, exported: dict[str, Any]
     assert load_report(run / "reports" / "cpu-onnxruntime-fp32.json").candidate.map50 == cand["map50"]
     md = (run / "reports" / "cpu-onnxruntime-fp32.md").read_text()
     assert "mAP@0.5" in md and "box agreement" in md
-    assert (run / "reports" / "cpu-onnxruntime-fp32.html").is_file() and (run / "reports" / "index.html").is_file()
+    assert "mAP@0.5" in (run / "reports" / "cpu-onnxruntime-fp32.html").read_text()
+    assert (run / "reports" / "index.html").is_file()
+    from edge_tl.bench.report import summary_table
+
+    assert "| mAP@0.5 | mAP@0.5:0.95 | drop | box agreement |" in summary_table([report])
 
 
 def test_bench_times_both_and_gates_the_map_drop(run: Path, tmp_path: Path) -> None:

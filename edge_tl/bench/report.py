@@ -235,6 +235,8 @@ def summary_table(reports: list[dict[str, Any]]) -> str:
     """One Markdown row per target, for ``bench --all-targets`` and the benchmark script: each row says
     its precision (the INT8 graph's real state), evaluation set, date and host load. Anomaly reports get
     a table of their own, with AUROC and decision rates where classifiers show top-1."""
+    if any(r.get("task") == "detect" for r in reports):  # one run's reports: a detector's have no top-1
+        return _summary(reports, anomaly=False, detect=True)
     anomaly = [r for r in reports if is_anomaly(r)]
     if not anomaly:
         return _summary(reports, anomaly=False)
@@ -247,13 +249,16 @@ def summary_table(reports: list[dict[str, Any]]) -> str:
     return _summary(rest, anomaly=False) + "\n\n" + _summary(anomaly, anomaly=True)
 
 
-def _summary(reports: list[dict[str, Any]], anomaly: bool) -> str:
+def _summary(reports: list[dict[str, Any]], anomaly: bool, detect: bool = False) -> str:
     sets = {eval_set_text(r) for r in reports}
     head = ("| target | precision | top-1 | bal. acc. | drop | agreement | p50 ms | p95 ms | speedup | "
             "img/s (throughput mode) | size MB | measured | host load | passed |")
     if anomaly:
         head = head.replace("| top-1 | bal. acc. | drop | agreement |", "| AUROC | AUROC drop | F1 | false reject "
                             "| escape | decision agreement | max score drift |")
+    if detect:
+        head = head.replace("| top-1 | bal. acc. | drop | agreement |",
+                            "| mAP@0.5 | mAP@0.5:0.95 | drop | box agreement |")
     lines = []
     if len(sets) == 1:
         lines += [f"Evaluation set: {sets.pop()}", ""]
@@ -273,6 +278,8 @@ def _summary(reports: list[dict[str, Any]], anomaly: bool) -> str:
         figures = ([_fmt(c.get("auroc"), 4), _fmt(c.get("auroc_drop"), 4), _fmt(c.get("f1")),
                     _fmt(c.get("false_reject_rate"), 4), _fmt(c.get("escape_rate"), 4),
                     _fmt(c.get("decision_agreement"), 4), _fmt(c.get("max_score_drift"), 4)] if anomaly else
+                   [_fmt(c.get("map50")), _fmt(c.get("map50_95")), _fmt(c.get("map50_drop"), 2),
+                    _fmt(c.get("box_agreement"), 4)] if detect else
                    [_fmt(c.get("top1")), _fmt(c.get("balanced_accuracy")), _fmt(c.get("top1_drop"), 2),
                     _fmt(c.get("agreement"), 4)])
         cells = [r["target"], precision_text(c) if c else "–", *figures, _fmt(lat.get("p50"), 2),
