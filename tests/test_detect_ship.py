@@ -142,6 +142,7 @@ def test_openvino_fp32_export(run: Path) -> None:
     (["export", "{run}", "--target", "cpu-onnxruntime-int8"], "INT8 export of a detection run is not built yet"),
     (["export", "{run}", "--target", "gpu-tensorrt-fp16"], "tensorrt export of a detection run is not built yet"),
     (["prune", "{run}"], "prune does not take detection runs yet"),
+    (["adapt", "{run}", "--unlabeled", "{tmp}"], "adapt does not take detection runs yet"),
     (["bundle", "{run}", "--target", "cpu-onnxruntime-fp32", "--out", "{tmp}/bundle"],
      "bundle does not take detection runs yet"),
 ])
