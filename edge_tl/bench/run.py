@@ -605,8 +605,9 @@ def bench(run_dir: str | Path, targets: list[str] | None, data: str | None = Non
     own = step_for(run_task(run), "bench")
     if own is not None:
         # A detection run is judged on boxes (mAP, box agreement), not on an eval set of logits (detect.ship).
-        if layers:
-            raise ConfigError(f"--layers is not built for {run_task(run)} runs yet; bench without it")
+        if layers or data is not None:
+            raise ConfigError(f"{'--layers' if layers else '--data'} is not built for {run_task(run)} runs yet; "
+                              "bench without it (on the run's held-out validation images)")
         return own(run, chosen, json_path=json_path, quiet=quiet, wait_quiet=wait_quiet, prepare=prepare,
                    progress=progress, latency=latency, several=targets is None or len(chosen) > 1)
     if prepare is None:

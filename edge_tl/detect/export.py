@@ -118,10 +118,12 @@ class HeldOut:
         return [{"boxes": b, "labels": y} for b, y in zip(self.frames.boxes, self.frames.labels, strict=True)]
 
 
-def held_out(stage: Path, manifest: dict[str, Any], limit: int | None = None, quiet: bool = True) -> HeldOut:
+def held_out(stage: Path, manifest: dict[str, Any], limit: int | None = None, quiet: bool = True,
+             root: Path | None = None) -> HeldOut:
     """The validation rows of ``stage/split.json`` (all, or ``limit`` spread over the split: sorted by path,
-    its first images are often one class's), decoded through the run's preprocessing. DataError when an
-    image no longer decodes, ArtifactError when the split is missing or holds no validation image."""
+    its first images are often one class's), decoded through the run's preprocessing, from ``root`` (where
+    the images are now; None: the split's own folder). DataError when an image no longer decodes,
+    ArtifactError when the split is missing or holds no validation image."""
     from ..errors import ArtifactError
     from ..manifest import read_json
     from ..preprocess import Preprocess
@@ -139,7 +141,7 @@ def held_out(stage: Path, manifest: dict[str, Any], limit: int | None = None, qu
     items = [Annotated(r["path"], np.asarray(r["boxes"], np.float32).reshape(-1, 4), np.asarray(r["labels"], np.int64),
                        *r["size"]) for r in rows]
     pre = Preprocess.from_dict(manifest["preprocessing"])
-    frames = decode_frames(Path(split["root"]), items, pre, quiet, "decode (val)")
+    frames = decode_frames(Path(root or split["root"]), items, pre, quiet, "decode (val)")
     return HeldOut(frames, normalise(frames.images, pre).numpy(), pre)
 
 

@@ -118,7 +118,7 @@ def export_detect(run: RunDir, target: Target, src: Path, det: Any, src_manifest
     started = time.perf_counter()
     classes = list(src_manifest["classes"])
     nms = nms_args(src_manifest)
-    held = held_out(src, src_manifest, quiet=quiet)
+    held = held_out(src, src_manifest, quiet=quiet, root=run.data)  # --data: where the images are now
     reference = torch_outputs(det, held.inputs)
     with staged_folder(run.target(target.name)) as tmp:
         export_detector(det, tmp / FLOAT_ONNX, opset=target.opset)
@@ -244,15 +244,14 @@ def bench_detect(run: RunDir, chosen: list[Target], *, json_path: str | None = N
             "n": len(items), "classes": classes, "host": host_info(), "versions": versions(), "notes": [],
             "session": session, "measured_at": _now(), "reference": reference}
         reason, failed = None, False
-        if prepare is not None:
+        try:  # before ``prepare`` (bench --export): a target not built for detection is skipped, not failed
+            check_detect_target(target)
+        except ConfigError as exc:
+            reason = str(exc)
+        if reason is None and prepare is not None:
             reason, failed = prepare(run, target, steps)
         if reason is None:
             reason = host_cannot_run(target)
-        if reason is None:
-            try:
-                check_detect_target(target)
-            except ConfigError as exc:
-                reason = str(exc)
         if reason is None and not (folder / "manifest.json").is_file():
             reason = f"not exported (run `edge-tl export {run.root} --target {target_arg(target)}`)"
         if reason is not None:
