@@ -70,20 +70,6 @@ def target_outputs(folder: Path, model_file: str, backend: str, device: str, thr
     return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
 
-def torch_outputs(det: Any, inputs: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """The torch detector (CPU, eval) over ``inputs`` (N, 3, S, S) float32: (boxes (N, K, 4), scores (N, K, C))."""
-    import torch
-
-    det = det.to("cpu").eval()
-    bs, ss = [], []
-    with torch.inference_mode():
-        for i in range(0, len(inputs), batch):
-            b, s = det(torch.from_numpy(np.ascontiguousarray(inputs[i:i + batch], np.float32)))
-            bs.append(b.numpy())
-            ss.append(s.numpy())
-    return np.concatenate(bs), np.concatenate(ss)
-
-
 def validate_detect(target: Target, folder: Path, reference: tuple[np.ndarray, np.ndarray], held: Any,
                     classes: list[str], nms: dict[str, Any]) -> dict[str, Any] | None:
     """The exported graph in ``folder`` run here against the torch outputs ``reference`` on the held-out
@@ -119,7 +105,9 @@ def export_detect(run: RunDir, target: Target, src: Path, det: Any, src_manifest
     classes = list(src_manifest["classes"])
     nms = nms_args(src_manifest)
     held = held_out(src, src_manifest, quiet=quiet, root=run.data)  # --data: where the images are now
-    reference = torch_outputs(det, held.inputs)
+    from .train import predict_frames
+
+    reference = predict_frames(det.to("cpu"), held.frames, held.preprocess)
     with staged_folder(run.target(target.name)) as tmp:
         export_detector(det, tmp / FLOAT_ONNX, opset=target.opset)
         files = convert_float(target, tmp / FLOAT_ONNX, tmp)
@@ -218,7 +206,7 @@ def bench_detect(run: RunDir, chosen: list[Target], *, json_path: str | None = N
     from ..checkpoint import load_model
     from ..manifest import host_info, versions, write_json
     from .evaluate import detection_metrics
-    from .train import detections_from, truths_of
+    from .train import detections_from, predict_frames, truths_of
 
     steps = Steps(quiet if progress is None else not progress, total=len(chosen))
     det, ft = load_model(run.finetune)
@@ -227,7 +215,7 @@ def bench_detect(run: RunDir, chosen: list[Target], *, json_path: str | None = N
     items, classes, nms = held.frames.items, list(ft["classes"]), nms_args(ft)
     size, mode = int(ft["preprocessing"]["crop"]), held.preprocess.resize_mode
     truths = truths_of(items)
-    ref_dets = detections_from(*torch_outputs(det, held.inputs), items, size, mode, **nms)
+    ref_dets = detections_from(*predict_frames(det, held.frames, held.preprocess), items, size, mode, **nms)
     ref_m = detection_metrics(ref_dets, truths, classes)
     ident = _eval_set(run.finetune, len(items))
     session = new_session() | {"targets": [t.name for t in chosen], "eval_set_sha256": ident["sha256"]}
