@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ArtifactError
 from .manifest import MANIFEST, read_manifest
@@ -47,6 +47,23 @@ class ExportValidation(_Open):
     max_abs_logit_diff: float = Field(description="max |Δlogit| over every image and class")
 
 
+class DetectValidation(ExportValidation):
+    """A detection graph run on this host against the torch detector, after NMS, on the run's held-out
+    validation images (``detect.ship.validate_detect``). The shared fields read for boxes: ``agreement`` is
+    the share of torch's boxes the target matches (same class, IoU >= ``match_iou``), ``disagreements`` the
+    boxes of either side left unmatched, ``max_abs_logit_diff`` the max |Δ score| of the raw scores."""
+
+    task: Literal["detect"]
+    match_iou: float
+    max_abs_box_diff: float = Field(description="max |Δ coordinate| of the raw boxes, input pixels")
+    max_abs_score_diff: float = Field(description="max |Δ score| of the raw scores")
+    map50_torch: float | None = Field(description="mAP@0.5 of torch, fraction (None: no ground-truth box)")
+    map50_target: float | None = Field(description="mAP@0.5 of the target, fraction")
+    map50_95_torch: float | None = None
+    map50_95_target: float | None = None
+    passed: bool
+
+
 class TargetManifest(_Open):
     """``RUN/targets/<target>/manifest.json``: what ``export`` made, from what, and how it checked it."""
 
@@ -62,7 +79,10 @@ class TargetManifest(_Open):
     classes: list[str] | None = None
     preprocessing: dict[str, Any] | None = None
     structure: dict[str, Any] | None = Field(None, description="a pruned model's layer widths")
-    validation: ExportValidation | None = Field(None, description="None: the target cannot run on the host")
+    task: Literal["classification", "anomaly", "detect"] | None = Field(
+        None, description="detect: a detector's graph (boxes, scores; NMS outside); absent: the finetune's task")
+    validation: ExportValidation | None = Field(
+        None, description="None: the target cannot run on the host; a detect export's is a DetectValidation")
     seconds: float | None = Field(None, description="export wall time, s")
     ood: dict[str, Any] | None = Field(None, description="the OOD score's fit and this target's limit")
     # INT8 targets (``stages.quantize.quantize_for_target``)
@@ -75,6 +95,16 @@ class TargetManifest(_Open):
     int8_speedup_over_float: float | None = Field(None, description="float p50 / INT8 p50 at export, ×")
     answer_noise: dict[str, Any] | None = Field(
         None, description="the shipped INT8 graph's answer noise on the selection images (metrics.answer_noise)")
+
+
+    @model_validator(mode="after")
+    def _detect_validation(self) -> TargetManifest:
+        # A detector's check has fields of its own (boxes, mAP), typed by DetectValidation; keeping the field's
+        # declared type the shared one leaves a classifier's errors named ``validation.<field>``.
+        if self.task == "detect" and self.validation is not None and not isinstance(self.validation,
+                                                                                    DetectValidation):
+            self.validation = DetectValidation.model_validate(self.validation.model_dump())
+        return self
 
 
 # Written by every export today: a manifest missing one was written wrong (not merely old).

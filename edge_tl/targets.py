@@ -42,6 +42,8 @@ class Gates(_Strict):
     min_decision_agreement: float | None = Field(None, ge=0, le=1,
                                                  description="anomaly: fraction of ok/defect decisions equal to "
                                                  "the reference's")
+    # Detection runs (finetune --task detect): the mAP@0.5 drop against the torch detector.
+    max_map50_drop: float | None = Field(None, ge=0, description="detect: points of mAP@0.5 below the reference")
 
 
 class Quantizer(_Strict):

@@ -32,7 +32,7 @@ from .charts import (
 )
 from .hostload import describe, describe_spread, unreliable_label
 from .labels import eval_set_key, eval_set_text, load_short, measured_text, precision_text, session_id
-from .report import is_anomaly, missing_class_note, source_text
+from .report import detect_rows, is_anomaly, missing_class_note, source_text
 from .schema import parse_report
 
 
@@ -182,10 +182,12 @@ def render_html(report: dict[str, Any]) -> str:
            + (f'<p><b>{esc(source_text(cand.get("source")))}</b></p>' if source_text(cand.get("source")) else "")
            + f'<p class="sub">{"<br>".join(f for f in facts if f)}</p>',
            _unreliable_box(r), _notes(r)]
-    anomaly = is_anomaly(r)
+    anomaly, detect = is_anomaly(r), r.get("task") == "detect"
     if r.get("skipped"):
         out.append(f'<p><b>Skipped:</b> {esc(r["skipped"])}</p>')
-        if not anomaly:
+        if detect:
+            out.append(f'<p>Reference mAP@0.5: {num(ref.get("map50"), 3)}</p>')
+        elif not anomaly:
             out.append(f'<p>Reference top-1: {pct(ref.get("top1"), 2)}</p>')
         elif ref.get("auroc") is not None:
             out.append(f'<p>Reference AUROC: {num(ref["auroc"], 4)}</p>')
@@ -205,7 +207,7 @@ def render_html(report: dict[str, Any]) -> str:
             *_split_rows(cand),
             ("max score drift vs reference", "", num(cand.get("max_score_drift"), 4, " × threshold")),
             ("images: good / defect", "", f'{esc(cand.get("n_good", "–"))} / {esc(cand.get("n_defect", "–"))}'),
-        ] if anomaly else [
+        ] if anomaly else [tuple(esc(v) for v in row) for row in detect_rows(ref, cand)] if detect else [
             ("top-1", pct(ref.get("top1"), 2), pct(cand.get("top1"), 2)),
             ("balanced accuracy", pct(ref.get("balanced_accuracy"), 2), pct(cand.get("balanced_accuracy"), 2)),
             ("top-1 drop", "", num(cand.get("top1_drop"), 2, " points")),

@@ -37,6 +37,20 @@ def anomaly_rows(ref: dict[str, Any], cand: dict[str, Any]) -> list[tuple[str, s
     ]
 
 
+def detect_rows(ref: dict[str, Any], cand: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(figure, reference, candidate) rows of a detection report: mAP, the drop, box agreement, AP@0.5 per class."""
+    ref_ap, cand_ap = ref.get("per_class_ap50") or {}, cand.get("per_class_ap50") or {}
+
+    def ap(table: dict[str, Any], c: str) -> str:
+        return "" if c not in table else "no box" if table[c] is None else _fmt(table[c])
+
+    return [("mAP@0.5", _fmt(ref.get("map50")), _fmt(cand.get("map50"))),
+            ("mAP@0.5:0.95", _fmt(ref.get("map50_95")), _fmt(cand.get("map50_95"))),
+            ("mAP@0.5 drop (points)", "", _fmt(cand.get("map50_drop"), 2)),
+            ("box agreement (IoU >= 0.5, same class)", "", _fmt(cand.get("box_agreement"), 4)),
+            *[(f"AP@0.5: {c}", ap(ref_ap, c), ap(cand_ap, c)) for c in dict.fromkeys([*ref_ap, *cand_ap])]]
+
+
 def missing_class_note(cand: dict[str, Any]) -> str | None:
     """Why some anomaly figures are "–": an evaluation set without defect (or good) images."""
     if cand.get("n_defect") == 0:
@@ -106,7 +120,8 @@ def markdown(report: dict[str, Any]) -> str:
     tm = cand.get("throughput_mode") or {}
     # An anomaly model's top-1 is its thresholded decision as a 2-class "classifier": the AUROC and
     # decision rates say the same more usefully, so they take the top-1 rows' place.
-    figures = anomaly_rows(ref, cand) if anomaly else [
+    detect = report.get("task") == "detect"
+    figures = anomaly_rows(ref, cand) if anomaly else detect_rows(ref, cand) if detect else [
         ("top-1", _fmt(ref.get("top1")), _fmt(cand.get("top1"))),
         ("balanced accuracy", _fmt(ref.get("balanced_accuracy")), _fmt(cand.get("balanced_accuracy"))),
         ("top-1 drop (points)", "", _fmt(cand.get("top1_drop"), 2)),
@@ -140,7 +155,7 @@ def markdown(report: dict[str, Any]) -> str:
     # and not fine, it is unknown, and the gates above say nothing about it.
     ref_recall, cand_recall = ref.get("per_class_recall") or {}, cand.get("per_class_recall") or {}
     # good/defect recall of an anomaly report is 1 - false-reject / 1 - escape rate, shown above
-    classes = [] if anomaly else list(report.get("classes") or cand_recall or ref_recall)
+    classes = [] if anomaly or detect else list(report.get("classes") or cand_recall or ref_recall)
     unevaluated = [c for c in classes if c in cand_recall and cand_recall[c] is None]
 
     def recall(table: dict[str, Any], c: str) -> str:
@@ -220,6 +235,8 @@ def summary_table(reports: list[dict[str, Any]]) -> str:
     """One Markdown row per target, for ``bench --all-targets`` and the benchmark script: each row says
     its precision (the INT8 graph's real state), evaluation set, date and host load. Anomaly reports get
     a table of their own, with AUROC and decision rates where classifiers show top-1."""
+    if any(r.get("task") == "detect" for r in reports):  # one run's reports: a detector's have no top-1
+        return _summary(reports, anomaly=False, detect=True)
     anomaly = [r for r in reports if is_anomaly(r)]
     if not anomaly:
         return _summary(reports, anomaly=False)
@@ -232,13 +249,16 @@ def summary_table(reports: list[dict[str, Any]]) -> str:
     return _summary(rest, anomaly=False) + "\n\n" + _summary(anomaly, anomaly=True)
 
 
-def _summary(reports: list[dict[str, Any]], anomaly: bool) -> str:
+def _summary(reports: list[dict[str, Any]], anomaly: bool, detect: bool = False) -> str:
     sets = {eval_set_text(r) for r in reports}
     head = ("| target | precision | top-1 | bal. acc. | drop | agreement | p50 ms | p95 ms | speedup | "
             "img/s (throughput mode) | size MB | measured | host load | passed |")
     if anomaly:
         head = head.replace("| top-1 | bal. acc. | drop | agreement |", "| AUROC | AUROC drop | F1 | false reject "
                             "| escape | decision agreement | max score drift |")
+    if detect:
+        head = head.replace("| top-1 | bal. acc. | drop | agreement |",
+                            "| mAP@0.5 | mAP@0.5:0.95 | drop | box agreement |")
     lines = []
     if len(sets) == 1:
         lines += [f"Evaluation set: {sets.pop()}", ""]
@@ -258,6 +278,8 @@ def _summary(reports: list[dict[str, Any]], anomaly: bool) -> str:
         figures = ([_fmt(c.get("auroc"), 4), _fmt(c.get("auroc_drop"), 4), _fmt(c.get("f1")),
                     _fmt(c.get("false_reject_rate"), 4), _fmt(c.get("escape_rate"), 4),
                     _fmt(c.get("decision_agreement"), 4), _fmt(c.get("max_score_drift"), 4)] if anomaly else
+                   [_fmt(c.get("map50")), _fmt(c.get("map50_95")), _fmt(c.get("map50_drop"), 2),
+                    _fmt(c.get("box_agreement"), 4)] if detect else
                    [_fmt(c.get("top1")), _fmt(c.get("balanced_accuracy")), _fmt(c.get("top1_drop"), 2),
                     _fmt(c.get("agreement"), 4)])
         cells = [r["target"], precision_text(c) if c else "–", *figures, _fmt(lat.get("p50"), 2),

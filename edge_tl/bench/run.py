@@ -40,6 +40,7 @@ import numpy as np
 
 from ..backends import RunnerSpec, availability, open_runner, open_streams, profile_layers
 from ..backends.table import facts
+from ..builders import step_for
 from ..errors import ConfigError, EdgeTLError
 from ..evalset import EvalSet, ensure_eval_set, eval_set_from_folder, load_eval_set, with_reference
 from ..gates import all_passed, verdicts
@@ -244,12 +245,17 @@ def _layer_summary(result: dict[str, Any], top: int = 10) -> dict[str, Any]:
             "top": [r | {"share": r["ms"] / total} for r in layers[:top]]}
 
 
-def is_anomaly_run(run: RunDir) -> bool:
-    """True for a ``finetune --task anomaly`` run (its reports carry AUROC and decision figures)."""
+def run_task(run: RunDir) -> str | None:
+    """The finetune manifest's ``task`` (anomaly, detect; None for a classifier or a run without one here)."""
     from ..manifest import read_json
 
     path = run.finetune / "manifest.json"
-    return path.is_file() and read_json(path).get("task") == "anomaly"
+    return read_json(path).get("task") if path.is_file() else None
+
+
+def is_anomaly_run(run: RunDir) -> bool:
+    """True for a ``finetune --task anomaly`` run (its reports carry AUROC and decision figures)."""
+    return run_task(run) == "anomaly"
 
 
 def ood_facts(runner: Any, evalset: EvalSet, target: Target, ood: dict[str, Any]) -> dict[str, Any]:
@@ -596,6 +602,14 @@ def bench(run_dir: str | Path, targets: list[str] | None, data: str | None = Non
         check_writable(json_path)  # before minutes of benching, not after
     run = RunDir(Path(run_dir))
     chosen = [get_target(t) for t in targets] if targets else list(builtin_targets().values())
+    own = step_for(run_task(run), "bench")
+    if own is not None:
+        # A detection run is judged on boxes (mAP, box agreement), not on an eval set of logits (detect.ship).
+        if layers or data is not None:
+            raise ConfigError(f"{'--layers' if layers else '--data'} is not built for {run_task(run)} runs yet; "
+                              "bench without it (on the run's held-out validation images)")
+        return own(run, chosen, json_path=json_path, quiet=quiet, wait_quiet=wait_quiet, prepare=prepare,
+                   progress=progress, latency=latency, several=targets is None or len(chosen) > 1)
     if prepare is None:
         # Refuse a stale target before the evaluation set's minute of preprocessing, not after it
         # (``--export`` re-exports stale targets itself).

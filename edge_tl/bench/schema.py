@@ -112,6 +112,11 @@ class _Accuracy(_Open):
     f1: float | None = None
     false_reject_rate: float | None = Field(None, description="good images called defect, fraction")
     escape_rate: float | None = Field(None, description="defect images called good, fraction")
+    # detection runs (``detect.evaluate.detection_metrics``, on the held-out validation images)
+    map50: float | None = Field(None, description="detect: mAP at IoU 0.5, fraction")
+    map50_95: float | None = Field(None, description="detect: mAP over IoU 0.50:0.05:0.95, fraction")
+    per_class_ap50: dict[str, float | None] | None = Field(
+        None, description="detect: AP at IoU 0.5 per class, fraction (None: no ground-truth box of the class)")
 
 
 class Reference(_Accuracy):
@@ -151,6 +156,11 @@ class Candidate(_Accuracy):
     decision_agreement: float | None = Field(None, description="same ok/defect decision as the reference, fraction")
     max_score_drift: float | None = Field(None, description="max |Δ normalised score|, in units of the threshold")
     auroc_drop: float | None = Field(None, description="reference AUROC minus candidate AUROC (in [0, 1] units)")
+    # detection runs
+    map50_drop: float | None = Field(None, description="detect: reference mAP@0.5 minus candidate's, percentage points")
+    box_agreement: float | None = Field(
+        None, description="detect: share of the reference's boxes the candidate matches (same class, IoU >= 0.5)")
+    box_match: dict[str, Any] | None = Field(None, description="detect: detect.evaluate.box_agreement's counts")
     # both tasks: agreement split at the answer noise (``metrics.margin_agreement``, ``margin_fields``)
     agreement_confident: float | None = Field(
         None, description="agreement (anomaly: decision agreement) of the answers whose reference margin exceeds "
@@ -168,9 +178,9 @@ class Candidate(_Accuracy):
 
 
 class Report(_Closed):
-    """One target's bench report: classification, anomaly, or skipped (``skipped`` set, no candidate)."""
+    """One target's bench report: classification, anomaly, detection, or skipped (``skipped`` set, no candidate)."""
 
-    task: Literal["classification", "anomaly"] | None = Field(None, description="None: written before tasks")
+    task: Literal["classification", "anomaly", "detect"] | None = Field(None, description="None: written before tasks")
     target: str
     profile: dict[str, Any] = Field(default_factory=dict, description="the target profile (targets.Target)")
     eval_set: dict[str, Any] | str | None = Field(

@@ -62,9 +62,11 @@ def _rate(timings: dict) -> str:
 def finetune_summary(manifest: dict, out: Path) -> str:
     """Two lines: validation top-1, balanced accuracy and time; per-class recall. With ``--baseline
     scratch`` a third: transfer against scratch, and the classes where transfer lowered recall. An
-    anomaly run's manifest gets ``anomaly_summary``."""
+    anomaly run's manifest gets ``anomaly_summary``, a detection run's ``detect_summary``."""
     if manifest.get("task") == "anomaly":
         return anomaly_summary(manifest, out)
+    if manifest.get("task") == "detect":
+        return detect_summary(manifest, out)
     m, t = manifest["metrics"], manifest["timings"]
     recalls = ", ".join(f"{c} {'not evaluated' if r is None else f'{r:.3f}'}" for c, r in m["per_class_recall"].items())
     text = (f"[green]fine-tuned[/] {manifest['arch']} ({manifest['mode']}) on {manifest['data']['n_images']} images: "
@@ -81,6 +83,22 @@ def finetune_summary(manifest: dict, out: Path) -> str:
         text += (f"\ntransfer vs scratch: top-1 {m['val_top1']:.2f} vs {b['val_top1']:.2f} "
                  f"({b['transfer_gain_top1']:+.2f}), balanced {b['transfer_gain_balanced_accuracy']:+.2f}; {verdict}")
     return text
+
+
+def detect_summary(manifest: dict, out: Path) -> str:
+    """Two lines: validation mAP@0.5 and mAP@0.5:0.95 (COCO, pycocotools), epochs and time; AP@0.5 per class
+    ("no box" for a class without a validation box)."""
+    m, t = manifest["metrics"], manifest["timings"]
+
+    def f(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    aps = ", ".join(f"{c} {'no box' if v is None else f'{v:.3f}'}" for c, v in m["per_class_ap50"].items())
+    return (f"[green]fine-tuned[/] {manifest['arch']} detector ({manifest['mode']}) on "
+            f"{manifest['data']['n_images']} images, {manifest['data']['n_boxes']} boxes: val mAP@0.5 {f(m['map50'])}, "
+            f"mAP@0.5:0.95 {f(m['map50_95'])} ({epochs_text(m)}), {t['train_seconds']:.1f} s on {t['device']}"
+            f"{_rate(t)} -> {out / 'finetune'}\n"
+            f"AP@0.5 per class (validation): {aps}")
 
 
 def anomaly_summary(manifest: dict, out: Path) -> str:

@@ -376,3 +376,7 @@ def _from_manifest(manifest: dict[str, Any]) -> Any:
 
 
 builders.register("detect", _from_manifest)
+# The detection run's own export and bench (``stages.export`` and ``bench.run`` branch to them by task).
+builders.register_step("detect", "export", "edge_tl.detect.ship:export_detect")
+builders.register_step("detect", "describe_export", "edge_tl.detect.ship:describe_detect")
+builders.register_step("detect", "bench", "edge_tl.detect.ship:bench_detect")

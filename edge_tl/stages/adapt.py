@@ -84,6 +84,9 @@ def adapt_run(run_dir: str | Path, st: AdaptSettings, quiet: bool = True) -> tup
         raise ArtifactError(f"run directory not found: {run.root}")
     src = run.source(source, stages=ADAPT_SOURCES)
     src_manifest = read_manifest(src)  # checks model.pt's sha256 before anything uses it
+    if src_manifest.get("task") == "detect":
+        raise ConfigError(f"{src} is a detection model: adapt does not take detection runs yet (it adapts "
+                          "classifiers); fine-tune the detector on labelled images of the new line instead")
     if src_manifest.get("task") == "anomaly":
         raise ConfigError(f"{src} is an anomaly model: adapt works on classifiers (refit an anomaly model on "
                           "good images of the new line instead)")

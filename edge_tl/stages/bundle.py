@@ -199,6 +199,9 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
     """
     t = get_target(target)
     run = RunDir(Path(run_dir))
+    if (run.finetune / MANIFEST).is_file() and read_manifest(run.finetune, verify=False).get("task") == "detect":
+        raise ConfigError(f"{run.finetune} is a detection model: bundle does not take detection runs yet (no "
+                          "box runtime); ship the exported graph from `edge-tl export` with edge_tl.detect.nms")
     out = Path(out)
     folder = run.target(t.name)
     if not (folder / MANIFEST).is_file():

@@ -17,6 +17,7 @@ from .. import onnx_export
 from ..backends import RunnerSpec, availability, open_runner
 from ..backends.base import after_export
 from ..backends.table import facts
+from ..builders import step_for
 from ..checkpoint import load_model
 from ..errors import ConfigError, EdgeTLError, require
 from ..evalset import ensure_eval_set, load_eval_set, save_adapted_reference
@@ -79,6 +80,10 @@ def export(run_dir: str | Path, target_name: str, calibration: str | None = None
     if target.input_size is not None and target.input_size != crop:
         raise ConfigError(f"target {target.name} wants input_size {target.input_size}, the model was "
                           f"trained at {crop}; change the profile or fine-tune at that size")
+    own = step_for(src_manifest.get("task"), "export")
+    if own is not None:
+        # A detector: no eval set of logits, no OOD head, boxes judged after NMS (``detect.ship``).
+        return own(run, target, src, model, src_manifest, quiet)
     if calibration is not None and not target.quantized:
         log.warning("--calibration is ignored: %s is not an INT8 target", target.name)
     if qat_epochs < 0:
@@ -196,6 +201,9 @@ def validate(target: Target, folder: Path, inputs: np.ndarray, reference: np.nda
 def describe(manifest: dict[str, Any], folder: Path) -> list[str]:
     """The lines the CLI and ``edge-tl run`` print after an export: the check against torch (agreement,
     max |Δlogit|, images) and, with an OOD score, what it was fitted on and its limit."""
+    own = step_for(manifest.get("task"), "describe_export")
+    if own is not None:
+        return own(manifest, folder)
     v = manifest.get("validation")
     check = (f"agreement {v['agreement']:.4f}, max |Δlogit| {v['max_abs_logit_diff']:.2e} on {v['n']} images"
              if v else "not validated on this host")

@@ -156,6 +156,9 @@ def prune_run(run_dir: str | Path, ratio: float, recover_epochs: int | None = No
     model, ft_manifest = load_model(ft)
     if ft_manifest.get("structure"):
         raise ArtifactError(f"{ft} holds an already pruned model; prune the fine-tuned one")
+    if ft_manifest.get("task") == "detect":
+        raise ConfigError(f"{ft} is a detection model: prune does not take detection runs yet (it prunes "
+                          "classifiers); shrink a detector with a smaller --arch or --input-size")
     if ft_manifest.get("task") == "anomaly":
         raise ConfigError(f"{ft} is an anomaly model: prune works on classifiers (shrink an anomaly model "
                           "with --bank-size, --dim or --input-size instead)")

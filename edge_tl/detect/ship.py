@@ -1,0 +1,341 @@
+"""``edge-tl export`` and ``bench`` of a detection run (``finetune --task detect``): detector -> ``RUN/targets/<T>/``.
+
+Float targets whose backend converts an ONNX graph as it is (ONNX Runtime, OpenVINO) only: INT8 needs a
+calibration and accuracy fallback judged on boxes, and TensorRT a device check of the box graph, neither
+built yet (:func:`check_detect_target` says so in one line, before any work).
+
+The graph is the one :func:`edge_tl.detect.export.export_detector` writes (``boxes`` (B, K, 4) in input
+pixels, ``scores`` (B, K, C); NMS outside the graph), converted by the backend's own float converter
+(``stages.convert.convert_float``), then run on this host on the run's held-out validation images and
+compared with the torch model after NMS (:func:`edge_tl.detect.export.compare_outputs`): an fp32 export
+whose boxes or mAP move is an error and nothing is written. The target manifest records ``task: detect``,
+the outputs and the NMS parameters the runtime needs, and the check (``validation``, ``target_manifest.
+DetectValidation``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends import RunnerSpec, availability, open_runner
+from ..backends.base import after_export
+from ..errors import ConfigError, EdgeTLError
+from ..manifest import staged_folder, write_manifest
+from ..rundir import RunDir
+from ..target_manifest import check_target_manifest
+from ..targets import Target
+from .export import BOX_IOU_FLOOR, compare_outputs, export_detector, held_out
+
+log = logging.getLogger("edge_tl")
+FLOAT_ONNX = "float.onnx"
+DETECT_BACKENDS = ("onnxruntime", "openvino")  # backends a detection graph is exported and checked for today
+NMS_KEYS = ("score_threshold", "iou_threshold", "max_detections")
+
+
+def check_detect_target(target: Target) -> None:
+    """ConfigError (one line) when ``target`` is one a detection run cannot be exported for yet."""
+    if target.quantized or target.precision == "int8":
+        raise ConfigError(f"{target.name}: INT8 export of a detection run is not built yet (no box-aware "
+                          "calibration or accuracy check); export a float target (cpu-onnxruntime-fp32, "
+                          "cpu-openvino-fp32)")
+    if target.backend not in DETECT_BACKENDS:
+        raise ConfigError(f"{target.name}: {target.backend} export of a detection run is not built yet; "
+                          "export cpu-onnxruntime-fp32 or cpu-openvino-fp32")
+    if target.precision != "fp32":
+        raise ConfigError(f"{target.name}: {target.precision} export of a detection run is not built yet; "
+                          "export an fp32 target (cpu-onnxruntime-fp32, cpu-openvino-fp32)")
+
+
+def nms_args(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The NMS parameters a detection run was evaluated with (its manifest's ``postprocess``), as the
+    keyword arguments of :func:`edge_tl.detect.nms.nms`."""
+    post = manifest.get("postprocess") or {}
+    return {k: post[k] for k in NMS_KEYS if k in post}
+
+
+def target_outputs(folder: Path, model_file: str, backend: str, device: str, threads: int, batch: int,
+                   inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An exported detection graph on ``backend`` over ``inputs`` (N, 3, S, S) float32, in batches of
+    ``batch``: (boxes (N, K, 4) input pixels, scores (N, K, C)). The backend must run on this host."""
+    runner: Any = open_runner(RunnerSpec(folder / model_file, backend, device, "fp32", threads, batch))
+    try:
+        outs = [runner.run_outputs(inputs[i:i + batch]) for i in range(0, len(inputs), batch)]
+    finally:
+        runner.close()
+    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+
+def validate_detect(target: Target, folder: Path, reference: tuple[np.ndarray, np.ndarray], held: Any,
+                    classes: list[str], nms: dict[str, Any]) -> dict[str, Any] | None:
+    """The exported graph in ``folder`` run here against the torch outputs ``reference`` on the held-out
+    images ``held`` (``detect.export.HeldOut``); None when this host cannot run the backend. The fields of
+    ``target_manifest.DetectValidation``."""
+    if availability(target.backend, target.device) is not None:
+        return None
+    cand = target_outputs(folder, target.model_file, target.backend, target.device, target.threads,
+                          target.batch_size, held.inputs)
+    c = compare_outputs(reference, cand, held.truths(), classes, **nms)
+    a = c["agreement"]
+    return {"task": "detect", "backend": target.backend, "device": target.device, "n": c["images"],
+            "agreement": a["matched_share"],
+            "disagreements": max(a["reference_boxes"], a["candidate_boxes"]) - a["matched"],
+            "boxes": a, "match_iou": BOX_IOU_FLOOR, "max_abs_box_diff": c["max_abs_box_diff"],
+            "max_abs_score_diff": c["max_abs_score_diff"], "max_abs_logit_diff": c["max_abs_score_diff"],
+            "map50_torch": c["map50_torch"],
+            "map50_target": c["map50_candidate"], "map50_95_torch": c["map50_95_torch"],
+            "map50_95_target": c["map50_95_candidate"], "passed": c["passed"], "pixels": "input"}
+
+
+def export_detect(run: RunDir, target: Target, src: Path, det: Any, src_manifest: dict[str, Any],
+                  quiet: bool = True) -> dict[str, Any]:
+    """Export the detector ``det`` of ``src`` (``RUN/finetune``) for ``target``; returns the target manifest.
+
+    ConfigError for a target not built for detection yet (:func:`check_detect_target`); EdgeTLError when the
+    fp32 graph's detections on this host differ from torch's (nothing is written); ArtifactError / DataError
+    when the run's validation images are gone."""
+    from ..stages.convert import convert_float
+
+    check_detect_target(target)
+    started = time.perf_counter()
+    classes = list(src_manifest["classes"])
+    nms = nms_args(src_manifest)
+    held = held_out(src, src_manifest, quiet=quiet, root=run.data)  # --data: where the images are now
+    from .train import predict_frames
+
+    reference = predict_frames(det.to("cpu"), held.frames, held.preprocess)
+    with staged_folder(run.target(target.name)) as tmp:
+        export_detector(det, tmp / FLOAT_ONNX, opset=target.opset)
+        files = convert_float(target, tmp / FLOAT_ONNX, tmp)
+        extra = after_export(target.backend, target, tmp)
+        validation = validate_detect(target, tmp, reference, held, classes, nms)
+        if validation is not None and not validation["passed"]:
+            raise EdgeTLError(
+                f"fp32 export for {target.name} moved {validation['disagreements']} of "
+                f"{validation['boxes']['reference_boxes']} boxes or the mAP (torch mAP@0.5 "
+                f"{validation['map50_torch']}, target {validation['map50_target']}) on {validation['n']} "
+                "validation images; nothing was written")
+        kept = [FLOAT_ONNX] if (tmp / FLOAT_ONNX).exists() else []
+        all_files = sorted({*files, *kept, *extra.pop("files", [])})
+        spec = src_manifest.get("detect") or {}
+        manifest = write_manifest(
+            tmp, "export", parent=src / "model.pt", files=all_files, task="detect",
+            target=target.model_dump(), model_file=target.model_file, source_stage=src.name,
+            arch=src_manifest["arch"], classes=classes, preprocessing=src_manifest["preprocessing"],
+            structure=None, validation=validation, seconds=time.perf_counter() - started,
+            detect=spec, input_name="input",
+            outputs={"names": ["boxes", "scores"],
+                     "boxes": "(B, K, 4) x1 y1 x2 y2 in input pixels, clipped to the input",
+                     "scores": "(B, K, C) per-class scores in [0, 1]",
+                     "locations": spec.get("locations"),
+                     "nms": "outside the graph: edge_tl.detect.nms.nms (numpy) with `postprocess`, then "
+                            "edge_tl.detect.nms.to_image_pixels with the preprocessing's resize_mode"},
+            postprocess={**(src_manifest.get("postprocess") or {}), **nms}, **extra)
+        # Inside the staged folder: a manifest that does not fit its model never replaces a good export.
+        check_target_manifest(manifest)
+    if validation is None:
+        log.warning("%s cannot run on this host (%s): the export is not validated here",
+                    target.name, availability(target.backend, target.device))
+    return manifest
+
+
+def describe_detect(manifest: dict[str, Any], folder: Path) -> list[str]:
+    """The line the CLI prints after a detection export: the check against torch, or that there was none."""
+    v = manifest.get("validation")
+    check = (f"box agreement {v['agreement']:.4f} ({v['boxes']['matched']} of {v['boxes']['reference_boxes']} boxes "
+             f"at IoU >= {v['match_iou']}), mAP@0.5 {_f(v['map50_target'])} vs torch {_f(v['map50_torch'])} "
+             f"on {v['n']} validation images" if v else "not validated on this host")
+    return [f"exported {manifest['target']['name']} (detection) from {manifest['source_stage']}: {check} -> {folder}"]
+
+
+def _f(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+# --------------------------------------------------------------------------------------------------
+# bench
+
+
+def _eval_set(stage: Path, n: int) -> dict[str, Any]:
+    """The report's ``eval_set`` of a detection run: its held-out validation rows (``split.json``), named by
+    the sha256 of their paths and boxes (a changed split is another evaluation set)."""
+    import hashlib
+    import json
+
+    from ..manifest import read_json
+
+    split = read_json(stage / "split.json")
+    rows = sorted(json.dumps(r, sort_keys=True) for r in split.get("val") or [])
+    digest = hashlib.sha256("\n".join(rows).encode()).hexdigest()
+    return {"kind": "validation split", "name": "validation split", "folder": split.get("root"),
+            "path": str(stage / "split.json"), "n": n, "sha256": digest}
+
+
+def _torch_fn(det: Any) -> Any:
+    """``x`` (N, 3, S, S) float32 -> the torch detector's outputs in host memory (the reference's timed call)."""
+    import torch
+
+    def run(x: np.ndarray) -> Any:
+        with torch.inference_mode():
+            return det(torch.from_numpy(x))
+
+    return run
+
+
+def bench_detect(run: RunDir, chosen: list[Target], *, json_path: str | None = None, quiet: bool = True,
+                 wait_quiet: float = 0.0, prepare: Any = None, progress: bool | None = None, latency: bool = True,
+                 several: bool = False) -> list[dict[str, Any]]:
+    """``edge-tl bench`` of a detection run's exported targets on its held-out validation images.
+
+    Each report has the torch reference's and the target's mAP@0.5, mAP@0.5:0.95 and per-class AP@0.5
+    (fractions; detections after the run's NMS, in original image pixels, as the fine-tune measured them),
+    ``map50_drop`` (percentage points), ``box_agreement`` (share of the reference's boxes the target matches:
+    same class, IoU >= 0.5; ``box_match`` has the counts), and batch-1 latency of both timed in alternating
+    blocks with the target's threads and warm-up (``bench.latency.measure_paired``), with the speedup. Gates:
+    the profile's ``max_map50_drop`` and ``max_p95_ms``. A target this host cannot run, or not exported, is
+    reported as skipped (an EdgeTLError when it was the one target named). Returns the reports, written to
+    ``RUN/reports/`` (and ``json_path``)."""
+    import sys
+
+    from ..bench.run import Steps, _now, host_cannot_run, new_session, target_arg
+    from ..bench.writer import write_reports
+    from ..checkpoint import load_model
+    from ..manifest import host_info, versions, write_json
+    from .evaluate import detection_metrics
+    from .train import detections_from, predict_frames, truths_of
+
+    steps = Steps(quiet if progress is None else not progress, total=len(chosen))
+    det, ft = load_model(run.finetune)
+    det = det.to("cpu").eval()
+    held = held_out(run.finetune, ft, quiet=quiet)
+    items, classes, nms = held.frames.items, list(ft["classes"]), nms_args(ft)
+    size, mode = int(ft["preprocessing"]["crop"]), held.preprocess.resize_mode
+    truths = truths_of(items)
+    ref_dets = detections_from(*predict_frames(det, held.frames, held.preprocess), items, size, mode, **nms)
+    ref_m = detection_metrics(ref_dets, truths, classes)
+    ident = _eval_set(run.finetune, len(items))
+    session = new_session() | {"targets": [t.name for t in chosen], "eval_set_sha256": ident["sha256"]}
+    reports: list[dict[str, Any]] = []
+    for target in chosen:
+        steps.start(target.name)
+        folder = run.target(target.name)
+        reference: dict[str, Any] = {
+            "format": "torch", "precision": "fp32", "model": "full fine-tuned fp32 torch detector",
+            "map50": ref_m["map50"], "map50_95": ref_m["map50_95"], "per_class_ap50": ref_m["per_class_ap50"],
+            "latency_ms": None, "throughput_ips": None, "size_mb": (run.finetune / "model.pt").stat().st_size / 1e6}
+        base: dict[str, Any] = {
+            "task": "detect", "target": target.name, "profile": target.model_dump(), "eval_set": ident,
+            "n": len(items), "classes": classes, "host": host_info(), "versions": versions(), "notes": [],
+            "session": session, "measured_at": _now(), "reference": reference}
+        reason, failed = None, False
+        try:  # before ``prepare`` (bench --export): a target not built for detection is skipped, not failed
+            check_detect_target(target)
+        except ConfigError as exc:
+            reason = str(exc)
+        if reason is None and prepare is not None:
+            reason, failed = prepare(run, target, steps)
+        if reason is None:
+            reason = host_cannot_run(target)
+        if reason is None and not (folder / "manifest.json").is_file():
+            reason = f"not exported (run `edge-tl export {run.root} --target {target_arg(target)}`)"
+        if reason is not None:
+            if len(chosen) == 1 and not failed:
+                raise EdgeTLError(f"cannot bench {target.name} here: {reason}")
+            report = base | {"candidate": None, "speedup": None, "gates": [], "passed": not failed,
+                             "skipped": reason, "host_load": None, "timing_reliable": None}
+        else:
+            run.check_fresh(folder, target.cli_ref)
+            report = _bench_one(run, target, folder, det, held, ref_dets, truths, classes, nms, base, steps,
+                                latency, wait_quiet)
+        write_reports(report, run.reports, Path(json_path) if json_path and not several else None,
+                      index_root=run.reports)
+        reports.append(report)
+        if json_path is not None and several:
+            write_json(json_path, reports)
+    if not steps.quiet:
+        print(f"reports: {run.reports}  (run index: {run.reports / 'index.html'})", file=sys.stderr, flush=True)
+    return reports
+
+
+
+def _bench_one(run: RunDir, target: Target, folder: Path, det: Any, held: Any, ref_dets: list[Any],
+               truths: list[dict[str, Any]], classes: list[str], nms: dict[str, Any], base: dict[str, Any],
+               say: Any, latency: bool, wait_quiet: float) -> dict[str, Any]:
+    """One exported target of a detection run measured here (:func:`bench_detect`); the report."""
+    import contextlib
+
+    import torch
+
+    from ..bench.hostload import HostLoad, spread_reason, wait_for_quiet
+    from ..bench.latency import block_ratio_spread, measure_paired
+    from ..bench.run import NO_LATENCY_TEXT, _now, _size_mb, target_gates
+    from ..gates import all_passed
+    from ..manifest import sha256_file
+    from ..target_manifest import read_target_manifest
+    from .evaluate import box_agreement, detection_metrics
+    from .train import detections_from
+
+    manifest = read_target_manifest(folder)
+    items, reference = held.frames.items, base["reference"]
+    size, mode = int(manifest["preprocessing"]["crop"]), held.preprocess.resize_mode
+    say(f"detections on {len(items)} validation images…")
+    cand_dets = detections_from(*target_outputs(folder, target.model_file, target.backend, target.device,
+                                                target.threads, target.batch_size, held.inputs),
+                                items, size, mode, **nms)
+    m = detection_metrics(cand_dets, truths, classes)
+    match = box_agreement(cand_dets, ref_dets)
+    drop = (None if m["map50"] is None or reference["map50"] is None
+            else (reference["map50"] - m["map50"]) * 100.0)
+    candidate: dict[str, Any] = {
+        "format": target.backend, "precision": target.precision, "map50": m["map50"], "map50_95": m["map50_95"],
+        "per_class_ap50": m["per_class_ap50"], "map50_drop": drop, "box_agreement": match["matched_share"],
+        "box_match": match, "latency_ms": None, "throughput_ips": None, "batch1_ips": None,
+        "size_mb": _size_mb(folder, target.model_file), "source_stage": manifest.get("source_stage"),
+        "target_manifest_sha256": sha256_file(folder / "manifest.json")}
+    notes: list[str] = []
+    speedup = spread = host_load = None
+    unreliable: list[str] = []
+    if latency:
+        say(f"batch-1 latency of torch and {target.backend} in alternating blocks ({target.iterations} calls)…")
+        runner: Any = open_runner(RunnerSpec(folder / target.model_file, target.backend, target.device,
+                                             target.precision, target.threads, target.batch_size))
+        wait = wait_for_quiet(wait_quiet) if wait_quiet > 0 else None
+        threads = torch.get_num_threads()
+        torch.set_num_threads(target.threads)  # the same threads as the target: a fair speedup
+        try:
+            with HostLoad(own_threads=target.threads, wait=wait) as load, contextlib.closing(runner):
+                base["measured_at"] = _now()
+                ref_lat, cand_lat = measure_paired(_torch_fn(det), runner.run, held.inputs[:1], target.warmup,
+                                                   target.iterations)
+        finally:
+            torch.set_num_threads(threads)
+        reference["latency_ms"], candidate["latency_ms"] = ref_lat, cand_lat
+        candidate["batch1_ips"] = 1000.0 / cand_lat["p50"]
+        speedup = ref_lat["p50"] / cand_lat["p50"]
+        spread = block_ratio_spread(ref_lat, cand_lat)
+        host_load = load.summary()
+        unreliable = list(host_load.get("reasons") or [])
+        if (why := spread_reason(spread, "speedup")) is not None:
+            unreliable.append(why)
+        if unreliable:
+            notes.append("UNRELIABLE TIMING: speedup and latencies are not to be trusted: " + "; ".join(unreliable)
+                         + ". Re-run on a quiet host (or with --wait-quiet SECONDS).")
+        base["timing"] = (f"batch-1 latency of the reference and the candidate timed in alternating blocks "
+                          f"({target.iterations} calls each, {target.threads} threads, {target.warmup} warm-up "
+                          "calls); the graph only, NMS (numpy, the same for both) not included")
+    else:
+        base["timing"] = NO_LATENCY_TEXT
+        notes.append(f"accuracy only (--no-latency): {NO_LATENCY_TEXT}")
+    p95 = (candidate["latency_ms"] or {}).get("p95")
+    gates = target_gates(target, {"max_map50_drop": drop, "max_p95_ms": p95}, () if latency else ("max_p95_ms",))
+    if target.gates.max_map50_drop is None:
+        notes.append("the profile sets no max_map50_drop gate: the mAP@0.5 drop is recorded, not gated")
+    return base | {"notes": base["notes"] + notes, "candidate": candidate, "speedup": speedup,
+                   "speedup_spread": spread, "host_load": host_load,
+                   "timing_reliable": not unreliable if latency else None,
+                   "unreliable_reasons": unreliable if latency else None, "latency_measured": latency,
+                   "gates": gates, "passed": all_passed(gates), "skipped": None}
