@@ -78,6 +78,18 @@ def write_folder(root: Path, classes: tuple[str, ...] = ("horizontal", "vertical
     return root
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread for a module: two threads on two cores shared with other work made each
+    small training step ~8x slower (the detection tests)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three visibly different classes, 12 images each."""

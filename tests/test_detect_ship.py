@@ -8,7 +8,6 @@ answers as torch does, and that the reports say so in their typed fields.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +34,6 @@ iterations = 20
 [gates]
 max_map50_drop = 0.1
 """
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    # Two intra-op threads on two cores shared with other work made each small step ~8x slower here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +13,6 @@ from .detect_data import CLASSES, write_set
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("pycocotools")
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    # Two intra-op threads on two cores shared with other work made each small step ~8x slower here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
