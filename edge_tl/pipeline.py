@@ -120,9 +120,10 @@ def check_pipeline(path: Path) -> Pipeline:
             _target(path, "bench.targets", t)
     if p.bundle is not None:
         b = p.bundle
-        name = _target(path, "bundle.target", b.target).name
-        if name not in exported and not (run / "targets" / name / "manifest.json").is_file():
-            raise fail("bundle.target", f"{name} is neither one of [export] targets nor exported in {run}")
+        for key, ref in [("bundle.target", b.target), *(("bundle.fallback", f) for f in b.fallback or [])]:
+            name = _target(path, key, ref).name
+            if name not in exported and not (run / "targets" / name / "manifest.json").is_file():
+                raise fail(key, f"{name} is neither one of [export] targets nor exported in {run}")
         given = [k for k in ("ok_threshold", "max_false_reject", "max_escape") if getattr(b, k) is not None]
         if len(given) > 1:
             raise fail(f"bundle.{given[1]}", "give one of bundle.ok_threshold, bundle.max_false_reject and "
@@ -370,20 +371,26 @@ def run_pipeline(path: Path, quiet: bool = False, force: bool = False,
         reports = _bench(p.bench, rd, rel, rel_target, exported, stamps, quiet, path)
     shipped = None
     if p.bundle is not None:
-        b = p.bundle.model_copy(update={"target": rel_target(p.bundle.target), "out": rel(p.bundle.out)})
-        target = _target(path, "bundle.target", p.bundle.target)
+        b = p.bundle.model_copy(update={"target": rel_target(p.bundle.target), "out": rel(p.bundle.out),
+                                        "fallback": [rel_target(f) for f in p.bundle.fallback or []] or None})
+        refs = [p.bundle.target, *(p.bundle.fallback or [])]
+        targets = [_target(path, "bundle.target" if i == 0 else "bundle.fallback", r) for i, r in enumerate(refs)]
         settings = b.model_dump()
-        folder = rd.target(target.name)
-        # The target and its bench verdict (bundle refuses a failed one): a new bench may change the answer.
-        inputs = {"target": _digest(folder / "manifest.json"), "report": _digest(rd.reports / f"{target.name}.json")}
+        # The targets and their bench verdicts (bundle refuses a failed one, or ships a fallback): a new bench
+        # may change the answer.
+        inputs = {f"{key}{t.name}": _digest(f) for t in targets
+                  for key, f in (("target ", rd.target(t.name) / "manifest.json"),
+                                 ("report ", rd.reports / f"{t.name}.json"))}
         out = Path(rel(b.out))
-        failed = next((r for r in reports if r.get("target") == target.name and r.get("passed") is False), None)
-        if failed is not None and not b.allow_failed:
+        failed = [r for t in targets for r in reports if r.get("target") == t.name and r.get("passed") is False]
+        if len(failed) == len(targets) and not b.allow_failed:
             # The bench's verdict is the run's answer (exit 1, a gate failed), not a configuration error.
-            log.warning("bundle skipped: %s failed its bench (%s); fix the model or set bundle.allow_failed = true",
-                        target.name, ", ".join(g["name"] for g in failed.get("gates") or []
-                                               if g.get("passed") is False))
-        elif stamps.fresh("bundle", settings, inputs, ((folder, target.cli_ref),)) is not None:
+            log.warning("bundle skipped: %s; fix the model or set bundle.allow_failed = true",
+                        "; ".join(f"{r['target']} failed its bench ("
+                                  + ", ".join(g["name"] for g in r.get("gates") or [] if g.get("passed") is False)
+                                  + ")" for r in failed))
+        elif stamps.fresh("bundle", settings, inputs,
+                          tuple((rd.target(t.name), t.cli_ref) for t in targets)) is not None:
             shipped = read_json(out / "bundle.json")
         else:
             with _as_keys(path, "bundle"):

@@ -13,6 +13,7 @@ not ``--field-name``), ``metavar``, ``argument`` (a positional argument, with it
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .anomaly.methods import method_for
 from .anomaly.methods import names as anomaly_methods
 from .errors import ConfigError
+
+log = logging.getLogger("edge_tl")
 
 # The anomaly methods registered when the package was imported: a new method needs no edit here.
 AnomalyMethodName = Literal[anomaly_methods()]  # type: ignore[valid-type]
@@ -85,6 +88,11 @@ class FinetuneSettings(StageSettings):
     balance: Literal["none", "weights", "sampler"] = opt(
         "none", "Imbalanced classes: none | weights (loss weighted per class) | sampler (classes drawn equally "
         "often); early stopping then uses balanced accuracy.", metavar="none|weights|sampler")
+    max_escape: float | None = opt(
+        None, "classify: choose the epoch (and stop early) as the line judges the model: the share of good validation "
+        "images passed as ok by the QC policy tuned to let at most RATE of the defects pass (as bundle "
+        "--max-escape); needs an ok class (--ok-class, or a class named ok/good/pass/normal/no_defect).",
+        metavar="RATE", ge=0, lt=1)
     resize: Literal["shorter", "full", "letterbox", "auto"] | None = opt(
         None, "How an image becomes the square input: shorter (resize + centre crop, ImageNet's recipe) | full "
         "(whole frame, squeezed) | letterbox (whole frame, padded) | auto (letterbox when the crop would drop a "
@@ -112,7 +120,7 @@ class FinetuneSettings(StageSettings):
     val: str | None = opt(None, "anomaly: labelled folder (a good/ok folder and defect folders) that sets the "
                           "threshold (one half) and gives AUROC (the other).", metavar="DIR")
     ok_class: str | None = opt(None, "anomaly: the good class folder in DATA_DIR or --val (default: the folder "
-                               "named good or ok).", metavar="NAME")
+                               "named good or ok); classify with --max-escape: the good class.", metavar="NAME")
     coreset: float = opt(0.01, "anomaly (patchcore): bank size as a fraction of the training patches (greedy "
                          "coreset).", metavar="FRACTION", gt=0, le=1)
     bank_size: int | None = opt(None, "anomaly (patchcore): bank entries (overrides --coreset).", metavar="N", ge=1)
@@ -237,6 +245,9 @@ class BundleSettings(StageSettings):
     target: str = opt(..., "An exported target of the run (its name, or the profile file it was exported with).",
                       flags=("--target", "-t"), metavar="NAME|PATH")
     out: str = opt(..., "Bundle folder to write (an old bundle there is replaced atomically).", metavar="DIR")
+    fallback: list[str] | None = opt(None, "A target to ship instead when --target failed its bench, or is INT8 and "
+                                     "not faster than this one in the same bench (repeatable: tried in order; "
+                                     "bundle.json records why).", flags=("--fallback",), metavar="NAME|PATH")
     golden: int = opt(8, "Golden images to include (at least one per class).", ge=1)
     ok_classes: list[str] | None = opt(None, "A class that passes QC (repeatable). Default: a class named "
                                        "ok/good/pass/normal/no_defect, if any.", flags=("--ok-class",),
@@ -260,13 +271,16 @@ class BundleSettings(StageSettings):
 
     def run(self, run: str | Path, quiet: bool = True) -> dict[str, Any]:
         """Write the bundle; returns ``bundle.json``."""
-        from .stages.bundle import bundle
+        from .stages.bundle import bundle, choose_target
 
-        return bundle(run, self.target, self.out, self.golden, ok_classes=self.ok_classes,
+        target, passed_over = choose_target(run, [self.target, *(self.fallback or [])])
+        for line in passed_over:
+            log.warning("not shipped: %s", line)
+        return bundle(run, target, self.out, self.golden, ok_classes=self.ok_classes,
                       defect_classes=self.defect_classes, max_false_reject=self.max_false_reject,
                       ok_threshold=self.ok_threshold, defect_threshold=self.defect_threshold,
                       max_escape=self.max_escape, ood_limit=self.ood_limit, use_ood=self.ood,
-                      allow_failed=self.allow_failed, quiet=quiet)
+                      allow_failed=self.allow_failed, passed_over=passed_over, quiet=quiet)
 
 
 class AdaptSettings(StageSettings):

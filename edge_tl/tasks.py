@@ -15,7 +15,7 @@ TASKS = ("classify", "anomaly", "detect")
 COMMON_OPTIONS = ("task", "arch", "weights", "resize", "input_size", "seed", "engine", "quiet", "val_fraction",
                   "baseline")
 TRAIN_OPTIONS = ("mode", "epochs", "unfreeze", "progressive", "lr", "batch_size", "device", "workers", "cache_mb",
-                 "patience", "views", "backbone_lr_scale", "balance")
+                 "patience", "views", "backbone_lr_scale", "balance", "max_escape", "ok_class")
 ANOMALY_OPTIONS = {"method": "method", "val": "val_dir", "ok_class": "ok_class", "holdout": "holdout",
                    "coreset": "coreset", "bank_size": "bank_size", "dim": "dim", "clusters": "clusters",
                    "max_false_reject": "max_false_reject"}

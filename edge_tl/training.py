@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,12 @@ class TrainConfig:
     # "balanced"), "sampler" draws the classes equally often; either way early stopping then follows
     # balanced accuracy instead of top-1.
     balance: str = "none"
+    # Choose the epoch (and stop early) as the line will judge the model: the share of good validation images
+    # passed as ok by the QC policy tuned to let at most this share of the defects pass (``bundle
+    # --max-escape``, ``runtime.policy.passed_at_escape``). None: top-1, or balanced accuracy with ``balance``.
+    max_escape: float | None = None
+    ok_class: str | None = None  # with max_escape: the good class (None: a class named ok/good/pass/...)
+    ok_index: tuple[int, ...] = ()  # resolved from ok_class by fit()
     engine: str = "auto"  # what runs the frozen layers: auto | onnxruntime | torch (features.PrefixEngine)
     # End-to-end training: decode the training and validation images once and augment on the device when
     # their frames fit in this many MB (decoded.DEFAULT_CACHE_MB); 0: decode every epoch (the loader).
@@ -312,6 +318,8 @@ def fit(model: nn.Module, arch: str, root: Path, classes: list[str], train: list
         model.to(memory_format=torch.channels_last)
     if cfg.balance not in BALANCE:
         raise ConfigError(f"unknown --balance {cfg.balance!r}; choose {', '.join(BALANCE)}")
+    if cfg.max_escape is not None:
+        cfg = replace(cfg, ok_index=qc_ok_index(classes, cfg.ok_class, val))
     start = time.perf_counter()
     n_classes = len(classes)
     planned = cfg.resolved_epochs(cached=uses_cache(cfg, device, teacher))
@@ -361,10 +369,32 @@ def _epoch_order(labels: torch.Tensor, gen: torch.Generator, cfg: TrainConfig) -
     return torch.multinomial(p, len(labels), replacement=True, generator=gen)
 
 
+def qc_ok_index(classes: list[str], ok_class: str | None, val: list[Sample]) -> tuple[int, ...]:
+    """The ok classes' indices for choosing epochs by the QC policy (``TrainConfig.max_escape``); ConfigError
+    (before any training) when there is no ok class, or no defect image among the validation samples."""
+    from .runtime.policy import make_policy
+
+    if ok_class is not None and ok_class not in classes:
+        raise ConfigError(f"--ok-class {ok_class!r} is not a class; the classes are {', '.join(classes)}")
+    policy = make_policy(classes, [ok_class] if ok_class else None)
+    if not policy.ok_classes:
+        raise ConfigError("--max-escape needs an ok class (an escape is a defect passed as ok); name it with "
+                          f"--ok-class (the classes are {', '.join(classes)})")
+    index = tuple(classes.index(c) for c in policy.ok_classes)
+    if all(s.label in index for s in val):
+        raise ConfigError("--max-escape: the validation split has no defect image to tune the ok threshold on")
+    return index
+
+
 def _val_score(logits: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> float:
-    """What early stopping maximises: top-1, or balanced accuracy when the classes are balanced."""
+    """What early stopping maximises: the QC policy's share of good parts passed at ``cfg.max_escape``, or
+    top-1, or balanced accuracy when the classes are balanced."""
     if not len(labels):
         return 0.0
+    if cfg.max_escape is not None:
+        from .runtime.policy import passed_at_escape
+
+        return passed_at_escape(logits.float().numpy(), labels.numpy(), cfg.ok_index, cfg.max_escape)
     hit = (logits.argmax(1) == labels).float()
     if cfg.balance == "none":
         return float(hit.mean())

@@ -72,3 +72,61 @@ def test_bundle_refuses_unbenched_failed_and_stale_targets(run: tuple[Path, Path
     assert main(_bundle(root, profile, tmp_path / "b2")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "measured another export of gate-ort" in err[0]
+
+
+def _float_graph_as_int8(run: Path, tmp_path: Path, fp32: str) -> Path:
+    """An INT8 profile whose export is the fp32 target's (what a fallback that kept every layer float ships):
+    its speed against fp32 is then set by the test, through its report."""
+    from edge_tl.manifest import write_json
+    from edge_tl.targets import get_target
+
+    profile = tmp_path / "line3-int8.toml"
+    profile.write_text('backend = "onnxruntime"\nprecision = "int8"\nwarmup = 1\niterations = 10\nbatch_size = 4\n'
+                       '[quantizer]\nmethod = "onnx_qdq"\n')
+    dest = run / "targets" / "line3-int8"
+    shutil.copytree(run / "targets" / fp32, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    write_json(dest / "manifest.json", manifest | {"target": get_target(str(profile)).model_dump()})
+    return profile
+
+
+def _set_p50(run: Path, target: str, p50: float) -> None:
+    path = run / "reports" / f"{target}.json"
+    report = json.loads(path.read_text())
+    report["candidate"]["latency_ms"]["p50"] = p50
+    path.write_text(json.dumps(report))
+
+
+def test_bundle_ships_the_first_target_that_passed_and_int8_only_where_it_is_faster(
+        run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from .test_report_sets import _fast_profile
+
+    root, gate = run
+    fp32 = _fast_profile(tmp_path, "cpu-onnxruntime-fp32")
+    assert main(["export", str(root), "--target", str(fp32), "--quiet"]) == 0
+    int8 = _float_graph_as_int8(root, tmp_path, "cpu-onnxruntime-fp32")
+    # one bench session: the gate profile fails (impossible latency budget), the other two pass
+    assert main(["bench", str(root), "-t", str(gate), "-t", str(int8), "-t", str(fp32), "-q"]) == 1
+    capsys.readouterr()
+    out = tmp_path / "bundle"
+    assert main(_bundle(root, gate, out, "--fallback", str(fp32))) == 0
+    shipped = json.loads((out / "bundle.json").read_text())
+    assert shipped["target"]["name"] == "cpu-onnxruntime-fp32"
+    assert [n.split(" (")[0] for n in shipped["bench"]["passed_over"]] == ["gate-ort FAILED its bench"]
+    assert "not shipped: gate-ort FAILED its bench" in capsys.readouterr().err
+    # INT8 ships only where the same bench timed it faster than the fallback
+    fp_p50 = json.loads((root / "reports" / "cpu-onnxruntime-fp32.json").read_text())["candidate"]["latency_ms"]["p50"]
+    _set_p50(root, "line3-int8", 2 * fp_p50)
+    assert main(_bundle(root, int8, out, "--fallback", str(fp32))) == 0
+    shipped = json.loads((out / "bundle.json").read_text())
+    assert shipped["target"]["name"] == "cpu-onnxruntime-fp32"
+    assert shipped["bench"]["passed_over"][0].startswith("line3-int8 is not faster than cpu-onnxruntime-fp32")
+    _set_p50(root, "line3-int8", fp_p50 / 2)
+    assert main(_bundle(root, int8, out, "--fallback", str(fp32))) == 0
+    shipped = json.loads((out / "bundle.json").read_text())
+    assert shipped["target"]["name"] == "line3-int8" and "passed_over" not in shipped["bench"]
+    # nothing passed: the first target's own refusal, one line, exit 2
+    capsys.readouterr()
+    assert main(_bundle(root, gate, tmp_path / "b3", "--fallback", str(gate))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "gate-ort FAILED its bench" in err[-1] and "refusing to bundle it" in err[-1]

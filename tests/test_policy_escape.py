@@ -41,3 +41,59 @@ def test_escape_tuning_sends_the_riskiest_ok_answers_to_review() -> None:
         tune_for_escape(make_policy(("a", "b")), _logits(p_ok), labels, 0.05)
     with pytest.raises(ConfigError, match="max-escape"):
         tune_for_escape(policy, _logits(p_ok), labels, 1.5)
+
+
+def test_epochs_are_chosen_by_what_the_line_gets_at_its_escape_target() -> None:
+    """A model with the better top-1 can be the worse one for a line: its confident wrong ``ok`` answers force
+    the ok threshold up and send good parts to review. ``max_escape`` makes training choose by the share of
+    good parts passed at the escape target (``passed_at_escape``), the number the bundle's policy delivers."""
+    import torch
+
+    from edge_tl.runtime.policy import passed_at_escape
+    from edge_tl.training import TrainConfig, _val_score
+
+    rng = np.random.default_rng(1)
+    labels = np.array([1] * 200 + [0] * 200)  # classes ("defect", "ok")
+    # A: 180 of 200 good parts called ok, with confidence 0.9-0.99; every defect at most 0.6 sure it is ok
+    a = np.concatenate([rng.uniform(0.9, 0.99, 180), rng.uniform(0.2, 0.45, 20), rng.uniform(0.05, 0.6, 200)])
+    # B: all 200 good parts called ok (better top-1), but 20 defects called ok at 0.995
+    b = np.concatenate([rng.uniform(0.9, 0.99, 200), np.full(20, 0.995), rng.uniform(0.05, 0.45, 180)])
+    top1 = [float(((p > 0.5) == (labels == 1)).mean()) for p in (a, b)]
+    assert top1[1] > top1[0]
+    cfg = TrainConfig(max_escape=0.05, ok_index=(1,))
+    score = [_val_score(torch.from_numpy(_logits(p)), torch.from_numpy(labels), cfg) for p in (a, b)]
+    assert score[0] > score[1]
+    # the same number as the bundle's tuned policy reports on these images
+    for p, s in zip((a, b), score, strict=True):
+        _, record = tune_for_escape(make_policy(("defect", "ok")), _logits(p), labels, max_escape=0.05)
+        assert s == pytest.approx(1 - record["false_reject_rate"]) == passed_at_escape(_logits(p), labels, (1,), 0.05)
+    # without a target: top-1 decides, the other way round
+    plain = [_val_score(torch.from_numpy(_logits(p)), torch.from_numpy(labels), TrainConfig()) for p in (a, b)]
+    assert plain[1] > plain[0]
+
+
+def test_choosing_epochs_by_escape_needs_an_ok_class_and_defect_images() -> None:
+    from edge_tl.data import Sample
+    from edge_tl.training import qc_ok_index
+
+    val = [Sample("a.png", 0), Sample("b.png", 1)]
+    assert qc_ok_index(["defect", "good"], None, val) == (1,)
+    assert qc_ok_index(["crack", "fine"], "fine", val) == (1,)
+    with pytest.raises(ConfigError, match="needs an ok class"):
+        qc_ok_index(["crack", "stain"], None, val)
+    with pytest.raises(ConfigError, match="is not a class"):
+        qc_ok_index(["crack", "fine"], "ok", val)
+    with pytest.raises(ConfigError, match="no defect image"):
+        qc_ok_index(["defect", "good"], None, [Sample("b.png", 1)])
+
+
+def test_finetune_max_escape_without_an_ok_class_is_one_line_before_training(
+        image_folder, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_tl.cli import main
+
+    out = tmp_path / "run"
+    assert main(["finetune", str(image_folder), "--out", str(out), "--mode", "linear", "--epochs", "1",
+                 "--max-escape", "0.05", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max-escape needs an ok class" in err[0] and "--ok-class" in err[0]
+    assert not (out / "finetune" / "manifest.json").exists()

@@ -389,6 +389,17 @@ def tune_for_escape(policy: Policy, logits: np.ndarray, labels: np.ndarray, max_
     return tuned, record
 
 
+def passed_at_escape(logits: np.ndarray, labels: np.ndarray, ok_index: Sequence[int], max_escape: float) -> float:
+    """The share of good images (labels in ``ok_index``) passed as ``ok`` by the policy tuned on these same
+    (logits (N, C), labels (N,)) to ``max_escape`` (:func:`tune_for_escape`): 1 - its false-reject rate,
+    review included. What a line gets from a model at its escape target; training picks epochs by it."""
+    classes = [str(i) for i in range(logits.shape[1])]
+    ok = [classes[i] for i in ok_index]
+    policy = make_policy(classes, ok, [c for c in classes if c not in ok])
+    _, record = tune_for_escape(policy, logits, labels, max_escape)
+    return 1.0 - (record["false_reject_rate"] or 0.0)
+
+
 def review_added(policy: Policy, candidate: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
     """What a target's noise guard costs and buys on the same images, against the fp32 policy.
 

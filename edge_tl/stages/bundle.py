@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -176,11 +177,46 @@ def bench_verdict(run: RunDir, t: Target) -> tuple[dict[str, Any], str | None]:
     return facts, f"{t.name} FAILED its bench ({'; '.join(show(g) for g in failed)}; {path})"
 
 
+def choose_target(run_dir: str | Path, preferred: Sequence[str]) -> tuple[str, list[str]]:
+    """The first of ``preferred`` (target names or profile files, in order of preference) that may ship from
+    ``run_dir``, and why each one before it was passed over (one line each).
+
+    A target is passed over when its bench did not pass (:func:`bench_verdict`), or when it is INT8 and a
+    later target that passed, timed in the same bench session, is at least as fast at batch 1 (p50): INT8
+    ships only where it is faster on the host that measured it. When none may ship, the first is returned
+    with no notes, and :func:`bundle` refuses it with its own reason.
+    """
+    run = RunDir(Path(run_dir))
+    targets = [get_target(name) for name in preferred]
+    judged = []
+    for t in targets:
+        _, refusal = bench_verdict(run, t)
+        report = load_report(run.reports / f"{t.name}.json") if refusal is None else None
+        latency = report.candidate.latency_ms if report is not None and report.candidate is not None else None
+        judged.append((t, refusal, report.session.id if report is not None and report.session else None,
+                       latency.p50 if latency is not None else None))
+    notes: list[str] = []
+    for i, (t, refusal, session, p50) in enumerate(judged):
+        if refusal is not None:
+            notes.append(refusal)
+            continue
+        if t.quantized and p50 is not None:
+            faster = next(((u, q) for u, r, s, q in judged[i + 1:]
+                           if r is None and s == session and q is not None and q <= p50), None)
+            if faster is not None:
+                notes.append(f"{t.name} is not faster than {faster[0].name} on this host (batch-1 p50 {p50:.3g} ms "
+                             f"vs {faster[1]:.3g} ms, same bench session)")
+                continue
+        return preferred[i], notes
+    return preferred[0], []  # bundle's own refusal of the first says why
+
+
 def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8, *,
            ok_classes: list[str] | None = None, defect_classes: list[str] | None = None,
            max_false_reject: float | None = None, ok_threshold: float | None = None,
            defect_threshold: float = 0.5, max_escape: float | None = None, ood_limit: float | None = None,
-           use_ood: bool = True, allow_failed: bool = False, quiet: bool = True) -> dict[str, Any]:
+           use_ood: bool = True, allow_failed: bool = False, passed_over: Sequence[str] = (),
+           quiet: bool = True) -> dict[str, Any]:
     """Write the deployment bundle of ``run_dir``'s exported ``target`` to ``out``; returns bundle.json.
 
     A target whose bench failed, or that has no bench report of this export (:func:`bench_verdict`),
@@ -195,7 +231,8 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
     answer needs before it is acted on (below it: ``review``). ``ood_limit``: the model's ood_score above
     which an image is ``review`` with the reason ``out_of_distribution`` (``edge_tl/ood.py``); by default the
     limit the export calibrated for this target (``stages.export.validate``). ``use_ood=False`` switches it
-    off; an export without the output has nothing to use.
+    off; an export without the output has nothing to use. ``passed_over``: why preferred targets were not
+    shipped (:func:`choose_target`), recorded in bundle.json's ``bench``.
     """
     t = get_target(target)
     run = RunDir(Path(run_dir))
@@ -231,6 +268,8 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
                                 "bundle.json)")
         log.warning("shipping anyway (--allow-failed): %s", refusal)
         verdict |= {"allowed_failed": True, "why": refusal}
+    if passed_over:
+        verdict["passed_over"] = list(passed_over)
     pre = Preprocess.from_dict(tm["preprocessing"])
     files = model_files(t)
     evalset, ref_model = with_reference(run, load_eval_set(ensure_eval_set(run, quiet)), tm, folder)
