@@ -307,3 +307,19 @@ def test_false_reject_tuning_and_its_refusals() -> None:
     missed, rec = tune_box_threshold(policy, [_image(None)] * 20 + [_image(0.9)] * 80, [_truth(True)] * 100,
                                      floor=0.05, max_escape=0.05)
     assert missed.threshold == 0.05 and rec["target_met"] is False and "no box of a defect class" in rec["reason"]
+
+
+def test_an_openvino_bundle_gives_the_same_boxes(bundled: dict[str, Any], odd_image: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    from edge_tl.cli import main
+    from edge_tl.runtime import Runtime
+    from edge_tl.runtime.boxes import golden_box_problem
+
+    assert main(["-q", "export", str(bundled["run"]), "--target", "cpu-openvino-fp32"]) == 0
+    assert main(["-q", "bundle", str(bundled["run"]), "--target", "cpu-openvino-fp32", "--out", str(tmp_path / "ov"),
+                 "--golden", "1", "--allow-failed"]) == 0
+    with Runtime(tmp_path / "ov") as ov, Runtime(bundled["bundle"]) as onnx:
+        assert ov.manifest["model"]["file"] == "model.xml" and ov.golden_report["passed"]
+        a, b = ov.predict(odd_image), onnx.predict(odd_image)
+        tol = ov.manifest["golden"]["tolerance"]
+        assert a.boxes and golden_box_problem(b.boxes, a.boxes, tol, ov.nms) is None
