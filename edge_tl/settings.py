@@ -255,13 +255,18 @@ class BundleSettings(StageSettings):
     defect_classes: list[str] | None = opt(None, "A defect class (repeatable); the others are ok classes.",
                                            flags=("--defect-class",), metavar="CLASS")
     max_escape: float | None = opt(None, "Tune the ok threshold instead to the lowest that passes at most this share "
-                                   "of the validation defects as ok (low-confidence ok answers go to review).",
+                                   "of the validation defects as ok (low-confidence ok answers go to review). "
+                                   "Detection: the highest box threshold that passes at most this share of the "
+                                   "validation images with a defect box as ok.",
                                    metavar="RATE", ge=0, lt=1)
     max_false_reject: float | None = opt(None, "Tune the ok threshold on the validation set to this false-reject "
-                                         "rate (default 0.01).", metavar="RATE", ge=0, lt=1)
+                                         "rate (default 0.01). Detection: the lowest box threshold that rejects at "
+                                         "most this share of the images without a defect box.",
+                                         metavar="RATE", ge=0, lt=1)
     ok_threshold: float | None = opt(None, "Fixed ok threshold instead of tuning.", metavar="P", ge=0, le=1)
-    defect_threshold: float = opt(0.5, "Confidence a defect answer needs; below it the decision is 'review'.",
-                                  metavar="P", ge=0, le=1)
+    defect_threshold: float = opt(0.5, "Confidence a defect answer needs; below it the decision is 'review'. "
+                                  "Detection: the score a box of a defect class needs to make the part a defect "
+                                  "(when not tuned).", metavar="P", ge=0, le=1)
     ood_limit: float | None = opt(None, "ood_score above which an image is 'review' (out_of_distribution). "
                                   "Default: calibrated on this target's validation scores at the export's "
                                   "false-alarm rate (about 1.0 for fp32).", metavar="X", gt=0)

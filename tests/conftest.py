@@ -91,6 +91,28 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def detect_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny detection run: 12 synthetic YOLO images at 64 px (``tests/detect_data.py``), one linear epoch,
+    torch on one thread while it trains (see ``one_thread``). Its first user (``test_detect_ship``) exports and
+    benches in it; others copy it before changing anything."""
+    import torch
+
+    from edge_tl.detect.train import fit_detector
+
+    from .detect_data import write_set
+
+    root = write_set(tmp_path_factory.mktemp("yolo"), "yolo", n=12, size=64)
+    out = tmp_path_factory.mktemp("detect-run")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit_detector(root, out, mode="linear", input_size=64, epochs=1, batch_size=6)
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+@pytest.fixture(scope="session")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three visibly different classes, 12 images each."""
     return write_folder(tmp_path_factory.mktemp("data") / "folder")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge_tl.detect.evaluate import box_agreement, detection_metrics
-from edge_tl.detect.nms import iou_matrix, nms, to_image_pixels, to_input_pixels
+from edge_tl.runtime.nms import iou_matrix, nms, to_image_pixels, to_input_pixels
 
 
 def test_nms_keeps_the_exact_survivors() -> None:

@@ -1,6 +1,7 @@
-"""A detection run through export, bench and the stages that refuse it yet (issue 27, follow-up).
+"""A detection run through export, bench and the stages that refuse it yet (issue 27, follow-up; its bundle:
+``test_detect_bundle.py``).
 
-One tiny run (12 YOLO images at 64 px, one linear epoch) is trained once for the module; every step goes
+One tiny run (12 YOLO images at 64 px, one linear epoch: ``conftest.detect_run``) is trained once; every step goes
 through the CLI, as a user runs it. The figures are not the point (one epoch finds little): that the export
 answers as torch does, and that the reports say so in their typed fields.
 """
@@ -37,13 +38,9 @@ max_map50_drop = 0.1
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
-    from edge_tl.detect.train import fit_detector
-
-    root = write_set(tmp_path_factory.mktemp("yolo"), "yolo", n=12, size=64)
-    out = tmp_path_factory.mktemp("run")
-    fit_detector(root, out, mode="linear", input_size=64, epochs=1, batch_size=6)
-    return out
+def run(detect_run: Path, one_thread: None) -> Path:
+    """The session's tiny detection run (``conftest.detect_run``); this module exports and benches in it."""
+    return detect_run
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +130,6 @@ def test_openvino_fp32_export(run: Path) -> None:
     (["export", "{run}", "--target", "gpu-tensorrt-fp16"], "tensorrt export of a detection run is not built yet"),
     (["prune", "{run}"], "prune does not take detection runs yet"),
     (["adapt", "{run}", "--unlabeled", "{tmp}"], "adapt does not take detection runs yet"),
-    (["bundle", "{run}", "--target", "cpu-onnxruntime-fp32", "--out", "{tmp}/bundle"],
-     "bundle does not take detection runs yet"),
 ])
 def test_what_is_not_built_yet_is_one_line(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                            argv: list[str], words: str) -> None:

@@ -243,3 +243,19 @@ def test_raw_npy_frames_need_their_colour_order(bundles: dict[str, Path], images
     assert main(["predict", b, str(images[-1]), "--json"]) == 0
     ref = json.loads(capsys.readouterr().out)
     assert (got["label"], got["score"], got["decision"]) == (ref["label"], ref["score"], ref["decision"])
+
+
+def test_draw_writes_a_classifier_answer_on_its_image(bundles: dict[str, Path], images: list[Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A classifier has no boxes: --draw writes the image with a banner (decision, label, score) in its top-left
+    corner and leaves the rest of it as it was; streams are not drawn (one line, exit 2)."""
+    image = images[8]  # 112 x 112
+    assert main(["predict", str(bundles[TARGETS[0]]), str(image), "--draw", str(tmp_path / "d")]) == 0
+    capsys.readouterr()
+    before = np.asarray(Image.open(image).convert("RGB"), np.int16)
+    after = np.asarray(Image.open(tmp_path / "d" / f"{image.stem}.drawn.png").convert("RGB"), np.int16)
+    assert after.shape == before.shape
+    rows = np.flatnonzero((np.abs(after - before).sum(axis=2) > 0).any(axis=1))
+    assert len(rows) and rows.min() == 0 and rows.max() < 24  # the banner only
+    assert main(["predict", str(bundles[TARGETS[0]]), "rtsp://127.0.0.1/cam", "--draw", str(tmp_path / "s")]) == 2
+    assert "--draw applies to image files" in capsys.readouterr().err

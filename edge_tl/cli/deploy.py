@@ -42,13 +42,22 @@ def bundle(
     m = settings.run(run, quiet=quiet or state.quiet)
     out = settings.out
     g = m["golden"]
-    console().print(
-        f"[green]bundled[/] {m['target']['name']} -> {out}: {len(g['images'])} golden images (max |Δlogit| "
-        f"vs torch {g['reference_max_abs_logit_diff']:.2e}); {policy_line(m['policy'])}", soft_wrap=True)
+    if m.get("task") == "detect":
+        n_boxes = sum(len(it["boxes"]) for it in g["images"])
+        console().print(f"[green]bundled[/] {m['target']['name']} (detection) -> {out}: {len(g['images'])} golden "
+                        f"images ({n_boxes} boxes); {box_policy_line(m['policy'])}", soft_wrap=True)
+    else:
+        console().print(
+            f"[green]bundled[/] {m['target']['name']} -> {out}: {len(g['images'])} golden images (max |Δlogit| "
+            f"vs torch {g['reference_max_abs_logit_diff']:.2e}); {policy_line(m['policy'])}", soft_wrap=True)
     if (m.get("bench") or {}).get("allowed_failed"):
         from rich.markup import escape
 
         console().print(f"[red]shipped with --allow-failed:[/] {escape(m['bench']['why'])}", soft_wrap=True)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1%}"
 
 
 def policy_line(p: dict) -> str:
@@ -72,16 +81,39 @@ def policy_line(p: dict) -> str:
     else:
         how = f"ok threshold {p['ok_threshold']:.4g}"
 
-    def pct(x: float | None) -> str:
-        return "–" if x is None else f"{x:.1%}"
-
     recall = None if v["escape_rate"] is None else 1.0 - v["escape_rate"]
     return (f"ok classes: {oks}; {how}; on {v['n']} validation images ({v['n_defect']} defects): defect recall "
-            f"(not passed) {pct(recall)}, escape {pct(v['escape_rate'])}, false-reject {pct(v['false_reject_rate'])}, "
-            f"review {pct(v['review_rate'])}"
-            + (f" (out of distribution {pct(v['out_of_distribution_rate'])}, ood limit {p['ood_limit']:g})"
+            f"(not passed) {_pct(recall)}, escape {_pct(v['escape_rate'])}, "
+            f"false-reject {_pct(v['false_reject_rate'])}, review {_pct(v['review_rate'])}"
+            + (f" (out of distribution {_pct(v['out_of_distribution_rate'])}, ood limit {p['ood_limit']:g})"
                if "out_of_distribution_rate" in v else "")
             + (f"; {p['noise_guard']['summary']}" if (p.get("noise_guard") or {}).get("summary") else ""))
+
+
+def box_policy_line(p: dict) -> str:
+    """A detection bundle's QC policy and what it did on the validation images, in one line."""
+    v, tuned = p["validation"], p.get("tuning") or {}
+    defects = ", ".join(p["defect_classes"])
+    oks = f"; ok box classes: {', '.join(p['ok_classes'])}" if p["ok_classes"] else ""
+    limit = p.get("threshold")
+    shown = f"{limit:.4g}" if limit is not None else "per class"
+    if tuned:
+        what = "escape" if "target_escape" in tuned else "false-reject"
+        target = tuned.get(f"target_{what.replace('-', '_')}")
+        bound = tuned.get(f"{what.replace('-', '_')}_upper_bound")
+        conf = tuned.get("confidence") or 0.95
+        bound_text = "" if bound is None else f" ({conf:.0%} upper bound {bound:.1%})"
+        if tuned.get("target_met"):
+            how = f"box threshold {shown} tuned to {what} ≤ {target:g}{bound_text}"
+        else:
+            missed = "shown" if tuned.get("threshold_source") == "default" else "met"
+            how = f"box threshold {shown} ({what} ≤ {target:g} NOT {missed}{bound_text})"
+    else:
+        how = f"box threshold {shown}"
+    no_good = " (no image without a defect box)" if not v["n_ok"] else ""
+    return (f"defect box classes: {defects}{oks}; {how}; on {v['n']} validation images ({v['n_defect']} with a "
+            f"defect box): escape {_pct(v['escape_rate'])}, false-reject {_pct(v['false_reject_rate'])}{no_good}, "
+            f"box recall {_pct(v['box_recall'])}, box precision {_pct(v['box_precision'])}")
 
 
 def _expand(paths: list[Path], require: bool = True) -> list[Path]:
@@ -114,8 +146,13 @@ def _expand(paths: list[Path], require: bool = True) -> list[Path]:
 
 
 def _line(p: Prediction, name: str) -> str:
-    """One text line of ``predict``: label, score, decision, this image's share of its batch call."""
+    """One text line of ``predict``: label, score, decision, this image's share of its batch call (a detection
+    bundle's: the deciding box's class and score, and how many boxes)."""
     batch = f" (batch of {p.batch_size})" if p.batch_size > 1 else ""
+    if p.boxes is not None:
+        n = len(p.boxes)
+        boxes = f"{n} box{'es' if n != 1 else ''}"
+        return f"{p.label:<18} {p.score:.4f}  {boxes:<9}  {p.decision:<7} {p.ms:7.1f} ms/image{batch}  {name}"
     anomaly = f"anomaly {p.anomaly_score:.3f}  " if p.anomaly_score is not None else ""
     # The name stays last (the rest of the line): a flagged image says so in its ood field.
     flagged = " > limit" if p.reason == "out_of_distribution" else ""
@@ -145,8 +182,14 @@ def predict(
     threads: int = typer.Option(None, "--threads", metavar="N", help="Override the bundle's thread count."),
     heatmap: Path = typer.Option(None, "--heatmap", metavar="DIR", help="Anomaly bundles: write a PNG overlay "
                                  "of each image's anomaly map to DIR (image files only)."),
+    draw: Path = typer.Option(None, "--draw", metavar="DIR", help="Write each image with its answer drawn to "
+                              "DIR/<name>.drawn.png: a detection bundle's deciding boxes with class and score, "
+                              "every bundle's decision and label (image files only)."),
 ) -> None:
     """Classify images, video files or camera streams with a bundle (no torch needed).
+
+    A detection bundle answers with boxes in the image's pixels (with --json a ``boxes`` list of
+    {class, score, x1, y1, x2, y2}), its decision and label from the box that decides.
 
     One line per image or frame. A time is this image's share of its inference call (the call's time
     divided by the images in it). An image that is missing or cannot be read gets an error line in its
@@ -164,6 +207,8 @@ def predict(
     streams_given = [p for p in paths if _is_stream(p)]
     if (fps is not None or max_frames is not None) and not streams_given:
         raise EdgeTLError("--fps and --max-frames apply to video files and streams; none was given")
+    if draw is not None and streams_given:
+        raise EdgeTLError("--draw applies to image files; streams are not drawn")
     groups: list[tuple[str, list[Path] | str]] = []  # in the order given: ("files", [...]) or ("stream", src)
     missing: list[Path] = []  # named but not there: an error line in its place, the others still answered
     for p in paths:
@@ -200,20 +245,24 @@ def predict(
             for i in range(0, len(files), size):
                 chunk = files[i:i + size]
                 start = time.perf_counter()
-                inputs, good, errors = [], [], {}
+                inputs, sizes, good, errors = [], [], [], {}
                 for f in chunk:  # decoded one by one: a bad file is its own error, never the chunk's
                     if f in missing:
                         errors[f] = f"{f}: no such file or folder"
                         continue
                     try:
-                        inputs.append(rt.prepare(str(f), color=color))
+                        x, wh = rt.prepare_sized(str(f), color=color)
+                        inputs.append(x)
+                        sizes.append(wh)
                         good.append(f)
                     except InputError as exc:
                         errors[f] = str(exc)
-                preds = dict(zip(good, rt.predict_inputs(np.stack(inputs), [str(f) for f in good], started=start),
-                                 strict=True)) if good else {}
+                preds = dict(zip(good, rt.predict_inputs(np.stack(inputs), [str(f) for f in good], started=start,
+                                                         sizes=sizes), strict=True)) if good else {}
                 if heatmap is not None and good:
                     _write_heatmaps(rt, good, np.stack(inputs), heatmap, color)
+                if draw is not None:
+                    _write_drawn(rt, [(f, preds[f]) for f in good], draw, color)
                 for f in chunk:
                     if f in errors:
                         failed.append(errors[f])
@@ -238,6 +287,17 @@ def _write_heatmaps(rt: Runtime, files: list[Path], inputs: Any, folder: Path, c
     for f, amap in zip(files, maps, strict=True):
         crop = rt.preprocess.resize_and_crop(to_image(str(f), color))
         save_overlay(crop, amap, folder / f"{f.stem}.heatmap.png")
+
+
+def _write_drawn(rt: Runtime, answered: list[tuple[Path, Prediction]], folder: Path, color: str | None) -> None:
+    """One ``<name>.drawn.png`` per image in ``folder``: the image with its answer (``runtime.draw``)."""
+    from ..runtime.boxes import BoxPolicy
+    from ..runtime.core import to_image
+    from ..runtime.draw import save_drawn
+
+    policy = rt.policy if isinstance(rt.policy, BoxPolicy) else None
+    for f, p in answered:
+        save_drawn(to_image(str(f), color), p, folder / f"{f.stem}.drawn.png", rt.classes, policy)
 
 
 def _is_stream(source: str) -> bool:

@@ -4,11 +4,13 @@
   seeded split by image.
 - :mod:`.model`: an FCOS-style anchor-free head (Tian et al., 2019) with depthwise-separable convolutions
   on the backbone's stride-16 and stride-32 taps; boxes decoded inside the graph.
-- :mod:`.nms`: non-maximum suppression and the map back to image pixels, in numpy (torch-free: the device
-  runtime uses it).
+- NMS and the map back to image pixels: :mod:`edge_tl.runtime.nms` (numpy; the device runtime runs it too);
+  :mod:`.nms` is its old name.
 - :mod:`.train`: ``fit_detector``, through ``training.optimise`` / ``run_epochs``.
 - :mod:`.evaluate`: mAP (pycocotools, the COCO definition) and box agreement between two models.
 - :mod:`.export`: the ONNX graph and its check against torch.
+- :mod:`.ship`: ``export`` and ``bench`` of a detection run; :mod:`.bundle`: ``bundle`` (boxes, a box QC policy
+  tuned on the validation images, golden images with their expected boxes).
 
 Importing this package is cheap (no torch, no pycocotools); :mod:`.model` registers the ``detect`` model
 builder with :mod:`edge_tl.builders` when imported, which the package root does.

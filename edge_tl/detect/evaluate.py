@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .nms import Detections, iou_matrix
+from ..runtime.nms import Detections, iou_matrix
 
 MATCH_IOU = 0.5
 

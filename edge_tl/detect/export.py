@@ -3,7 +3,7 @@
 The graph goes through the product's one export call (``onnx_export.export_onnx``: TorchScript exporter,
 opset 17, checked, written atomically) with a free batch axis: ``input`` (B, 3, S, S) -> ``boxes``
 (B, K, 4) x1 y1 x2 y2 in input pixels and ``scores`` (B, K, C). Box decoding is inside the graph; NMS is
-not (it runs in the runtime: :func:`edge_tl.detect.nms.nms`, stated in the manifest's ``outputs.nms``).
+not (it runs in the runtime: :func:`edge_tl.runtime.nms.nms`, stated in the manifest's ``outputs.nms``).
 
 :func:`compare_onnx` runs both on the same images and compares what a user sees: the detections after NMS
 (``box_agreement``: torch boxes matched by the same class with IoU >= 0.99, all but the few float rounding
@@ -81,7 +81,7 @@ def compare_outputs(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[n
     for ``map50_95``), and ``passed``: every torch box matched (and no extra one) at IoU >= ``BOX_IOU_FLOOR``
     but at most ``MAX_UNMATCHED_SHARE`` of either side (boxes at a cut-off), and the mAPs equal within
     ``MAP_TOLERANCE``. ValueError when the shapes differ."""
-    from .nms import batched_nms
+    from ..runtime.nms import batched_nms
 
     (tb, ts), (ob, os_) = reference, candidate
     if tb.shape != ob.shape or ts.shape != os_.shape:

@@ -19,7 +19,7 @@ The graph's outputs (``forward``, what is exported): ``boxes`` (B, K, 4) x1 y1 x
 clipped to the input, and ``scores`` (B, K, C) = sqrt(sigmoid(class) * sigmoid(centre-ness)) per class
 (the geometric mean keeps them on a probability scale for thresholds), K = (S/16)² + (S/32)² locations for
 an S×S input. Decoding is inside the graph (Exp, Mul, Add, Concat, Clip, Sigmoid, Sqrt: plain ops every
-backend and INT8 quantiser handles); NMS is outside, in :func:`edge_tl.detect.nms.nms`.
+backend and INT8 quantiser handles); NMS is outside, in :func:`edge_tl.runtime.nms.nms`.
 """
 
 from __future__ import annotations
@@ -376,7 +376,9 @@ def _from_manifest(manifest: dict[str, Any]) -> Any:
 
 
 builders.register("detect", _from_manifest)
-# The detection run's own export and bench (``stages.export`` and ``bench.run`` branch to them by task).
+# The detection run's own export, bench and bundle (``stages.export``, ``bench.run`` and ``stages.bundle``
+# branch to them by task).
 builders.register_step("detect", "export", "edge_tl.detect.ship:export_detect")
 builders.register_step("detect", "describe_export", "edge_tl.detect.ship:describe_detect")
 builders.register_step("detect", "bench", "edge_tl.detect.ship:bench_detect")
+builders.register_step("detect", "bundle", "edge_tl.detect.bundle:bundle_detect")

@@ -53,7 +53,7 @@ def check_detect_target(target: Target) -> None:
 
 def nms_args(manifest: dict[str, Any]) -> dict[str, Any]:
     """The NMS parameters a detection run was evaluated with (its manifest's ``postprocess``), as the
-    keyword arguments of :func:`edge_tl.detect.nms.nms`."""
+    keyword arguments of :func:`edge_tl.runtime.nms.nms`."""
     post = manifest.get("postprocess") or {}
     return {k: post[k] for k in NMS_KEYS if k in post}
 
@@ -132,8 +132,8 @@ def export_detect(run: RunDir, target: Target, src: Path, det: Any, src_manifest
                      "boxes": "(B, K, 4) x1 y1 x2 y2 in input pixels, clipped to the input",
                      "scores": "(B, K, C) per-class scores in [0, 1]",
                      "locations": spec.get("locations"),
-                     "nms": "outside the graph: edge_tl.detect.nms.nms (numpy) with `postprocess`, then "
-                            "edge_tl.detect.nms.to_image_pixels with the preprocessing's resize_mode"},
+                     "nms": "outside the graph: edge_tl.runtime.nms.nms (numpy) with `postprocess`, then "
+                            "edge_tl.runtime.nms.to_image_pixels with the preprocessing's resize_mode"},
             postprocess={**(src_manifest.get("postprocess") or {}), **nms}, **extra)
         # Inside the staged folder: a manifest that does not fit its model never replaces a good export.
         check_target_manifest(manifest)

@@ -38,10 +38,18 @@ from PIL import Image
 
 from ..errors import ConfigError, DataError
 from ..progress import progress
+from ..runtime.nms import (
+    IOU_THRESHOLD,
+    MAX_DETECTIONS,
+    SCORE_THRESHOLD,
+    Detections,
+    nms,
+    to_image_pixels,
+    to_input_pixels,
+)
 from .data import Annotated, DetectionSet, class_counts, read_detection_set, split_images
 from .evaluate import detection_metrics
 from .model import DetectorSpec, box_statistics, build_detector, detection_loss, prefix_and_tail, stride_taps
-from .nms import IOU_THRESHOLD, MAX_DETECTIONS, SCORE_THRESHOLD, Detections, nms, to_image_pixels, to_input_pixels
 
 log = logging.getLogger("edge_tl")
 
@@ -265,7 +273,7 @@ def fit_detector(data_dir: str | Path, out: str | Path, *, arch: str = "mobilene
               "width": spec.width, "tower_depth": 2, "locations": spec.locations, "centre_radius": spec.radius},
         outputs={"boxes": "(B, K, 4) x1 y1 x2 y2 in input pixels, clipped to the input",
                  "scores": "(B, K, C) sqrt(sigmoid(class) * sigmoid(centre-ness))",
-                 "decoding": "inside the graph", "nms": "outside the graph: edge_tl.detect.nms.nms (numpy)"},
+                 "decoding": "inside the graph", "nms": "outside the graph: edge_tl.runtime.nms.nms (numpy)"},
         postprocess={"score_threshold": SCORE_THRESHOLD, "iou_threshold": IOU_THRESHOLD,
                      "max_detections": MAX_DETECTIONS, "per_class": True},
         data={"root": str(ds.root.resolve()), "format": ds.format, "n_images": len(ds.images), "n_boxes": ds.n_boxes,

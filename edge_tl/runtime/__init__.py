@@ -6,12 +6,15 @@
         p = rt.predict("part_0042.png")          # or a PIL image, or rt.predict(frame, color="BGR")
         print(p.label, p.score, p.decision)      # decision: "ok" | "defect" | "review"
         many = rt.predict_batch(paths)
+        p.boxes                                  # a detection bundle: [{class, score, x1, y1, x2, y2}] in
+                                                 # the image's pixels (None for a classifier)
 
 Installing ``edge-tl[runtime]`` (numpy, pillow, onnxruntime) is enough for ONNX Runtime bundles;
 OpenVINO bundles need ``openvino``, TensorRT bundles the system TensorRT (JetPack). Importing this
 package imports none of them, nor torch.
 """
 
+from .boxes import BoxPolicy
 from .bundlefile import BUNDLE_JSON, FORMAT_VERSION, SUMS, read_bundle
 from .core import InputError, Prediction, Runtime, engine_cache_dir, open_bundle, to_image
 from .policy import (
@@ -30,6 +33,7 @@ __all__ = [
     "FORMAT_VERSION",
     "RULE",
     "SUMS",
+    "BoxPolicy",
     "InputError",
     "Policy",
     "Prediction",

@@ -3,6 +3,10 @@
 Nothing here imports torch, torchvision or the training code; the backend (onnxruntime, openvino or
 tensorrt) is imported when a bundle that needs it is opened. Preprocessing is ``edge_tl.preprocess``,
 the same function training, evaluation and the bundle's golden expectations went through.
+
+A detection bundle (``task: "detect"``) answers with boxes: the graph's boxes and per-class scores go
+through the run's NMS (``runtime.nms``), are mapped back to each original image's pixels (the
+preprocessing undone) and decided by the box policy (``runtime.boxes``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from ..backends.table import facts
 from ..errors import ArtifactError, EdgeTLError
 from ..manifest import atomic_path, sha256_file
 from ..preprocess import Preprocess, from_array, load_image, to_rgb
+from .boxes import BoxPolicy, box_dicts, golden_box_problem
 from .bundlefile import read_bundle
+from .nms import Detections, nms, to_image_pixels
 from .policy import Policy, softmax
 
 log = logging.getLogger("edge_tl")
@@ -64,11 +70,23 @@ class Prediction:
     # Classifier bundles with an ood output: the out-of-distribution score (1.0 = the threshold calibrated
     # at export; above the bundle's limit the decision is review).
     ood_score: float | None = None
-    reason: str | None = None  # why the decision is review: low_confidence | out_of_distribution
+    # Classifiers: why the decision is review (low_confidence | out_of_distribution). Detection bundles: why
+    # it is what it is (``defect_box`` | ``no_defect_box``, see ``runtime.boxes``).
+    reason: str | None = None
+    # Detection bundles: every box after NMS, highest score first, as {class, score, x1, y1, x2, y2} in the
+    # original image's pixels (label/score: the deciding box's, see ``runtime.boxes``); None for classifiers.
+    boxes: list[dict[str, Any]] | None = None
+
+    def box_dicts(self) -> list[dict[str, Any]] | None:
+        """The boxes as written to JSON: pixels to 2 decimals, scores to 6 (None for a classifier)."""
+        if self.boxes is None:
+            return None
+        return [{k: round(v, 6 if k == "score" else 2) if isinstance(v, float) else v for k, v in b.items()}
+                for b in self.boxes]
 
     def to_dict(self, logits: bool = False) -> dict[str, Any]:
         """JSON-ready fields: path, label, score, decision, ms_per_image (``ms``), batch_size, batch_ms
-        (and the logits when asked)."""
+        (and the logits when asked; a detection bundle's answer adds ``boxes``)."""
         batch_ms = self.ms * self.batch_size if self.batch_ms is None else self.batch_ms
         out: dict[str, Any] = {"path": self.path, "label": self.label, "score": round(self.score, 6),
                                "decision": self.decision, "ms_per_image": round(self.ms, 3),
@@ -79,6 +97,8 @@ class Prediction:
             out["ood_score"] = round(self.ood_score, 6)
         if self.reason is not None:
             out["reason"] = self.reason
+        if self.boxes is not None:
+            out["boxes"] = self.box_dicts()
         if logits:
             out["logits"] = [float(v) for v in self.logits]
         return out
@@ -162,7 +182,10 @@ class Runtime:
         self.classes: list[str] = list(m["classes"])
         self.task: str = m.get("task", "classification")
         self.preprocess = Preprocess.from_dict(m["preprocessing"])
-        self.policy = Policy.from_dict(m["policy"], self.classes)
+        self.policy: Policy | BoxPolicy = (BoxPolicy.from_dict(m["policy"], self.classes) if self.task == "detect"
+                                           else Policy.from_dict(m["policy"], self.classes))
+        # Detection: the NMS parameters the run was evaluated with (``detect.ship.nms_args``).
+        self.nms: dict[str, Any] = dict((m.get("detect") or {}).get("nms") or {})
         # The ood_score output (edge_tl/ood.py) is read only when the bundle's policy uses it.
         self.ood = self.task == "classification" and m.get("ood") is not None and self.policy.ood_limit is not None
         model = m["model"]
@@ -233,7 +256,31 @@ class Runtime:
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         """Logits for an NCHW batch, in chunks of the bundle's batch size."""
+        if self.task == "detect":
+            raise EdgeTLError(f"{self.path} is a detection bundle: it answers with boxes (predict), not logits")
         return self._infer_all(batch)[0]
+
+    def detect(self, inputs: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[Detections]:
+        """Detections of inputs made by ``prepare`` after the bundle's NMS, in each original image's pixels
+        (``sizes``: (width, height) of each image, as ``prepare_sized`` gives them); boxes (M, 4) x1 y1 x2 y2,
+        highest score first. EdgeTLError for a classifier bundle."""
+        if self.task != "detect":
+            raise EdgeTLError(f"{self.path} is a {self.task} bundle: it has no boxes")
+        if self._runner is None:
+            raise EdgeTLError(f"the runtime for {self.path} is closed")
+        if len(sizes) != len(inputs):
+            raise EdgeTLError(f"{len(inputs)} inputs but {len(sizes)} image sizes: each image's size maps its "
+                              "boxes back to its pixels")
+        out: list[Detections] = []
+        for i in range(0, len(inputs), self.batch_size):
+            with self._lock:
+                boxes, scores = self._runner.run_outputs(inputs[i:i + self.batch_size])[:2]
+            for b, s, size in zip(boxes, scores, sizes[i:i + self.batch_size], strict=True):
+                d = nms(b, s, **self.nms)
+                d.boxes = to_image_pixels(d.boxes, (int(size[0]), int(size[1])), self.preprocess.crop,
+                                          self.preprocess.resize_mode)
+                out.append(d)
+        return out
 
     def _infer_all(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(logits (N, classes), ood_score (N,) or None when the bundle does not use it) for an NCHW batch."""
@@ -259,10 +306,15 @@ class Runtime:
         Decoding and preprocessing are per image, so one bad file is that file's error: whatever the
         decoder or the resize raises (memory included) is an InputError naming it.
         """
+        return self.prepare_sized(image, color=color)[0]
+
+    def prepare_sized(self, image: ImageInput, *, color: str | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+        """(model input (CHW float32), the decoded image's (width, height)) of one image: the size maps a
+        detection bundle's boxes back to the image (``predict_inputs(..., sizes=)``). Errors as ``prepare``."""
         img = to_image(image, color)
         try:
-            return self.preprocess(img)
-        except Exception as exc:  # noqa: BLE001 - see above
+            return self.preprocess(img), img.size
+        except Exception as exc:  # noqa: BLE001 - see prepare
             raise InputError(f"{_name(image)}: cannot preprocess image ({type(exc).__name__}: "
                              f"{_first_line(exc)})") from None
 
@@ -271,9 +323,14 @@ class Runtime:
         return self._infer(self._inputs(images, color))
 
     def _inputs(self, images: Sequence[ImageInput], color: str | None) -> np.ndarray:
+        return self._sized_inputs(images, color)[0]
+
+    def _sized_inputs(self, images: Sequence[ImageInput], color: str | None,
+                      ) -> tuple[np.ndarray, list[tuple[int, int]]]:
         if not len(images):
-            return np.zeros((0, 3, self.preprocess.crop, self.preprocess.crop), np.float32)
-        return np.stack([self.prepare(x, color=color) for x in images])
+            return np.zeros((0, 3, self.preprocess.crop, self.preprocess.crop), np.float32), []
+        pairs = [self.prepare_sized(x, color=color) for x in images]
+        return np.stack([x for x, _ in pairs]), [size for _, size in pairs]
 
     def predict(self, image: ImageInput, *, color: str | None = None) -> Prediction:
         """Classify one image (path, PIL image, or uint8 HxWxC array with ``color`` "RGB"/"BGR")."""
@@ -284,18 +341,26 @@ class Runtime:
         if not len(images):
             return []
         start = time.perf_counter()
-        x = self._inputs(images, color)
+        x, sizes = self._sized_inputs(images, color)
         paths = [str(item) if isinstance(item, (str, os.PathLike)) else None for item in images]
-        return self.predict_inputs(x, paths, started=start)
+        return self.predict_inputs(x, paths, started=start, sizes=sizes)
 
     def predict_inputs(self, inputs: np.ndarray, paths: Sequence[str | None], *,
-                       started: float | None = None) -> list[Prediction]:
+                       started: float | None = None,
+                       sizes: Sequence[tuple[int, int]] | None = None) -> list[Prediction]:
         """Classify inputs made by ``prepare`` (one row per image; ``paths`` name them, or None).
 
         ``batch_ms`` is the time since ``started`` (default: inference only) and ``ms`` each image's
-        share of it (``batch_ms / len(inputs)``).
+        share of it (``batch_ms / len(inputs)``). ``sizes``: each image's (width, height) from
+        ``prepare_sized``; a detection bundle needs them (its boxes are given in the image's pixels,
+        EdgeTLError without them), a classifier ignores them.
         """
         start = time.perf_counter() if started is None else started
+        if self.task == "detect":
+            if sizes is None:
+                raise EdgeTLError("a detection bundle needs each image's size to give its boxes in the image's "
+                                  "pixels: pass sizes= (Runtime.prepare_sized gives them)")
+            return self._predict_boxes(inputs, paths, start, sizes)
         logits, ood = self._infer_all(inputs)
         batch_ms = (time.perf_counter() - start) * 1000.0
         n = max(1, len(inputs))
@@ -307,6 +372,21 @@ class Runtime:
             o = None if ood is None else float(ood[i])
             out.append(Prediction(self.classes[k], k, score, decision, batch_ms / n, row, path, n, batch_ms, s,
                                   o, self.policy.reason(decision, o)))
+        return out
+
+    def _predict_boxes(self, inputs: np.ndarray, paths: Sequence[str | None], start: float,
+                       sizes: Sequence[tuple[int, int]]) -> list[Prediction]:
+        dets = self.detect(inputs, sizes)
+        batch_ms = (time.perf_counter() - start) * 1000.0
+        n = max(1, len(inputs))
+        out = []
+        policy = self.policy
+        assert isinstance(policy, BoxPolicy)
+        for path, d in zip(paths, dets, strict=True):
+            decision, k, score, reason = policy.decide(d.labels, d.scores)
+            out.append(Prediction("ok" if k < 0 else self.classes[k], k, score, decision, batch_ms / n,
+                                  np.zeros(0, np.float32), path, n, batch_ms, reason=reason,
+                                  boxes=box_dicts(d, self.classes)))
         return out
 
     def anomaly_maps(self, inputs: np.ndarray) -> np.ndarray:
@@ -332,10 +412,13 @@ class Runtime:
     # -- checks ------------------------------------------------------------------------------------
 
     def check_golden(self) -> dict[str, Any]:
-        """Classify the golden images; raise ArtifactError unless top-1 and logits match the bundle."""
+        """Classify the golden images; raise ArtifactError unless top-1 and logits match the bundle (a
+        detection bundle: its boxes, ``runtime.boxes.golden_box_problem``)."""
         golden = self.manifest["golden"]
         tol = golden["tolerance"]
         items = golden["images"]
+        if self.task == "detect":
+            return self._check_golden_boxes(items, tol)
         if not items:
             return {"n": 0, "passed": True, "max_abs_logit_diff": 0.0, "tolerance": tol}
         got = self._infer(self.preprocess.batch([load_image(self.path / it["file"]) for it in items]))
@@ -351,13 +434,37 @@ class Runtime:
                 problem = (f"max |Δlogit| {d.max():.3g} exceeds the stated tolerance "
                            f"(atol {tol['atol']}, rtol {tol['rtol']})")
             if problem:
-                built = self.manifest.get("versions", {})
-                raise ArtifactError(
-                    f"golden image {self.path / it['file']}: {problem}; this runtime does not reproduce the "
-                    f"bundle ({self.backend} {_dist_version(self.facts.dist)} and Pillow "
-                    f"{_dist_version('pillow')} here; built with {built.get(self.backend, '?')} and Pillow "
-                    f"{built.get('pillow', '?')}); refusing to classify")
+                self._golden_failed(it, problem)
         return {"n": len(items), "passed": True, "max_abs_logit_diff": float(diff.max()), "tolerance": tol}
+
+    def _golden_failed(self, item: dict[str, Any], problem: str) -> None:
+        built = self.manifest.get("versions", {})
+        raise ArtifactError(
+            f"golden image {self.path / item['file']}: {problem}; this runtime does not reproduce the "
+            f"bundle ({self.backend} {_dist_version(self.facts.dist)} and Pillow "
+            f"{_dist_version('pillow')} here; built with {built.get(self.backend, '?')} and Pillow "
+            f"{built.get('pillow', '?')}); refusing to classify")
+
+    def _check_golden_boxes(self, items: list[dict[str, Any]], tol: dict[str, float]) -> dict[str, Any]:
+        """The detection bundle's golden images: the same boxes (class, IoU, score) and decision."""
+        images = [load_image(self.path / it["file"]) for it in items]
+        dets = self.detect(self.preprocess.batch(images), [im.size for im in images])
+        policy = self.policy
+        assert isinstance(policy, BoxPolicy)
+        boxes = 0
+        for it, d in zip(items, dets, strict=True):
+            got = box_dicts(d, self.classes)
+            problem = golden_box_problem(it["boxes"], got, tol, self.nms)
+            decision = policy.decide(d.labels, d.scores)[0]
+            # A decision whose deciding score is within the tolerance of its threshold may go either way.
+            top, limit = policy.defect_score(d.labels, d.scores), policy.threshold
+            edge = limit is not None and abs(top - limit) <= tol["atol"] + tol["rtol"] * abs(limit)
+            if problem is None and decision != it["decision"] and not edge:
+                problem = f"decision {decision!r}, expected {it['decision']!r}"
+            if problem:
+                self._golden_failed(it, problem)
+            boxes += len(got)
+        return {"n": len(items), "passed": True, "boxes": boxes, "tolerance": tol}
 
     def info(self) -> dict[str, Any]:
         """A short description of the opened bundle."""

@@ -274,13 +274,14 @@ def _events_allowed(n: int, target: float, confidence: float | None) -> int:
     return lo
 
 
-def _too_few(what: str, n: int, target: float, confidence: float, fallback: float) -> str:
+def _too_few(what: str, n: int, target: float, confidence: float, fallback: float,
+             threshold: str = "ok threshold") -> str:
     need = images_needed(target, confidence)
     takes = (f"it takes at least {need} with none" if need is not None
              else "no finite number of images can show a rate of 0")
     return (f"{n} {what} cannot show a rate within {target:g} at {confidence:.0%} confidence (with none "
-            f"failing the upper bound is {rate_upper_bound(0, n, confidence):.3g}; {takes}); the default ok "
-            f"threshold {fallback:g} is used instead")
+            f"failing the upper bound is {rate_upper_bound(0, n, confidence):.3g}; {takes}); the default "
+            f"{threshold} {fallback:g} is used instead")
 
 
 def tune_ok_threshold(policy: Policy, logits: np.ndarray, labels: np.ndarray, max_false_reject: float,

@@ -23,6 +23,8 @@ log = logging.getLogger("edge_tl")
 # ``stream_time_s`` are set for camera streams (``runtime.streams``), ``size``/``mtime_ns`` for files.
 FIELDS = ["time", "path", "file", "size", "mtime_ns", "frame", "stream_time_s", "label", "score", "decision",
           "reason", "ood_score", "ms_per_image", "batch_size", "error", "moved_to"]
+# A detection bundle's log: its boxes too (in CSV, the list as JSON in one cell).
+DETECT_FIELDS = [*FIELDS, "boxes"]
 DEFAULT_LOG = "edge-tl-results.jsonl"
 
 Key = tuple[str, int, int]  # (file name, size, mtime_ns)
@@ -31,11 +33,19 @@ Key = tuple[str, int, int]  # (file name, size, mtime_ns)
 _APPEND_TRIES = 3
 
 
-class ResultLog:
-    """An append-only result log (JSONL or CSV) whose every append is durable before it returns."""
+def log_fields(runtime: Any) -> list[str]:
+    """The columns of a result log of ``runtime``'s answers: ``DETECT_FIELDS`` for a detection bundle."""
+    return DETECT_FIELDS if getattr(runtime, "task", None) == "detect" else FIELDS
 
-    def __init__(self, path: Path) -> None:
+
+class ResultLog:
+    """An append-only result log (JSONL or CSV) whose every append is durable before it returns.
+
+    ``fields``: the columns of a new CSV log (default ``FIELDS``)."""
+
+    def __init__(self, path: Path, fields: list[str] | None = None) -> None:
         self.path = path
+        self.fields = list(fields or FIELDS)
         suffix = path.suffix.lower()
         if suffix not in (".jsonl", ".json", ".csv", ".log", ".ndjson"):
             raise ConfigError(f"--log must end in .jsonl or .csv, got {path.name}")
@@ -43,7 +53,7 @@ class ResultLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = None
         self._lock_fd: int | None = None
-        self._columns = FIELDS
+        self._columns = self.fields
         # Lines this process appended to the file now at ``path``, by decision; ``dropped``: lines it
         # appended to earlier files at the path that were since deleted or replaced.
         self.counts: Counter[str] = Counter()
@@ -150,12 +160,12 @@ class ResultLog:
             new = not self.path.exists()
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             if self.csv and os.fstat(self._fd).st_size == 0:
-                self._columns = FIELDS  # a new file (perhaps replacing an older version's): today's columns
-                self._write(self._csv_lines([{f: f for f in FIELDS}]))
+                self._columns = self.fields  # a new file (perhaps replacing an older version's): today's columns
+                self._write(self._csv_lines([{f: f for f in self.fields}]))
             elif self.csv:  # a log begun by another version keeps its own columns, in its order
                 with open(self.path, newline="", encoding="utf-8") as f:
                     header = next(csv.reader(f), None)
-                self._columns = header or FIELDS
+                self._columns = header or self.fields
             if new:  # make the new directory entry durable too
                 dfd = os.open(self.path.parent, os.O_RDONLY)
                 try:
@@ -180,7 +190,7 @@ class ResultLog:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=self._columns, lineterminator="\n", extrasaction="ignore")
         for r in records:
-            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in self._columns})
+            writer.writerow({k: _cell(r.get(k)) for k in self._columns})
         return buf.getvalue().encode()
 
     def append(self, records: list[dict[str, Any]]) -> None:
@@ -216,6 +226,13 @@ class ResultLog:
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: empty for None, JSON for a list or dict (a detection's boxes), else the value."""
+    if value is None:
+        return ""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -222,8 +222,9 @@ def classify_frames(runtime: Any, stream: Stream, *, batch: int = 1,
 
     def flush() -> Iterator[tuple[Frame, Any]]:
         start = time.perf_counter()
-        inputs = np.stack([runtime.prepare(f.image, color="BGR") for f in pending])
-        preds = runtime.predict_inputs(inputs, [f.name for f in pending], started=start)
+        prepared = [runtime.prepare_sized(f.image, color="BGR") for f in pending]
+        preds = runtime.predict_inputs(np.stack([x for x, _ in prepared]), [f.name for f in pending], started=start,
+                                       sizes=[size for _, size in prepared])
         yield from zip(list(pending), preds, strict=True)
         pending.clear()
 
@@ -236,7 +237,8 @@ def classify_frames(runtime: Any, stream: Stream, *, batch: int = 1,
 
 
 def frame_record(frame: Frame, pred: Any) -> dict[str, Any]:
-    """One log line for a classified frame (the fields of ``edge_tl.runtime.watch.FIELDS``)."""
+    """One log line for a classified frame (the fields of ``edge_tl.runtime.resultlog.FIELDS``; a detection
+    bundle's answer adds ``boxes``)."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     return {"time": stamp, **pred.to_dict(), "path": frame.source, "file": frame.name, "frame": frame.index,
             "stream_time_s": round(frame.time_s, 3), "error": None}
@@ -257,10 +259,10 @@ def watch_stream(runtime: Any, source: str | Stream, log_path: str | os.PathLike
     using ood).
     """
     from .drift import DriftMonitor
-    from .resultlog import ResultLog
+    from .resultlog import ResultLog, log_fields
 
     monitor = (drift or DriftMonitor()) if getattr(runtime, "ood", False) else None
-    result_log = ResultLog(Path(log_path))
+    result_log = ResultLog(Path(log_path), fields=log_fields(runtime))
     result_log.lock()
     try:
         opened = source if isinstance(source, Stream) else Stream(source, fps=fps, max_frames=max_frames)

@@ -33,7 +33,9 @@ Guarantees and how they are kept:
   folder's images), begins a new log there with a warning, and re-writes a batch whose lines went to a
   file deleted while they were written. Counts and the exit summary name only lines in the log on disk.
 
-Log formats: JSON lines (``.jsonl``, default) or CSV (``.csv``) with the columns of ``FIELDS``.
+Log formats: JSON lines (``.jsonl``, default) or CSV (``.csv``) with the columns of ``resultlog.FIELDS``. A
+detection bundle's lines add ``boxes`` (a list of {class, score, x1, y1, x2, y2} in the image's pixels; in
+CSV, a last column holding that list as JSON).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from ..errors import ConfigError, EdgeTLError
 from ..preprocess import IMAGE_SUFFIXES
 from .core import InputError, Runtime
 from .drift import DriftMonitor
-from .resultlog import DEFAULT_LOG, Key, ResultLog
+from .resultlog import DEFAULT_LOG, Key, ResultLog, log_fields
 
 log = logging.getLogger("edge_tl")
 
@@ -101,7 +103,7 @@ class Watcher:
             raise ConfigError(f"watch folder not found: {self.folder}")
         if settle < 0 or (error_after is not None and error_after < 0):
             raise ConfigError("--settle and --error-after must be 0 or more seconds")
-        self.log = ResultLog(Path(log_path) if log_path else self.folder / DEFAULT_LOG)
+        self.log = ResultLog(Path(log_path) if log_path else self.folder / DEFAULT_LOG, fields=log_fields(runtime))
         self.move_to = Path(move_to) if move_to else None
         self.settle = settle
         # A writer that pauses longer than this mid-file gets its file logged as an error (then, if it
@@ -292,11 +294,13 @@ class Watcher:
 
     def _process(self, keys: list[Key]) -> int:
         start = time.perf_counter()
-        inputs, good, records = [], [], []
+        inputs, sizes, good, records = [], [], [], []
         for key in keys:
             path = self.folder / key[0]
             try:
-                inputs.append(self.runtime.prepare(path, color=self.color))
+                x, wh = self.runtime.prepare_sized(path, color=self.color)
+                inputs.append(x)
+                sizes.append(wh)
             except InputError as exc:
                 if self._changed(key):
                     continue  # removed, or still being written: observed again, read once it settles
@@ -308,15 +312,16 @@ class Watcher:
                 continue
             if self._changed(key):
                 inputs.pop()  # it changed while it was read: this answer could be of half a file
+                sizes.pop()
                 continue
             good.append(key)
-        preds = (self.runtime.predict_inputs(np.stack(inputs), [str(self.folder / k[0]) for k in good])
+        preds = (self.runtime.predict_inputs(np.stack(inputs), [str(self.folder / k[0]) for k in good], sizes=sizes)
                  if inputs else [])
         for key, p in zip(good, preds, strict=True):
             records.append((key, {"label": p.label, "score": round(p.score, 6), "decision": p.decision,
                                   "reason": p.reason,
                                   "ood_score": None if p.ood_score is None else round(p.ood_score, 4),
-                                  "error": None}))
+                                  "error": None, **({"boxes": p.box_dicts()} if p.boxes is not None else {})}))
         if self.drift is not None and preds:
             message = self.drift.update([p.reason == "out_of_distribution" for p in preds])
             if message:

@@ -8,6 +8,11 @@ here by the target's own backend through the runtime's preprocessing, and checke
 torch model's logits in ``eval.npz``. The finished folder is opened with ``edge_tl.runtime`` before
 it replaces ``--out``, so a bundle that its own runtime would refuse is never written.
 See ``edge_tl/runtime/bundlefile.py`` for the layout and ``edge_tl/runtime/policy.py`` for the policy.
+
+A task with a bundle of its own (detection: ``edge_tl.detect.bundle``, registered with
+``builders.register_step(task, "bundle", ...)``) gets the checks every bundle shares here, then writes its
+bundle with the helpers below (:func:`refuse_unbenched`, :func:`copy_golden`, :func:`manifest_head`,
+:func:`input_section`, :func:`model_section`, :func:`provenance`, :func:`finish`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import numpy as np
 
 from ..backends import RunnerSpec, availability, open_runner
 from ..backends.table import facts
+from ..bench.run import run_task
 from ..bench.schema import Gate, load_report
+from ..builders import step_for
 from ..errors import ArtifactError, ConfigError
 from ..evalset import ensure_eval_set, load_eval_set, with_reference
 from ..manifest import (
@@ -236,9 +243,6 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
     """
     t = get_target(target)
     run = RunDir(Path(run_dir))
-    if (run.finetune / MANIFEST).is_file() and read_manifest(run.finetune, verify=False).get("task") == "detect":
-        raise ConfigError(f"{run.finetune} is a detection model: bundle does not take detection runs yet (no "
-                          "box runtime); ship the exported graph from `edge-tl export` with edge_tl.detect.nms")
     out = Path(out)
     folder = run.target(t.name)
     if not (folder / MANIFEST).is_file():
@@ -253,6 +257,13 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
         raise ConfigError(f"--ood-limit must be above 0, got {ood_limit}")
     _check_out(out)
     check_writable(out)
+    own = step_for(run_task(run), "bundle")
+    if own is not None:
+        # A detector: boxes, a box policy, golden boxes (``detect.bundle``); the shared checks are done.
+        return own(run, t, out, n_golden, ok_classes=ok_classes, defect_classes=defect_classes,
+                   max_false_reject=max_false_reject, ok_threshold=ok_threshold, defect_threshold=defect_threshold,
+                   max_escape=max_escape, ood_limit=ood_limit, use_ood=use_ood, allow_failed=allow_failed,
+                   passed_over=passed_over, quiet=quiet)
     tm = read_target_manifest(folder)
     classes: list[str] = list(tm["classes"])
     base_policy = make_policy(classes, ok_classes, defect_classes,
@@ -261,15 +272,7 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
         raise ConfigError("--max-false-reject and --max-escape need an ok class (a false reject is a good part "
                           "not passed); name it with --ok-class")
     # after the options are checked (a typo is reported first), before any work
-    verdict, refusal = bench_verdict(run, t)
-    if refusal is not None:
-        if not allow_failed:
-            raise ArtifactError(f"{refusal}; refusing to bundle it (--allow-failed ships it anyway, recorded in "
-                                "bundle.json)")
-        log.warning("shipping anyway (--allow-failed): %s", refusal)
-        verdict |= {"allowed_failed": True, "why": refusal}
-    if passed_over:
-        verdict["passed_over"] = list(passed_over)
+    verdict = refuse_unbenched(run, t, allow_failed, passed_over)
     pre = Preprocess.from_dict(tm["preprocessing"])
     files = model_files(t)
     evalset, ref_model = with_reference(run, load_eval_set(ensure_eval_set(run, quiet)), tm, folder)
@@ -315,17 +318,8 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
         stats = policy_stats(policy, cand, evalset.labels, val_ood)
 
         with staged_folder(out) as tmp:
-            for name in files:
-                shutil.copyfile(folder / name, tmp / name)
-            (tmp / GOLDEN_DIR).mkdir()
-            golden_files = []
-            for k, i in enumerate(picks):
-                src = split_root / evalset.paths[i]
-                if not src.is_file():
-                    raise ArtifactError(f"golden image {src} (from the validation split) is missing")
-                rel = f"{GOLDEN_DIR}/{k:02d}-{classes[evalset.labels[i]]}-{src.name}"
-                shutil.copyfile(src, tmp / rel)  # the original bytes: the device decodes them itself
-                golden_files.append(rel)
+            golden_files = copy_golden(tmp, folder, files, split_root,
+                                       [(evalset.paths[i], classes[evalset.labels[i]]) for i in picks])
             x = pre.batch([load_image(tmp / rel) for rel in golden_files])
             drift = float(np.abs(x - evalset.inputs[picks]).max()) if len(picks) else 0.0
             if drift > 1e-4:
@@ -349,10 +343,7 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
                       for j, (rel, i, e, r) in enumerate(zip(golden_files, picks, expected, reference, strict=True))]
             all_files = [*files, *golden_files]
             manifest = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "name": f"{run.root.name}-{t.name}",
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **manifest_head(run, t),
                 "classes": classes,
                 **anomaly_section(run),
                 "ood": None if ood is None else ood | {
@@ -360,35 +351,93 @@ def bundle(run_dir: str | Path, target: str, out: str | Path, n_golden: int = 8,
                     "validation_flagged": float(np.mean(val_ood > ood_limit)) if len(val_ood) else None,
                     "rule": "ood_score > limit: decision review, reason out_of_distribution"},
                 "preprocessing": pre.to_dict(),
-                "input": {"name": "input", "layout": "NCHW", "dtype": "float32",
-                          "shape": [None, 3, pre.crop, pre.crop],
-                          "accepts": "image file, PIL image, or uint8 HxWxC array with its colour order "
-                                     "(RGB/BGR)"},
-                "model": {"file": t.model_file, "files": files, "backend": t.backend, "device": t.device,
-                          "precision": t.precision, "batch_size": t.batch_size, "threads": t.threads,
-                          **({"engine": f"built on the device from {t.model_file} on first open, then cached"}
-                             if facts(t.backend).engine_on_device else {})},
+                "input": input_section(pre),
+                "model": model_section(t, files),
                 "policy": policy.to_dict() | {"tuning": tuning, "validation": stats, "noise_guard": guard},
                 "target": t.model_dump(),
                 "golden": {"expected_from": {"backend": backend, "device": device, "precision": t.precision},
                            "tolerance": tol, "top1": "must equal",
                            "reference": f"{ref_model} (eval.npz images)",
                            "reference_max_abs_logit_diff": ref_diff, "images": images},
-                "source": {"run": str(run.root.resolve()), "arch": tm.get("arch"),
-                           "source_stage": tm.get("source_stage"),
-                           "target_manifest_sha256": sha256_file(folder / MANIFEST),
-                           "parent": tm.get("parent"), "export_validation": tm.get("validation")},
-                "versions": versions(),
-                "bench": verdict,
-                "files": {name: sha256_file(tmp / name) for name in all_files},
+                **provenance(run, folder, tm, verdict),
             }
-            write_json(tmp / BUNDLE_JSON, manifest)
-            write_sums(tmp, [*all_files, BUNDLE_JSON])
-            _self_check(tmp, t)
+            finish(tmp, manifest, all_files, t)
     finally:
         runner.close()
     log.debug("bundle written in %.1f s", time.perf_counter() - started)
     return manifest
+
+
+def refuse_unbenched(run: RunDir, t: Target, allow_failed: bool, passed_over: Sequence[str] = ()) -> dict[str, Any]:
+    """The bundle manifest's ``bench`` (:func:`bench_verdict`, with ``passed_over``: why preferred targets were
+    not shipped); ArtifactError when the target must not ship, unless ``allow_failed`` (then a warning, and the
+    verdict says so)."""
+    verdict, refusal = bench_verdict(run, t)
+    if refusal is not None:
+        if not allow_failed:
+            raise ArtifactError(f"{refusal}; refusing to bundle it (--allow-failed ships it anyway, recorded in "
+                                "bundle.json)")
+        log.warning("shipping anyway (--allow-failed): %s", refusal)
+        verdict |= {"allowed_failed": True, "why": refusal}
+    if passed_over:
+        verdict["passed_over"] = list(passed_over)
+    return verdict
+
+
+def copy_golden(tmp: Path, folder: Path, files: list[str], split_root: Path,
+                picks: list[tuple[str, str]]) -> list[str]:
+    """Copy the model ``files`` from ``folder`` and the golden images (``picks``: (path under ``split_root``,
+    tag)) into the staged bundle ``tmp``; returns the golden files' names in the bundle
+    (``golden/NN-<tag>-<name>``). ArtifactError when a validation image is gone."""
+    for name in files:
+        shutil.copyfile(folder / name, tmp / name)
+    (tmp / GOLDEN_DIR).mkdir()
+    golden_files = []
+    for k, (path, tag) in enumerate(picks):
+        src = split_root / path
+        if not src.is_file():
+            raise ArtifactError(f"golden image {src} (from the validation split) is missing")
+        rel = f"{GOLDEN_DIR}/{k:02d}-{tag}-{src.name}"
+        shutil.copyfile(src, tmp / rel)  # the original bytes: the device decodes them itself
+        golden_files.append(rel)
+    return golden_files
+
+
+def manifest_head(run: RunDir, t: Target) -> dict[str, Any]:
+    """The first fields of every bundle.json: format, version, name, creation time."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "name": f"{run.root.name}-{t.name}",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def input_section(pre: Preprocess) -> dict[str, Any]:
+    """bundle.json's ``input``: the model input's name, layout, type and shape, and what the runtime takes."""
+    return {"name": "input", "layout": "NCHW", "dtype": "float32", "shape": [None, 3, pre.crop, pre.crop],
+            "accepts": "image file, PIL image, or uint8 HxWxC array with its colour order (RGB/BGR)"}
+
+
+def model_section(t: Target, files: list[str]) -> dict[str, Any]:
+    """bundle.json's ``model``: the file(s) and how the runtime opens them."""
+    return {"file": t.model_file, "files": files, "backend": t.backend, "device": t.device,
+            "precision": t.precision, "batch_size": t.batch_size, "threads": t.threads,
+            **({"engine": f"built on the device from {t.model_file} on first open, then cached"}
+               if facts(t.backend).engine_on_device else {})}
+
+
+def provenance(run: RunDir, folder: Path, tm: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
+    """bundle.json's ``source`` (the run, the export and its validation), ``versions`` and ``bench``."""
+    return {"source": {"run": str(run.root.resolve()), "arch": tm.get("arch"), "source_stage": tm.get("source_stage"),
+                       "target_manifest_sha256": sha256_file(folder / MANIFEST),
+                       "parent": tm.get("parent"), "export_validation": tm.get("validation")},
+            "versions": versions(), "bench": verdict}
+
+
+def finish(tmp: Path, manifest: dict[str, Any], all_files: list[str], t: Target) -> None:
+    """Record every file's sha256 in ``manifest`` (``files``), write bundle.json and SHA256SUMS into the
+    staged bundle ``tmp``, and open it with the runtime where this host can (:func:`_self_check`)."""
+    manifest["files"] = {name: sha256_file(tmp / name) for name in all_files}
+    write_json(tmp / BUNDLE_JSON, manifest)
+    write_sums(tmp, [*all_files, BUNDLE_JSON])
+    _self_check(tmp, t)
 
 
 def noise_guard(policy: Policy, tm: dict[str, Any], t: Target, cand: np.ndarray,

@@ -1,0 +1,126 @@
+"""Non-maximum suppression and the map from the model's input pixels back to the image's, in numpy.
+
+Torch-free on purpose: the exported graph ends at decoded boxes and per-class scores (``detect.model``), and
+every consumer (torch-side evaluation, the ONNX check, the bundle, the device runtime) turns them into
+detections with these functions, so they agree to the last box. It lives in ``runtime`` because the device
+side may not import the task package (``edge_tl.detect`` imports the stages); ``edge_tl.detect.nms`` is
+its old name, kept for manifests that cite it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SCORE_THRESHOLD = 0.05  # COCO evaluation's customary floor: low scores still count towards recall
+IOU_THRESHOLD = 0.6
+MAX_DETECTIONS = 100  # COCO's maxDets
+
+
+@dataclass
+class Detections:
+    """One image's detections: ``boxes`` (M, 4) float32 x1 y1 x2 y2, ``scores`` (M,) float32 in [0, 1],
+    ``labels`` (M,) int64 class indices; sorted by score, highest first."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"boxes": self.boxes, "scores": self.scores, "labels": self.labels}
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU (M, N) of boxes ``a`` (M, 4) and ``b`` (N, 4), x1 y1 x2 y2 (continuous coordinates: no +1)."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, score_threshold: float = SCORE_THRESHOLD,
+        iou_threshold: float = IOU_THRESHOLD, max_detections: int = MAX_DETECTIONS) -> Detections:
+    """Per-class greedy NMS of one image's candidates.
+
+    ``boxes`` (K, 4) x1 y1 x2 y2 and ``scores`` (K, C) per-class scores in [0, 1], as the exported graph
+    gives them for one image. Every (candidate, class) pair at or above ``score_threshold`` is a candidate
+    of that class; within a class, a candidate whose IoU with a kept higher-scoring one exceeds
+    ``iou_threshold`` is dropped (ties in score: the lower index first, as ``np.argsort(kind="stable")``).
+    The ``max_detections`` best survivors over all classes are returned, highest score first.
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    scores = np.asarray(scores, np.float32)
+    scores = scores.reshape(len(boxes), -1)
+    idx, cls = np.nonzero(scores >= score_threshold)
+    s = scores[idx, cls]
+    order = np.argsort(-s, kind="stable")
+    idx, cls, s = idx[order], cls[order], s[order]
+    keep: list[int] = []
+    for c in np.unique(cls):
+        members = np.flatnonzero(cls == c)  # already in score order
+        b = boxes[idx[members]]
+        alive = np.ones(len(members), bool)
+        ious = iou_matrix(b, b)
+        for i in range(len(members)):
+            if not alive[i]:
+                continue
+            keep.append(int(members[i]))
+            alive[i + 1:] &= ious[i, i + 1:] <= iou_threshold
+    kept = np.asarray(sorted(keep, key=lambda j: (-s[j], j)), np.int64)[:max_detections]
+    return Detections(boxes[idx[kept]].reshape(-1, 4), s[kept].astype(np.float32), cls[kept].astype(np.int64))
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, **kwargs: Any) -> list[Detections]:
+    """:func:`nms` per image of a batch: ``boxes`` (B, K, 4), ``scores`` (B, K, C)."""
+    return [nms(b, s, **kwargs) for b, s in zip(boxes, scores, strict=True)]
+
+
+def to_image_pixels(boxes: np.ndarray, image_size: tuple[int, int], input_size: int,
+                    resize_mode: str = "full") -> np.ndarray:
+    """Boxes (M, 4) in the model's ``input_size`` x ``input_size`` pixels -> the original image's pixels,
+    the preprocessing undone, clipped to the image. ``image_size``: (width, height). ``resize_mode``:
+    ``full`` (the frame squeezed into the square) or ``letterbox`` (fitted and centred, padded)."""
+    w, h = image_size
+    b = np.asarray(boxes, np.float64).reshape(-1, 4).copy()
+    if resize_mode == "full":
+        b[:, [0, 2]] *= w / input_size
+        b[:, [1, 3]] *= h / input_size
+    elif resize_mode == "letterbox":
+        f = input_size / max(w, h)
+        new_w, new_h = max(1, round(w * f)), max(1, round(h * f))
+        ox, oy = (input_size - new_w) // 2, (input_size - new_h) // 2
+        b[:, [0, 2]] = (b[:, [0, 2]] - ox) * (w / new_w)
+        b[:, [1, 3]] = (b[:, [1, 3]] - oy) * (h / new_h)
+    else:
+        raise ValueError(f"detection boxes map back from resize mode full or letterbox, not {resize_mode!r}")
+    b[:, [0, 2]] = b[:, [0, 2]].clip(0, w)
+    b[:, [1, 3]] = b[:, [1, 3]].clip(0, h)
+    return b.astype(np.float32)
+
+
+def to_input_pixels(boxes: np.ndarray, image_size: tuple[int, int], input_size: int,
+                    resize_mode: str = "full") -> np.ndarray:
+    """The inverse of :func:`to_image_pixels`: image pixels -> the model's input pixels (not clipped)."""
+    w, h = image_size
+    b = np.asarray(boxes, np.float64).reshape(-1, 4).copy()
+    if resize_mode == "full":
+        b[:, [0, 2]] *= input_size / w
+        b[:, [1, 3]] *= input_size / h
+    elif resize_mode == "letterbox":
+        f = input_size / max(w, h)
+        new_w, new_h = max(1, round(w * f)), max(1, round(h * f))
+        b[:, [0, 2]] = b[:, [0, 2]] * (new_w / w) + (input_size - new_w) // 2
+        b[:, [1, 3]] = b[:, [1, 3]] * (new_h / h) + (input_size - new_h) // 2
+    else:
+        raise ValueError(f"detection boxes map to resize mode full or letterbox, not {resize_mode!r}")
+    return b.astype(np.float32)
