@@ -9,6 +9,8 @@
 - :mod:`.train`: ``fit_detector``, through ``training.optimise`` / ``run_epochs``.
 - :mod:`.evaluate`: mAP (pycocotools, the COCO definition) and box agreement between two models.
 - :mod:`.export`: the ONNX graph and its check against torch.
+- :mod:`.evalset`: what a bench measures on: the validation split or a ``bench --data`` box folder.
+- :mod:`.gallery`: the report's pictures (ground truth, reference and candidate boxes).
 
 Importing this package is cheap (no torch, no pycocotools); :mod:`.model` registers the ``detect`` model
 builder with :mod:`edge_tl.builders` when imported, which the package root does.
