@@ -413,16 +413,34 @@ def locate_split(split: dict, data_dir: str | os.PathLike[str] | None = None, *,
 def _verify_moved(root: Path, samples: list[Sample], digests: dict[str, str]) -> dict[str, object]:
     """Check that ``root`` holds the run's images with the very bytes recorded (sha256) where a digest is
     known; DataError names the first files that differ."""
-    checked = [s.path for s in samples if s.path in digests]
+    return verify_hashes(root, [s.path for s in samples], digests)
+
+
+def verify_hashes(root: Path, paths: list[str], digests: dict[str, str], *, moved: bool = True,
+                  origin: str = "split.json") -> dict[str, object]:
+    """Check that the images ``paths`` (relative to ``root``) have the bytes ``digests`` records for them
+    (sha256, from ``split.json``: :func:`split_hashes`); a path without a digest is not checked.
+
+    ``moved``: ``root`` is a ``--data`` folder the run's images were moved to (the message says so, and a
+    split.json without digests is a warning); else ``root`` is the run's own folder (an image edited or
+    replaced since the fine-tune). DataError (one line) names the first files that differ. Returns how
+    the images were checked: ``{"against": "sha256" | None | "file names only ...", "n"}``."""
+    checked = [p for p in paths if p in digests]
     if not checked:
+        if not moved:
+            return {"against": None, "n": 0}
         log.warning("--data %s: this run's split.json records no sha256 of its images (written by an older "
                     "version), so only their names were checked, not their content", root)
         return {"against": "file names only (split.json records no sha256)", "n": 0}
     from .manifest import sha256_file
 
     differ = [p for p in checked if sha256_file(root / p) != digests[p]]
-    if differ:
+    if differ and moved:
         raise DataError(f"--data {root}: {len(differ)} of {len(checked)} image(s) differ from the ones the run "
                         f"was trained on (sha256; first: {', '.join(differ[:3])}); point --data at the run's "
                         "own images")
+    if differ:
+        raise DataError(f"{len(differ)} of {len(checked)} image(s) under {root} changed since the run was "
+                        f"fine-tuned (sha256 recorded in {origin}; first: {', '.join(differ[:3])}); put the "
+                        "original images back, or fine-tune again")
     return {"against": "sha256", "n": len(checked)}

@@ -1,6 +1,6 @@
 """The report's charts and formatting: hand-written inline SVG (latency boxes, top-1 against latency,
-confusion matrix, anomaly score histogram, ROC, heat-map grid, label-efficiency curve) and the escaping and
-number formats every page uses.
+confusion matrix, anomaly score histogram, ROC, heat-map grid, detections over images, label-efficiency
+curve) and the escaping and number formats every page uses.
 
 Hand-written on purpose: benches run on devices with the torch-free runtime, where no plotting library
 (matplotlib, plotly) is installed, and a report must open from a USB stick or a CI artifact with no
@@ -43,6 +43,7 @@ svg text{font-family:inherit}details{margin:6px 0}summary{cursor:pointer;color:#
 .wide{overflow-x:auto}td.when{min-width:170px}td.fmt{min-width:150px}
 td.verdict{text-align:left}td.reason{white-space:normal;text-align:left;color:#57606a}
 body.index{max-width:1860px}.mark{white-space:normal}
+figure.detection{width:300px}figure.detection figcaption{overflow-wrap:anywhere}
 """
 
 
@@ -472,6 +473,107 @@ def anomaly_figures(plot: dict[str, Any] | None) -> str:
             "shipped threshold's operating point.</figcaption></figure></div>"
             "<h3>Heat maps</h3><p class=\"sub\">The highest-scoring defect images and the highest-scoring good "
             f"image, with the candidate's anomaly map laid over them.</p>{maps}")
+
+
+# The three kinds of box on a detection picture: colour, stroke width (screen px), dash pattern ("" solid).
+BOX_STYLES = {"truth": ("#009E73", 3.0, ""), "reference": ("#0072B2", 1.5, ""), "candidate": ("#D55E00", 2.0, "5,3")}
+BOX_NAMES = {"truth": "ground truth", "reference": "reference (torch)", "candidate": "candidate (target)"}
+DETECTION_PX = 300  # longest side of one picture on the page
+
+
+def _box_label(kind: str, box: list[float], h: float, fs: float, pad: float) -> tuple[float, float, str]:
+    """Where a box's label goes (x, y, anchor): ground truth inside its top-left corner, the reference above
+    its top-left, the candidate below its bottom-right (inside where the image ends), so the labels of
+    boxes that coincide do not overlap."""
+    x1, y1, x2, y2 = box[:4]
+    if kind == "truth":
+        return x1 + pad, y1 + fs, "start"
+    if kind == "reference":
+        return x1, (y1 - pad if y1 - pad - fs >= 0 else y1 + fs + pad), "start"
+    return x2, (y2 + fs if y2 + fs + pad <= h else y2 - pad), "end"
+
+
+def _repeats(row: list[float], others: list[list[float]]) -> bool:
+    """True when a candidate box's label would repeat a reference box's: same class and score (2 decimals),
+    IoU >= 0.5."""
+    x1, y1, x2, y2 = (float(v) for v in row[:4])
+    for o in others:
+        if int(o[4]) != int(row[4]) or f"{float(o[5]):.2f}" != f"{float(row[5]):.2f}":
+            continue
+        iw = min(x2, float(o[2])) - max(x1, float(o[0]))
+        ih = min(y2, float(o[3])) - max(y1, float(o[1]))
+        inter = max(iw, 0.0) * max(ih, 0.0)
+        union = (x2 - x1) * (y2 - y1) + (float(o[2]) - float(o[0])) * (float(o[3]) - float(o[1])) - inter
+        if union > 0 and inter / union >= 0.5:
+            return True
+    return False
+
+
+def detections_svg(image: dict[str, Any], classes: list[str], px: int = DETECTION_PX) -> str:
+    """One evaluation image (``detect_plot.images[i]``: JPEG data URI, size, boxes in its pixels) with its
+    ground-truth boxes, the reference's and the candidate's detections drawn over it in the three
+    ``BOX_STYLES``; class names (and scores) beside the boxes, every box's text in its tooltip. A candidate
+    label that would only repeat its reference box's (:func:`_repeats`) is left out: an agreeing export
+    would otherwise print every label twice. Only ``data:image/`` URIs are drawn (the page fetches nothing)."""
+    w, h = float(image.get("width") or 1), float(image.get("height") or 1)
+    scale = max(w, h) / px  # image pixels per screen pixel: text and padding are given in screen pixels
+    fs, pad = 11 * scale, 2 * scale
+    jpeg = str(image.get("jpeg") or "")
+    body = ([f'<image href="{esc(jpeg)}" x="0" y="0" width="{w:g}" height="{h:g}" preserveAspectRatio="none"/>']
+            if jpeg.startswith("data:image/") else [f'<rect width="{w:g}" height="{h:g}" fill="#ddd"/>'])
+    labels = []
+    for kind in ("truth", "reference", "candidate"):
+        color, width, dash = BOX_STYLES[kind]
+        pattern = f' stroke-dasharray="{dash}"' if dash else ""
+        for row in image.get(kind) or []:
+            x1, y1, x2, y2, c = (float(v) for v in row[:5])
+            name = classes[int(c)] if 0 <= int(c) < len(classes) else f"class {int(c)}"
+            text = name if kind == "truth" else f"{name} {float(row[5]):.2f}"
+            body.append(f'<rect x="{x1:g}" y="{y1:g}" width="{max(x2 - x1, 0):g}" height="{max(y2 - y1, 0):g}" '
+                        f'fill="none" stroke="{color}" stroke-width="{width}" vector-effect="non-scaling-stroke"'
+                        f'{pattern}><title>{esc(BOX_NAMES[kind])}: {esc(text)}</title></rect>')
+            if kind == "candidate" and _repeats(row, image.get("reference") or []):
+                continue
+            x, y, anchor = _box_label(kind, [x1, y1, x2, y2], h, fs, pad)
+            labels.append(f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" fill="{color}" stroke="#fff" '
+                          f'stroke-width="{2.5 * scale:.2f}" paint-order="stroke" font-weight="600">{esc(text)}</text>')
+    name = _file_name(image.get("path") or "")
+    return (f'<svg viewBox="0 0 {w:g} {h:g}" width="{w / scale:.0f}" height="{h / scale:.0f}" role="img" '
+            f'aria-label="{esc(f"detections on {name}")}" font-size="{fs:.2f}" class="detections">'
+            f'<title>{esc(image.get("path") or name)}</title>' + "".join(body + labels) + "</svg>")
+
+
+def detections_legend() -> str:
+    """The three box styles in words (HTML: a line swatch per kind)."""
+    items = []
+    for kind in ("truth", "reference", "candidate"):
+        color, width, dash = BOX_STYLES[kind]
+        pattern = f' stroke-dasharray="{dash}"' if dash else ""
+        items.append(f'<svg width="26" height="12" aria-hidden="true"><line x1="1" y1="6" x2="25" y2="6" '
+                     f'stroke="{color}" stroke-width="{width}"{pattern}/></svg> {esc(BOX_NAMES[kind])}')
+    return '<p class="sub legend">' + " &nbsp; ".join(items) + "</p>"
+
+
+def detections_grid_html(plot: dict[str, Any] | None, classes: list[str]) -> str:
+    """The detection part of a target page: the legend and a grid of :func:`detections_svg` pictures, each
+    captioned with its file name, box counts and how many boxes the two models disagree on."""
+    images = (plot or {}).get("images") or []
+    if not images:
+        return '<p class="sub">This report has no pictures of detections (written by an older bench).</p>'
+    figs = []
+    for im in images:
+        k = im.get("disagreement")
+        differ = f'<b class="fail">{esc(k)} box(es) differ</b>' if k else "reference and candidate agree"
+        figs.append(f'<figure class="detection">{detections_svg(im, classes)}'
+                    f'<figcaption>{esc(_file_name(im.get("path")))}'
+                    f'<br>ground truth {len(im.get("truth") or [])}, reference {len(im.get("reference") or [])}, '
+                    f'candidate {len(im.get("candidate") or [])} box(es); {differ}</figcaption></figure>')
+    most = (plot or {}).get("max_boxes")
+    return (detections_legend() + f'<p class="sub">Detections scoring at least {num((plot or {}).get("min_score"), 2)}'
+            + (f", at most {esc(most)} per model and image" if most else "")
+            + " (mAP counts the others too); a candidate box that repeats a reference box (same class and score, "
+            f'IoU ≥ 0.5) is drawn without its label. Order: {esc((plot or {}).get("order") or "")}.</p>'
+            f'<div class="grid">{"".join(figs)}</div>')
 
 
 def curve_svg(rows: list[dict[str, Any]], title: str = "Top-1 against labelled images per class") -> str:

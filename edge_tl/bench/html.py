@@ -22,6 +22,7 @@ from .charts import (
     agreement_margin_svg,
     anomaly_figures,
     confusion_svg,
+    detections_grid_html,
     esc,
     latency_svg,
     limit_text,
@@ -31,7 +32,16 @@ from .charts import (
     score_histogram_svg,
 )
 from .hostload import describe, describe_spread, unreliable_label
-from .labels import eval_set_key, eval_set_text, load_short, measured_text, precision_text, session_id
+from .labels import (
+    eval_set_key,
+    eval_set_text,
+    headline_figure,
+    load_short,
+    measured_text,
+    precision_text,
+    report_task,
+    session_id,
+)
 from .report import detect_rows, is_anomaly, missing_class_note, source_text
 from .schema import parse_report
 
@@ -182,15 +192,13 @@ def render_html(report: dict[str, Any]) -> str:
            + (f'<p><b>{esc(source_text(cand.get("source")))}</b></p>' if source_text(cand.get("source")) else "")
            + f'<p class="sub">{"<br>".join(f for f in facts if f)}</p>',
            _unreliable_box(r), _notes(r)]
-    anomaly, detect = is_anomaly(r), r.get("task") == "detect"
+    anomaly, detect, h = is_anomaly(r), r.get("task") == "detect", headline_figure(r)
     if r.get("skipped"):
         out.append(f'<p><b>Skipped:</b> {esc(r["skipped"])}</p>')
+        if not anomaly or ref.get(h.key) is not None:
+            out.append(f'<p>Reference {esc(h.label)}: {h.text(ref.get(h.key))}</p>')
         if detect:
-            out.append(f'<p>Reference mAP@0.5: {num(ref.get("map50"), 3)}</p>')
-        elif not anomaly:
-            out.append(f'<p>Reference top-1: {pct(ref.get("top1"), 2)}</p>')
-        elif ref.get("auroc") is not None:
-            out.append(f'<p>Reference AUROC: {num(ref["auroc"], 4)}</p>')
+            out.append(f"<h2>AP@0.5 per class</h2>{per_class_ap_table(r)}")
     else:
         rl, cl = ref.get("latency_ms") or {}, cand.get("latency_ms") or {}
         tm = cand.get("throughput_mode") or {}
@@ -207,7 +215,8 @@ def render_html(report: dict[str, Any]) -> str:
             *_split_rows(cand),
             ("max score drift vs reference", "", num(cand.get("max_score_drift"), 4, " × threshold")),
             ("images: good / defect", "", f'{esc(cand.get("n_good", "–"))} / {esc(cand.get("n_defect", "–"))}'),
-        ] if anomaly else [tuple(esc(v) for v in row) for row in detect_rows(ref, cand)] if detect else [
+        ] if anomaly else [tuple(esc(v) for v in row)
+                           for row in detect_rows(ref, cand, per_class=False)] if detect else [
             ("top-1", pct(ref.get("top1"), 2), pct(cand.get("top1"), 2)),
             ("balanced accuracy", pct(ref.get("balanced_accuracy"), 2), pct(cand.get("balanced_accuracy"), 2)),
             ("top-1 drop", "", num(cand.get("top1_drop"), 2, " points")),
@@ -254,6 +263,10 @@ def render_html(report: dict[str, Any]) -> str:
         out.append(f'<p><b>Speed-up</b> (reference p50 / candidate p50): {num(r.get("speedup"), 2, "×")}{mark}'
                    + (f'<br><span class="sub">per timing block: {esc(spread)}</span>' if spread else "") + "</p>")
         out.append(f"<h2>Gates</h2>{gates_table([r], with_target=False)}")
+        if detect:
+            out.append(f"<h2>AP@0.5 per class</h2>{per_class_ap_table(r)}"
+                       f"<h2>Detections on evaluation images</h2>"
+                       f"{detections_grid_html(r.get('detect_plot'), list(r.get('classes') or []))}")
         if cand.get("agreement_curve"):
             gate = "min_decision_agreement" if anomaly else "min_agreement"
             unit = "× threshold" if anomaly else "logits"
@@ -268,12 +281,11 @@ def render_html(report: dict[str, Any]) -> str:
         out.append(ood_html(r.get("ood")))
         if anomaly:
             out.append(f"<h2>Anomaly scores</h2>{anomaly_figures(r.get('anomaly_plot'))}")
-        pts, ref_top1 = _points([r], "auroc" if anomaly else "top1")
+        pts, ref_top1 = _points([r], h.key)
         no_ref = ("" if rl else " Nothing was timed (--no-latency: accuracy only)."
                   if r.get("latency_measured") is False else " The reference latency was not measured on this host "
                   "(no torch).")
-        scatter = (scatter_svg(pts, ref_top1, "AUROC vs latency", metric="AUROC") if anomaly
-                   else scatter_svg(pts, ref_top1))
+        scatter = _scatter(pts, ref_top1, report_task(r))
         out.append(f"<h2>Latency</h2><figure>{latency_svg(_lat_rows(r, PALETTE[0]))}"
                    f"<figcaption>{_LAT_CAPTION}{no_ref}</figcaption></figure>"
                    f"<figure>{scatter}<figcaption>Dot: p50; bar: p50 to p95."
@@ -296,6 +308,37 @@ def render_html(report: dict[str, Any]) -> str:
     if details:
         out.append("<h2>Details</h2>" + "".join(details))
     return _page(f"edge-tl bench: {name}", "".join(out))
+
+
+def _scatter(pts: list[dict[str, Any]], ref_value: float | None, task: str) -> str:
+    """The headline figure (:func:`.labels.headline_figure`) against latency."""
+    h = headline_figure(task)
+    if h.key == "top1":
+        return scatter_svg(pts, ref_value)
+    return scatter_svg(pts, ref_value, f"{h.label} vs latency", metric=h.label)
+
+
+def per_class_ap_table(r: dict[str, Any]) -> str:
+    """A detection report's AP@0.5 per class: ground-truth boxes in the evaluation set, the reference's and
+    the candidate's AP and the change (points); "no box" where the set holds no box of the class."""
+    ref_ap = (r.get("reference") or {}).get("per_class_ap50") or {}
+    cand_ap = (r.get("candidate") or {}).get("per_class_ap50") or {}
+    boxes = (r.get("detect_plot") or {}).get("boxes_per_class") or {}
+    classes = list(dict.fromkeys([*(r.get("classes") or []), *ref_ap, *cand_ap]))
+    if not classes:
+        return '<p class="sub">No per-class figures in this report.</p>'
+
+    def ap(table: dict[str, Any], c: str) -> str:
+        return "–" if c not in table else "no box" if table[c] is None else num(table[c], 3)
+
+    rows = []
+    for c in classes:
+        a, b = ref_ap.get(c), cand_ap.get(c)
+        change = num(100 * (b - a), 2) if a is not None and b is not None else "–"
+        rows.append(f"<tr><td>{esc(c)}</td><td>{esc(boxes.get(c, '–'))}</td><td>{ap(ref_ap, c)}</td>"
+                    f"<td>{ap(cand_ap, c)}</td><td>{change}</td></tr>")
+    return ("<table class='per-class-ap'><tr><th>class</th><th>ground-truth boxes</th><th>reference AP@0.5</th>"
+            "<th>candidate AP@0.5</th><th>change [points]</th></tr>" + "".join(rows) + "</table>")
 
 
 _LAT_CAPTION = ("Box: p25–p75; thick line: p50; ◇: p95; whisker: min–p99; dots: every timed call; red dashed "
@@ -412,12 +455,20 @@ def _group_facts(group: list[dict[str, Any]]) -> dict[str, Any]:
     facts = {"reference_top1": ref_top1, "reference_top1_consistent": len(tops) <= 1, "sessions": sessions,
              "mixed_sessions": len(sessions) > 1,
              "busy_rows": [r["target"] for r in group if (r.get("host_load") or {}).get("busy")]}
-    if any(is_anomaly(r) for r in group):  # only anomaly sets get the key: classifier data stays as it was
-        aurocs = [(r.get("reference") or {}).get("auroc") for r in group]
-        aurocs = [a for a in aurocs if a is not None]
-        facts |= {"reference_auroc": aurocs[0] if aurocs else None,
-                  "reference_auroc_consistent": len({round(a, 6) for a in aurocs}) <= 1}
+    key = headline_figure(_group_task(group)).key
+    if key != "top1":  # anomaly and detect sets get their figure's keys: classifier data stays as it was
+        values = [(r.get("reference") or {}).get(key) for r in group]
+        values = [a for a in values if a is not None]
+        facts |= {f"reference_{key}": values[0] if values else None,
+                  f"reference_{key}_consistent": len({round(a, 6) for a in values}) <= 1}
     return facts
+
+
+def _group_task(group: list[dict[str, Any]]) -> str:
+    """The task of one evaluation set's reports (one run is one task): a skipped row of an anomaly run may
+    lack ``task``, so any anomaly (or detect) row decides."""
+    tasks = {report_task(r) for r in group}
+    return next((t for t in ("anomaly", "detect") if t in tasks), "classification")
 
 
 def _link(r: dict[str, Any]) -> str:
@@ -427,11 +478,13 @@ def _link(r: dict[str, Any]) -> str:
 def _index_group(group: list[dict[str, Any]], k: int, n_groups: int) -> list[str]:
     ran = [r for r in group if not r.get("skipped") and r.get("candidate")]
     facts = _group_facts(group)
-    # One run is one task; a skipped row of an anomaly run may lack ``task``, so any anomaly row decides.
-    anomaly = "reference_auroc" in facts
-    metric_heads = ("<th>AUROC</th><th>AUROC drop</th><th>F1</th><th>false reject</th><th>escape</th>"
-                    "<th>decision agreement</th>" if anomaly else
-                    "<th>top-1</th><th>bal. acc.</th><th>drop</th><th>agreement</th>")
+    task = _group_task(group)
+    anomaly, detect, h = task == "anomaly", task == "detect", headline_figure(task)
+    # The first figure is the task's headline (labels.headline_figure), the others what its gates read.
+    metric_heads = f"<th>{esc(h.label)}</th>" + (
+        "<th>AUROC drop</th><th>F1</th><th>false reject</th><th>escape</th><th>decision agreement</th>" if anomaly
+        else "<th>mAP@0.5:0.95</th><th>drop</th><th>box agreement</th>" if detect
+        else "<th>bal. acc.</th><th>drop</th><th>agreement</th>")
     # The verdict comes right after the target: at the far right of 15 columns it was cut off (1,920 px)
     # or scrolled out of view; a skipped row has no figures, so its reason spans their columns instead of
     # being squeezed into a last column one word per line.
@@ -455,25 +508,24 @@ def _index_group(group: list[dict[str, Any]], k: int, n_groups: int) -> list[str
         tm = (c.get("throughput_mode") or {}).get("images_per_s")
         when = (f'{esc(measured_text(r))}<br><span class="sub">{esc(session_id(r))}</span><br>'
                 f'{esc(load_short(r.get("host_load")))}')
-        metrics = (f"<td>{num(c.get('auroc'), 4)}</td><td>{num(c.get('auroc_drop'), 4)}</td>"
-                   f"<td>{num(c.get('f1'), 3)}</td><td>{pct(c.get('false_reject_rate'), 2)}</td>"
-                   f"<td>{pct(c.get('escape_rate'), 2)}</td><td>{pct(c.get('decision_agreement'), 2)}</td>"
-                   if anomaly else
-                   f"<td>{pct(c.get('top1'), 2)}</td><td>{pct(c.get('balanced_accuracy'), 2)}</td>"
-                   f"<td>{num(c.get('top1_drop'), 2, ' pts')}</td><td>{pct(c.get('agreement'), 2)}</td>")
+        metrics = f"<td>{h.text(c.get(h.key))}</td>" + (
+            f"<td>{num(c.get('auroc_drop'), 4)}</td>"
+            f"<td>{num(c.get('f1'), 3)}</td><td>{pct(c.get('false_reject_rate'), 2)}</td>"
+            f"<td>{pct(c.get('escape_rate'), 2)}</td><td>{pct(c.get('decision_agreement'), 2)}</td>"
+            if anomaly else
+            f"<td>{num(c.get('map50_95'), 3)}</td><td>{num(c.get('map50_drop'), 2, ' pts')}</td>"
+            f"<td>{pct(c.get('box_agreement'), 2)}</td>"
+            if detect else
+            f"<td>{pct(c.get('balanced_accuracy'), 2)}</td>"
+            f"<td>{num(c.get('top1_drop'), 2, ' pts')}</td><td>{pct(c.get('agreement'), 2)}</td>")
         rows.append(f"<tr><td>{link}</td><td class=verdict>{_status(r)}</td><td class='st fmt'>{fmt}</td>{metrics}"
                     f"<td>{num(lat.get('p50'), 2, ' ms')}</td><td>{num(lat.get('p95'), 2, ' ms')}</td>"
                     f"<td>{num(r.get('speedup'), 2, '×')}{warn}</td><td>{num(tm, 0, ' img/s')}</td>"
                     f"<td>{num(c.get('size_mb'), 2, ' MB')}</td><td class='st when'>{when}</td></tr>")
     title = eval_set_text(group[0])
-    if anomaly:
-        ref_line = (f"reference: full model, torch fp32, AUROC {num(facts['reference_auroc'], 4)} on this evaluation "
-                    "set" + ("" if facts["reference_auroc_consistent"] else
-                             " (the rows' reports disagree on it: the reference model changed between benches)"))
-    else:
-        ref_line = (f"reference: full model, torch fp32, top-1 {pct(facts['reference_top1'], 2)} on this evaluation "
-                    "set" + ("" if facts["reference_top1_consistent"] else
-                             " (the rows' reports disagree on it: the reference model changed between benches)"))
+    ref_line = (f"reference: full model, torch fp32, {h.label} {h.text(facts[f'reference_{h.key}'])} on this "
+                "evaluation set" + ("" if facts[f"reference_{h.key}_consistent"] else
+                                    " (the rows' reports disagree on it: the reference model changed between benches)"))
     out = [f'<section class="evalset" data-eval-set="{esc(eval_set_key(group[0]))}">'
            f"<h2>Evaluation set {k} of {n_groups}: {esc(title)}</h2>"
            f"<p class='sub reference-top1'>{esc(ref_line)} · {len(group)} target(s), {len(ran)} measured</p>"]
@@ -492,13 +544,14 @@ def _index_group(group: list[dict[str, Any]], k: int, n_groups: int) -> list[str
     if ran:
         lat_rows = [row for i, r in enumerate(ran)
                     for row in _lat_rows(r, PALETTE[i % len(PALETTE)], r["target"])]
-        pts, ref_top1 = _points(ran, "auroc" if anomaly else "top1")
-        what, scatter = (("AUROC", scatter_svg(pts, ref_top1, "AUROC vs latency", metric="AUROC")) if anomaly
-                         else ("Top-1", scatter_svg(pts, ref_top1)))
+        pts, ref_value = _points(ran, h.key)
+        what = "Top-1" if h.key == "top1" else h.label
+        scatter = _scatter(pts, ref_value, task)
         out.append(f"<h3>Latency distribution</h3><figure>{latency_svg(lat_rows)}<figcaption>{_LAT_CAPTION} "
                    "Each target's grey row is the reference timed in the same bench run."
                    "</figcaption></figure>"
-                   f"<h3>{'AUROC' if anomaly else 'Accuracy'} vs latency</h3><figure>{scatter}<figcaption>{what} on "
+                   f"<h3>{'Accuracy' if h.key == 'top1' else esc(h.label)} vs latency</h3><figure>{scatter}"
+                   f"<figcaption>{esc(what)} on "
                    "this evaluation set only; the reference ◆ sits at the median of its timings across the benches."
                    "</figcaption></figure>")
     out.append("</section>")
@@ -506,8 +559,9 @@ def _index_group(group: list[dict[str, Any]], k: int, n_groups: int) -> list[str
 
 
 def render_index(reports: list[dict[str, Any]], title: str) -> str:
-    """The per-run page: one section per evaluation set (its own table, reference top-1 and plots; each
-    row with its date, bench session and host load), then gates and confusion matrices."""
+    """The per-run page: one section per evaluation set (its own table, the reference's headline figure:
+    top-1, AUROC or mAP@0.5, and plots; each row with its date, bench session and host load), then gates
+    and confusion matrices."""
     ran = [r for r in reports if not r.get("skipped") and r.get("candidate")]
     groups = group_reports(reports)
     first = reports[0] if reports else {}
@@ -530,11 +584,14 @@ def render_index(reports: list[dict[str, Any]], title: str) -> str:
 
 
 def index_json(reports: list[dict[str, Any]], title: str) -> dict[str, Any]:
-    """The run index as data: one entry per evaluation set, its reference top-1 (and AUROC, for an
-    anomaly run), sessions and rows (anomaly rows with their AUROC and decision figures)."""
+    """The run index as data: one entry per evaluation set, its ``headline`` figure (top-1, AUROC or mAP@0.5:
+    ``labels.headline_figure``), reference top-1 (and AUROC or mAP@0.5 for an anomaly or detection run),
+    sessions and rows (each with its ``headline`` value; anomaly rows with their AUROC and decision figures,
+    detection rows with their mAP and box agreement)."""
     sets = []
     for group in group_reports(reports):
         facts = _group_facts(group)
+        h = headline_figure(_group_task(group))
         rows = []
         for r in sorted(group, key=lambda r: r["target"]):
             c = r.get("candidate") or {}
@@ -552,13 +609,18 @@ def index_json(reports: list[dict[str, Any]], title: str) -> dict[str, Any]:
                          # A skipped target was never judged: null, not the report's ``passed: true`` (which
                          # only keeps what this host cannot run out of the run's exit code).
                          "passed": None if r.get("skipped") else r.get("passed"), "skipped": r.get("skipped")})
+            rows[-1]["headline"] = c.get(h.key)  # the set's ``headline`` figure of this row
             if is_anomaly(r):  # what an anomaly row is judged by; classifier rows keep their old keys only
                 rows[-1] |= {"task": "anomaly"} | {k: c.get(k) for k in (
                     "auroc", "auroc_drop", "f1", "false_reject_rate", "escape_rate", "decision_agreement",
                     "max_score_drift", "n_good", "n_defect")}
+            elif r.get("task") == "detect":
+                rows[-1] |= {"task": "detect"} | {k: c.get(k) for k in (
+                    "map50", "map50_95", "map50_drop", "box_agreement", "per_class_ap50")}
         ident = group[0].get("eval_set")
         sets.append({"eval_set": ident if isinstance(ident, dict) else {"path": ident},
-                     "eval_set_text": eval_set_text(group[0]), **facts, "rows": rows})
+                     "eval_set_text": eval_set_text(group[0]), "headline": {"figure": h.label, "key": h.key},
+                     **facts, "rows": rows})
     return {"title": title, "evaluation_sets": sets}
 
 

@@ -7,13 +7,50 @@ these three things with the same words.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..manifest import host_text as _host_text
 from .precision import precision_text
 
-__all__ = ["eval_set_key", "eval_set_name", "eval_set_text", "host_text", "load_short", "measured_text",
-           "precision_text", "session_id"]
+__all__ = ["Headline", "eval_set_key", "eval_set_name", "eval_set_text", "headline_figure", "host_text",
+           "load_short", "measured_text", "precision_text", "report_task", "session_id"]
+
+
+class Headline(NamedTuple):
+    """The figure a task's report is read by first: its field in ``reference`` / ``candidate``, its name,
+    the candidate's drop field, and how it is printed."""
+
+    key: str  # "top1" | "auroc" | "map50"
+    label: str  # "top-1" | "AUROC" | "mAP@0.5"
+    drop_key: str  # "top1_drop" (points) | "auroc_drop" (AUROC units) | "map50_drop" (points)
+    percent: bool  # printed as a percentage (top-1) or as a 0-1 figure (AUROC, mAP)
+    digits: int
+
+    def text(self, v: Any) -> str:
+        """``v`` as the pages print this figure: "93.21 %", "0.9876", "0.812", or "–" when missing."""
+        if v is None:
+            return "–"
+        return f"{100 * v:.{self.digits}f} %" if self.percent else f"{v:.{self.digits}f}"
+
+
+_HEADLINES = {"classification": Headline("top1", "top-1", "top1_drop", True, 2),
+              "anomaly": Headline("auroc", "AUROC", "auroc_drop", False, 4),
+              "detect": Headline("map50", "mAP@0.5", "map50_drop", False, 3)}
+
+
+def report_task(report: dict[str, Any]) -> str:
+    """``classification``, ``anomaly`` or ``detect``; reports written before the ``task`` key are classifiers."""
+    task = report.get("task")
+    return task if task in _HEADLINES else "classification"
+
+
+def headline_figure(report_or_task: dict[str, Any] | str | None) -> Headline:
+    """The one figure every view (target page, run index, index.json, Markdown table, console lines) shows
+    first for a report (or a task name): top-1 for a classifier, AUROC for an anomaly model, mAP@0.5 for a
+    detector."""
+    task = report_or_task if isinstance(report_or_task, str) or report_or_task is None \
+        else report_task(report_or_task)
+    return _HEADLINES.get(task or "classification", _HEADLINES["classification"])
 
 
 def _ident(report_or_ident: dict[str, Any] | str | None) -> dict[str, Any]:

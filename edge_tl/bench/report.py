@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .hostload import describe, describe_spread, unreliable_label
-from .labels import eval_set_text, host_text, load_short, measured_text, precision_text, session_id
+from .labels import eval_set_text, headline_figure, host_text, load_short, measured_text, precision_text, session_id
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -37,9 +37,10 @@ def anomaly_rows(ref: dict[str, Any], cand: dict[str, Any]) -> list[tuple[str, s
     ]
 
 
-def detect_rows(ref: dict[str, Any], cand: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(figure, reference, candidate) rows of a detection report: mAP, the drop, box agreement, AP@0.5 per class."""
-    ref_ap, cand_ap = ref.get("per_class_ap50") or {}, cand.get("per_class_ap50") or {}
+def detect_rows(ref: dict[str, Any], cand: dict[str, Any], per_class: bool = True) -> list[tuple[str, str, str]]:
+    """(figure, reference, candidate) rows of a detection report: mAP, the drop, box agreement and (with
+    ``per_class``) AP@0.5 per class."""
+    ref_ap, cand_ap = (ref.get("per_class_ap50") or {}, cand.get("per_class_ap50") or {}) if per_class else ({}, {})
 
     def ap(table: dict[str, Any], c: str) -> str:
         return "" if c not in table else "no box" if table[c] is None else _fmt(table[c])
@@ -96,7 +97,9 @@ def verdict_text(report: dict[str, Any], upper: bool = False) -> str:
 
 
 def headline(report: dict[str, Any]) -> str:
-    """One console line of an anomaly report: the figures a QC decision rests on."""
+    """One console line of a report: its headline figure (``labels.headline_figure``) against the
+    reference's and the figures a decision rests on beside it (anomaly: decision, false-reject and escape
+    rates; detection: the mAP@0.5 drop and box agreement)."""
     ref, cand = report.get("reference") or {}, report.get("candidate") or {}
     if report.get("skipped"):
         return f"{report['target']}: skipped: {report['skipped']}"
@@ -104,10 +107,14 @@ def headline(report: dict[str, Any]) -> str:
     def pct(v: Any) -> str:
         return "–" if v is None else f"{100 * v:.2f} %"
 
-    return (f"{report['target']}: AUROC {_fmt(cand.get('auroc'), 4)} (reference {_fmt(ref.get('auroc'), 4)}), "
-            f"decision agreement {pct(cand.get('decision_agreement'))}, "
-            f"false-reject {pct(cand.get('false_reject_rate'))}, escape {pct(cand.get('escape_rate'))}, "
-            + verdict_text(report))
+    h = headline_figure(report)
+    extra = (f"decision agreement {pct(cand.get('decision_agreement'))}, false-reject "
+             f"{pct(cand.get('false_reject_rate'))}, escape {pct(cand.get('escape_rate'))}" if is_anomaly(report) else
+             f"mAP@0.5 drop {_fmt(cand.get('map50_drop'), 2)} points, box agreement "
+             f"{pct(cand.get('box_agreement'))}" if report.get("task") == "detect" else
+             f"drop {_fmt(cand.get(h.drop_key), 2)} points, agreement {pct(cand.get('agreement'))}")
+    return (f"{report['target']}: {h.label} {h.text(cand.get(h.key))} (reference {h.text(ref.get(h.key))}), "
+            f"{extra}, {verdict_text(report)}")
 
 
 def markdown(report: dict[str, Any]) -> str:

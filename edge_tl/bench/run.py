@@ -549,9 +549,13 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
     if layer_info is not None:
         report["layers"] = layer_info
     lat = candidate["latency_ms"]
-    headline = (f"AUROC {candidate['auroc']:.4f}, decision agreement {candidate['decision_agreement']:.4f}"
-                if anomaly and candidate.get("auroc") is not None else f"top-1 {100 * candidate['top1']:.2f} %")
+    from .labels import headline_figure
     from .report import source_text, verdict_text
+
+    h = headline_figure(report)
+    headline = f"{h.label} {h.text(candidate.get(h.key))}" + (
+        f", decision agreement {candidate['decision_agreement']:.4f}" if anomaly and candidate.get("auroc") is not None
+        else "")
 
     came = source_text(source)
     say(f"done: {headline} on {evalset.describe()['name']}, "
@@ -566,7 +570,11 @@ def reports_dir_for(run: RunDir, evalset: EvalSet, data: str | None) -> Path:
     folder, so a bench on other images never overwrites (or mixes with) the run's own reports."""
     if data is None:
         return run.reports
-    ident = evalset.describe()
+    return data_reports_dir(run, evalset.describe())
+
+
+def data_reports_dir(run: RunDir, ident: dict[str, Any]) -> Path:
+    """``reports/data-<name>-<sha8>/`` of a ``--data`` evaluation set (``ident``: its ``eval_set``)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(ident.get("name") or "data")).strip("-.")[:40] or "data"
     return run.reports / f"data-{slug}-{str(ident.get('sha256') or '')[:8]}"
 
@@ -604,12 +612,12 @@ def bench(run_dir: str | Path, targets: list[str] | None, data: str | None = Non
     chosen = [get_target(t) for t in targets] if targets else list(builtin_targets().values())
     own = step_for(run_task(run), "bench")
     if own is not None:
-        # A detection run is judged on boxes (mAP, box agreement), not on an eval set of logits (detect.ship).
-        if layers or data is not None:
-            raise ConfigError(f"{'--layers' if layers else '--data'} is not built for {run_task(run)} runs yet; "
-                              "bench without it (on the run's held-out validation images)")
+        # A detection run is judged on boxes (mAP, box agreement), not on an eval set of logits (detect.ship);
+        # it reads ``data`` (another labelled folder) itself.
+        if layers:
+            raise ConfigError(f"--layers is not built for {run_task(run)} runs yet; bench without it")
         return own(run, chosen, json_path=json_path, quiet=quiet, wait_quiet=wait_quiet, prepare=prepare,
-                   progress=progress, latency=latency, several=targets is None or len(chosen) > 1)
+                   progress=progress, latency=latency, several=targets is None or len(chosen) > 1, data=data)
     if prepare is None:
         # Refuse a stale target before the evaluation set's minute of preprocessing, not after it
         # (``--export`` re-exports stale targets itself).

@@ -16,7 +16,7 @@ How open each part is, and why:
   added to them often (agreement split by margin, new anomaly figures) and an older reader must still
   load a newer report;
 - parts whose content belongs to another module (profile, host, versions, host load, layers, transfer,
-  adaptation, OOD, anomaly plot) stay ``dict[str, Any]``.
+  adaptation, OOD, anomaly plot, detection pictures) stay ``dict[str, Any]``.
 
 Units: latencies in ms; ``top1_drop``/``auroc_drop`` in percentage points and AUROC points; ``top1``,
 ``agreement``, rates and recalls are fractions in [0, 1]; sizes and memory in MB (10^6 bytes); speedups
@@ -196,6 +196,9 @@ class Report(_Closed):
     adaptation: dict[str, Any] | None = Field(None, description="for a target exported from RUN/adapt")
     ood: dict[str, Any] | None = Field(None, description="share of images above the OOD limit, with scores")
     anomaly_plot: dict[str, Any] | None = Field(None, description="scores and heat maps for the anomaly page")
+    detect_plot: dict[str, Any] | None = Field(
+        None, description="detect: evaluation images (JPEG data URIs) with ground-truth, reference and candidate "
+        "boxes in original pixels, and ground-truth boxes per class (detect.gallery.gallery)")
     reference: Reference
     candidate: Candidate | None = Field(None, description="None for a skipped target")
     speedup: float | None = Field(None, description="reference p50 / candidate p50, ×")

@@ -34,11 +34,11 @@ def bench(
     print(markdown(reports[0]) if len(reports) == 1 else summary_table(reports))
     if not settings.latency:
         print("\nlatency not measured (--no-latency): accuracy only; latency gates are neither passed nor failed")
-    anomaly = [r for r in reports if is_anomaly(r)]
-    if anomaly:
-        # The tables above are wide; a QC decision rests on these four figures, so close with them
-        # one line per target, where a terminal or a CI log shows them last.
-        print("\n" + "\n".join(headline(r) for r in anomaly))
+    judged = [r for r in reports if is_anomaly(r) or r.get("task") == "detect"]
+    if judged:
+        # The tables above are wide; a QC decision rests on a few figures (AUROC and rates, mAP and box
+        # agreement), so close with them one line per target, where a terminal or a CI log shows them last.
+        print("\n" + "\n".join(headline(r) for r in judged))
     if settings.layers and len(reports) > 1:
         for r in reports:
             if r.get("layers"):

@@ -11,6 +11,8 @@
 - :mod:`.export`: the ONNX graph and its check against torch.
 - :mod:`.ship`: ``export`` and ``bench`` of a detection run; :mod:`.bundle`: ``bundle`` (boxes, a box QC policy
   tuned on the validation images, golden images with their expected boxes).
+- :mod:`.evalset`: what a bench measures on: the validation split or a ``bench --data`` box folder.
+- :mod:`.gallery`: the report's pictures (ground truth, reference and candidate boxes).
 
 Importing this package is cheap (no torch, no pycocotools); :mod:`.model` registers the ``detect`` model
 builder with :mod:`edge_tl.builders` when imported, which the package root does.

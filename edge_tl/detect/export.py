@@ -112,6 +112,7 @@ class HeldOut:
     frames: Any
     inputs: np.ndarray
     preprocess: Any
+    root: Path | None = None  # the folder the images were read from (``frames.items`` paths are relative to it)
 
     def truths(self) -> list[dict[str, Any]]:
         """Ground truth per image in input pixels (what :func:`compare_outputs` takes)."""
@@ -122,9 +123,11 @@ def held_out(stage: Path, manifest: dict[str, Any], limit: int | None = None, qu
              root: Path | None = None) -> HeldOut:
     """The validation rows of ``stage/split.json`` (all, or ``limit`` spread over the split: sorted by path,
     its first images are often one class's), decoded through the run's preprocessing, from ``root`` (where
-    the images are now; None: the split's own folder). DataError when an image no longer decodes,
-    ArtifactError when the split is missing or holds no validation image."""
-    from ..errors import ArtifactError
+    the images are now; None: the split's own folder). DataError (one line, naming the file) when an image
+    is gone, no longer decodes, or differs from the sha256 ``split.json`` records for it (runs written before
+    it recorded them: not checked); ArtifactError when the split is missing or holds no validation image."""
+    from ..data import split_hashes, verify_hashes
+    from ..errors import ArtifactError, DataError
     from ..manifest import read_json
     from ..preprocess import Preprocess
     from .data import Annotated
@@ -141,8 +144,18 @@ def held_out(stage: Path, manifest: dict[str, Any], limit: int | None = None, qu
     items = [Annotated(r["path"], np.asarray(r["boxes"], np.float32).reshape(-1, 4), np.asarray(r["labels"], np.int64),
                        *r["size"]) for r in rows]
     pre = Preprocess.from_dict(manifest["preprocessing"])
-    frames = decode_frames(Path(root or split["root"]), items, pre, quiet, "decode (val)")
-    return HeldOut(frames, normalise(frames.images, pre).numpy(), pre)
+    folder = Path(root or split["root"])
+    # Every validation image, as recorded: the figures of an export check or a bench name this split, and a
+    # moved, deleted or edited image would change them silently (a classifier's eval.npz is frozen once).
+    gone = [a.path for a in items if not (folder / a.path).is_file()]
+    if gone:
+        raise DataError(f"{len(gone)} of the {len(items)} validation image(s) in {stage / 'split.json'} are missing "
+                        f"under {folder} (first: {', '.join(gone[:3])}): moved or deleted? Put them back "
+                        "(export reads a moved folder with --data NEW_FOLDER)")
+    verify_hashes(folder, [a.path for a in items], split_hashes(split), moved=root is not None,
+                  origin=str(stage / "split.json"))
+    frames = decode_frames(folder, items, pre, quiet, "decode (val)")
+    return HeldOut(frames, normalise(frames.images, pre).numpy(), pre, folder)
 
 
 def export_run(run_dir: str | Path, dest: str | Path, check_images: int = 16) -> dict[str, Any]:

@@ -160,21 +160,6 @@ def _f(v: float | None) -> str:
 # bench
 
 
-def _eval_set(stage: Path, n: int) -> dict[str, Any]:
-    """The report's ``eval_set`` of a detection run: its held-out validation rows (``split.json``), named by
-    the sha256 of their paths and boxes (a changed split is another evaluation set)."""
-    import hashlib
-    import json
-
-    from ..manifest import read_json
-
-    split = read_json(stage / "split.json")
-    rows = sorted(json.dumps(r, sort_keys=True) for r in split.get("val") or [])
-    digest = hashlib.sha256("\n".join(rows).encode()).hexdigest()
-    return {"kind": "validation split", "name": "validation split", "folder": split.get("root"),
-            "path": str(stage / "split.json"), "n": n, "sha256": digest}
-
-
 def _torch_fn(det: Any) -> Any:
     """``x`` (N, 3, S, S) float32 -> the torch detector's outputs in host memory (the reference's timed call)."""
     import torch
@@ -188,8 +173,10 @@ def _torch_fn(det: Any) -> Any:
 
 def bench_detect(run: RunDir, chosen: list[Target], *, json_path: str | None = None, quiet: bool = True,
                  wait_quiet: float = 0.0, prepare: Any = None, progress: bool | None = None, latency: bool = True,
-                 several: bool = False) -> list[dict[str, Any]]:
-    """``edge-tl bench`` of a detection run's exported targets on its held-out validation images.
+                 several: bool = False, data: str | None = None) -> list[dict[str, Any]]:
+    """``edge-tl bench`` of a detection run's exported targets on its held-out validation images (or, with
+    ``data``, on that labelled box folder: ``detect.evalset.folder_set``; reports in
+    ``RUN/reports/data-<name>-<sha8>/``, the run index rebuilt with them).
 
     Each report has the torch reference's and the target's mAP@0.5, mAP@0.5:0.95 and per-class AP@0.5
     (fractions; detections after the run's NMS, in original image pixels, as the fine-tune measured them),
@@ -197,27 +184,34 @@ def bench_detect(run: RunDir, chosen: list[Target], *, json_path: str | None = N
     same class, IoU >= 0.5; ``box_match`` has the counts), and batch-1 latency of both timed in alternating
     blocks with the target's threads and warm-up (``bench.latency.measure_paired``), with the speedup. Gates:
     the profile's ``max_map50_drop`` and ``max_p95_ms``. A target this host cannot run, or not exported, is
-    reported as skipped (an EdgeTLError when it was the one target named). Returns the reports, written to
-    ``RUN/reports/`` (and ``json_path``)."""
+    reported as skipped (an EdgeTLError when it was the one target named). Each measured report has a grid of
+    images with the ground truth and both models' boxes (``detect_plot``, ``detect.gallery``). Returns the
+    reports, written to ``RUN/reports/`` (and ``json_path``). DataError (one line) when a validation image
+    is gone or changed since the fine-tune, or ``data`` is not a usable box folder."""
     import sys
 
-    from ..bench.run import Steps, _now, host_cannot_run, new_session, target_arg
+    from ..bench.run import Steps, _now, data_reports_dir, host_cannot_run, new_session, target_arg
     from ..bench.writer import write_reports
     from ..checkpoint import load_model
     from ..manifest import host_info, versions, write_json
+    from .evalset import data_note, folder_set, split_identity
     from .evaluate import detection_metrics
     from .train import detections_from, predict_frames, truths_of
 
     steps = Steps(quiet if progress is None else not progress, total=len(chosen))
     det, ft = load_model(run.finetune)
     det = det.to("cpu").eval()
-    held = held_out(run.finetune, ft, quiet=quiet)
+    if data is None:
+        held = held_out(run.finetune, ft, quiet=quiet)
+        ident, out_dir = split_identity(run.finetune, len(held.frames.items)), run.reports
+    else:
+        held, ident = folder_set(ft, data, quiet)
+        out_dir = data_reports_dir(run, ident)
     items, classes, nms = held.frames.items, list(ft["classes"]), nms_args(ft)
     size, mode = int(ft["preprocessing"]["crop"]), held.preprocess.resize_mode
     truths = truths_of(items)
     ref_dets = detections_from(*predict_frames(det, held.frames, held.preprocess), items, size, mode, **nms)
     ref_m = detection_metrics(ref_dets, truths, classes)
-    ident = _eval_set(run.finetune, len(items))
     session = new_session() | {"targets": [t.name for t in chosen], "eval_set_sha256": ident["sha256"]}
     reports: list[dict[str, Any]] = []
     for target in chosen:
@@ -229,7 +223,8 @@ def bench_detect(run: RunDir, chosen: list[Target], *, json_path: str | None = N
             "latency_ms": None, "throughput_ips": None, "size_mb": (run.finetune / "model.pt").stat().st_size / 1e6}
         base: dict[str, Any] = {
             "task": "detect", "target": target.name, "profile": target.model_dump(), "eval_set": ident,
-            "n": len(items), "classes": classes, "host": host_info(), "versions": versions(), "notes": [],
+            "n": len(items), "classes": classes, "host": host_info(), "versions": versions(),
+            "notes": [] if data is None else [data_note(ident)],
             "session": session, "measured_at": _now(), "reference": reference}
         reason, failed = None, False
         try:  # before ``prepare`` (bench --export): a target not built for detection is skipped, not failed
@@ -251,13 +246,13 @@ def bench_detect(run: RunDir, chosen: list[Target], *, json_path: str | None = N
             run.check_fresh(folder, target.cli_ref)
             report = _bench_one(run, target, folder, det, held, ref_dets, truths, classes, nms, base, steps,
                                 latency, wait_quiet)
-        write_reports(report, run.reports, Path(json_path) if json_path and not several else None,
+        write_reports(report, out_dir, Path(json_path) if json_path and not several else None,
                       index_root=run.reports)
         reports.append(report)
         if json_path is not None and several:
             write_json(json_path, reports)
     if not steps.quiet:
-        print(f"reports: {run.reports}  (run index: {run.reports / 'index.html'})", file=sys.stderr, flush=True)
+        print(f"reports: {out_dir}  (run index: {run.reports / 'index.html'})", file=sys.stderr, flush=True)
     return reports
 
 
@@ -271,18 +266,21 @@ def _bench_one(run: RunDir, target: Target, folder: Path, det: Any, held: Any, r
     import torch
 
     from ..bench.hostload import HostLoad, spread_reason, wait_for_quiet
+    from ..bench.labels import headline_figure
     from ..bench.latency import block_ratio_spread, measure_paired
+    from ..bench.report import verdict_text
     from ..bench.run import NO_LATENCY_TEXT, _now, _size_mb, target_gates
     from ..gates import all_passed
     from ..manifest import sha256_file
     from ..target_manifest import read_target_manifest
     from .evaluate import box_agreement, detection_metrics
+    from .gallery import gallery
     from .train import detections_from
 
     manifest = read_target_manifest(folder)
     items, reference = held.frames.items, base["reference"]
     size, mode = int(manifest["preprocessing"]["crop"]), held.preprocess.resize_mode
-    say(f"detections on {len(items)} validation images…")
+    say(f"detections on {len(items)} evaluation images…")
     cand_dets = detections_from(*target_outputs(folder, target.model_file, target.backend, target.device,
                                                 target.threads, target.batch_size, held.inputs),
                                 items, size, mode, **nms)
@@ -334,8 +332,13 @@ def _bench_one(run: RunDir, target: Target, folder: Path, det: Any, held: Any, r
     gates = target_gates(target, {"max_map50_drop": drop, "max_p95_ms": p95}, () if latency else ("max_p95_ms",))
     if target.gates.max_map50_drop is None:
         notes.append("the profile sets no max_map50_drop gate: the mAP@0.5 drop is recorded, not gated")
-    return base | {"notes": base["notes"] + notes, "candidate": candidate, "speedup": speedup,
-                   "speedup_spread": spread, "host_load": host_load,
-                   "timing_reliable": not unreliable if latency else None,
-                   "unreliable_reasons": unreliable if latency else None, "latency_measured": latency,
-                   "gates": gates, "passed": all_passed(gates), "skipped": None}
+    report = base | {"notes": base["notes"] + notes, "candidate": candidate, "speedup": speedup,
+                     "speedup_spread": spread, "host_load": host_load,
+                     "timing_reliable": not unreliable if latency else None,
+                     "unreliable_reasons": unreliable if latency else None, "latency_measured": latency,
+                     "gates": gates, "passed": all_passed(gates), "skipped": None,
+                     "detect_plot": gallery(held.root or Path("."), items, ref_dets, cand_dets, classes)}
+    h = headline_figure(report)
+    say(f"done: {h.label} {h.text(m[h.key])} (reference {h.text(reference[h.key])}) on {base['eval_set']['name']}, "
+        f"box agreement {match['matched_share']:.4f}, {verdict_text(report)}")
+    return report

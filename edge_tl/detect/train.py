@@ -228,6 +228,7 @@ def fit_detector(data_dir: str | Path, out: str | Path, *, arch: str = "mobilene
     check_writable(out)
     started = time.time()
     ds = read_detection_set(data_dir, format, classes)
+    digests = image_digests(ds.root, [a.path for a in ds.images])  # as read: an edit during training counts
     train_items, val_items = split_images(ds.images, val_fraction, seed)
     if not any(len(a.labels) for a in train_items):
         raise DataError(f"the training split of {data_dir} holds no box (seed {seed}); add annotated images")
@@ -263,7 +264,7 @@ def fit_detector(data_dir: str | Path, out: str | Path, *, arch: str = "mobilene
     metrics = detection_metrics(val_dets, truths_of(val_items), ds.classes)
     speeds = [h["train_images_per_s"] for h in history if h.get("train_images_per_s")]
     return _write_run(
-        Path(out), det, ds, train_items, val_items, seed, val_fraction,
+        Path(out), det, ds, train_items, val_items, seed, val_fraction, digests,
         task="detect", arch=arch, classes=ds.classes, weights=source, mode=mode,
         preprocessing=pre.to_dict(), detect=spec.to_dict(),
         head={"method": "FCOS-style anchor-free (Tian et al., 2019): focal loss, GIoU, centre-ness",
@@ -451,9 +452,21 @@ class _Fit:
         return history, best.epoch, cache_seconds
 
 
+def image_digests(root: Path, paths: list[str], workers: int = 4) -> dict[str, str]:
+    """sha256 of each image's bytes (relative path -> hex digest): ``split.json``'s ``sha256``, which export and
+    bench check the validation images against (``data.verify_hashes``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..manifest import sha256_file
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip(paths, pool.map(lambda p: sha256_file(root / p), paths), strict=True))
+
+
 def _write_run(out: Path, det: nn.Module, ds: DetectionSet, train: list[Annotated], val: list[Annotated], seed: int,
-               val_fraction: float, **fields: Any) -> dict[str, Any]:
-    """Write ``out/finetune/`` (model.pt, split.json, manifest.json with ``fields``) in one staged step."""
+               val_fraction: float, digests: dict[str, str], **fields: Any) -> dict[str, Any]:
+    """Write ``out/finetune/`` (model.pt, split.json, manifest.json with ``fields``) in one staged step;
+    ``digests``: the sha256 of every image (:func:`image_digests`)."""
     from ..checkpoint import MODEL_FILE, save_state
     from ..manifest import staged_folder, write_json, write_manifest
     from ..rundir import RunDir
@@ -464,7 +477,7 @@ def _write_run(out: Path, det: nn.Module, ds: DetectionSet, train: list[Annotate
 
     split = {"root": str(ds.root.resolve()), "task": "detect", "format": ds.format, "classes": ds.classes,
              "seed": seed, "val_fraction": val_fraction, "train": rows(train), "val": rows(val),
-             "skipped": ds.issues}
+             "skipped": ds.issues, "sha256": digests}
     run = RunDir(out)
     with staged_folder(run.finetune) as tmp:
         save_state(det, tmp / MODEL_FILE)
