@@ -57,6 +57,9 @@ class Quantizer(_Strict):
     calibration_size: int = Field(300, ge=1)
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     accuracy_fallback: bool = True
+    # NNCF graphs of a classifier: subtract the INT8 graph's mean logit error on the calibration images at
+    # the output (``backends.int8.logit_offset``), before the accuracy fallback chooses.
+    correct_logit_offset: bool = True
 
 
 class Target(_Strict):

@@ -12,6 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_tl.backends.int8 import OFFSET_NODE
 from edge_tl.backends.onnxruntime_.quantize import ort_settings
 from edge_tl.errors import ConfigError
 from edge_tl.rundir import RunDir
@@ -168,6 +169,11 @@ def test_qdq_form_per_target(prepared: dict[str, Any], tmp_path: Path, builtin: 
         from edge_tl.backends.onnxruntime_.onnx_graph import without as onnx_without
 
         assert m["quantizer"]["method"] == "nncf" and m["quantizer"]["input"]["grid"] == [0.0, 1.0]
+        # The systematic logit error measured on the calibration images is subtracted at the output.
+        offset = m["quantizer"]["logit_offset"]
+        assert any(n.name == offset["node"] == OFFSET_NODE and n.op_type == "Add" for n in model.graph.node)
+        assert len(offset["offset"]) == prepared["evalset"].logits.shape[1] and abs(sum(offset["offset"])) < 1e-5
+        assert offset["int8_logit_error"]["after"] <= offset["int8_logit_error"]["before"]
         names = [q.name for q in _activation_quantizers(model)]
         bypassed = onnx_without(model, names)
         assert not _activation_quantizers(bypassed)
@@ -197,6 +203,8 @@ def test_openvino_int8_ir_is_quantized(prepared: dict[str, Any], tmp_path: Path)
                    and op.get_element_type() == ov.Type.i8]
     assert int8_consts, "weights should be stored as int8"
     assert m["quantizer"]["method"] == "nncf" and m["quantizer"]["fast_bias_correction"] is False
+    assert m["quantizer"]["logit_offset"]["node"] == OFFSET_NODE in {op.get_friendly_name() for op in ir.get_ops()}
+    assert set(ir.outputs[0].get_names()) == {"logits"}
     assert m["calibration"]["n"] == 6
 
     # The input is quantised on the pixels' own grid: nothing quantises the normalised input, and the

@@ -16,7 +16,7 @@ import numpy as np
 
 from ...errors import ConfigError, require
 from ...manifest import atomic_path
-from ..int8 import quiet_library_logging
+from ..int8 import correct_logit_offset, quiet_library_logging
 from ..pixel_grid import LEVELS, PixelInput, restore_pixels
 from ..table import facts
 from . import onnx_graph  # the module: it is the quantiser the fallback search calls back into
@@ -213,6 +213,14 @@ def quantize_nncf(target: Target, float_onnx: Path, out_dir: Path, cset: Calibra
         quantizer = nncf_quantize_onnx(float_onnx, dest, cset.inputs, signed=q.activations == "int8",
                                        symmetric=q.symmetric_activations, pre_path=pre_path, preprocess=pre)
         float_model = onnx.load(str(pre_path))
+    qmodel, offset = correct_logit_offset(
+        target, onnx.load(str(dest)), {o.name for o in float_model.graph.output}, cset,
+        lambda m, x: onnx_graph.logits(m, x, threads, target.batch_size),
+        onnx_graph.logits(float_model, cset.inputs, threads, target.batch_size), onnx_graph.shift_logits)
+    if offset is not None:
+        quantizer["logit_offset"] = offset
+        with atomic_path(dest) as tmp:
+            onnx.save(qmodel, str(tmp))
 
     def logits(inputs: np.ndarray) -> np.ndarray:
         # The batch size export's validation and bench use: near-ties can depend on it.

@@ -13,7 +13,7 @@ import numpy as np
 
 from ...errors import require
 from ...fixed_float import float_names
-from ..int8 import EVAL_BATCH, quiet_library_logging, rel_error
+from ..int8 import EVAL_BATCH, LOGITS, OFFSET_NODE, quiet_library_logging, rel_error
 from ..table import facts
 
 if TYPE_CHECKING:
@@ -62,6 +62,30 @@ def preprocess_graph(float_onnx: Path, dest: Path) -> None:
             quant_pre_process(str(float_onnx), str(dest))
         except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs
             quant_pre_process(str(float_onnx), str(dest), skip_symbolic_shape=True)
+
+
+def shift_logits(qmodel: Any, offset: np.ndarray) -> Any:
+    """A copy of ONNX graph ``qmodel`` whose ``logits`` output has ``offset`` (K,) subtracted by a float
+    Add (``OFFSET_NODE``) after the node that made them; the output keeps its name."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(qmodel)
+    g = m.graph
+    if LOGITS not in {o.name for o in g.output}:
+        raise RuntimeError(f"the graph has no {LOGITS!r} output")
+    raw = f"{LOGITS}__before_offset"
+    for n in g.node:
+        n.output[:] = [raw if o == LOGITS else o for o in n.output]
+        n.input[:] = [raw if i == LOGITS else i for i in n.input]
+    value = f"{OFFSET_NODE}/value"
+    g.initializer.append(numpy_helper.from_array(-np.asarray(offset, np.float32).reshape(1, -1), value))
+    g.node.append(onnx.helper.make_node("Add", [raw, value], [LOGITS], name=OFFSET_NODE))
+    keep = [v for v in g.value_info if v.name != LOGITS]
+    del g.value_info[:]
+    g.value_info.extend(keep)
+    return m
 
 
 # --------------------------------------------------------------------------------------------------

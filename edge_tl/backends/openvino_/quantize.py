@@ -19,7 +19,7 @@ import numpy as np
 
 from ...errors import require
 from ...fixed_float import float_names
-from ..int8 import EVAL_BATCH, quiet_library_logging, rel_error
+from ..int8 import EVAL_BATCH, LOGITS, OFFSET_NODE, correct_logit_offset, quiet_library_logging, rel_error
 from ..pixel_grid import PixelInput, pin_pixel_quantizer, restore_pixels
 from . import OPENVINO_PRESET
 from .runner import compile_static, cpu_config, shared_core, signal_stack_kept
@@ -80,6 +80,13 @@ def quantize(target: Target, settings: dict[str, Any], float_onnx: Path, out_dir
         # The batch size export's validation and bench use: near-ties can depend on it.
         return lambda inputs: logits(model, inputs, target.threads, target.batch_size)
 
+    outputs = {name for o in qmodel.outputs for name in o.get_names()}
+    qmodel, offset = correct_logit_offset(
+        target, qmodel, outputs, cset, lambda m, x: logits(m, x, target.threads, target.batch_size),
+        logits(model, cset.inputs, target.threads, target.batch_size), shift_logits)
+    if offset is not None:
+        quantizer["logit_offset"] = offset
+
     fallback = rules.fallback_start(target, judge, float_values, WHERE, logits_of(qmodel))
     if fallback["status"] not in ("no gates", "disabled"):
         after = fallback["before"]
@@ -117,6 +124,26 @@ def logits(model: Any, inputs: np.ndarray, threads: int = 2, batch: int = EVAL_B
             compiled[x.shape] = compile_static(core, model, x.shape, "CPU", cpu_config(threads, "int8"))
         out.append(np.asarray(compiled[x.shape](x)[0], np.float32))
     return np.concatenate(out)
+
+
+def shift_logits(qmodel: Any, offset: np.ndarray) -> Any:
+    """A copy of ``qmodel`` whose ``logits`` output has ``offset`` (K,) subtracted by a float Add
+    (``OFFSET_NODE``) between the layer that made them and the output, which keeps its name."""
+    import openvino.opset13 as ops
+
+    model = qmodel.clone()
+    for result in model.get_results():
+        src = result.input_value(0)
+        names = set(src.get_names())
+        if LOGITS not in names:
+            continue
+        add = ops.add(src, ops.constant(-np.asarray(offset, np.float32).reshape(1, -1)), name=OFFSET_NODE)
+        src.get_tensor().set_names(names - {LOGITS})
+        add.output(0).get_tensor().set_names({LOGITS})
+        result.input(0).replace_source_output(add.output(0))
+        model.validate_nodes_and_infer_types()
+        return model
+    raise RuntimeError(f"the model has no {LOGITS!r} output")
 
 
 def without(qmodel: Any, names: list[str] | tuple[str, ...]) -> Any:
