@@ -91,6 +91,28 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def detect_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny detection run (20 synthetic YOLO images of 96 px with exact boxes, letterboxed to 64, one
+    linear epoch: 4 validation images), trained once per session on one torch thread. Read-only: copy it
+    before exporting into it."""
+    import torch
+
+    from edge_tl.detect.train import fit_detector
+
+    from .detect_data import write_set
+
+    root = write_set(tmp_path_factory.mktemp("detect-yolo"), "yolo", n=20, size=96)
+    out = tmp_path_factory.mktemp("detect-run")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # see one_thread
+    try:
+        fit_detector(root, out, mode="linear", input_size=64, epochs=1, batch_size=8, resize="letterbox")
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+@pytest.fixture(scope="session")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three visibly different classes, 12 images each."""
     return write_folder(tmp_path_factory.mktemp("data") / "folder")
