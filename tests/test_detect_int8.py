@@ -225,3 +225,10 @@ def test_the_map_gate_is_judged_in_points_and_ranks_failures() -> None:
     assert not bad["passed"] and bad["failed"] == ["mAP@0.5 drop 2.00 > 1 points"]
     assert gate_margin(ok, gates) > 0 > gate_margin(bad, gates) > gate_margin(map_gate_values(0.5, 0.62, gates), gates)
     assert not map_gate_values(None, 0.62, gates)["passed"]
+
+
+def test_targets_lists_the_detect_gate(capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_tl.cli import main
+
+    assert main(["targets"]) == 0
+    assert "mAP@0.5 drop≤1.0 pt" in " ".join(capsys.readouterr().out.split())
