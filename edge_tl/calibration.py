@@ -150,22 +150,38 @@ def build_calibration_set(run: RunDir, pre: Preprocess, classes: list[str], size
     """
     if size < 1:
         raise DataError(f"calibration size must be at least 1, got {size}")
-    val_hashes, val_paths = _validation_hashes(run)
-    if user_source is None:
-        root, train, val = run.split()
-        val_rel = {s.path for s in val}
-        # A corrupt split listing one image on both sides must not leak validation into calibration.
-        train = [s for s in train if s.path not in val_rel]
-        candidates = [(root / s.path, s.path, classes[s.label]) for s in balanced_order(train, seed)]
-        source, root_str, labelled = SOURCE_TRAIN, str(root), True
-    else:
-        root, files, source = _user_candidates(Path(user_source))
-        files = sorted(files)
-        # Seeded rather than alphabetical: the first N names of a camera folder are often one shift.
-        random.Random(seed).shuffle(files)
-        candidates = [(p, _rel(p, root), None) for p in files]
-        root_str, labelled = str(root), False
+    validation = _validation_hashes(run)
+    if user_source is not None:
+        return user_calibration(user_source, pre, size, validation, seed, quiet)
+    root, train, val = run.split()
+    val_rel = {s.path for s in val}
+    # A corrupt split listing one image on both sides must not leak validation into calibration.
+    train = [s for s in train if s.path not in val_rel]
+    candidates = [(root / s.path, s.path, classes[s.label]) for s in balanced_order(train, seed)]
+    return calibration_from(candidates, pre, size, validation, SOURCE_TRAIN, str(root), seed, list(classes), quiet)
 
+
+def user_calibration(user_source: str | Path, pre: Preprocess, size: int,
+                     validation: tuple[set[str], set[Path]], seed: int = DEFAULT_SEED,
+                     quiet: bool = True) -> CalibrationSet:
+    """``--calibration``: up to ``size`` unlabelled images of a folder (recursive) or a list file, in a seeded
+    order, none equal to a ``validation`` image (sha256s, resolved paths); :func:`calibration_from`."""
+    root, files, source = _user_candidates(Path(user_source))
+    files = sorted(files)
+    # Seeded rather than alphabetical: the first N names of a camera folder are often one shift.
+    random.Random(seed).shuffle(files)
+    return calibration_from([(p, _rel(p, root), None) for p in files], pre, size, validation, source, str(root),
+                            seed, None, quiet)
+
+
+def calibration_from(candidates: list[tuple[Path, str, str | None]], pre: Preprocess, size: int,
+                     validation: tuple[set[str], set[Path]], source: str, root_str: str, seed: int,
+                     classes: list[str] | None, quiet: bool = True) -> CalibrationSet:
+    """The first ``size`` usable images of ``candidates`` ((file, path as recorded, class or None), in the order
+    to take them), each through ``pre`` (the run's evaluation preprocessing: resize, crop or letterbox,
+    normalise). An image whose bytes or path equal a ``validation`` image's is left out, an unreadable one
+    skipped (both with a warning). ``classes`` None: unlabelled. DataError when none is usable."""
+    val_hashes, val_paths = validation
     xs: list[np.ndarray] = []
     images: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
@@ -197,8 +213,7 @@ def build_calibration_set(run: RunDir, pre: Preprocess, classes: list[str], size
     if len(images) < size:
         log.warning("calibration: %d image(s) available, %d requested", len(images), size)
     return CalibrationSet(np.stack(xs).astype(np.float32, copy=False), images, source, root_str, size, seed,
-                          classes=list(classes) if labelled else None, skipped=skipped,
-                          excluded_validation=excluded)
+                          classes=classes, skipped=skipped, excluded_validation=excluded)
 
 
 SELECTION_SIZE = 300  # images the INT8 fallback chooses its float layers on

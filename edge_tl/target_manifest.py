@@ -89,6 +89,8 @@ class TargetManifest(_Open):
     calibration: dict[str, Any] | None = None
     quantizer: dict[str, Any] | None = None
     float_layers: list[dict[str, Any] | str] | None = Field(None, description="layers the fallback kept float")
+    float_by_design: dict[str, Any] | None = Field(
+        None, description="detect: the graph's nodes no quantiser touches (the box and score decode) and why")
     fallback: dict[str, Any] | None = None
     speed_check: dict[str, Any] | None = None
     gate_reference: str | None = None

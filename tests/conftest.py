@@ -92,21 +92,21 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def detect_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny detection run: 12 synthetic YOLO images at 64 px (``tests/detect_data.py``), one linear epoch,
-    torch on one thread while it trains (see ``one_thread``). Its first user (``test_detect_ship``) exports and
-    benches in it; others copy it before changing anything."""
+    """A tiny detection run (20 synthetic YOLO images of 96 px with exact boxes, letterboxed to 64, one
+    linear epoch: 4 validation images), trained once per session on one torch thread. Read-only: copy it
+    before exporting into it."""
     import torch
 
     from edge_tl.detect.train import fit_detector
 
     from .detect_data import write_set
 
-    root = write_set(tmp_path_factory.mktemp("yolo"), "yolo", n=12, size=64)
+    root = write_set(tmp_path_factory.mktemp("detect-yolo"), "yolo", n=20, size=96)
     out = tmp_path_factory.mktemp("detect-run")
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # see one_thread
     try:
-        fit_detector(root, out, mode="linear", input_size=64, epochs=1, batch_size=6)
+        fit_detector(root, out, mode="linear", input_size=64, epochs=1, batch_size=8, resize="letterbox")
     finally:
         torch.set_num_threads(before)
     return out

@@ -1,9 +1,9 @@
 """A detection run through export, bench and the stages that refuse it yet (issue 27, follow-up; its bundle:
 ``test_detect_bundle.py``).
 
-One tiny run (12 YOLO images at 64 px, one linear epoch: ``conftest.detect_run``) is trained once; every step goes
-through the CLI, as a user runs it. The figures are not the point (one epoch finds little): that the export
-answers as torch does, and that the reports say so in their typed fields.
+One tiny run (conftest ``detect_run``: 20 YOLO images at 64 px, one linear epoch) is copied for the module;
+every step goes through the CLI, as a user runs it. The figures are not the point (one epoch finds little):
+that the export answers as torch does, and that the reports say so in their typed fields.
 """
 
 from __future__ import annotations
@@ -38,9 +38,12 @@ max_map50_drop = 0.1
 
 
 @pytest.fixture(scope="module")
-def run(detect_run: Path, one_thread: None) -> Path:
-    """The session's tiny detection run (``conftest.detect_run``); this module exports and benches in it."""
-    return detect_run
+def run(detect_run: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
+    import shutil
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    shutil.copytree(detect_run, out)  # the session's tiny run (conftest), trained once
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +129,9 @@ def test_openvino_fp32_export(run: Path) -> None:
 
 
 @pytest.mark.parametrize(("argv", "words"), [
-    (["export", "{run}", "--target", "cpu-onnxruntime-int8"], "INT8 export of a detection run is not built yet"),
+    (["export", "{run}", "--target", "gpu-tensorrt-int8"], "tensorrt export of a detection run is not built yet"),
     (["export", "{run}", "--target", "gpu-tensorrt-fp16"], "tensorrt export of a detection run is not built yet"),
+    (["export", "{run}", "--target", "cpu-openvino-int8", "--qat", "2"], "INT8 is post-training only"),
     (["prune", "{run}"], "prune does not take detection runs yet"),
     (["adapt", "{run}", "--unlabeled", "{tmp}"], "adapt does not take detection runs yet"),
 ])

@@ -45,11 +45,21 @@ def detect_rows(ref: dict[str, Any], cand: dict[str, Any], per_class: bool = Tru
     def ap(table: dict[str, Any], c: str) -> str:
         return "" if c not in table else "no box" if table[c] is None else _fmt(table[c])
 
-    return [("mAP@0.5", _fmt(ref.get("map50")), _fmt(cand.get("map50"))),
+    rows = [("mAP@0.5", _fmt(ref.get("map50")), _fmt(cand.get("map50"))),
             ("mAP@0.5:0.95", _fmt(ref.get("map50_95")), _fmt(cand.get("map50_95"))),
             ("mAP@0.5 drop (points)", "", _fmt(cand.get("map50_drop"), 2)),
-            ("box agreement (IoU >= 0.5, same class)", "", _fmt(cand.get("box_agreement"), 4)),
-            *[(f"AP@0.5: {c}", ap(ref_ap, c), ap(cand_ap, c)) for c in dict.fromkeys([*ref_ap, *cand_ap])]]
+            ("box agreement (IoU >= 0.5, same class)", "", _fmt(cand.get("box_agreement"), 4))]
+    held = cand.get("held_out")
+    if held:  # an INT8 target: the images its float layers were not chosen on, which the gate judges
+        rows += [(f"held out ({held['n']} images not chosen on): mAP@0.5", _fmt(held.get("reference_map50")),
+                  _fmt(held.get("map50"))),
+                 ("held out: mAP@0.5 drop (points, gated)", "", _fmt(held.get("map50_drop"), 2)),
+                 ("held out: box agreement", "", _fmt(held.get("box_agreement"), 4))]
+    if cand.get("float_same_backend_p50_ms") is not None:
+        rows.append(("p50 ms: fp32 graph / INT8, same backend (alternating blocks)", "",
+                     f"{_fmt(cand['float_same_backend_p50_ms'], 2)} / {_fmt(cand.get('int8_same_backend_p50_ms'), 2)}"
+                     f" (INT8 {_fmt(cand.get('int8_speedup_over_float'), 2)}× fp32 speed)"))
+    return rows + [(f"AP@0.5: {c}", ap(ref_ap, c), ap(cand_ap, c)) for c in dict.fromkeys([*ref_ap, *cand_ap])]
 
 
 def missing_class_note(cand: dict[str, Any]) -> str | None:

@@ -152,7 +152,13 @@ def _torch_modules() -> Any:
 
         def forward(self, f16: torch.Tensor, f32: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             p32 = self.lat32(f32)
-            up = F.interpolate(p32, size=f16.shape[-2:], mode="nearest")
+            if tuple(f16.shape[-2:]) == (2 * p32.shape[-2], 2 * p32.shape[-1]):
+                # Every input size a detector takes (a multiple of 32): a fixed 2x, so the exported Resize
+                # reads constant scales. Sizes taken from the stride-16 tap (Shape -> Resize) made NNCF's
+                # full bias correction of the ONNX graph fail (nncf 3.4: KeyError on a backbone node).
+                up = F.interpolate(p32, scale_factor=2.0, mode="nearest")
+            else:
+                up = F.interpolate(p32, size=f16.shape[-2:], mode="nearest")
             p16 = self.fuse16(self.lat16(f16) + up)
             cls, reg, ctr = [], [], []
             for i, (p, stride) in enumerate(zip((p16, p32), self.strides, strict=True)):

@@ -1,16 +1,18 @@
 """``edge-tl export`` and ``bench`` of a detection run (``finetune --task detect``): detector -> ``RUN/targets/<T>/``.
 
-Float targets whose backend converts an ONNX graph as it is (ONNX Runtime, OpenVINO) only: INT8 needs a
-calibration and accuracy fallback judged on boxes, and TensorRT a device check of the box graph, neither
-built yet (:func:`check_detect_target` says so in one line, before any work).
+Targets whose backend converts an ONNX graph as it is (ONNX Runtime, OpenVINO), fp32 or INT8; TensorRT
+needs a device check of the box graph, not built yet (:func:`check_detect_target` says so in one line,
+before any work).
 
 The graph is the one :func:`edge_tl.detect.export.export_detector` writes (``boxes`` (B, K, 4) in input
-pixels, ``scores`` (B, K, C); NMS outside the graph), converted by the backend's own float converter
+pixels, ``scores`` (B, K, C); NMS outside the graph). fp32: converted by the backend's own float converter
 (``stages.convert.convert_float``), then run on this host on the run's held-out validation images and
 compared with the torch model after NMS (:func:`edge_tl.detect.export.compare_outputs`): an fp32 export
-whose boxes or mAP move is an error and nothing is written. The target manifest records ``task: detect``,
-the outputs and the NMS parameters the runtime needs, and the check (``validation``, ``target_manifest.
-DetectValidation``).
+whose boxes or mAP move is an error and nothing is written. INT8: quantised by the backend's quantiser with
+the accuracy fallback judged by mAP@0.5 (:mod:`edge_tl.detect.quantize`), then its verdict on the
+validation images the fallback did not choose on (:func:`validate_int8`). The target manifest records
+``task: detect``, the outputs and the NMS parameters the runtime needs, and the check (``validation``,
+``target_manifest.DetectValidation``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 
 from ..backends import RunnerSpec, availability, open_runner
 from ..backends.base import after_export
+from ..backends.table import facts
 from ..errors import ConfigError, EdgeTLError
 from ..manifest import staged_folder, write_manifest
 from ..rundir import RunDir
@@ -33,22 +36,18 @@ from .export import BOX_IOU_FLOOR, compare_outputs, export_detector, held_out
 
 log = logging.getLogger("edge_tl")
 FLOAT_ONNX = "float.onnx"
-DETECT_BACKENDS = ("onnxruntime", "openvino")  # backends a detection graph is exported and checked for today
+DETECT_BACKENDS = ("onnxruntime", "openvino")  # backends a detection graph is exported (fp32, INT8) and checked for
 NMS_KEYS = ("score_threshold", "iou_threshold", "max_detections")
 
 
 def check_detect_target(target: Target) -> None:
     """ConfigError (one line) when ``target`` is one a detection run cannot be exported for yet."""
-    if target.quantized or target.precision == "int8":
-        raise ConfigError(f"{target.name}: INT8 export of a detection run is not built yet (no box-aware "
-                          "calibration or accuracy check); export a float target (cpu-onnxruntime-fp32, "
-                          "cpu-openvino-fp32)")
     if target.backend not in DETECT_BACKENDS:
         raise ConfigError(f"{target.name}: {target.backend} export of a detection run is not built yet; "
-                          "export cpu-onnxruntime-fp32 or cpu-openvino-fp32")
-    if target.precision != "fp32":
+                          "export cpu-onnxruntime-fp32 / -int8 or cpu-openvino-fp32 / -int8")
+    if target.precision not in ("fp32", "int8"):
         raise ConfigError(f"{target.name}: {target.precision} export of a detection run is not built yet; "
-                          "export an fp32 target (cpu-onnxruntime-fp32, cpu-openvino-fp32)")
+                          "export an fp32 or int8 target (cpu-onnxruntime-int8, cpu-openvino-int8)")
 
 
 def nms_args(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -59,10 +58,10 @@ def nms_args(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def target_outputs(folder: Path, model_file: str, backend: str, device: str, threads: int, batch: int,
-                   inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                   inputs: np.ndarray, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """An exported detection graph on ``backend`` over ``inputs`` (N, 3, S, S) float32, in batches of
     ``batch``: (boxes (N, K, 4) input pixels, scores (N, K, C)). The backend must run on this host."""
-    runner: Any = open_runner(RunnerSpec(folder / model_file, backend, device, "fp32", threads, batch))
+    runner: Any = open_runner(RunnerSpec(folder / model_file, backend, device, precision, threads, batch))
     try:
         outs = [runner.run_outputs(inputs[i:i + batch]) for i in range(0, len(inputs), batch)]
     finally:
@@ -91,9 +90,47 @@ def validate_detect(target: Target, folder: Path, reference: tuple[np.ndarray, n
             "map50_95_target": c["map50_95_candidate"], "passed": c["passed"], "pixels": "input"}
 
 
+def validate_int8(target: Target, folder: Path, judge: Any, reference: tuple[np.ndarray, np.ndarray],
+                  ) -> dict[str, Any] | None:
+    """The shipped INT8 graph in ``folder`` run here (its runner, as bench runs it) on the verdict images of
+    ``judge`` (``detect.quantize.DetectJudge``: the validation images no float layer was chosen on), against
+    the torch outputs ``reference`` on every validation image; None when this host cannot run the backend.
+    The fields of ``target_manifest.DetectValidation``, boxes matched at IoU 0.5 (bench's match), ``passed``
+    the ``max_map50_drop`` gate, with ``map50_drop`` (points) and ``gates``."""
+    if availability(target.backend, target.device) is not None:
+        return None
+    from .evaluate import detection_metrics
+    from .nms import batched_nms
+
+    ver = judge.verdict
+    boxes, scores = target_outputs(folder, target.model_file, target.backend, target.device, target.threads,
+                                   target.batch_size, ver.inputs, target.precision)
+    v = judge.values(ver, batched_nms(boxes, scores, **judge.nms))
+    a = v["box_match"]
+    rb, rs = reference[0][ver.index], reference[1][ver.index]
+    return {"task": "detect", "backend": target.backend, "device": target.device, "n": len(ver),
+            "agreement": a["matched_share"],
+            "disagreements": max(a["reference_boxes"], a["candidate_boxes"]) - a["matched"],
+            "boxes": a, "match_iou": a["match_iou"],
+            "max_abs_box_diff": float(np.abs(rb - boxes).max()) if len(ver) else 0.0,
+            "max_abs_score_diff": float(np.abs(rs - scores).max()) if len(ver) else 0.0,
+            "max_abs_logit_diff": float(np.abs(rs - scores).max()) if len(ver) else 0.0,
+            "map50_torch": v["reference_map50"], "map50_target": v["map50"],
+            "map50_95_torch": detection_metrics(ver.reference, ver.truths, judge.classes)["map50_95"],
+            "map50_95_target": v["map50_95"], "map50_drop": v["map50_drop"], "gates": v["gates"],
+            "passed": v["passed"], "pixels": "input",
+            "images": judge.held_out_text(f"{target.backend} runner"), "selection_n": judge.selection_n}
+
+
 def export_detect(run: RunDir, target: Target, src: Path, det: Any, src_manifest: dict[str, Any],
-                  quiet: bool = True) -> dict[str, Any]:
+                  quiet: bool = True, calibration: str | None = None) -> dict[str, Any]:
     """Export the detector ``det`` of ``src`` (``RUN/finetune``) for ``target``; returns the target manifest.
+
+    fp32: the graph is checked against torch on every validation image (:func:`validate_detect`). INT8
+    (``detect.quantize.quantize_detect``: calibration on the training images, or ``calibration``, a folder or
+    list file; float layers chosen on a part of the validation images by mAP@0.5): the shipped graph's
+    verdict on the other part (:func:`validate_int8`); a graph that misses ``max_map50_drop`` there ships
+    (the best measured) with a warning, as a classifier's INT8 export does, and bench fails it.
 
     ConfigError for a target not built for detection yet (:func:`check_detect_target`); EdgeTLError when the
     fp32 graph's detections on this host differ from torch's (nothing is written); ArtifactError / DataError
@@ -101,6 +138,8 @@ def export_detect(run: RunDir, target: Target, src: Path, det: Any, src_manifest
     from ..stages.convert import convert_float
 
     check_detect_target(target)
+    if calibration is not None and not target.quantized:
+        log.warning("--calibration is ignored: %s is not an INT8 target", target.name)
     started = time.perf_counter()
     classes = list(src_manifest["classes"])
     nms = nms_args(src_manifest)
@@ -110,10 +149,20 @@ def export_detect(run: RunDir, target: Target, src: Path, det: Any, src_manifest
     reference = predict_frames(det.to("cpu"), held.frames, held.preprocess)
     with staged_folder(run.target(target.name)) as tmp:
         export_detector(det, tmp / FLOAT_ONNX, opset=target.opset)
-        files = convert_float(target, tmp / FLOAT_ONNX, tmp)
+        quantized: dict[str, Any] = {}
+        if target.quantized:
+            from .quantize import quantize_detect
+
+            files, quantized, judge = quantize_detect(run, target, src, tmp / FLOAT_ONNX, tmp, held, reference,
+                                                      classes, nms, calibration, quiet)
+        else:
+            files = convert_float(target, tmp / FLOAT_ONNX, tmp)
         extra = after_export(target.backend, target, tmp)
-        validation = validate_detect(target, tmp, reference, held, classes, nms)
-        if validation is not None and not validation["passed"]:
+        if target.quantized:
+            validation = validate_int8(target, tmp, judge, reference)
+        else:
+            validation = validate_detect(target, tmp, reference, held, classes, nms)
+        if validation is not None and not validation["passed"] and not target.quantized:
             raise EdgeTLError(
                 f"fp32 export for {target.name} moved {validation['disagreements']} of "
                 f"{validation['boxes']['reference_boxes']} boxes or the mAP (torch mAP@0.5 "
@@ -134,7 +183,7 @@ def export_detect(run: RunDir, target: Target, src: Path, det: Any, src_manifest
                      "locations": spec.get("locations"),
                      "nms": "outside the graph: edge_tl.runtime.nms.nms (numpy) with `postprocess`, then "
                             "edge_tl.runtime.nms.to_image_pixels with the preprocessing's resize_mode"},
-            postprocess={**(src_manifest.get("postprocess") or {}), **nms}, **extra)
+            postprocess={**(src_manifest.get("postprocess") or {}), **nms}, **quantized, **extra)
         # Inside the staged folder: a manifest that does not fit its model never replaces a good export.
         check_target_manifest(manifest)
     if validation is None:
@@ -144,16 +193,29 @@ def export_detect(run: RunDir, target: Target, src: Path, det: Any, src_manifest
 
 
 def describe_detect(manifest: dict[str, Any], folder: Path) -> list[str]:
-    """The line the CLI prints after a detection export: the check against torch, or that there was none."""
+    """The lines the CLI prints after a detection export: the check against torch, or that there was none; an
+    INT8 export adds its layers kept float and, when it misses its gate, says so."""
     v = manifest.get("validation")
     check = (f"box agreement {v['agreement']:.4f} ({v['boxes']['matched']} of {v['boxes']['reference_boxes']} boxes "
              f"at IoU >= {v['match_iou']}), mAP@0.5 {_f(v['map50_target'])} vs torch {_f(v['map50_torch'])} "
              f"on {v['n']} validation images" if v else "not validated on this host")
-    return [f"exported {manifest['target']['name']} (detection) from {manifest['source_stage']}: {check} -> {folder}"]
+    fb = manifest.get("fallback")
+    if fb is None:
+        return [f"exported {manifest['target']['name']} (detection) from {manifest['source_stage']}: {check} -> "
+                f"{folder}"]
+    kept = len(manifest.get("float_layers") or [])
+    if v:
+        check += (f" held out (mAP@0.5 drop {_f(v.get('map50_drop'), 2)} points; float layers chosen on "
+                  f"{v.get('selection_n')} others)")
+    lines = [f"exported {manifest['target']['name']} (detection, INT8, {kept} layer(s) kept float by the fallback) "
+             f"from {manifest['source_stage']}: {check} -> {folder}"]
+    if v and not v["passed"]:
+        lines.append(f"FAILS its gate: {fb.get('message') or '; '.join((fb.get('held_out') or {}).get('failed', []))}")
+    return lines
 
 
-def _f(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
+def _f(v: float | None, digits: int = 4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,12 +244,16 @@ def bench_detect(run: RunDir, chosen: list[Target], *, json_path: str | None = N
     (fractions; detections after the run's NMS, in original image pixels, as the fine-tune measured them),
     ``map50_drop`` (percentage points), ``box_agreement`` (share of the reference's boxes the target matches:
     same class, IoU >= 0.5; ``box_match`` has the counts), and batch-1 latency of both timed in alternating
-    blocks with the target's threads and warm-up (``bench.latency.measure_paired``), with the speedup. Gates:
-    the profile's ``max_map50_drop`` and ``max_p95_ms``. A target this host cannot run, or not exported, is
-    reported as skipped (an EdgeTLError when it was the one target named). Each measured report has a grid of
-    images with the ground truth and both models' boxes (``detect_plot``, ``detect.gallery``). Returns the
-    reports, written to ``RUN/reports/`` (and ``json_path``). DataError (one line) when a validation image
-    is gone or changed since the fine-tune, or ``data`` is not a usable box folder."""
+    blocks with the target's threads and warm-up (``bench.latency.measure_paired``), with the speedup. An INT8
+    target adds what its graph computes in (``precision_state``, ``float_layers``), its figures on the
+    validation images its fallback did not choose on (``held_out``: the ``max_map50_drop`` gate judges that
+    drop) and its fp32 graph on the same backend timed alongside (``float_same_backend_p50_ms``,
+    ``int8_speedup_over_float``). Gates: the profile's ``max_map50_drop`` and ``max_p95_ms``. A target this
+    host cannot run, or not exported, is reported as skipped (an EdgeTLError when it was the one target
+    named). Each measured report has a grid of images with the ground truth and both models' boxes
+    (``detect_plot``, ``detect.gallery``). Returns the reports, written to ``RUN/reports/`` (and ``json_path``).
+    DataError (one line) when a validation image is gone or changed since the fine-tune, or ``data`` is not a
+    usable box folder."""
     import sys
 
     from ..bench.run import Steps, _now, data_reports_dir, host_cannot_run, new_session, target_arg
@@ -269,6 +335,7 @@ def _bench_one(run: RunDir, target: Target, folder: Path, det: Any, held: Any, r
     from ..bench.labels import headline_figure
     from ..bench.latency import block_ratio_spread, measure_paired
     from ..bench.report import verdict_text
+    from ..bench.precision import precision_state
     from ..bench.run import NO_LATENCY_TEXT, _now, _size_mb, target_gates
     from ..gates import all_passed
     from ..manifest import sha256_file
@@ -282,7 +349,7 @@ def _bench_one(run: RunDir, target: Target, folder: Path, det: Any, held: Any, r
     size, mode = int(manifest["preprocessing"]["crop"]), held.preprocess.resize_mode
     say(f"detections on {len(items)} evaluation images…")
     cand_dets = detections_from(*target_outputs(folder, target.model_file, target.backend, target.device,
-                                                target.threads, target.batch_size, held.inputs),
+                                                target.threads, target.batch_size, held.inputs, target.precision),
                                 items, size, mode, **nms)
     m = detection_metrics(cand_dets, truths, classes)
     match = box_agreement(cand_dets, ref_dets)
@@ -295,8 +362,22 @@ def _bench_one(run: RunDir, target: Target, folder: Path, det: Any, held: Any, r
         "size_mb": _size_mb(folder, target.model_file), "source_stage": manifest.get("source_stage"),
         "target_manifest_sha256": sha256_file(folder / "manifest.json")}
     notes: list[str] = []
+    gated_drop = drop
+    if target.quantized:
+        state = precision_state(folder, target.model_file, target.backend, manifest)
+        candidate |= {"precision_state": state, "float_layers": manifest.get("float_layers")}
+        if state is not None:
+            candidate["precision"] = state["precision"]  # "int8", "mostly float" or "float": what it computes in
+        held_out = _int8_held_out(manifest, items, cand_dets, ref_dets, truths, classes)
+        if held_out is not None:
+            candidate["held_out"] = held_out
+            gated_drop = held_out["map50_drop"]
+            notes.append(f"the max_map50_drop gate judges the {held_out['n']} validation images no INT8 float layer "
+                         f"was chosen on (mAP@0.5 drop {_f(gated_drop, 2)} points there; "
+                         f"{_f(drop, 2)} on all {len(items)}, {held_out['selection_n']} of which chose them)")
     speedup = spread = host_load = None
     unreliable: list[str] = []
+    flat = int8_lat = None
     if latency:
         say(f"batch-1 latency of torch and {target.backend} in alternating blocks ({target.iterations} calls)…")
         runner: Any = open_runner(RunnerSpec(folder / target.model_file, target.backend, target.device,
@@ -309,6 +390,15 @@ def _bench_one(run: RunDir, target: Target, folder: Path, det: Any, held: Any, r
                 base["measured_at"] = _now()
                 ref_lat, cand_lat = measure_paired(_torch_fn(det), runner.run, held.inputs[:1], target.warmup,
                                                    target.iterations)
+                if target.quantized and (folder / FLOAT_ONNX).is_file():
+                    # INT8 has to earn its place: the fp32 graph on the same backend, timed alongside.
+                    say("INT8 vs the fp32 graph on the same backend, alternating blocks…")
+                    frunner: Any = open_runner(RunnerSpec(folder / FLOAT_ONNX, target.backend, target.device,
+                                                          facts(target.backend).float_baseline, target.threads,
+                                                          target.batch_size))
+                    with contextlib.closing(frunner):
+                        flat, int8_lat = measure_paired(frunner.run, runner.run, held.inputs[:1], target.warmup,
+                                                        target.iterations)
         finally:
             torch.set_num_threads(threads)
         reference["latency_ms"], candidate["latency_ms"] = ref_lat, cand_lat
@@ -319,6 +409,16 @@ def _bench_one(run: RunDir, target: Target, folder: Path, det: Any, held: Any, r
         unreliable = list(host_load.get("reasons") or [])
         if (why := spread_reason(spread, "speedup")) is not None:
             unreliable.append(why)
+        if flat is not None and int8_lat is not None:
+            ratio = flat["p50"] / int8_lat["p50"]
+            candidate |= {"float_same_backend_p50_ms": flat["p50"], "int8_same_backend_p50_ms": int8_lat["p50"],
+                          "int8_speedup_over_float": ratio,
+                          "int8_speedup_spread": block_ratio_spread(flat, int8_lat)}
+            if (why := spread_reason(candidate["int8_speedup_spread"], "INT8 speed-up over float")) is not None:
+                unreliable.append(why)
+            if ratio < 1.0:
+                notes.append(f"INT8 is SLOWER than the fp32 graph on this host ({ratio:.2f}× of its speed): ship "
+                             "the fp32 target here")
         if unreliable:
             notes.append("UNRELIABLE TIMING: speedup and latencies are not to be trusted: " + "; ".join(unreliable)
                          + ". Re-run on a quiet host (or with --wait-quiet SECONDS).")
@@ -329,7 +429,8 @@ def _bench_one(run: RunDir, target: Target, folder: Path, det: Any, held: Any, r
         base["timing"] = NO_LATENCY_TEXT
         notes.append(f"accuracy only (--no-latency): {NO_LATENCY_TEXT}")
     p95 = (candidate["latency_ms"] or {}).get("p95")
-    gates = target_gates(target, {"max_map50_drop": drop, "max_p95_ms": p95}, () if latency else ("max_p95_ms",))
+    gates = target_gates(target, {"max_map50_drop": gated_drop, "max_p95_ms": p95},
+                         () if latency else ("max_p95_ms",))
     if target.gates.max_map50_drop is None:
         notes.append("the profile sets no max_map50_drop gate: the mAP@0.5 drop is recorded, not gated")
     report = base | {"notes": base["notes"] + notes, "candidate": candidate, "speedup": speedup,
@@ -342,3 +443,24 @@ def _bench_one(run: RunDir, target: Target, folder: Path, det: Any, held: Any, r
     say(f"done: {h.label} {h.text(m[h.key])} (reference {h.text(reference[h.key])}) on {base['eval_set']['name']}, "
         f"box agreement {match['matched_share']:.4f}, {verdict_text(report)}")
     return report
+
+
+def _int8_held_out(manifest: dict[str, Any], items: list[Any], cand_dets: list[Any], ref_dets: list[Any],
+                   truths: list[dict[str, Any]], classes: list[str]) -> dict[str, Any] | None:
+    """An INT8 export's figures on the validation images its fallback did not choose float layers on (all but
+    the manifest's ``fallback.selection.images``): ``n``, ``map50``, ``reference_map50``, ``map50_drop``
+    (points), ``box_agreement``, ``box_match``; None when the manifest names no selection images (no gate, an
+    older export) or every image was one."""
+    from .evaluate import box_agreement, detection_metrics
+
+    chosen = set(((manifest.get("fallback") or {}).get("selection") or {}).get("images") or [])
+    rest = [i for i, a in enumerate(items) if a.path not in chosen]
+    if not chosen or not rest or len(rest) == len(items):
+        return None
+    cand, ref, gt = ([v[i] for i in rest] for v in (cand_dets, ref_dets, truths))
+    m, r = detection_metrics(cand, gt, classes), detection_metrics(ref, gt, classes)
+    match = box_agreement(cand, ref)
+    drop = None if m["map50"] is None or r["map50"] is None else (r["map50"] - m["map50"]) * 100.0
+    return {"n": len(rest), "selection_n": len(items) - len(rest), "map50": m["map50"], "reference_map50": r["map50"],
+            "map50_drop": drop, "box_agreement": match["matched_share"], "box_match": match,
+            "images": "validation images no float layer was chosen on (the export's verdict images)"}

@@ -81,9 +81,12 @@ def export(run_dir: str | Path, target_name: str, calibration: str | None = None
         raise ConfigError(f"target {target.name} wants input_size {target.input_size}, the model was "
                           f"trained at {crop}; change the profile or fine-tune at that size")
     own = step_for(src_manifest.get("task"), "export")
+    if own is not None and qat_epochs:
+        raise ConfigError(f"--qat trains a classifier; a {src_manifest.get('task')} run's INT8 is post-training "
+                          "only (export it without --qat)")
     if own is not None:
         # A detector: no eval set of logits, no OOD head, boxes judged after NMS (``detect.ship``).
-        return own(run, target, src, model, src_manifest, quiet)
+        return own(run, target, src, model, src_manifest, quiet, calibration=calibration)
     if calibration is not None and not target.quantized:
         log.warning("--calibration is ignored: %s is not an INT8 target", target.name)
     if qat_epochs < 0:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...errors import require
-from ...fixed_float import float_names
+from ...fixed_float import GraphView, float_names, judged
 from ..int8 import EVAL_BATCH, LOGITS, OFFSET_NODE, quiet_library_logging, rel_error
 from ..table import facts
 
@@ -25,18 +25,28 @@ MODEL = "graph"
 
 
 def logits(model: Any, inputs: np.ndarray, threads: int = 2, batch: int = EVAL_BATCH) -> np.ndarray:
-    """``model``: a path, the serialised graph, or a ModelProto."""
+    """What the gates judge of ``model`` on ``inputs`` (``fixed_float.judged``: the logits; a detector's boxes
+    and scores). ``model``: a path, the serialised graph, or a ModelProto."""
     if not isinstance(model, (str, bytes)):
         model = model.SerializeToString()
     sess = ort_session(model, threads)
     name = sess.get_inputs()[0].name
-    return np.concatenate([np.asarray(sess.run(None, {name: inputs[i:i + batch]})[0], np.float32)
+    names = [o.name for o in sess.get_outputs()]
+    return np.concatenate([judged(names, sess.run(None, {name: inputs[i:i + batch]}), inputs.shape[-1])
                            for i in range(0, len(inputs), batch)])
 
 
 def fixed_float(model: Any) -> list[str]:
     """Names of the nodes of an ONNX model that must stay float (``fixed_float.float_names``)."""
-    return float_names({o.name for o in model.graph.output}, [n.name for n in model.graph.node])
+    made_by = {o: n.name for n in model.graph.node for o in n.output}
+    outputs = {o.name for o in model.graph.output}
+    view = GraphView({n.name: [made_by[i] for i in n.input if i in made_by] for n in model.graph.node},
+                     [made_by[o] for o in outputs if o in made_by],
+                     frozenset(n.name for n in model.graph.node if n.op_type in LAYER_OPS))
+    return float_names(outputs, [n.name for n in model.graph.node], view)
+
+
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers a walk back from the outputs stops at
 
 
 def host_threads(target: Target) -> int:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...errors import require
-from ...fixed_float import float_names
+from ...fixed_float import GraphView, float_names, judged, output_name
 from ..int8 import EVAL_BATCH, LOGITS, OFFSET_NODE, correct_logit_offset, quiet_library_logging, rel_error
 from ..pixel_grid import PixelInput, pin_pixel_quantizer, restore_pixels
 from . import OPENVINO_PRESET
@@ -115,14 +115,22 @@ def from_qdq(qdq: bytes, target: Target, out_dir: Path) -> tuple[list[str], Any]
 
 
 def logits(model: Any, inputs: np.ndarray, threads: int = 2, batch: int = EVAL_BATCH) -> np.ndarray:
+    """What the gates judge of ``model`` on ``inputs`` (``fixed_float.judged``: the logits; a detector's boxes
+    and scores)."""
     # Compiled as the bench's runner compiles the INT8 graph, so the gate sees the same numbers.
+    return _judged(model, inputs, threads, batch, "int8")
+
+
+def _judged(model: Any, inputs: np.ndarray, threads: int, batch: int, precision: str) -> np.ndarray:
     core, compiled = shared_core(), {}
+    names = [output_name(out.get_names()) for out in model.outputs]
     out = []
     for i in range(0, len(inputs), batch):
         x = inputs[i:i + batch]
         if x.shape not in compiled:
-            compiled[x.shape] = compile_static(core, model, x.shape, "CPU", cpu_config(threads, "int8"))
-        out.append(np.asarray(compiled[x.shape](x)[0], np.float32))
+            compiled[x.shape] = compile_static(core, model, x.shape, "CPU", cpu_config(threads, precision))
+        result = compiled[x.shape](x)
+        out.append(judged(names, [result[k] for k in range(len(names))], inputs.shape[-1]))
     return np.concatenate(out)
 
 
@@ -163,8 +171,7 @@ def sensitivity(qmodel: Any, float_model: Any, inputs: np.ndarray, threads: int 
                 ) -> tuple[float, list[dict[str, Any]]]:
     """Each activation FakeQuantize of ``qmodel`` bypassed alone: how much of the INT8 logit error it
     removes, most sensitive first (rows: ``name``, ``consumers``, ``sensitivity``, ``error_if_float``)."""
-    fp32 = compile_static(shared_core(), float_model, inputs.shape, "CPU", cpu_config(threads, "fp32"))
-    ref = np.asarray(fp32(inputs)[0], np.float32)
+    ref = _judged(float_model, inputs, threads, len(inputs), "fp32")
     base = rel_error(logits(qmodel, inputs, threads), ref)
     rows = []
     for op in qmodel.get_ordered_ops():
@@ -180,10 +187,17 @@ def sensitivity(qmodel: Any, float_model: Any, inputs: np.ndarray, threads: int 
 
 def fixed_float(model: Any) -> list[str]:
     """``fixed_float.float_names`` of an OpenVINO model converted from the ONNX graph (friendly names keep the
-    ONNX names)."""
+    ONNX names; ops the conversion fused or renamed are found through ``fixed_float.GraphView``)."""
     outputs = {name for o in model.outputs for name in o.get_names()}
-    return float_names(outputs, [op.get_friendly_name() for op in model.get_ops()
-                                 if op.get_type_name() not in ("Parameter", "Result", "Constant")])
+    ops = [op for op in model.get_ops() if op.get_type_name() not in ("Parameter", "Result", "Constant")]
+    view = GraphView({op.get_friendly_name(): [v.get_node().get_friendly_name() for v in op.input_values()]
+                      for op in ops},
+                     [r.input_value(0).get_node().get_friendly_name() for r in model.get_results()],
+                     frozenset(op.get_friendly_name() for op in ops if op.get_type_name() in LAYER_OPS))
+    return float_names(outputs, [op.get_friendly_name() for op in ops], view)
+
+
+LAYER_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")  # where the walk back stops
 
 
 def _nncf_device(device: str) -> Any:

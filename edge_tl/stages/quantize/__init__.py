@@ -50,7 +50,9 @@ graph ONNX Runtime and TensorRT execute, made by ``quantize_static`` (``quantize
 
 * ``__init__`` (this module): ``quantize_for_target``, the driver. It builds the calibration set and
   the judge, hands the target to its backend's quantiser (with ``fallback`` as its ``rules``), times the
-  result and writes calibration.json.
+  result and writes calibration.json. A detection run comes in one step later (``quantize_judged``, from
+  ``edge_tl/detect/quantize.py``): its own calibration images and a judge of the same shape that measures
+  mAP@0.5 after NMS; the quantisers, the search and ``finish_int8`` are these.
 * ``fallback``: the gates, the selection set and ``Judge``, the fallback record before and after the
   search, ``search_fewest`` and ``bypass_fewest``, the held-out verdict, the report. No runtime.
 * ``qat_``: quantisation-aware training's graph (``stages/qat.py`` trains), judged in any backend.
@@ -70,7 +72,13 @@ import numpy as np
 from ...backends.int8 import quantizer_for
 from ...backends.table import BACKENDS as BACKEND_TABLE
 from ...backends.table import facts
-from ...calibration import SelectionSet, build_calibration_set, build_selection_set, write_calibration_json
+from ...calibration import (
+    CalibrationSet,
+    SelectionSet,
+    build_calibration_set,
+    build_selection_set,
+    write_calibration_json,
+)
 from ...errors import ConfigError
 from ...evalset import EvalSet
 from ...manifest import read_manifest
@@ -81,11 +89,30 @@ from . import fallback, qat_
 from .fallback import gate_values, make_judge, report_fallback, search_fewest
 from .speed import speed_check
 
-__all__ = ["CALIBRATION_JSON", "gate_values", "quantize_for_target", "search_fewest", "speed_check"]
+__all__ = ["CALIBRATION_JSON", "finish_int8", "gate_values", "int8_quantiser", "quantize_for_target",
+           "quantize_judged", "search_fewest", "speed_check"]
 
 log = logging.getLogger("edge_tl")
 
 CALIBRATION_JSON = "calibration.json"
+
+
+def int8_quantiser(target: Target) -> tuple[Any, dict[str, Any]]:
+    """The quantiser of ``target``'s backend (``backends.int8.Quantizer``) and its settings, checked before any
+    calibration work: ConfigError for a method or form the backend does not take."""
+    q = target.quantizer
+    if q.method == "none":
+        raise ConfigError(f"{target.name}: precision is int8 but quantizer.method is 'none' "
+                          "(use onnx_qdq or nncf)")
+    known = facts(target.backend)
+    if q.method == "onnx_qdq" and not known.onnx_qdq:
+        takers = " or ".join(b.name for b in BACKEND_TABLE.values() if b.onnx_qdq)
+        raise ConfigError(f"{target.name}: quantizer.method 'onnx_qdq' needs backend {takers}, not {target.backend}")
+    backend = quantizer_for(target.backend)
+    if backend is None:
+        raise ConfigError(f"{target.name}: the {target.backend} backend has no INT8 quantiser")
+    # Bad combinations fail early (ONNX graphs: the QDQ form the runtime accepts).
+    return backend, backend.settings(target)
 
 
 def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path, out_dir: Path,
@@ -106,22 +133,10 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
     (the torch model in ``src``; loaded when None) instead of post-training quantisation
     (``qat_.quantize_qat``).
     """
-    q = target.quantizer
-    if q.method == "none":
-        raise ConfigError(f"{target.name}: precision is int8 but quantizer.method is 'none' "
-                          "(use onnx_qdq or nncf)")
-    known = facts(target.backend)
-    if q.method == "onnx_qdq" and not known.onnx_qdq:
-        takers = " or ".join(b.name for b in BACKEND_TABLE.values() if b.onnx_qdq)
-        raise ConfigError(f"{target.name}: quantizer.method 'onnx_qdq' needs backend {takers}, not {target.backend}")
-    backend = quantizer_for(target.backend)
-    if backend is None:
-        raise ConfigError(f"{target.name}: the {target.backend} backend has no INT8 quantiser")
-    # Bad combinations fail early (ONNX graphs: the QDQ form the runtime accepts).
-    settings = backend.settings(target)
+    backend, settings = int8_quantiser(target)
     src_manifest = read_manifest(src, verify=False)
     pre = Preprocess.from_dict(src_manifest["preprocessing"])
-    cset = build_calibration_set(run, pre, src_manifest["classes"], q.calibration_size,
+    cset = build_calibration_set(run, pre, src_manifest["classes"], target.quantizer.calibration_size,
                                  user_source=calibration, quiet=quiet)
     anomaly = src_manifest.get("task") == "anomaly"
     float_values = gate_values(src_logits, evalset, target.gates, anomaly=anomaly) if len(evalset.labels) else None
@@ -139,7 +154,8 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
     judge, sel = make_judge(target, run, src, evalset, src_logits, gate_reference != "full model",
                             lambda: build_selection_set(run, pre, src_manifest["classes"], cset, quiet=quiet)
                             if selection is None else selection, model_logits, anomaly)
-
+    # The selection images are listed beside the calibration images: both sets are auditable by sha256.
+    chosen_on = (sel.summary() | {"images": sel.images}) if sel is not None else None
     if qat_epochs:
         if model is None:
             from ...checkpoint import load_model
@@ -147,23 +163,39 @@ def quantize_for_target(target: Target, run: RunDir, src: Path, float_onnx: Path
             model, _ = load_model(src)
         files, info = qat_.quantize_qat(backend, target, run, model, out_dir, cset, judge, sel, float_values, pre,
                                         qat_epochs, quiet, float_onnx)
-    else:
-        files, info = backend.quantize(target, settings, float_onnx, out_dir, cset, judge, float_values, pre,
-                                       fallback)
+        return finish_int8(target, float_onnx, out_dir, files, info, cset, pre, chosen_on, gate_reference)
+    return quantize_judged(target, backend, settings, float_onnx, out_dir, cset, judge, float_values, pre,
+                           chosen_on, gate_reference)
 
+
+def quantize_judged(target: Target, backend: Any, settings: dict[str, Any], float_onnx: Path, out_dir: Path,
+                    cset: CalibrationSet, judge: Any, float_values: dict[str, Any] | None, pre: Preprocess,
+                    selection: dict[str, Any] | None, gate_reference: str) -> tuple[list[str], dict[str, Any]]:
+    """Post-training INT8 of ``float_onnx`` by ``backend`` (:func:`int8_quantiser`) into ``out_dir``, its float
+    layers chosen by ``judge`` (``fallback.Judge``, or a task's judge of the same shape:
+    ``detect.quantize.DetectJudge``), then :func:`finish_int8`. Returns the files and the manifest fields."""
+    files, info = backend.quantize(target, settings, float_onnx, out_dir, cset, judge, float_values, pre, fallback)
+    return finish_int8(target, float_onnx, out_dir, files, info, cset, pre, selection, gate_reference)
+
+
+def finish_int8(target: Target, float_onnx: Path, out_dir: Path, files: list[str], info: dict[str, Any],
+                cset: CalibrationSet, pre: Preprocess, selection: dict[str, Any] | None,
+                gate_reference: str) -> tuple[list[str], dict[str, Any]]:
+    """What every INT8 export adds to its quantiser's ``info``: the speed check (float vs INT8 here),
+    ``gate_reference``, ``answer_noise``, ``int8_speedup_over_float``, the calibration summary, and
+    ``calibration.json`` in ``out_dir`` (with the ``selection`` images); logs the fallback's outcome."""
     speed = speed_check(target, float_onnx, out_dir / target.model_file)
     info["speed_check"] = speed
     info["gate_reference"] = gate_reference
     # Bench and bundle split answers at this number (the shipped graph's noise on the selection images).
     info["answer_noise"] = info["fallback"].get("answer_noise")
     info["int8_speedup_over_float"] = speed.get("speedup")
-    methods = {"onnx_qdq": q.calibration_method, "qat": "moving-average min/max observers, then trained weights"}
+    methods = {"onnx_qdq": target.quantizer.calibration_method,
+               "qat": "moving-average min/max observers, then trained weights"}
     calibration_summary = cset.summary() | {"method": methods.get(info["quantizer"]["method"],
                                                                   "nncf (min/max statistics, bias correction)")}
-    # The selection images are listed beside the calibration images: both sets are auditable by sha256.
     write_calibration_json(out_dir / CALIBRATION_JSON, cset, method=calibration_summary["method"],
-                           target=target.name, preprocessing=pre.to_dict(),
-                           selection=(sel.summary() | {"images": sel.images}) if sel is not None else None)
+                           target=target.name, preprocessing=pre.to_dict(), selection=selection)
     info["calibration"] = calibration_summary
     report_fallback(target, info["fallback"])
     return [*files, CALIBRATION_JSON], info

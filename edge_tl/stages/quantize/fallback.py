@@ -113,6 +113,20 @@ def gate_values(logits: np.ndarray, evalset: EvalSet, gates: Gates, noise: float
     return values | {"gates": judged, "passed": not failed, "failed": failed}
 
 
+def map_gate_values(map50: float | None, reference_map50: float | None, gates: Gates,
+                    **figures: Any) -> dict[str, Any]:
+    """The gate figures of a detector (``detect.quantize.DetectJudge``): ``map50`` and ``reference_map50``
+    (fractions; None where no image has a ground-truth box), ``map50_drop`` (reference minus candidate,
+    percentage points, as bench reports it) and the verdict of ``max_map50_drop`` by ``gates.verdicts``, as
+    bench judges it; ``figures`` (box agreement and its counts) are kept beside them, not gated. A drop that
+    cannot be computed is None and fails its gate."""
+    drop = None if map50 is None or reference_map50 is None else (reference_map50 - map50) * 100.0
+    values: dict[str, Any] = {"map50": map50, "reference_map50": reference_map50, "map50_drop": drop, **figures}
+    judged = verdicts({"max_map50_drop": gates.max_map50_drop}, {"max_map50_drop": drop})
+    failed = [_failed_text(g, values) for g in judged if g["passed"] is False]
+    return values | {"gates": judged, "passed": not failed, "failed": failed}
+
+
 NOT_ENOUGH = "not enough images"
 
 
@@ -135,6 +149,9 @@ def images_to_show(limit: float) -> int | None:
 
 def _failed_text(g: dict[str, Any], values: dict[str, Any]) -> str:
     name, limit = g["name"], g["limit"]
+    if name == "max_map50_drop":
+        drop = values["map50_drop"]
+        return f"mAP@0.5 drop {drop:.2f} > {limit:g} points" if drop is not None else "mAP@0.5 not computed"
     if name == "max_top1_drop":
         return f"top-1 drop {values['top1_drop']:.2f} > {limit:g} points"
     if name == "max_auroc_drop":
@@ -158,6 +175,11 @@ def gate_margin(values: dict[str, Any], gates: Gates) -> float:
     search records it to pick the best failing trial.
     """
     slack = [1.0]
+    if "map50_drop" in values:  # a detector: mAP@0.5 drop in points, as top-1 drop
+        if gates.max_map50_drop is not None:
+            drop = values["map50_drop"]
+            slack.append((gates.max_map50_drop - drop) / 100.0 if drop is not None else -1.0)
+        return float(min(slack))
     conf = values.get("agreement_confident")
     if values.get("selection_call") in ("pass", "fail"):
         conf = values["confident_interval"][0]
@@ -175,12 +197,13 @@ def gate_margin(values: dict[str, Any], gates: Gates) -> float:
 def has_gates(gates: Gates) -> bool:
     """Whether any accuracy gate is set (either task's: the evaluation set's task picks which ones apply)."""
     return any(v is not None for v in (gates.max_top1_drop, gates.min_agreement, gates.max_auroc_drop,
-                                       gates.min_decision_agreement))
+                                       gates.min_decision_agreement, gates.max_map50_drop))
 
 
 SHORT_KEYS = ("top1", "top1_drop", "top1_drop_interval", "auroc", "auroc_drop", "decision_agreement", "agreement",
               "agreement_confident", "confident_n", "confident_interval", "near_tie_n", "near_tie_share",
-              "near_tie_agreement", "answer_noise", "selection_call", "passed", "failed")
+              "near_tie_agreement", "answer_noise", "selection_call",
+              "map50", "reference_map50", "map50_drop", "map50_95", "box_agreement", "passed", "failed")
 
 
 def short(values: dict[str, Any]) -> dict[str, Any]:
@@ -234,6 +257,21 @@ class Judge:
     error_scale: float = 1.0
     record: dict[str, Any] = dataclasses.field(default_factory=dict)  # the manifest's fallback.selection
     anomaly: bool = False  # an anomaly run: AUROC drop and decision agreement, never top-1 (one gate set per task)
+
+    @property
+    def selection_n(self) -> int:
+        """Images the float layers are chosen on (0: none)."""
+        return len(self.select.labels) if self.select is not None else 0
+
+    @property
+    def held_out_n(self) -> int:
+        """Images the verdict is measured on."""
+        return len(self.held_out.labels)
+
+    def held_out_text(self, where: str) -> str:
+        """Where the verdict was measured, as the manifest says it."""
+        return (f"{self.held_out_n} validation images (eval.npz; {where} on this host), held out: no float layer "
+                "was chosen on them")
 
     def on_selection(self, int8_logits: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
         """Gate values on the selection set of the INT8 graph ``int8_logits(inputs)``, its logit error
@@ -341,14 +379,14 @@ def fallback_start(target: Target, judge: Judge, float_values: dict[str, Any] | 
     called when something is to be chosen) and a ``status``: ``no gates``, ``disabled``, ``not needed``,
     ``cannot pass`` (the float model already misses) or ``needed`` (the caller searches for layers to
     keep in float). The verdict on validation is ``held_out``'s, afterwards."""
-    if not len(judge.held_out.labels) or not has_gates(target.gates):
+    if not judge.held_out_n or not has_gates(target.gates):
         return {"status": "no gates", "message": "no accuracy gate to check"}
-    if not target.quantizer.accuracy_fallback or judge.select is None:
+    if not target.quantizer.accuracy_fallback or not judge.selection_n:
         return {"status": "disabled", "message": "quantizer.accuracy_fallback is off: the all-INT8 graph ships"}
     before = judge.on_selection(int8_logits)
     fallback: dict[str, Any] = {
         "selection": judge.record, "before": short(before),
-        "measured_on": (f"{len(judge.select.labels)} selection images ({judge.record.get('source')}; {where} on "
+        "measured_on": (f"{judge.selection_n} selection images ({judge.record.get('source')}; {where} on "
                         f"this host, INT8 error ×{judge.error_scale:g}): before, after and trials")}
     if before.get("selection_call") == NOT_ENOUGH:
         gate = "min_decision_agreement" if judge.anomaly else "min_agreement"
@@ -375,28 +413,25 @@ def held_out(target: Target, fallback: dict[str, Any], judge: Judge, where: str,
     would choose on the very images the figures are reported on (the optimism this replaces)."""
     if fallback["status"] == "no gates":
         return
-    es = judge.held_out
+    n = judge.held_out_n
     noise = judge.noise(int8_logits)
     if noise is not None:
         fallback["answer_noise"] = noise
     values = judge.on_held_out(int8_logits, noise["value"] if noise is not None else 0.0)
-    fallback["held_out"] = short(values) | {
-        "n": len(es.labels), "measured_on": f"{len(es.labels)} validation images (eval.npz; {where} on this host), "
-        "held out: no float layer was chosen on them"}
+    fallback["held_out"] = short(values) | {"n": n, "measured_on": judge.held_out_text(where)}
     if values["passed"]:
         return
     failed = "; ".join(values["failed"])
     if fallback["status"] in ("not needed", "passed"):
         chosen = len(fallback.get("float_layers", []))
-        n_sel = len(judge.select.labels) if judge.select is not None else 0
         fallback["message"] = (
-            f"INT8 ({chosen} layer(s) in float) passes the gate on the {n_sel} "
-            f"selection images it was chosen on but misses it on the {len(es.labels)} held-out validation "
+            f"INT8 ({chosen} layer(s) in float) passes the gate on the {judge.selection_n} "
+            f"selection images it was chosen on but misses it on the {n} held-out validation "
             f"images ({failed}): shipped as chosen and not searched again on validation (that would report "
             "figures chosen on the same images); bench will fail this target. Calibrate on production images "
             "(--calibration) or use the fp32 target")
     elif fallback["status"] == "disabled":
-        fallback["message"] = (f"INT8 misses the gate on the {len(es.labels)} validation images ({failed}) and "
+        fallback["message"] = (f"INT8 misses the gate on the {n} validation images ({failed}) and "
                                "quantizer.accuracy_fallback is off: shipping the all-INT8 graph; bench will fail "
                                "this target")
 
