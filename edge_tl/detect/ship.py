@@ -334,8 +334,8 @@ def _bench_one(run: RunDir, target: Target, folder: Path, det: Any, held: Any, r
     from ..bench.hostload import HostLoad, spread_reason, wait_for_quiet
     from ..bench.labels import headline_figure
     from ..bench.latency import block_ratio_spread, measure_paired
-    from ..bench.report import verdict_text
     from ..bench.precision import precision_state
+    from ..bench.report import verdict_text
     from ..bench.run import NO_LATENCY_TEXT, _now, _size_mb, target_gates
     from ..gates import all_passed
     from ..manifest import sha256_file
