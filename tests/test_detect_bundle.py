@@ -81,7 +81,8 @@ def test_bundle_manifest_carries_task_nms_policy_and_golden_boxes(bundled: dict[
 
 def test_predict_without_torch_gives_boxes_in_the_original_pixels(bundled: dict[str, Any], odd_image: Path) -> None:
     """In a process where torch cannot be imported, the runtime and `predict --json` answer with boxes, in the
-    pixels of a 160 x 96 image fed to a 64 x 64 model: the graph's boxes after NMS, scaled back by 160/64, 96/64."""
+    pixels of a 160 x 96 image fed to a 64 x 64 model: the graph's boxes after NMS, the resize undone (letterbox:
+    the padding removed, then scaled by 160/64 and 96/38; full: scaled by 160/64 and 96/64), clipped to the image."""
     b = str(bundled["bundle"])
     code = f"""
 import json, sys
@@ -114,7 +115,11 @@ print(json.dumps({{"rc": rc, "n": len(p.boxes), "golden": golden["passed"],
     sess = ort.InferenceSession(str(bundled["bundle"] / "model.onnx"), providers=["CPUExecutionProvider"])
     boxes, scores = sess.run(None, {"input": x})
     d = nms(boxes[0], scores[0], **m["detect"]["nms"])
-    expected = d.boxes * np.array([160 / 64, 96 / 64, 160 / 64, 96 / 64], np.float32)
+    if m["detect"]["resize_mode"] == "letterbox":  # 160 x 96 fitted to 64 x 38, centred: 13 rows of padding above
+        expected = (d.boxes - np.array([0, 13, 0, 13], np.float32)) * np.array([160 / 64, 96 / 38, 160 / 64, 96 / 38])
+    else:  # squeezed into the square
+        expected = d.boxes * np.array([160 / 64, 96 / 64, 160 / 64, 96 / 64], np.float32)
+    expected = expected.clip(0, [160, 96, 160, 96])
     got = np.array([[r["x1"], r["y1"], r["x2"], r["y2"]] for r in row["boxes"]])
     assert expected.max() > 1  # so that an answer left in input pixels would differ
     np.testing.assert_allclose(got, expected, atol=0.011)
