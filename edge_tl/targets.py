@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .backends.openvino_ import OPENVINO_PRESET  # the manifest and `edge-tl targets NAME` say it
 from .backends.table import BACKENDS, facts
@@ -42,8 +42,22 @@ class Gates(_Strict):
     min_decision_agreement: float | None = Field(None, ge=0, le=1,
                                                  description="anomaly: fraction of ok/defect decisions equal to "
                                                  "the reference's")
-    # Detection runs (finetune --task detect): the mAP@0.5 drop against the torch detector.
-    max_map50_drop: float | None = Field(None, ge=0, description="detect: points of mAP@0.5 below the reference")
+    # Detection runs (finetune --task detect): the mAP@0.5 drop against the torch detector, and the share of its
+    # confident boxes the candidate finds (``detect.evaluate.box_agreement``).
+    max_map_drop: float | None = Field(None, ge=0, description="detect: points of mAP@0.5 below the reference")
+    min_box_agreement: float | None = Field(None, ge=0, le=1,
+                                            description="detect: share of the reference's boxes scoring at least "
+                                            "0.3 that the candidate finds (same class, IoU >= 0.5)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # Profiles and target manifests written before the design's name was adopted say max_map50_drop.
+        if isinstance(data, dict) and "max_map50_drop" in data:
+            data = dict(data)
+            old = data.pop("max_map50_drop")
+            data.setdefault("max_map_drop", old)
+        return data
 
 
 class Quantizer(_Strict):

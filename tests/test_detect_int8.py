@@ -34,7 +34,7 @@ method = "nncf"
 calibration_size = 6
 
 [gates]
-max_map50_drop = {limit}
+max_map_drop = {limit}
 """
 
 
@@ -81,7 +81,7 @@ def _check_int8_manifest(run: Path, m: dict[str, Any], backend: str) -> None:
     assert fb["status"] in ("not needed", "passed", "cannot pass") and "map50_drop" in fb["before"]
     # the verdict is mAP-judged, after NMS, against torch: recorded as the fp32 check is (DetectValidation)
     assert v["task"] == "detect" and v["backend"] == backend and v["match_iou"] == 0.5
-    assert [g["name"] for g in v["gates"]] == ["max_map50_drop"] and v["passed"] == v["gates"][0]["passed"]
+    assert [g["name"] for g in v["gates"]] == ["max_map_drop"] and v["passed"] == v["gates"][0]["passed"]
     if v["map50_drop"] is not None:
         assert v["map50_drop"] == pytest.approx((v["map50_torch"] - v["map50_target"]) * 100, abs=1e-9)
     assert fb["held_out"]["passed"] == v["passed"]
@@ -174,7 +174,7 @@ def test_bench_reports_int8_beside_fp32(run: Path, ort_int8: dict[str, Any], tmp
     assert c["precision_state"]["layers"] >= c["precision_state"]["int8_layers"] >= 1
     held = c["held_out"]
     assert held["n"] == ort_int8["validation"]["n"] and held["selection_n"] == ort_int8["validation"]["selection_n"]
-    gate = next(g for g in q["gates"] if g["name"] == "max_map50_drop")
+    gate = next(g for g in q["gates"] if g["name"] == "max_map_drop")
     assert gate["value"] == held["map50_drop"]  # the gate judges the images nothing was chosen on
     # latency beside the fp32 graph on the same backend, timed in the same run
     assert c["latency_ms"]["n"] == 5 and c["float_same_backend_p50_ms"] > 0 and c["int8_speedup_over_float"] > 0
@@ -219,7 +219,7 @@ def test_the_map_gate_is_judged_in_points_and_ranks_failures() -> None:
     from edge_tl.stages.quantize.fallback import gate_margin, map_gate_values
     from edge_tl.targets import Gates
 
-    gates = Gates(max_map50_drop=1.0)
+    gates = Gates(max_map_drop=1.0)
     ok, bad = map_gate_values(0.615, 0.62, gates), map_gate_values(0.60, 0.62, gates)
     assert ok["passed"] and ok["map50_drop"] == pytest.approx(0.5)
     assert not bad["passed"] and bad["failed"] == ["mAP@0.5 drop 2.00 > 1 points"]
@@ -232,3 +232,38 @@ def test_targets_lists_the_detect_gate(capsys: pytest.CaptureFixture[str]) -> No
 
     assert main(["targets"]) == 0
     assert "mAP@0.5 drop≤1.0 pt" in " ".join(capsys.readouterr().out.split())
+
+
+def _dets(rows: list[tuple[float, float, float, float, float, int]]) -> dict[str, np.ndarray]:
+    a = np.array([r[:4] for r in rows], np.float32).reshape(-1, 4)
+    return {"boxes": a, "scores": np.array([r[4] for r in rows], np.float32), "labels": np.array([r[5] for r in rows])}
+
+
+def test_the_box_gate_counts_confident_boxes_only() -> None:
+    """A candidate that loses a 0.08 box (noise at the score floor) keeps its confident agreement; one that loses
+    a 0.9 box fails ``min_box_agreement`` and says so; both share the fallback's and bench's verdict function."""
+    from edge_tl.detect.evaluate import box_figures
+    from edge_tl.stages.quantize.fallback import gate_margin, map_gate_values
+    from edge_tl.targets import Gates
+
+    ref = [_dets([(10, 10, 50, 50, 0.9, 0), (60, 60, 90, 90, 0.08, 1)]),
+           _dets([(5, 5, 30, 40, 0.7, 2)])]
+    lost_low = [_dets([(11, 10, 50, 51, 0.85, 0)]), _dets([(5, 5, 30, 40, 0.72, 2)])]
+    lost_sure = [_dets([(60, 60, 90, 90, 0.1, 1)]), _dets([(5, 5, 30, 40, 0.72, 2)])]
+    gates = Gates(max_map_drop=1.0, min_box_agreement=0.9)
+    low, sure = box_figures(lost_low, ref), box_figures(lost_sure, ref)
+    assert low["box_agreement"] == pytest.approx(2 / 3) and low["box_agreement_confident"] == 1.0
+    assert sure["box_agreement_confident"] == 0.5 and sure["confident_boxes"] == 2
+    ok, bad = map_gate_values(0.6, 0.6, gates, **low), map_gate_values(0.6, 0.6, gates, **sure)
+    assert ok["passed"] and [g["name"] for g in ok["gates"]] == ["max_map_drop", "min_box_agreement"]
+    assert not bad["passed"] and bad["failed"] == ["box agreement on confident boxes 0.5000 < 0.9 (2 reference boxes)"]
+    assert gate_margin(ok, gates) >= 0 > gate_margin(bad, gates)
+
+
+def test_a_profile_written_with_the_old_gate_name_still_loads(tmp_path: Path) -> None:
+    from edge_tl.targets import load_target_file
+
+    path = tmp_path / "old.toml"
+    path.write_text(PROFILE.format(name="old", backend="onnxruntime", device="cpu", limit=0.7).replace(
+        "max_map_drop", "max_map50_drop"))
+    assert load_target_file(path).gates.max_map_drop == 0.7

@@ -33,7 +33,7 @@ warmup = 2
 iterations = 20
 
 [gates]
-max_map50_drop = 0.1
+max_map_drop = 0.1
 """
 
 
@@ -114,7 +114,7 @@ def test_bench_times_both_and_gates_the_map_drop(run: Path, tmp_path: Path) -> N
     assert report["reference"]["latency_ms"]["n"] == report["candidate"]["latency_ms"]["n"] == 20
     assert report["speedup"] > 0 and report["timing_reliable"] in (True, False)
     gates = {g["name"]: g for g in report["gates"]}
-    assert gates["max_map50_drop"]["passed"] is True and report["passed"] is True
+    assert gates["max_map_drop"]["passed"] is True and report["passed"] is True
 
 
 def test_openvino_fp32_export(run: Path) -> None:

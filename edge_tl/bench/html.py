@@ -616,7 +616,8 @@ def index_json(reports: list[dict[str, Any]], title: str) -> dict[str, Any]:
                     "max_score_drift", "n_good", "n_defect")}
             elif r.get("task") == "detect":
                 rows[-1] |= {"task": "detect"} | {k: c.get(k) for k in (
-                    "map50", "map50_95", "map50_drop", "box_agreement", "per_class_ap50")}
+                    "map50", "map50_95", "map50_drop", "box_agreement", "box_agreement_confident",
+                    "per_class_ap50")}
         ident = group[0].get("eval_set")
         sets.append({"eval_set": ident if isinstance(ident, dict) else {"path": ident},
                      "eval_set_text": eval_set_text(group[0]), "headline": {"figure": h.label, "key": h.key},

@@ -48,13 +48,16 @@ def detect_rows(ref: dict[str, Any], cand: dict[str, Any], per_class: bool = Tru
     rows = [("mAP@0.5", _fmt(ref.get("map50")), _fmt(cand.get("map50"))),
             ("mAP@0.5:0.95", _fmt(ref.get("map50_95")), _fmt(cand.get("map50_95"))),
             ("mAP@0.5 drop (points)", "", _fmt(cand.get("map50_drop"), 2)),
-            ("box agreement (IoU >= 0.5, same class)", "", _fmt(cand.get("box_agreement"), 4))]
+            ("box agreement (IoU >= 0.5, same class)", "", _fmt(cand.get("box_agreement"), 4)),
+            ("box agreement, reference boxes scoring >= 0.3", "", _fmt(cand.get("box_agreement_confident"), 4))]
     held = cand.get("held_out")
     if held:  # an INT8 target: the images its float layers were not chosen on, which the gate judges
         rows += [(f"held out ({held['n']} images not chosen on): mAP@0.5", _fmt(held.get("reference_map50")),
                   _fmt(held.get("map50"))),
                  ("held out: mAP@0.5 drop (points, gated)", "", _fmt(held.get("map50_drop"), 2)),
-                 ("held out: box agreement", "", _fmt(held.get("box_agreement"), 4))]
+                 ("held out: box agreement", "", _fmt(held.get("box_agreement"), 4)),
+                 ("held out: box agreement, boxes scoring >= 0.3 (gated)", "",
+                  _fmt(held.get("box_agreement_confident"), 4))]
     if cand.get("float_same_backend_p50_ms") is not None:
         rows.append(("p50 ms: fp32 graph / INT8, same backend (alternating blocks)", "",
                      f"{_fmt(cand['float_same_backend_p50_ms'], 2)} / {_fmt(cand.get('int8_same_backend_p50_ms'), 2)}"

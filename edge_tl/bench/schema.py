@@ -160,6 +160,10 @@ class Candidate(_Accuracy):
     map50_drop: float | None = Field(None, description="detect: reference mAP@0.5 minus candidate's, percentage points")
     box_agreement: float | None = Field(
         None, description="detect: share of the reference's boxes the candidate matches (same class, IoU >= 0.5)")
+    box_agreement_confident: float | None = Field(
+        None, description="detect: the same share over the reference's boxes scoring >= 0.3 (min_box_agreement gates "
+        "it)")
+    confident_boxes: int | None = Field(None, description="detect: how many reference boxes score >= 0.3")
     box_match: dict[str, Any] | None = Field(None, description="detect: detect.evaluate.box_agreement's counts")
     # both tasks: agreement split at the answer noise (``metrics.margin_agreement``, ``margin_fields``)
     agreement_confident: float | None = Field(

@@ -18,6 +18,9 @@ import numpy as np
 from ..runtime.nms import Detections, iou_matrix
 
 MATCH_IOU = 0.5
+# A reference box at least this sure is one the line acts on; below it, boxes come and go with any noise (an INT8
+# graph moves a 0.06 box under the 0.05 floor), as near-tie answers do for a classifier.
+CONFIDENT_SCORE = 0.3
 
 
 def _as_dict(d: Detections | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -95,7 +98,8 @@ def detection_metrics(predictions: Sequence[Detections | Mapping[str, Any]],
 
 
 def box_agreement(candidate: Sequence[Detections | Mapping[str, Any]],
-                  reference: Sequence[Detections | Mapping[str, Any]], iou: float = MATCH_IOU) -> dict[str, Any]:
+                  reference: Sequence[Detections | Mapping[str, Any]], iou: float = MATCH_IOU,
+                  min_reference_score: float = 0.0) -> dict[str, Any]:
     """How closely a candidate model's detections follow the reference model's, image by image.
 
     Both: one entry per image (``boxes`` (M, 4), ``scores`` (M,), ``labels`` (M,)), same pixels. Matching is
@@ -103,7 +107,8 @@ def box_agreement(candidate: Sequence[Detections | Mapping[str, Any]],
     the same class with the highest IoU, when that IoU is at least ``iou``. Returns ``reference_boxes``,
     ``candidate_boxes``, ``matched``, ``matched_share`` (matched / reference boxes; 1.0 when the reference
     has none and neither has the candidate, else 0.0), ``mean_iou`` and ``mean_abs_score_diff`` over the
-    matched pairs (None without a match), and ``min_iou`` of the matched pairs.
+    matched pairs (None without a match), and ``min_iou`` of the matched pairs. ``min_reference_score``: only
+    reference boxes scoring at least this count (and are matched, against every candidate box).
     """
     if len(candidate) != len(reference):
         raise ValueError(f"{len(candidate)} candidate images for {len(reference)} reference images")
@@ -112,6 +117,9 @@ def box_agreement(candidate: Sequence[Detections | Mapping[str, Any]],
     for cand, ref in zip(candidate, reference, strict=True):
         cand, ref = _as_dict(cand), _as_dict(ref)
         rb, rs, rl = (np.asarray(ref[k]) for k in ("boxes", "scores", "labels"))
+        if min_reference_score > 0:
+            keep = rs >= min_reference_score
+            rb, rs, rl = rb[keep], rs[keep], rl[keep]
         cb, cs, cl = (np.asarray(cand[k]) for k in ("boxes", "scores", "labels"))
         n_ref, n_cand = n_ref + len(rs), n_cand + len(cs)
         if not len(rs) or not len(cs):
@@ -129,4 +137,17 @@ def box_agreement(candidate: Sequence[Detections | Mapping[str, Any]],
     share = len(ious) / n_ref if n_ref else (1.0 if not n_cand else 0.0)
     return {"reference_boxes": n_ref, "candidate_boxes": n_cand, "matched": len(ious), "matched_share": share,
             "mean_iou": float(np.mean(ious)) if ious else None, "min_iou": float(np.min(ious)) if ious else None,
-            "mean_abs_score_diff": float(np.mean(diffs)) if diffs else None, "match_iou": iou}
+            "mean_abs_score_diff": float(np.mean(diffs)) if diffs else None, "match_iou": iou,
+            "min_reference_score": min_reference_score}
+
+
+def box_figures(candidate: Sequence[Detections | Mapping[str, Any]],
+                reference: Sequence[Detections | Mapping[str, Any]]) -> dict[str, Any]:
+    """A candidate's boxes against the reference's, as bench, the INT8 fallback and its verdict report them:
+    ``box_agreement`` (share of all the reference's boxes matched), ``box_agreement_confident`` (of its boxes
+    scoring at least ``CONFIDENT_SCORE``: what ``min_box_agreement`` gates) and ``box_match`` (the counts and
+    IoU / score differences of the first)."""
+    match = box_agreement(candidate, reference, iou=MATCH_IOU)
+    sure = box_agreement(candidate, reference, iou=MATCH_IOU, min_reference_score=CONFIDENT_SCORE)
+    return {"box_agreement": match["matched_share"], "box_agreement_confident": sure["matched_share"],
+            "confident_boxes": sure["reference_boxes"], "box_match": match}

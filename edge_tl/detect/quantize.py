@@ -15,7 +15,7 @@ the classifier's logit judge. What differs, and why:
   training images; a detector's training images are what its head was fitted on (their boxes are found
   with more confidence than new ones'), so it chooses on a seeded half of the *validation* images (the
   selection set) and the verdict is measured on the other half only, which nothing was chosen on.
-* **Gate**: the profile's ``max_map50_drop`` (points of mAP@0.5 below the torch detector, the bench's gate):
+* **Gate**: the profile's ``max_map_drop`` (points of mAP@0.5 below the torch detector, the bench's gate):
   ``fallback.map_gate_values`` on detections after the run's NMS; box agreement (same class, IoU >= 0.5,
   as bench) is recorded beside it. The quantisers' sensitivity ranking reads boxes and scores together
   (``fixed_float.judged``).
@@ -38,7 +38,7 @@ from ..manifest import read_json, sha256_file
 from ..rundir import RunDir
 from ..stages.quantize.fallback import map_gate_values
 from ..targets import Gates, Target
-from .evaluate import MATCH_IOU, box_agreement, detection_metrics
+from .evaluate import box_figures, detection_metrics
 from .nms import batched_nms
 
 log = logging.getLogger("edge_tl")
@@ -139,9 +139,8 @@ class DetectJudge:
         if key not in self.reference_map50:
             self.reference_map50[key] = detection_metrics(images.reference, images.truths, self.classes)["map50"]
         m = detection_metrics(dets, images.truths, self.classes)
-        match = box_agreement(dets, images.reference, iou=MATCH_IOU)
         return map_gate_values(m["map50"], self.reference_map50[key], self.gates, map50_95=m["map50_95"],
-                               box_agreement=match["matched_share"], box_match=match)
+                               **box_figures(dets, images.reference))
 
     def on_selection(self, int8_logits: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
         return self.values(self.select, self.detections(int8_logits(self.select.inputs)))

@@ -117,12 +117,14 @@ def map_gate_values(map50: float | None, reference_map50: float | None, gates: G
                     **figures: Any) -> dict[str, Any]:
     """The gate figures of a detector (``detect.quantize.DetectJudge``): ``map50`` and ``reference_map50``
     (fractions; None where no image has a ground-truth box), ``map50_drop`` (reference minus candidate,
-    percentage points, as bench reports it) and the verdict of ``max_map50_drop`` by ``gates.verdicts``, as
-    bench judges it; ``figures`` (box agreement and its counts) are kept beside them, not gated. A drop that
-    cannot be computed is None and fails its gate."""
+    percentage points, as bench reports it) and the verdicts of ``max_map_drop`` and ``min_box_agreement``
+    (on ``figures["box_agreement_confident"]``, ``detect.evaluate.box_figures``) by ``gates.verdicts``, as bench
+    judges them; the other ``figures`` are kept beside them. A drop that cannot be computed is None and fails
+    its gate."""
     drop = None if map50 is None or reference_map50 is None else (reference_map50 - map50) * 100.0
     values: dict[str, Any] = {"map50": map50, "reference_map50": reference_map50, "map50_drop": drop, **figures}
-    judged = verdicts({"max_map50_drop": gates.max_map50_drop}, {"max_map50_drop": drop})
+    judged = verdicts({"max_map_drop": gates.max_map_drop, "min_box_agreement": gates.min_box_agreement},
+                      {"max_map_drop": drop, "min_box_agreement": figures.get("box_agreement_confident")})
     failed = [_failed_text(g, values) for g in judged if g["passed"] is False]
     return values | {"gates": judged, "passed": not failed, "failed": failed}
 
@@ -149,9 +151,13 @@ def images_to_show(limit: float) -> int | None:
 
 def _failed_text(g: dict[str, Any], values: dict[str, Any]) -> str:
     name, limit = g["name"], g["limit"]
-    if name == "max_map50_drop":
+    if name == "max_map_drop":
         drop = values["map50_drop"]
         return f"mAP@0.5 drop {drop:.2f} > {limit:g} points" if drop is not None else "mAP@0.5 not computed"
+    if name == "min_box_agreement":
+        share = values.get("box_agreement_confident")
+        return (f"box agreement on confident boxes {share:.4f} < {limit:g} ({values.get('confident_boxes')} reference "
+                "boxes)" if share is not None else "box agreement not computed")
     if name == "max_top1_drop":
         return f"top-1 drop {values['top1_drop']:.2f} > {limit:g} points"
     if name == "max_auroc_drop":
@@ -176,9 +182,12 @@ def gate_margin(values: dict[str, Any], gates: Gates) -> float:
     """
     slack = [1.0]
     if "map50_drop" in values:  # a detector: mAP@0.5 drop in points, as top-1 drop
-        if gates.max_map50_drop is not None:
+        if gates.max_map_drop is not None:
             drop = values["map50_drop"]
-            slack.append((gates.max_map50_drop - drop) / 100.0 if drop is not None else -1.0)
+            slack.append((gates.max_map_drop - drop) / 100.0 if drop is not None else -1.0)
+        if gates.min_box_agreement is not None:
+            share = values.get("box_agreement_confident")
+            slack.append(share - gates.min_box_agreement if share is not None else -1.0)
         return float(min(slack))
     conf = values.get("agreement_confident")
     if values.get("selection_call") in ("pass", "fail"):
@@ -197,13 +206,15 @@ def gate_margin(values: dict[str, Any], gates: Gates) -> float:
 def has_gates(gates: Gates) -> bool:
     """Whether any accuracy gate is set (either task's: the evaluation set's task picks which ones apply)."""
     return any(v is not None for v in (gates.max_top1_drop, gates.min_agreement, gates.max_auroc_drop,
-                                       gates.min_decision_agreement, gates.max_map50_drop))
+                                       gates.min_decision_agreement, gates.max_map_drop,
+                                       gates.min_box_agreement))
 
 
 SHORT_KEYS = ("top1", "top1_drop", "top1_drop_interval", "auroc", "auroc_drop", "decision_agreement", "agreement",
               "agreement_confident", "confident_n", "confident_interval", "near_tie_n", "near_tie_share",
               "near_tie_agreement", "answer_noise", "selection_call",
-              "map50", "reference_map50", "map50_drop", "map50_95", "box_agreement", "passed", "failed")
+              "map50", "reference_map50", "map50_drop", "map50_95", "box_agreement", "box_agreement_confident",
+              "confident_boxes", "passed", "failed")
 
 
 def short(values: dict[str, Any]) -> dict[str, Any]:
