@@ -213,8 +213,15 @@ def quantize_nncf(target: Target, float_onnx: Path, out_dir: Path, cset: Calibra
         quantizer = nncf_quantize_onnx(float_onnx, dest, cset.inputs, signed=q.activations == "int8",
                                        symmetric=q.symmetric_activations, pre_path=pre_path, preprocess=pre)
         float_model = onnx.load(str(pre_path))
+    qmodel = onnx.load(str(dest))
+    # An explicit-QDQ builder (TensorRT) reads each weight DequantizeLinear as an order; ONNX Runtime runs
+    # the Convs it cannot fuse (float input or output) faster with float weights (``fold_float_weights``).
+    if not facts(target.backend).explicit_qdq:
+        quantizer["float_convs_with_float_weights"] = len(onnx_graph.fold_float_weights(qmodel))
+        with atomic_path(dest) as tmp:
+            onnx.save(qmodel, str(tmp))
     qmodel, offset = correct_logit_offset(
-        target, onnx.load(str(dest)), {o.name for o in float_model.graph.output}, cset,
+        target, qmodel, {o.name for o in float_model.graph.output}, cset,
         lambda m, x: onnx_graph.logits(m, x, threads, target.batch_size),
         onnx_graph.logits(float_model, cset.inputs, threads, target.batch_size), onnx_graph.shift_logits)
     if offset is not None:
