@@ -113,6 +113,20 @@ def test_append_nms_refuses_what_it_cannot_do(tmp_path: Path) -> None:
     onnx.save(model, str(tmp_path / "old.onnx"))
     with pytest.raises(ArtifactError, match="opset 11"):
         append_nms(tmp_path / "old.onnx", tmp_path / "x.onnx", 5, 2)
+    fixed = onnx.load(str(g))
+    for out in fixed.graph.output:
+        out.type.tensor_type.shape.dim[1].dim_value = 5  # K fixed in the graph, where an exporter fixes it
+    onnx.save(fixed, str(tmp_path / "fixed.onnx"))
+    append_nms(tmp_path / "fixed.onnx", tmp_path / "x.onnx", 5, 2)
+    with pytest.raises(ArtifactError, match=r"NMS needs \(B, 6, 4\)"):
+        append_nms(tmp_path / "fixed.onnx", tmp_path / "x.onnx", 6, 2)  # the spec says 6 locations, the graph 5
+
+
+def test_the_export_warns_only_where_tensorrts_candidate_limit_can_bind() -> None:
+    from edge_tl.detect.nms_graph import topk_limit_warning
+
+    assert topk_limit_warning(3000) is None  # NEU-DET at 320 px: 500 locations x 6 classes
+    assert "at most 5000" in (topk_limit_warning(5001) or "")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,9 +20,9 @@ TensorRT (UNVERIFIED on hardware, from its documentation): the ONNX parser maps 
 ``INMSLayer`` from TensorRT 8.5 (onnx-tensorrt ``docs/operators.md``: "NonMaxSuppression | Y | FP32, FP16";
 8.4 and older: experimental, through a plugin, output padded); its threshold inputs must be initializers
 (they are), and TopK's ``K`` an initializer (it is). The layer sorts at most its TopK box limit of candidates
-per image (5000; 2000 on SM 5.3 / 6.2 devices: Jetson Nano, TX2) before selecting: the manifest records K x C
-against that limit (``nms_candidates``), and the export warns when the limit can cut candidates the numpy NMS
-would consider. ScatterND / GatherND / GatherElements / TopK / Where are in the same operator table.
+per image (5000; 2000 on SM 5.3 / 6.2, Jetson Nano and TX2, whose TensorRT stops at 8.2) before selecting:
+the manifest records K x C (``nms_candidates``), and the export warns when the limit can cut candidates the
+numpy NMS would consider. ScatterND / GatherND / GatherElements / TopK / Where are in the same operator table.
 """
 
 from __future__ import annotations
@@ -144,10 +144,12 @@ def append_nms(src: str | os.PathLike[str], dest: str | os.PathLike[str], locati
 
 
 def topk_limit_warning(candidates: int) -> str | None:
-    """Why TensorRT's INMSLayer may consider fewer candidates than the numpy NMS, or None when it cannot."""
-    if candidates <= TRT_NMS_TOPK_LIMIT_SMALL:
+    """Why TensorRT's INMSLayer may consider fewer candidates than the numpy NMS, or None when it cannot.
+
+    Only the 5000 limit counts: the 2000 one is SM 5.3 / 6.2's (Jetson Nano, TX2), boards whose last JetPack
+    (4.6) brings TensorRT 8.2, older than the parser's INMSLayer (8.5)."""
+    if candidates <= TRT_NMS_TOPK_LIMIT:
         return None
-    where = "on SM 5.3 / 6.2 devices" if candidates <= TRT_NMS_TOPK_LIMIT else "on every GPU"
     return (f"the graph has {candidates} (box, class) candidates per image; TensorRT's NMS layer sorts at most "
-            f"{TRT_NMS_TOPK_LIMIT_SMALL if candidates <= TRT_NMS_TOPK_LIMIT else TRT_NMS_TOPK_LIMIT} of them "
-            f"{where}: on an image with more above the score threshold its boxes may differ from the runtime's NMS")
+            f"{TRT_NMS_TOPK_LIMIT} of them: on an image with more above the score threshold its boxes may differ "
+            "from the runtime's NMS")
