@@ -125,14 +125,21 @@ def _multiset(rows: list[Any]) -> Any:
 
 def validate_detect(target: Target, folder: Path, reference: tuple[np.ndarray, np.ndarray], held: Any,
                     classes: list[str], nms: dict[str, Any]) -> dict[str, Any] | None:
-    """The exported graph in ``folder`` run here against the torch outputs ``reference`` on the held-out
-    images ``held`` (``detect.export.HeldOut``); None when this host cannot run the backend. The fields of
+    """The exported graph in ``folder`` run here (or on the backend's stand-in) against the torch outputs
+    ``reference`` on the held-out images ``held`` (``detect.export.HeldOut``); None when this host can run
+    neither. An NMS-inside graph: ``float.onnx`` (the graph before NMS) is compared with torch, and the
+    model file's detections with the numpy NMS of its boxes and scores (``nms_check``). The fields of
     ``target_manifest.DetectValidation``."""
+    known = facts(target.backend)
+    inside = known.nms_in_graph
     where = checked_on(target.backend, target.device)
+    if inside and known.stand_in is not None and availability(*known.stand_in) is None:
+        # The NMS check is exact, so it runs the float32 graph: on the stand-in even on a device with the
+        # backend (its fp16 engine's boxes are bench's to judge), and no engine is built for float.onnx.
+        where = known.stand_in
     if where is None:
         return None
     backend, device = where
-    inside = facts(target.backend).nms_in_graph
     # The graph before NMS (float.onnx beside an NMS-inside model file) is what compares with torch's raw outputs.
     raw = target_outputs(folder, FLOAT_ONNX if inside else target.model_file, backend, device, target.threads,
                          target.batch_size, held.inputs)
