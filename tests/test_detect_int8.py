@@ -184,6 +184,62 @@ def test_bench_reports_int8_beside_fp32(run: Path, ort_int8: dict[str, Any], tmp
     assert "held out" in md and "fp32 graph / INT8" in md
 
 
+def test_an_int8_detection_bundle_answers_boxes_without_torch(run: Path, ort_int8: dict[str, Any],
+                                                              tmp_path: Path) -> None:
+    """The INT8 target bundled (not benched: --allow-failed) answers with boxes in a process where torch cannot be
+    imported: its golden boxes (computed at bundle time by the INT8 graph) reproduce, and a golden image's boxes
+    are those the INT8 graph and the numpy NMS give."""
+    import subprocess
+    import sys
+
+    from edge_tl.cli import main
+
+    prof = profile(tmp_path, "onnxruntime")  # the module's export's profile, read again from its path
+    floor = json.loads((run / "finetune" / "manifest.json").read_text())["postprocess"]["score_threshold"]
+    out = tmp_path / "bundle"
+    assert main(["-q", "bundle", str(run), "--target", str(prof), "--out", str(out), "--golden", "2",
+                 "--defect-threshold", str(floor), "--allow-failed"]) == 0
+    bm = json.loads((out / "bundle.json").read_text())
+    assert bm["model"]["precision"] == "int8" and bm["task"] == "detect" and bm["detect"]["nms_inside"] is False
+    image = out / bm["golden"]["images"][0]["file"]
+    code = f"""
+import json, sys
+for name in ("torch", "torchvision", "openvino", "pycocotools", "edge_tl.training", "edge_tl.detect.ship"):
+    sys.modules[name] = None  # any import of these raises ImportError
+from edge_tl.runtime import open_bundle
+with open_bundle({str(out)!r}) as rt:
+    p = rt.predict({str(image)!r})
+    print(json.dumps({{"golden": rt.golden_report["passed"], "boxes": p.to_dict()["boxes"],
+                      "torch": sys.modules["torch"] is not None}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["golden"] is True and got["torch"] is False
+    want = bm["golden"]["images"][0]["boxes"]
+    assert len(got["boxes"]) == len(want) > 0
+    assert [b["class"] for b in got["boxes"]] == [b["class"] for b in want]
+    assert [b["score"] for b in got["boxes"]] == pytest.approx([b["score"] for b in want], abs=1e-4)
+
+
+def test_quantisation_preprocessing_leaves_the_current_folder_clean(detect_run: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime's symbolic shape inference gives up on the detector's graph and saves
+    ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` in the current folder; the pre-processing runs elsewhere."""
+    from edge_tl.backends.onnxruntime_.onnx_graph import preprocess_graph
+    from edge_tl.checkpoint import load_model
+    from edge_tl.detect.export import export_detector
+
+    det, _ = load_model(detect_run / "finetune")
+    src = export_detector(det, tmp_path / "float.onnx")
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    preprocess_graph(Path("..") / "float.onnx", Path("..") / "pre.onnx")  # relative paths still name the files
+    assert (tmp_path / "pre.onnx").is_file() and src.is_file()
+    assert sorted(p.name for p in here.iterdir()) == []
+
+
 # ------------------------------------------------------------------ the pieces, without a run
 
 
@@ -258,6 +314,11 @@ def test_the_box_gate_counts_confident_boxes_only() -> None:
     assert ok["passed"] and [g["name"] for g in ok["gates"]] == ["max_map_drop", "min_box_agreement"]
     assert not bad["passed"] and bad["failed"] == ["box agreement on confident boxes 0.5000 < 0.9 (2 reference boxes)"]
     assert gate_margin(ok, gates) >= 0 > gate_margin(bad, gates)
+    # no reference box at 0.3 or more (an untrained detector): the gate is not measured, neither passed nor failed
+    faint = box_figures(lost_low, [_dets([(10, 10, 50, 50, 0.2, 0)]), _dets([])])
+    unsure = map_gate_values(0.6, 0.6, gates, **faint)
+    assert faint["box_agreement_confident"] is None and unsure["passed"]
+    assert [g["passed"] for g in unsure["gates"]] == [True, None]
 
 
 def test_a_profile_written_with_the_old_gate_name_still_loads(tmp_path: Path) -> None:

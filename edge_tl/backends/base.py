@@ -75,6 +75,18 @@ def availability(backend: str, device: str) -> str | None:
     return _module(backend).availability(device)
 
 
+def checked_on(backend: str, device: str) -> tuple[str, str] | None:
+    """Where this host checks a graph exported for ``backend`` on ``device``: the backend itself when it runs
+    here, else its stand-in on the same graph (``BackendFacts.stand_in``: TensorRT's ONNX Runtime CPU) when
+    that runs here, else None."""
+    if availability(backend, device) is None:
+        return backend, device
+    stand_in = BACKENDS[backend].stand_in
+    if stand_in is not None and availability(*stand_in) is None:
+        return stand_in
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Throughput mode: several requests in flight (a line with several cameras)
 

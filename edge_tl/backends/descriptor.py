@@ -33,7 +33,10 @@ class BackendFacts:
     run here. ``float_baseline``: the precision of the float graph bench times an INT8 model against.
     ``reference_device``: where bench runs the torch reference (None: the target's device family).
     ``calibrates_with_target_threads``: the quantiser's calibration runs on this very backend, so the
-    profile's ``threads`` apply (else a few host cores).
+    profile's ``threads`` apply (else a few host cores). ``detect_export``: a detection run's box graph
+    (``detect.ship``) is exported and checked for it. ``nms_in_graph``: that graph ends with NMS
+    (``detect.nms_graph``: ONNX NonMaxSuppression, padded ``runtime.nms.NMS_OUTPUTS``) instead of handing
+    boxes and scores to the runtime's numpy NMS.
     """
 
     name: str
@@ -52,6 +55,8 @@ class BackendFacts:
     float_baseline: str = "fp32"
     reference_device: str | None = None
     calibrates_with_target_threads: bool = False
+    detect_export: bool = False
+    nms_in_graph: bool = False
 
 
 __all__ = ["BackendFacts", "GraphFormat"]

@@ -36,7 +36,7 @@ def targets(name: str = typer.Argument(None, metavar="NAME|PATH", help="A target
     table.columns[0].no_wrap = True
     short = {"max_top1_drop": "drop≤{} pt", "min_agreement": "agree≥{}", "max_p95_ms": "p95≤{} ms",
              "max_auroc_drop": "anomaly: AUROC drop≤{}", "min_decision_agreement": "decisions≥{}",
-             "max_map_drop": "detect: mAP@0.5 drop≤{} pt"}
+             "max_map_drop": "detect: mAP@0.5 drop≤{} pt", "min_box_agreement": "boxes≥{}"}
     for t in builtin_targets().values():
         gates = ", ".join(short[k].format(v) for k, v in t.gates.model_dump().items() if v is not None)
         table.add_row(t.name, t.backend, t.device, t.precision, str(t.batch_size), str(t.threads), gates)

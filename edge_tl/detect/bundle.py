@@ -40,10 +40,10 @@ from ..runtime.boxes import (
     tune_box_threshold,
 )
 from ..runtime.bundlefile import tolerance_for
-from ..runtime.nms import SCORE_THRESHOLD, Detections, nms, to_image_pixels
+from ..runtime.nms import SCORE_THRESHOLD, Detections, graph_detections, to_image_pixels
 from ..target_manifest import read_target_manifest
 from ..targets import Target
-from .ship import check_detect_target, nms_args, target_outputs
+from .ship import check_detect_target, nms_args, nms_inside, target_outputs
 
 log = logging.getLogger("edge_tl")
 
@@ -113,6 +113,7 @@ def bundle_detect(run: RunDir, t: Target, out: Path, n_golden: int, *, ok_classe
     from ..stages.bundle import (
         copy_golden,
         finish,
+        golden_backend,
         input_section,
         manifest_head,
         model_files,
@@ -121,7 +122,7 @@ def bundle_detect(run: RunDir, t: Target, out: Path, n_golden: int, *, ok_classe
         refuse_unbenched,
     )
     from .export import held_out
-    from .train import detections_from, truths_of
+    from .train import image_detections, truths_of
 
     check_detect_target(t)
     if ok_threshold is not None:
@@ -138,9 +139,11 @@ def bundle_detect(run: RunDir, t: Target, out: Path, n_golden: int, *, ok_classe
     if pre.resize_mode not in BOX_RESIZE:
         raise ArtifactError(f"{folder} resizes with {pre.resize_mode!r}: boxes map back to the image from "
                             f"{' or '.join(BOX_RESIZE)} only")
-    reason = availability(t.backend, t.device)
+    backend, device = golden_backend(t)  # TensorRT: its stand-in on the same graph
+    reason = availability(backend, device)
     if reason is not None:
-        raise ConfigError(f"cannot compute the golden boxes of {t.name} here ({t.backend} on {t.device}): {reason}")
+        raise ConfigError(f"cannot compute the golden boxes of {t.name} here ({backend} on {device}): {reason}")
+    inside = nms_inside(tm)
     nms_kw = nms_args(tm)
     floor = float(nms_kw.get("score_threshold", SCORE_THRESHOLD))
     started = time.perf_counter()
@@ -148,10 +151,12 @@ def bundle_detect(run: RunDir, t: Target, out: Path, n_golden: int, *, ok_classe
     held = held_out(run.finetune, ft, quiet=quiet)
     items = held.frames.items
 
-    def run_target(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return target_outputs(folder, t.model_file, t.backend, t.device, t.threads, t.batch_size, x)
+    def run_target(x: np.ndarray) -> list[Detections]:
+        """Detections in input pixels: the one path from the graph's outputs (``graph_detections``)."""
+        return graph_detections(target_outputs(folder, t.model_file, backend, device, t.threads, t.batch_size, x),
+                                inside, **nms_kw)
 
-    dets = detections_from(*run_target(held.inputs), items, pre.crop, pre.resize_mode, **nms_kw)
+    dets = image_detections(run_target(held.inputs), items, pre.crop, pre.resize_mode)
     truths = truths_of(items)
     tuning = None
     if max_escape is not None or max_false_reject is not None:
@@ -179,8 +184,7 @@ def bundle_detect(run: RunDir, t: Target, out: Path, n_golden: int, *, ok_classe
             raise ArtifactError(f"golden images no longer preprocess as the run's validation images did (max diff "
                                 f"{drift:.3g}): the images changed since the fine-tune; fine-tune again")
         entries = []
-        for rel, i, im, b, s in zip(golden_files, picks, images, *run_target(x), strict=True):
-            d = nms(b, s, **nms_kw)
+        for rel, i, im, d in zip(golden_files, picks, images, run_target(x), strict=True):
             d.boxes = to_image_pixels(d.boxes, im.size, pre.crop, pre.resize_mode)
             decision, k, score, _ = policy.decide(d.labels, d.scores)
             truth = Detections(items[i].boxes, np.ones(len(items[i].labels), np.float32), items[i].labels)
@@ -196,16 +200,21 @@ def bundle_detect(run: RunDir, t: Target, out: Path, n_golden: int, *, ok_classe
             "task": "detect",
             "detect": {"nms": nms_kw, "input_size": pre.crop, "resize_mode": pre.resize_mode,
                        "outputs": (tm.get("outputs") or {}).get("names", ["boxes", "scores"]),
-                       "postprocess": "per-class NMS of the graph's boxes (input pixels) and scores with `nms` "
-                                      "(edge_tl.runtime.nms.nms), then to the original image's pixels "
-                                      "(edge_tl.runtime.nms.to_image_pixels with resize_mode)",
+                       "nms_inside": inside,
+                       "postprocess": ("the graph's own per-class NMS (its padded num_detections, det_boxes, "
+                                       "det_scores, det_classes, read by edge_tl.runtime.nms.graph_detections; "
+                                       "`nms` are the parameters it was built with)" if inside else
+                                       "per-class NMS of the graph's boxes (input pixels) and scores with `nms` "
+                                       "(edge_tl.runtime.nms.nms)")
+                                      + ", then to the original image's pixels "
+                                        "(edge_tl.runtime.nms.to_image_pixels with resize_mode)",
                        "boxes": "x1 y1 x2 y2 in the original image's pixels"},
             "preprocessing": pre.to_dict(),
             "input": input_section(pre),
             "model": model_section(t, files),
             "policy": policy.to_dict() | {"tuning": tuning, "validation": stats},
             "target": t.model_dump(),
-            "golden": {"expected_from": {"backend": t.backend, "device": t.device, "precision": t.precision},
+            "golden": {"expected_from": {"backend": backend, "device": device, "precision": t.precision},
                        "tolerance": tol,
                        "match": "each expected box by a box of its class at IoU >= tolerance.iou with its score within "
                                 "atol + rtol * |score|, one to one, and back; boxes within the tolerance of NMS's "

@@ -145,9 +145,12 @@ def box_figures(candidate: Sequence[Detections | Mapping[str, Any]],
                 reference: Sequence[Detections | Mapping[str, Any]]) -> dict[str, Any]:
     """A candidate's boxes against the reference's, as bench, the INT8 fallback and its verdict report them:
     ``box_agreement`` (share of all the reference's boxes matched), ``box_agreement_confident`` (of its boxes
-    scoring at least ``CONFIDENT_SCORE``: what ``min_box_agreement`` gates) and ``box_match`` (the counts and
-    IoU / score differences of the first)."""
+    scoring at least ``CONFIDENT_SCORE``: what ``min_box_agreement`` gates; None without such a box) and
+    ``box_match`` (the counts and IoU / score differences of the first)."""
     match = box_agreement(candidate, reference, iou=MATCH_IOU)
     sure = box_agreement(candidate, reference, iou=MATCH_IOU, min_reference_score=CONFIDENT_SCORE)
-    return {"box_agreement": match["matched_share"], "box_agreement_confident": sure["matched_share"],
+    # No confident reference box: nothing for the gate to judge (not measured), as a classifier without confident
+    # answers; box_agreement's own rule (0.0 when the candidate has boxes) would fail a model that agrees.
+    return {"box_agreement": match["matched_share"],
+            "box_agreement_confident": sure["matched_share"] if sure["reference_boxes"] else None,
             "confident_boxes": sure["reference_boxes"], "box_match": match}

@@ -43,7 +43,7 @@ from ..runtime.nms import (
     MAX_DETECTIONS,
     SCORE_THRESHOLD,
     Detections,
-    nms,
+    graph_detections,
     to_image_pixels,
     to_input_pixels,
 )
@@ -157,13 +157,17 @@ def pad_targets(boxes: list[np.ndarray], labels: list[np.ndarray]) -> torch.Tens
 def detections_from(boxes: np.ndarray, scores: np.ndarray, items: list[Annotated], input_size: int,
                     resize_mode: str, **nms_args: Any) -> list[Detections]:
     """The graph's outputs (B, K, 4) / (B, K, C) for ``items`` -> NMS'd detections in each original image's
-    pixels (``nms`` and ``to_image_pixels``)."""
-    out = []
-    for b, s, a in zip(boxes, scores, items, strict=True):
-        d = nms(b, s, **nms_args)
+    pixels (``graph_detections`` and :func:`image_detections`)."""
+    return image_detections(graph_detections([boxes, scores], False, **nms_args), items, input_size, resize_mode)
+
+
+def image_detections(dets: list[Detections], items: list[Annotated], input_size: int,
+                     resize_mode: str) -> list[Detections]:
+    """Detections in input pixels (``runtime.nms.graph_detections``), one per item -> in each original image's
+    pixels (``to_image_pixels``), in place; returns them."""
+    for d, a in zip(dets, items, strict=True):
         d.boxes = to_image_pixels(d.boxes, (a.width, a.height), input_size, resize_mode)
-        out.append(d)
-    return out
+    return dets
 
 
 def truths_of(items: list[Annotated]) -> list[dict[str, np.ndarray]]:

@@ -5,8 +5,10 @@ tensorrt) is imported when a bundle that needs it is opened. Preprocessing is ``
 the same function training, evaluation and the bundle's golden expectations went through.
 
 A detection bundle (``task: "detect"``) answers with boxes: the graph's boxes and per-class scores go
-through the run's NMS (``runtime.nms``), are mapped back to each original image's pixels (the
-preprocessing undone) and decided by the box policy (``runtime.boxes``).
+through the run's NMS (``runtime.nms``; where the bundle says ``detect.nms_inside``, the graph ran that NMS
+itself and its padded detections are read: ``runtime.nms.graph_detections`` either way), are mapped back
+to each original image's pixels (the preprocessing undone) and decided by the box policy
+(``runtime.boxes``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ..manifest import atomic_path, sha256_file
 from ..preprocess import Preprocess, from_array, load_image, to_rgb
 from .boxes import BoxPolicy, box_dicts, golden_box_problem
 from .bundlefile import read_bundle
-from .nms import Detections, nms, to_image_pixels
+from .nms import Detections, graph_detections, to_image_pixels
 from .policy import Policy, softmax
 
 log = logging.getLogger("edge_tl")
@@ -186,6 +188,8 @@ class Runtime:
                                            else Policy.from_dict(m["policy"], self.classes))
         # Detection: the NMS parameters the run was evaluated with (``detect.ship.nms_args``).
         self.nms: dict[str, Any] = dict((m.get("detect") or {}).get("nms") or {})
+        # ... applied by the graph itself (TensorRT bundles: ``detect.nms_graph``), or here.
+        self.nms_inside: bool = bool((m.get("detect") or {}).get("nms_inside"))
         # The ood_score output (edge_tl/ood.py) is read only when the bundle's policy uses it.
         self.ood = self.task == "classification" and m.get("ood") is not None and self.policy.ood_limit is not None
         model = m["model"]
@@ -274,9 +278,9 @@ class Runtime:
         out: list[Detections] = []
         for i in range(0, len(inputs), self.batch_size):
             with self._lock:
-                boxes, scores = self._runner.run_outputs(inputs[i:i + self.batch_size])[:2]
-            for b, s, size in zip(boxes, scores, sizes[i:i + self.batch_size], strict=True):
-                d = nms(b, s, **self.nms)
+                outputs = self._runner.run_outputs(inputs[i:i + self.batch_size])
+            for d, size in zip(graph_detections(outputs, self.nms_inside, **self.nms), sizes[i:i + self.batch_size],
+                               strict=True):
                 d.boxes = to_image_pixels(d.boxes, (int(size[0]), int(size[1])), self.preprocess.crop,
                                           self.preprocess.resize_mode)
                 out.append(d)

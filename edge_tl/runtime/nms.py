@@ -2,13 +2,17 @@
 
 Torch-free on purpose: the exported graph ends at decoded boxes and per-class scores (``detect.model``), and
 every consumer (torch-side evaluation, the ONNX check, the bundle, the device runtime) turns them into
-detections with these functions, so they agree to the last box. It lives in ``runtime`` because the device
+detections with these functions, so they agree to the last box. A graph whose backend takes NMS inside it
+(``BackendFacts.nms_in_graph``: TensorRT; ``detect.nms_graph``) ends instead at padded detections
+(``NMS_OUTPUTS``); :func:`graph_detections` is the one path from either kind of graph's outputs to
+``Detections``. It lives in ``runtime`` because the device
 side may not import the task package (``edge_tl.detect`` imports the stages); ``edge_tl.detect.nms`` is
 its old name, kept for manifests that cite it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +87,40 @@ def nms(boxes: np.ndarray, scores: np.ndarray, score_threshold: float = SCORE_TH
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, **kwargs: Any) -> list[Detections]:
     """:func:`nms` per image of a batch: ``boxes`` (B, K, 4), ``scores`` (B, K, C)."""
     return [nms(b, s, **kwargs) for b, s in zip(boxes, scores, strict=True)]
+
+
+# The outputs of a graph with NMS inside (``detect.nms_graph.append_nms``; the names and layout of TensorRT's
+# EfficientNMS plugin, so a reader of either finds what it expects): num_detections (B,) int32, det_boxes
+# (B, M, 4) x1 y1 x2 y2 input pixels, det_scores (B, M), det_classes (B, M) int32; rows past
+# num_detections are padding (boxes and scores 0, class -1).
+NMS_OUTPUTS = ("num_detections", "det_boxes", "det_scores", "det_classes")
+
+
+def padded_detections(num: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
+                      ) -> list[Detections]:
+    """Per image, the first ``num[i]`` rows of an NMS-inside graph's padded outputs (``NMS_OUTPUTS``; runners
+    may hand them back as float32: counts and class indices are small integers, exact in float32)."""
+    out = []
+    for n, b, s, c in zip(np.asarray(num).reshape(-1), boxes, scores, classes, strict=True):
+        k = round(float(n))
+        out.append(Detections(np.asarray(b[:k], np.float32).reshape(-1, 4), np.asarray(s[:k], np.float32),
+                              np.rint(np.asarray(c[:k], np.float64)).astype(np.int64)))
+    return out
+
+
+def graph_detections(outputs: Sequence[np.ndarray], nms_inside: bool = False, **nms_args: Any) -> list[Detections]:
+    """A detection graph's outputs for a batch -> each image's detections in input pixels, highest score first.
+
+    ``nms_inside`` False: ``outputs`` starts with boxes (B, K, 4) and scores (B, K, C), NMS runs here
+    (:func:`batched_nms` with ``nms_args``). True: ``outputs`` are the four ``NMS_OUTPUTS`` of a graph that ran
+    the same NMS itself (``nms_args`` are then the graph's, already applied). The one path from a graph's
+    outputs to boxes: export checks, bench, bundle and the runtime all call it."""
+    if nms_inside:
+        if len(outputs) < len(NMS_OUTPUTS):
+            raise ValueError(f"an NMS-inside graph has {len(NMS_OUTPUTS)} outputs ({', '.join(NMS_OUTPUTS)}), "
+                             f"got {len(outputs)}")
+        return padded_detections(*outputs[:len(NMS_OUTPUTS)])
+    return batched_nms(outputs[0], outputs[1], **nms_args)
 
 
 def to_image_pixels(boxes: np.ndarray, image_size: tuple[int, int], input_size: int,

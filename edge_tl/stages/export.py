@@ -15,8 +15,7 @@ import numpy as np
 
 from .. import onnx_export
 from ..backends import RunnerSpec, availability, open_runner
-from ..backends.base import after_export
-from ..backends.table import facts
+from ..backends.base import after_export, checked_on
 from ..builders import step_for
 from ..checkpoint import load_model
 from ..errors import ConfigError, EdgeTLError, require
@@ -175,13 +174,11 @@ def validate(target: Target, folder: Path, inputs: np.ndarray, reference: np.nda
     ``ood_fpr``: the graph has an ood_score output; ``ood_limit`` is then the score this target gives at
     the ``1 - ood_fpr`` quantile of ``inputs`` (an INT8 backbone moves the scores of the float model, so
     each target is calibrated on its own answers)."""
-    backend, device = target.backend, target.device
-    stand_in = facts(backend).stand_in
-    if stand_in is not None and availability(backend, device) is not None:
-        # Without the backend here (TensorRT on a CPU box), its stand-in checks the same shipped graph.
-        backend, device = stand_in
-    if availability(backend, device) is not None:
+    # Without the backend here (TensorRT on a CPU box), its stand-in checks the same shipped graph.
+    where = checked_on(target.backend, target.device)
+    if where is None:
         return None
+    backend, device = where
     runner = open_runner(RunnerSpec(folder / target.model_file, backend, device, target.precision,
                                     target.threads, target.batch_size))
     ood: dict[str, Any] = {}

@@ -14,4 +14,4 @@ from ..descriptor import BackendFacts
 
 FACTS = BackendFacts("onnxruntime", f"{__name__}.runner", "model.onnx", "onnx", "onnxruntime", None,
                      thread_safe=True, quantiser=f"{__name__}.quantize", onnx_qdq=True,
-                     calibrates_with_target_threads=True)
+                     calibrates_with_target_threads=True, detect_export=True)

@@ -5,7 +5,9 @@ stage's ``bypass_fewest`` as its quantiser). ``quantize`` re-exports the ``Quant
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,14 +66,32 @@ def ort_session(model: str | bytes, threads: int = 2) -> Any:
 
 
 def preprocess_graph(float_onnx: Path, dest: Path) -> None:
-    """ORT's quantisation pre-processing: shape inference and the basic (standard-op) graph optimisations."""
+    """ORT's quantisation pre-processing: shape inference and the basic (standard-op) graph optimisations.
+
+    Runs in a scratch folder: when symbolic shape inference gives up, ONNX Runtime saves its partial model as
+    ``sym_shape_infer_temp.onnx`` plus an external-data file named by a uuid in the *current* folder
+    (``onnxruntime/tools/symbolic_shape_infer.py``, ``infer_shapes``) and never removes them."""
+    import tempfile
+
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with quiet_library_logging():
+    src, out = str(Path(float_onnx).resolve()), str(Path(dest).resolve())
+    with quiet_library_logging(), tempfile.TemporaryDirectory(prefix="edge-tl-prequant-") as scratch, _cwd(scratch):
         try:
-            quant_pre_process(str(float_onnx), str(dest))
+            quant_pre_process(src, out)
         except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs
-            quant_pre_process(str(float_onnx), str(dest), skip_symbolic_shape=True)
+            quant_pre_process(src, out, skip_symbolic_shape=True)
+
+
+@contextlib.contextmanager
+def _cwd(folder: str) -> Iterator[None]:
+    """The current folder set to ``folder`` for the block (``contextlib.chdir`` arrived in Python 3.11)."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def shift_logits(qmodel: Any, offset: np.ndarray) -> Any:

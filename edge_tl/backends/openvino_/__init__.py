@@ -9,7 +9,8 @@ from __future__ import annotations
 from ..descriptor import BackendFacts
 
 FACTS = BackendFacts("openvino", f"{__name__}.runner", "model.xml", "openvino-ir", "openvino", "openvino",
-                     converter=f"{__name__}.convert", quantiser=f"{__name__}.quantize")
+                     converter=f"{__name__}.convert", quantiser=f"{__name__}.quantize",
+                     detect_export=True)
 
 # What NNCF's post-training quantisation makes of an OpenVINO target, whatever the profile's
 # ``activations`` / ``symmetric_activations`` say (those keys shape the ONNX graphs and ``--qat``): its

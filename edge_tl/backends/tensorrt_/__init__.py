@@ -14,4 +14,4 @@ from ..descriptor import BackendFacts
 FACTS = BackendFacts("tensorrt", f"{__name__}.runner", "model.onnx", "onnx", "tensorrt", "tensorrt",
                      quantiser="edge_tl.backends.onnxruntime_.quantize", onnx_qdq=True, explicit_qdq=True,
                      engine_on_device=True, stand_in=("onnxruntime", "cpu"), float_baseline="fp16",
-                     reference_device="cuda")
+                     reference_device="cuda", detect_export=True, nms_in_graph=True)

@@ -123,8 +123,10 @@ def map_gate_values(map50: float | None, reference_map50: float | None, gates: G
     its gate."""
     drop = None if map50 is None or reference_map50 is None else (reference_map50 - map50) * 100.0
     values: dict[str, Any] = {"map50": map50, "reference_map50": reference_map50, "map50_drop": drop, **figures}
+    sure = figures.get("box_agreement_confident")
     judged = verdicts({"max_map_drop": gates.max_map_drop, "min_box_agreement": gates.min_box_agreement},
-                      {"max_map_drop": drop, "min_box_agreement": figures.get("box_agreement_confident")})
+                      {"max_map_drop": drop, "min_box_agreement": sure},
+                      not_measured=("min_box_agreement",) if sure is None else ())
     failed = [_failed_text(g, values) for g in judged if g["passed"] is False]
     return values | {"gates": judged, "passed": not failed, "failed": failed}
 
@@ -187,7 +189,8 @@ def gate_margin(values: dict[str, Any], gates: Gates) -> float:
             slack.append((gates.max_map_drop - drop) / 100.0 if drop is not None else -1.0)
         if gates.min_box_agreement is not None:
             share = values.get("box_agreement_confident")
-            slack.append(share - gates.min_box_agreement if share is not None else -1.0)
+            if share is not None:  # None: no confident reference box, the gate is not measured
+                slack.append(share - gates.min_box_agreement)
         return float(min(slack))
     conf = values.get("agreement_confident")
     if values.get("selection_call") in ("pass", "fail"):
