@@ -158,6 +158,19 @@ def test_precision_is_counted_from_the_graph(tmp_path: Path, qdq: tuple[bool, bo
         assert state["label"] == expect and state["counted_from"] == "graph"
 
 
+def test_precision_counts_a_clipped_qdq_pair_as_int8(tmp_path: Path) -> None:
+    """torch's QAT graph clips its 7-bit activations between QuantizeLinear and DequantizeLinear; OpenVINO
+    then reads them as Convert -> Clamp -> Convert -> Subtract -> Multiply, not a FakeQuantize, and the
+    layers still run in u8: the elpv demo's --qat graph was reported "float (55 of 55 layers kept float)"."""
+    onnx_path = tiny_onnx(tmp_path / "model.onnx", (True, False), clip=127)
+    xml = tiny_ir(onnx_path, tmp_path / "model.xml")
+    import openvino as ov
+
+    kinds = {op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ordered_ops()}
+    assert "Clamp" in kinds and "Subtract" in kinds  # the form the counter used to miss
+    assert count_onnx(onnx_path) == count_openvino(xml) == (1, 2)
+
+
 def test_mostly_float_int8_shows_float_everywhere() -> None:
     r = synthetic_report("cpu-onnxruntime-int8")
     r["candidate"]["precision"] = "float"

@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 
 
-def tiny_onnx(path: Path, qdq: tuple[bool, bool] = (False, False), size: int = 16, classes: int = 4) -> Path:
+def tiny_onnx(path: Path, qdq: tuple[bool, bool] = (False, False), size: int = 16, classes: int = 4,
+              clip: int | None = None) -> Path:
     """input (batch, 3, size, size) -> conv 3x3 (8) -> relu -> conv 1x1 (classes) -> global pool -> logits.
 
     ``qdq[i]``: convolution i reads a quantised activation and int8 weights (QuantizeLinear ->
-    DequantizeLinear on its input, DequantizeLinear on its weights)."""
+    DequantizeLinear on its input, DequantizeLinear on its weights). ``clip``: the quantised activation is
+    clipped to 0..clip between the two (torch's form of a 7-bit activation, ``stages/qat.py``)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -28,8 +30,14 @@ def tiny_onnx(path: Path, qdq: tuple[bool, bool] = (False, False), size: int = 1
                       numpy_helper.from_array(np.asarray(0, np.int8), f"w{i}_z"),
                       numpy_helper.from_array(np.asarray(0.05, np.float32), f"a{i}_s"),
                       numpy_helper.from_array(np.asarray(128, np.uint8), f"a{i}_z")]
-            nodes += [helper.make_node("QuantizeLinear", [x, f"a{i}_s", f"a{i}_z"], [f"x{i}_q"]),
-                      helper.make_node("DequantizeLinear", [f"x{i}_q", f"a{i}_s", f"a{i}_z"], [f"x{i}_dq"]),
+            q = f"x{i}_q"
+            nodes.append(helper.make_node("QuantizeLinear", [x, f"a{i}_s", f"a{i}_z"], [q]))
+            if clip is not None:
+                inits += [numpy_helper.from_array(np.asarray(0, np.uint8), f"lo{i}"),
+                          numpy_helper.from_array(np.asarray(clip, np.uint8), f"hi{i}")]
+                nodes.append(helper.make_node("Clip", [q, f"lo{i}", f"hi{i}"], [f"x{i}_c"]))
+                q = f"x{i}_c"
+            nodes += [helper.make_node("DequantizeLinear", [q, f"a{i}_s", f"a{i}_z"], [f"x{i}_dq"]),
                       helper.make_node("DequantizeLinear", [f"w{i}_q", f"w{i}_s", f"w{i}_z"], [f"w{i}"])]
             x = f"x{i}_dq"
         else:

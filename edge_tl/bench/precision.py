@@ -3,8 +3,9 @@
 An INT8 profile whose accuracy fallback kept every layer in float ships a float model with a few
 quantise/dequantise hops; calling it "int8" in a report hides that. The count is read from the graph
 that ships (ONNX: a Conv/Gemm/MatMul whose activation *and* weight come through DequantizeLinear, or a
-QLinear*/…Integer op; OpenVINO IR: a Convolution/GroupConvolution/MatMul fed by a FakeQuantize), and
-from the export manifest (``float_layers``, ``fallback.candidates``) where the graph cannot be read.
+QLinear*/…Integer op; OpenVINO IR: a Convolution/GroupConvolution/MatMul fed by a FakeQuantize or by
+the dequantisation of an 8-bit tensor, ``Convert`` -> ``Subtract`` -> ``Multiply``), and from the export
+manifest (``float_layers``, ``fallback.candidates``) where the graph cannot be read.
 """
 
 from __future__ import annotations
@@ -57,12 +58,32 @@ def openvino_layers(path: Path) -> tuple[list[tuple[str, bool]], set[str]]:
     for op in model.get_ordered_ops():
         if op.get_type_name() not in _OV_LAYERS:
             continue
-        src = op.input_value(0).get_node()
-        for _ in range(2):  # look through a layout or type change between the quantiser and the layer
-            if src.get_type_name() in ("Reshape", "Convert", "Transpose"):
-                src = src.input_value(0).get_node()
-        layers.append((op.get_friendly_name(), src.get_type_name() == "FakeQuantize"))
+        layers.append((op.get_friendly_name(), _quantised(op.input_value(0).get_node())))
     return layers, {name for out in model.outputs for name in out.get_names()}
+
+
+def _quantised(src: Any) -> bool:
+    """Whether the OpenVINO node ``src`` (a layer's data input) hands it a quantised activation: a
+    FakeQuantize, or an 8-bit integer tensor dequantised (``Convert`` to float, zero point subtracted,
+    scaled), which is what OpenVINO's ONNX reader makes of a QuantizeLinear -> DequantizeLinear pair it
+    cannot fold into a FakeQuantize: torch's QAT graph clips its 7-bit activations between the two
+    (``stages/qat.py``), and its layers run in u8 all the same (the CPU plugin's runtime precision)."""
+    for _ in range(2):  # look through a layout or type change between the quantiser and the layer
+        if src.get_type_name() in ("Reshape", "Convert", "Transpose"):
+            src = src.input_value(0).get_node()
+    if src.get_type_name() == "FakeQuantize":
+        return True
+    if src.get_type_name() == "Multiply":  # the scale: its other input is a constant
+        inputs = [src.input_value(k).get_node() for k in range(src.get_input_size())]
+        data = [n for n in inputs if n.get_type_name() != "Constant"]
+        if len(data) != 1:
+            return False
+        src = data[0]
+        if src.get_type_name() == "Subtract":  # the zero point
+            src = src.input_value(0).get_node()
+        if src.get_type_name() == "Convert":
+            return src.get_input_element_type(0).get_type_name() in ("u8", "i8")
+    return False
 
 
 def by_design(outputs: set[str], float_names: list[str]) -> tuple[list[str], str | None]:
