@@ -29,17 +29,23 @@ TARGET = "cpu-onnxruntime-fp32"
 def bundled(detect_run: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> dict[str, Any]:
     """{run, bundle, manifest}: a private copy of the tiny detection run, exported and bundled (not benched:
     --allow-failed) with the box threshold at the NMS floor."""
+    run, out = export_and_bundle(detect_run, tmp_path_factory.mktemp("detect-bundle"), TARGET)
+    return {"run": run, "bundle": out, "manifest": json.loads((out / "bundle.json").read_text())}
+
+
+def export_and_bundle(detect_run: Path, root: Path, target: str) -> tuple[Path, Path]:
+    """A copy of the tiny detection run in ``root/run``, exported for ``target`` and bundled in ``root/bundle``
+    (not benched: --allow-failed) with the box threshold at the NMS floor, so every box decides."""
     from edge_tl.cli import main
 
-    root = tmp_path_factory.mktemp("detect-bundle")
     run = root / "run"
     shutil.copytree(detect_run, run)
-    assert main(["-q", "export", str(run), "--target", TARGET]) == 0
+    assert main(["-q", "export", str(run), "--target", target]) == 0
     floor = json.loads((run / "finetune" / "manifest.json").read_text())["postprocess"]["score_threshold"]
     out = root / "bundle"
-    assert main(["-q", "bundle", str(run), "--target", TARGET, "--out", str(out), "--golden", "3",
+    assert main(["-q", "bundle", str(run), "--target", target, "--out", str(out), "--golden", "3",
                  "--defect-threshold", str(floor), "--allow-failed"]) == 0
-    return {"run": run, "bundle": out, "manifest": json.loads((out / "bundle.json").read_text())}
+    return run, out
 
 
 @pytest.fixture(scope="module")

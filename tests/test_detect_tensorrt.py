@@ -11,7 +11,6 @@ Runtime standing in for the TensorRT runner. The engine build itself needs Tenso
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -138,16 +137,9 @@ def shipped(detect_run: Path, tmp_path_factory: pytest.TempPathFactory, one_thre
     """{run, manifest, bundle, bundle_manifest}: a copy of the tiny detection run exported for
     gpu-tensorrt-fp16 (checked here on the stand-in) and bundled (not benched: --allow-failed)."""
     pytest.importorskip("torch")
-    from edge_tl.cli import main
+    from tests.test_detect_bundle import export_and_bundle
 
-    root = tmp_path_factory.mktemp("detect-trt")
-    run = root / "run"
-    shutil.copytree(detect_run, run)
-    assert main(["-q", "export", str(run), "--target", TARGET]) == 0
-    floor = json.loads((run / "finetune" / "manifest.json").read_text())["postprocess"]["score_threshold"]
-    out = root / "bundle"
-    assert main(["-q", "bundle", str(run), "--target", TARGET, "--out", str(out), "--golden", "3",
-                 "--defect-threshold", str(floor), "--allow-failed"]) == 0
+    run, out = export_and_bundle(detect_run, tmp_path_factory.mktemp("detect-trt"), TARGET)
     return {"run": run, "manifest": json.loads((run / "targets" / TARGET / "manifest.json").read_text()),
             "bundle": out, "bundle_manifest": json.loads((out / "bundle.json").read_text())}
 
