@@ -166,6 +166,11 @@ def bundle_detect(run: RunDir, t: Target, out: Path, n_golden: int, *, ok_classe
             log.warning("%s target %.3g not met: %s", "escape" if max_escape is not None else "false-reject",
                         max_escape if max_escape is not None else max_false_reject, tuning["reason"])
     stats = box_policy_stats(policy, dets, truths)
+    if tuning is None and (stats.get("escape_rate") or 0.0) > 0.5:
+        # A box threshold nobody tuned can pass most defects: the line must hear it before the bundle ships.
+        log.warning("the box threshold %.3g lets %.0f %% of the validation images with a defect pass as ok: tune it "
+                    "with --max-escape RATE (or set --defect-threshold)", max(policy.thresholds),
+                    100.0 * stats["escape_rate"])
     tol = tolerance_for(t.precision) | {"iou": GOLDEN_IOU}
     picks = pick_golden_boxes(dets, truths, policy, n_golden, tol)
     files = model_files(t)

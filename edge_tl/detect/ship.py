@@ -313,6 +313,10 @@ def describe_detect(manifest: dict[str, Any], folder: Path) -> list[str]:
     check = (f"box agreement {v['agreement']:.4f} ({v['boxes']['matched']} of {v['boxes']['reference_boxes']} boxes "
              f"at IoU >= {v['match_iou']}), mAP@0.5 {_f(v['map50_target'])} vs torch {_f(v['map50_torch'])} "
              f"on {v['n']} validation images" if v else "not validated on this host")
+    backend = manifest["target"].get("backend")
+    if v and v.get("backend") and v["backend"] != backend:
+        check += (f" (run on {v['backend']}, standing in for {backend}, which this host cannot run: the "
+                  "device builds and runs the real one)")
     if v and v.get("nms_check"):
         nc = v["nms_check"]
         check += (f"; the NMS inside the graph equals the runtime's on {nc['detections'] - nc['differing_detections']} "

@@ -144,9 +144,10 @@ def normalise(images: np.ndarray, pre: Any) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
-def pad_targets(boxes: list[np.ndarray], labels: list[np.ndarray]) -> torch.Tensor:
-    """(B, M, 5): x1 y1 x2 y2 label per box, padded with label -1 (what :func:`.model.detection_loss` takes)."""
-    m = max([len(b) for b in boxes] + [1])
+def pad_targets(boxes: list[np.ndarray], labels: list[np.ndarray], width: int = 1) -> torch.Tensor:
+    """(B, M, 5): x1 y1 x2 y2 label per box, padded with label -1 (what :func:`.model.detection_loss` takes);
+    M is the most boxes of an image, at least ``width``."""
+    m = max([len(b) for b in boxes] + [width])
     out = np.zeros((len(boxes), m, 5), np.float32)
     out[:, :, 4] = -1
     for i, (b, y) in enumerate(zip(boxes, labels, strict=True)):
@@ -385,7 +386,9 @@ class _Fit:
             cache = torch.stack([self._cache(engine, v[0], torch.float16 if self.views > 1 else torch.float32,
                                              f"cache (train, view {k + 1}/{len(views)}, {engine.name})")
                                  for k, v in enumerate(views)])
-            view_targets = [pad_targets(v[1], v[2]) for v in views]
+            # One width for every view: a batch mixes views, and a crop can drop boxes from one view only.
+            width = max(len(b) for v in views for b in v[1]) if views else 1
+            view_targets = [pad_targets(v[1], v[2], width) for v in views]
             val_in = self._cache(engine, val.images, torch.float32, f"cache (val, {engine.name})")
             net: nn.Module = tail
         else:
