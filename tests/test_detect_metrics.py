@@ -87,3 +87,30 @@ def test_box_agreement() -> None:
     assert a["mean_abs_score_diff"] == pytest.approx(0.025)
     same = box_agreement(ref, ref)
     assert same["matched_share"] == 1.0 and same["mean_iou"] == 1.0 and same["mean_abs_score_diff"] == 0.0
+
+
+def test_nms_stops_at_max_detections_with_the_answer_of_a_full_pass() -> None:
+    """Cutting after max_detections survivors equals NMS over every candidate then the cut: random candidates
+    with duplicate boxes and tied scores, checked against a plain greedy NMS written out here."""
+    from edge_tl.runtime.nms import iou_matrix, nms
+
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        k, c = int(rng.integers(1, 300)), int(rng.integers(1, 5))
+        xy = np.round(rng.uniform(0, 200, (k, 2)) / 25) * 25
+        boxes = np.concatenate([xy, xy + np.round(rng.uniform(5, 90, (k, 2)) / 25) * 25 + 5], 1).astype(np.float32)
+        scores = np.round(rng.uniform(0, 1, (k, c)), 1).astype(np.float32)
+        cap = int(rng.integers(1, 60))
+        idx, cls = np.nonzero(scores >= 0.05)
+        s = scores[idx, cls]
+        order = np.argsort(-s, kind="stable")
+        idx, cls, s = idx[order], cls[order], s[order]
+        keep = []
+        for j in range(len(s)):  # the plain greedy pass over every candidate
+            rivals = [i for i in keep if cls[i] == cls[j]]
+            if not rivals or (iou_matrix(boxes[idx[j]][None], boxes[idx[rivals]]) <= 0.6).all():
+                keep.append(j)
+        keep = keep[:cap]
+        got = nms(boxes, scores, 0.05, 0.6, cap)
+        assert np.array_equal(got.labels, cls[keep]) and np.array_equal(got.scores, s[keep]), trial
+        assert np.array_equal(got.boxes, boxes[idx[keep]]), trial

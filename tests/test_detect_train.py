@@ -128,9 +128,9 @@ def test_taps_and_cut_on_registry_backbones(arch: str, one_thread: None) -> None
 def test_cached_views_that_lost_different_boxes_share_one_batch(tmp_path: Path, one_thread: None) -> None:
     """Random crops drop a box from one view and not another, so views hold different box counts; a batch
     mixes views (a 30-image NEU-DET copy crashed here with 'stack expects each tensor to be equal size')."""
-    from edge_tl.detect.train import fit_detector
-
     from PIL import Image
+
+    from edge_tl.detect.train import fit_detector
 
     root = write_set(tmp_path / "yolo", "yolo", n=16, size=64)
     # Four small boxes in the corners of every image: a crop of 60 % of the side keeps one or two of them.

@@ -69,18 +69,30 @@ def nms(boxes: np.ndarray, scores: np.ndarray, score_threshold: float = SCORE_TH
     s = scores[idx, cls]
     order = np.argsort(-s, kind="stable")
     idx, cls, s = idx[order], cls[order], s[order]
+    # Candidates in global score order: a candidate is suppressed only by higher-scoring ones of its class, so
+    # each decision is final when made, and once max_detections are kept every later candidate would rank
+    # below them. Stopping there gives the same answer as NMS over everything then a cut, in a fraction of the
+    # time (this NMS is in every answer's latency on a device).
+    cand = boxes[idx].astype(np.float64)
+    area = np.clip(cand[:, 2] - cand[:, 0], 0, None) * np.clip(cand[:, 3] - cand[:, 1], 0, None)
+    kept_of: dict[int, list[int]] = {}
     keep: list[int] = []
-    for c in np.unique(cls):
-        members = np.flatnonzero(cls == c)  # already in score order
-        b = boxes[idx[members]]
-        alive = np.ones(len(members), bool)
-        ious = iou_matrix(b, b)
-        for i in range(len(members)):
-            if not alive[i]:
+    for j in range(len(s)):
+        if len(keep) >= max_detections:
+            break
+        mine = kept_of.setdefault(int(cls[j]), [])
+        if mine:
+            k = np.asarray(mine)
+            lt = np.maximum(cand[k, :2], cand[j, :2])
+            rb = np.minimum(cand[k, 2:], cand[j, 2:])
+            inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+            union = area[k] + area[j] - inter
+            iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+            if (iou > iou_threshold).any():
                 continue
-            keep.append(int(members[i]))
-            alive[i + 1:] &= ious[i, i + 1:] <= iou_threshold
-    kept = np.asarray(sorted(keep, key=lambda j: (-s[j], j)), np.int64)[:max_detections]
+        mine.append(j)
+        keep.append(j)
+    kept = np.asarray(keep, np.int64)
     return Detections(boxes[idx[kept]].reshape(-1, 4), s[kept].astype(np.float32), cls[kept].astype(np.int64))
 
 
