@@ -36,6 +36,10 @@ class Gates(_Strict):
 
     max_top1_drop: float | None = Field(None, ge=0, description="points of top-1 below the reference")
     min_agreement: float | None = Field(None, ge=0, le=1, description="fraction of argmax equal to reference")
+    # Top-1 can hold while a small defect class loses most of its recall; balanced accuracy (mean per-class
+    # recall) shows it. Per-class recall on few images moves in large steps, so its limit is wider than top-1's.
+    max_balanced_accuracy_drop: float | None = Field(None, ge=0, description="points of balanced accuracy "
+                                                     "(mean per-class recall) below the reference")
     max_p95_ms: float | None = Field(None, gt=0, description="batch-1 latency budget, 95th percentile")
     # Anomaly runs (finetune --task anomaly) are gated on these instead of the two top-1 gates above.
     max_auroc_drop: float | None = Field(None, ge=0, le=1, description="anomaly: image AUROC below the reference")

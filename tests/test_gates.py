@@ -62,3 +62,27 @@ def test_a_failure_names_each_failed_gate_with_value_and_limit() -> None:
     text = failed_text({"target": "cpu-openvino-int8", "gates": gates, "passed": False})
     assert text == "cpu-openvino-int8 (max_top1_drop 5 > 2; min_agreement 0.95 < 0.98)"
     assert failed_text({"target": "t", "gates": [], "skipped": "export failed: x"}) == "t (export failed: x)"
+
+
+def test_a_small_class_that_loses_its_recall_fails_the_balanced_accuracy_gate() -> None:
+    """95 good parts and 5 defects, all right for the reference; the candidate calls 2 defects good. Top-1
+    loses 2 points (inside its limit), balanced accuracy 20 (the defect class's recall 1.0 -> 0.6): export's
+    fallback and bench both fail the balanced gate alone, with the same value."""
+    labels = np.array([0] * 95 + [1] * 5)
+    ref = np.eye(2, dtype=np.float32)[labels] * 5
+    cand = ref.copy()
+    cand[[95, 96]] = np.eye(2, dtype=np.float32)[0] * 5
+    es = EvalSet(inputs=np.zeros((100, 3, 2, 2), np.float32), labels=labels, logits=ref, classes=["good", "defect"],
+                 paths=[f"{i}.png" for i in range(100)], source="test")
+    gates = Gates(max_top1_drop=2.0, max_balanced_accuracy_drop=4.0)
+    export = gate_values(cand, es, gates)
+    assert export["top1_drop"] == pytest.approx(2.0) and export["balanced_accuracy_drop"] == pytest.approx(20.0)
+    assert not export["passed"] and export["failed"] == ["balanced accuracy drop 20.00 > 4 points"]
+    target = get_target("cpu-onnxruntime-int8").model_copy(update={"gates": gates})
+    bench = target_gates(target, {"max_top1_drop": export["top1_drop"],
+                                  "max_balanced_accuracy_drop": export["balanced_accuracy_drop"]})
+    assert [(g["name"], g["passed"]) for g in bench] == [("max_top1_drop", True), ("max_balanced_accuracy_drop", False)]
+    # every shipped profile that gates top-1 gates balanced accuracy too, and no tighter than top-1
+    for name in ("cpu-onnxruntime-int8", "cpu-openvino-int8", "cpu-onnxruntime-fp32", "gpu-tensorrt-fp16"):
+        g = get_target(name).gates
+        assert g.max_balanced_accuracy_drop is not None and g.max_balanced_accuracy_drop >= g.max_top1_drop

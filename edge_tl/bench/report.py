@@ -145,6 +145,7 @@ def markdown(report: dict[str, Any]) -> str:
         ("top-1", _fmt(ref.get("top1")), _fmt(cand.get("top1"))),
         ("balanced accuracy", _fmt(ref.get("balanced_accuracy")), _fmt(cand.get("balanced_accuracy"))),
         ("top-1 drop (points)", "", _fmt(cand.get("top1_drop"), 2)),
+        ("balanced accuracy drop (points)", "", _fmt(cand.get("balanced_accuracy_drop"), 2)),
         ("agreement", "", _fmt(cand.get("agreement"), 4))]
     if "agreement_confident" in cand:  # issue 26: the split by the reference's margin (absent in older reports)
         figures += [("agreement, confident answers (gated)", "",

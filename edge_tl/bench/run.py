@@ -449,6 +449,7 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
         "format": target.backend, "precision": precision, "precision_state": state, "top1": metrics["top1"],
         "balanced_accuracy": metrics["balanced_accuracy"],
         "top1_drop": (ref_metrics["top1"] - metrics["top1"]) * 100.0,
+        "balanced_accuracy_drop": (ref_metrics["balanced_accuracy"] - metrics["balanced_accuracy"]) * 100.0,
         "agreement": agreement(cand["logits"], evalset.logits),
         "per_class_recall": metrics["per_class_recall"], "confusion": metrics["confusion"],
         "latency_ms": cand["latency_ms"], "throughput_ips": cand["throughput_ips"],
@@ -531,6 +532,7 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
                                       "max_p95_ms": p95}, not_measured)
     else:
         gates = target_gates(target, {"max_top1_drop": candidate["top1_drop"],
+                                      "max_balanced_accuracy_drop": candidate["balanced_accuracy_drop"],
                                       "min_agreement": candidate["agreement_confident"], "max_p95_ms": p95},
                              not_measured)
     for g in gates:

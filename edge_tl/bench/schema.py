@@ -133,6 +133,8 @@ class Candidate(_Accuracy):
     precision_state: dict[str, Any] | None = Field(
         None, description="an INT8 target's graph as counted (bench.precision.precision_state)")
     top1_drop: float | None = Field(None, description="reference top-1 minus candidate top-1, percentage points")
+    balanced_accuracy_drop: float | None = Field(None, description="reference balanced accuracy minus the "
+                                                 "candidate's, percentage points")
     agreement: float | None = Field(None, description="share of images with the reference's argmax, fraction")
     confusion: list[list[int]] | None = Field(None, description="rows: true class, columns: predicted")
     batch1_ips: float | None = Field(None, description="1000 / batch-1 p50, images per second")

@@ -34,7 +34,8 @@ def targets(name: str = typer.Argument(None, metavar="NAME|PATH", help="A target
         return
     table = Table("name", "backend", "device", "precision", "batch", "threads", "gates")
     table.columns[0].no_wrap = True
-    short = {"max_top1_drop": "drop≤{} pt", "min_agreement": "agree≥{}", "max_p95_ms": "p95≤{} ms",
+    short = {"max_top1_drop": "drop≤{} pt", "min_agreement": "agree≥{}",
+             "max_balanced_accuracy_drop": "balanced drop≤{} pt", "max_p95_ms": "p95≤{} ms",
              "max_auroc_drop": "anomaly: AUROC drop≤{}", "min_decision_agreement": "decisions≥{}",
              "max_map_drop": "detect: mAP@0.5 drop≤{} pt", "min_box_agreement": "boxes≥{}"}
     for t in builtin_targets().values():

@@ -26,6 +26,7 @@ from ...metrics import (
     CONFIDENCE_Z,
     NOISE_QUANTILE,
     answer_noise,
+    classification_metrics,
     compare,
     margin_agreement,
     margin_fields,
@@ -51,7 +52,8 @@ def gate_values(logits: np.ndarray, evalset: EvalSet, gates: Gates, noise: float
     """The gate figures of ``logits`` against the reference ``evalset.logits`` and the verdict: one gate
     definition per task, judged by ``gates.verdicts`` as bench judges them.
 
-    Classifier: ``top1``, ``reference_top1``, ``top1_drop`` (points), ``agreement`` (all answers);
+    Classifier: ``top1``, ``reference_top1``, ``top1_drop`` (points), ``balanced_accuracy``,
+    ``reference_balanced_accuracy``, ``balanced_accuracy_drop`` (points), ``agreement`` (all answers);
     anomaly: ``auroc``, ``reference_auroc``, ``auroc_drop``, ``decision_agreement`` (= ``agreement``,
     all decisions). Both: the split at ``noise`` (``metrics.margin_agreement``): ``agreement_confident``
     (reference margin > noise; the value ``min_agreement`` / ``min_decision_agreement`` judges; None
@@ -92,9 +94,14 @@ def gate_values(logits: np.ndarray, evalset: EvalSet, gates: Gates, noise: float
         drop = (ref_top1 - top1) * 100.0
         diff = ref_ok.astype(np.float64) - ok.astype(np.float64)
         half = CONFIDENCE_Z * float(np.sqrt(diff.var() / n)) * 100.0 if n else 0.0
+        bal = classification_metrics(logits, labels, evalset.classes)["balanced_accuracy"]
+        ref_bal = classification_metrics(evalset.logits, labels, evalset.classes)["balanced_accuracy"]
+        bal_drop = (ref_bal - bal) * 100.0
         values |= {"top1": top1, "reference_top1": ref_top1, "top1_drop": drop,
-                   "top1_drop_interval": [drop - half, drop + half], "agreement": split["agreement"]}
-        measured = {"max_top1_drop": drop, "min_agreement": conf["agreement"]}
+                   "top1_drop_interval": [drop - half, drop + half], "agreement": split["agreement"],
+                   "balanced_accuracy": bal, "reference_balanced_accuracy": ref_bal,
+                   "balanced_accuracy_drop": bal_drop}
+        measured = {"max_top1_drop": drop, "min_agreement": conf["agreement"], "max_balanced_accuracy_drop": bal_drop}
         agreement_gate = "min_agreement"
     limits = gates.model_dump()
     skip = (agreement_gate,) if conf["n"] == 0 else ()
@@ -162,6 +169,8 @@ def _failed_text(g: dict[str, Any], values: dict[str, Any]) -> str:
                 "boxes)" if share is not None else "box agreement not computed")
     if name == "max_top1_drop":
         return f"top-1 drop {values['top1_drop']:.2f} > {limit:g} points"
+    if name == "max_balanced_accuracy_drop":
+        return f"balanced accuracy drop {values['balanced_accuracy_drop']:.2f} > {limit:g} points"
     if name == "max_auroc_drop":
         drop = values["auroc_drop"]
         return f"AUROC drop {drop:.4f} > {limit:g}" if drop is not None else "AUROC not computed"
@@ -201,19 +210,24 @@ def gate_margin(values: dict[str, Any], gates: Gates) -> float:
     if "auroc_drop" in values:
         if gates.max_auroc_drop is not None:
             slack.append(gates.max_auroc_drop - values["auroc_drop"] if values["auroc_drop"] is not None else -1.0)
-    elif gates.max_top1_drop is not None:
-        slack.append((gates.max_top1_drop - values["top1_drop"]) / 100.0)
+    else:
+        for limit, key in ((gates.max_top1_drop, "top1_drop"),
+                           (gates.max_balanced_accuracy_drop, "balanced_accuracy_drop")):
+            if limit is not None and values.get(key) is not None:
+                slack.append((limit - values[key]) / 100.0)
     return float(min(slack))
 
 
 def has_gates(gates: Gates) -> bool:
     """Whether any accuracy gate is set (either task's: the evaluation set's task picks which ones apply)."""
-    return any(v is not None for v in (gates.max_top1_drop, gates.min_agreement, gates.max_auroc_drop,
+    return any(v is not None for v in (gates.max_top1_drop, gates.min_agreement, gates.max_balanced_accuracy_drop,
+                                       gates.max_auroc_drop,
                                        gates.min_decision_agreement, gates.max_map_drop,
                                        gates.min_box_agreement))
 
 
-SHORT_KEYS = ("top1", "top1_drop", "top1_drop_interval", "auroc", "auroc_drop", "decision_agreement", "agreement",
+SHORT_KEYS = ("top1", "top1_drop", "top1_drop_interval", "balanced_accuracy", "balanced_accuracy_drop",
+              "auroc", "auroc_drop", "decision_agreement", "agreement",
               "agreement_confident", "confident_n", "confident_interval", "near_tie_n", "near_tie_share",
               "near_tie_agreement", "answer_noise", "selection_call",
               "map50", "reference_map50", "map50_drop", "map50_95", "box_agreement", "box_agreement_confident",
