@@ -170,3 +170,7 @@ def test_when_int8_cannot_pass_the_best_measured_graph_ships_and_says_it_still_f
     assert all("best measured" in layer["reason"] for layer in layers)
     assert {t["float_inputs"] for t in fallback["trials"]} == {1, 3, 4}
     assert all("agreement_confident" in t for t in fallback["trials"])
+    # k = 4 is every activation quantiser removed, and it fails: the int8 weights alone miss the gate, which
+    # the message names, and calibrating on other images (activation ranges) is not offered as the way out
+    assert fallback["weights_alone"] is True
+    assert "int8 weights alone miss it" in fallback["message"] and "--calibration" not in fallback["message"]

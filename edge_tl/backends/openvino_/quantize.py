@@ -176,7 +176,11 @@ def sensitivity(qmodel: Any, float_model: Any, inputs: np.ndarray, threads: int 
     rows = []
     for op in qmodel.get_ordered_ops():
         if op.get_type_name() != "FakeQuantize" or op.input_value(0).get_node().get_type_name() == "Constant":
-            continue  # weights stay int8: their error is small per channel, and int8 weights are the size win
+            # Weights stay int8: int8 weights are the size win, and their error is small per channel on
+            # mobilenet_v2. Not on every network: a fine-tuned EfficientNet-Lite0 on elpv missed with every
+            # activation quantiser bypassed (its first depthwise conv, whose BatchNorm has channels of variance 0,
+            # moves logits by 2.4 on its own); the fallback then says the weights alone miss.
+            continue
         name = op.get_friendly_name()
         consumers = sorted({t.get_node().get_friendly_name() for t in op.output(0).get_target_inputs()})
         err = rel_error(logits(without(qmodel, [name]), inputs, threads), ref)

@@ -525,10 +525,17 @@ def bypass_fewest(backend: Quantizer, target: Target, fallback: dict[str, Any], 
         best = measured[found]
         what = f"the all-INT8 {backend.MODEL}" if found == 0 else (
             f"the best {backend.MODEL} measured ({found} of {len(ranked)} activation quantisers removed)")
-        fallback |= {"status": "cannot pass", "shipped": "best measured", "message": (
+        # With every activation quantiser removed only the int8 weights are left: name that, since neither more
+        # calibration images nor another activation scheme can help then.
+        alone = trials.get(len(ranked))
+        weights = ("; with every activation quantiser removed the int8 weights alone miss it ("
+                   f"{'; '.join(alone['failed'])})") if alone is not None and alone["failed"] else ""
+        fallback |= {"status": "cannot pass", "shipped": "best measured", "weights_alone": alone is not None and
+                     bool(alone["failed"]), "message": (
             "INT8 cannot pass the gate on the selection set even with every activation quantiser removed: "
-            f"shipping {what}, which still fails ({'; '.join(best['failed'])}); bench will fail this target; "
-            "use the fp32 target or calibrate on images closer to production (--calibration)")}
+            f"shipping {what}, which still fails ({'; '.join(best['failed'])}){weights}; bench will fail this "
+            "target; use the fp32 target" + ("" if weights else
+                                             " or calibrate on images closer to production (--calibration)"))}
         why = "accuracy fallback, best measured (INT8 cannot pass the gate on the selection set)"
         if found == 0:
             return None, None, []
