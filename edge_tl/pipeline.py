@@ -104,6 +104,11 @@ def check_pipeline(path: Path) -> Pipeline:
     wrong = task_option_error(ft.task, ft.weights, ft.baseline)
     if wrong is not None:
         raise fail(f"finetune.{wrong[0]}", f'{"run: " if wrong[0] == "weights" else ""}for task = "classify" only')
+    from .tasks import unused_option
+
+    unused = unused_option(ft.task, ft.model_fields_set)
+    if unused is not None:
+        raise fail(f"finetune.{unused[0]}", f'for task = "{unused[1]}"; task = "{ft.task}" does not use it: remove it')
     run = _resolve(here, ft.out)
     if p.prune is not None:
         exists("prune.data", p.prune.data)
@@ -324,8 +329,9 @@ def run_pipeline(path: Path, quiet: bool = False, force: bool = False,
         weights = "run:" + rel(ft.weights[len("run:"):])
     else:
         weights = rel(ft.weights)
+    # "val" only when given: an update marks the option as set, and a classifier's run refuses anomaly options
     resolved = ft.model_copy(update={"data": rel(ft.data), "out": run, "weights": weights,
-                                     "val": rel(ft.val) if ft.val else None})
+                                     **({"val": rel(ft.val)} if ft.val else {})})
     settings = resolved.model_dump()
     inputs = {"data": _digest(Path(settings["data"])),
               "val": _digest(Path(settings["val"])) if ft.val else None, "weights": _weights_digest(weights)}

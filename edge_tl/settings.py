@@ -138,8 +138,11 @@ class FinetuneSettings(StageSettings):
 
     def run(self, quiet: bool = True) -> dict[str, Any]:
         """Fit; returns the manifest (``RUN/finetune/manifest.json``)."""
-        from .tasks import fit_task, fit_task_options
+        from .tasks import fit_task, fit_task_options, unused_option
 
+        unused = unused_option(self.task, self.model_fields_set)
+        if unused is not None:
+            raise ConfigError(f"option {unused[0]!r} is for task {unused[1]}, not {self.task!r}: remove it")
         return fit_task(self.data, self.out, **fit_task_options(self.model_dump() | {"quiet": quiet},
                                                                  given=self.model_fields_set))
 

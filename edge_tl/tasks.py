@@ -53,6 +53,20 @@ def task_option_error(task: str, weights: str, baseline: str) -> tuple[str, str]
     return None
 
 
+def unused_option(task: str, given: set[str] | frozenset[str]) -> tuple[str, str] | None:
+    """(option, the tasks that use it) for the first option in ``given`` (those the user set) that ``task``
+    would silently ignore, else None: ``--task anomaly --unfreeze 3`` trained nothing and said nothing. The
+    one check behind the CLI's, the pipeline file's and the API's errors, each spelling the option its way."""
+    used = {"classify": {*TRAIN_OPTIONS}, "anomaly": {*ANOMALY_OPTIONS}, "detect": {*DETECT_OPTIONS}}
+    for name in sorted(given):
+        if name in COMMON_OPTIONS or task not in used or name in used[task]:
+            continue
+        users = [t for t in TASKS if name in used[t]]
+        if users:  # an option of no task (data, out) is the settings model's business
+            return name, " or ".join(users)
+    return None
+
+
 def fit_task(data_dir: str | Path, out: str | Path, *, task: str = "classify", arch: str = "mobilenet_v2",
              weights: str = "imagenet", resize: str | None = None, input_size: int | None = None, seed: int = 0,
              engine: str = "auto", quiet: bool = True, val_fraction: float = 0.2, baseline: str = "none",
@@ -64,7 +78,8 @@ def fit_task(data_dir: str | Path, out: str | Path, *, task: str = "classify", a
     unfreeze, ...) plus ``seed``, ``engine`` and ``quiet``. ``task="anomaly"``: ``anomaly.fit.fit_anomaly``
     with ``anomaly`` (method, val_dir, ok_class, holdout, coreset, bank_size, dim, clusters,
     max_false_reject). ``task="detect"``: ``detect.train.fit_detector`` with ``detect`` (mode, epochs, input size,
-    format ...: only those given, the detector has defaults of its own). Options of the other tasks are ignored.
+    format ...: only those given, the detector has defaults of its own). The other tasks' dicts are not read; the
+    front doors refuse an option the user gave for another task (:func:`unused_option`).
     Returns the stage's manifest; ConfigError
     for an option that does not go with the task (:func:`task_option_error`)."""
     wrong = task_option_error(task, weights, baseline)

@@ -123,3 +123,28 @@ def test_api_finetune_runs_the_anomaly_task(tmp_path: Path) -> None:
         api.finetune(data / "train" / "good", tmp_path / "run2", task="anomaly", baseline="scratch")
     with pytest.raises(ConfigError, match="option 'task': unknown value 'segment'"):
         api.finetune(data / "train" / "good", tmp_path / "run3", task="segment")
+
+
+def test_an_option_of_another_task_is_an_error_on_every_front_door(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A new user's first day: `--task anomaly --unfreeze 3` fitted an anomaly model and dropped --unfreeze
+    without a word (and `--task classify --method patchcore` trained a classifier). Each front door now
+    says which task the option is for, in one line, before anything is read or trained."""
+    from edge_tl.cli import main
+    from edge_tl.errors import ConfigError as Bad
+    from edge_tl.pipeline import run_pipeline
+
+    data = tmp_path / "good"
+    data.mkdir()
+    for task, flag, value in (("anomaly", "--unfreeze", "3"), ("classify", "--method", "patchcore"),
+                              ("detect", "--balance", "weights")):
+        assert main(["finetune", str(data), "--task", task, flag, value, "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{flag} is for --task" in err and f"--task {task} does not use" in err
+    with pytest.raises(Bad, match="option 'epochs' is for task classify or detect, not 'anomaly'"):
+        api.finetune(data, tmp_path / "r", task="anomaly", epochs=3)
+    path = tmp_path / "p.toml"
+    path.write_text(f'[finetune]\ndata = "{data}"\nout = "run"\ntask = "anomaly"\nmode = "full"\n')
+    with pytest.raises(Bad, match=r'finetune.mode.*for task = "classify or detect"; task = "anomaly" does not use'):
+        run_pipeline(path, quiet=True)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "run").exists()

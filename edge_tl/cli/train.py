@@ -39,6 +39,14 @@ def finetune(settings: FinetuneSettings,
         from ..errors import ConfigError
 
         raise ConfigError(f"--{wrong[0]}{' run:' if wrong[0] == 'weights' else ''} is for --task classify{wrong[1]}")
+    from ..tasks import unused_option
+
+    unused = unused_option(settings.task, settings.model_fields_set)
+    if unused is not None:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--{unused[0].replace('_', '-')} is for --task {unused[1]}; --task {settings.task} "
+                          "does not use it: remove it")
     manifest = settings.run(quiet=quiet or state.quiet)
     if manifest:
         console().print(finetune_summary(manifest, Path(settings.out)), soft_wrap=True)  # an anomaly run's too
