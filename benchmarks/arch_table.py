@@ -60,7 +60,9 @@ def _bench(run: Path) -> dict[str, Any]:
     for t in TARGETS:
         r = json.loads((run / "reports" / f"{t}.json").read_text())
         c = r["candidate"]
-        out[t] = {"drop": c["top1_drop"], "agreement": c["agreement"], "p50_ms": c["latency_ms"]["p50"],
+        out[t] = {"drop": c["top1_drop"], "balanced_drop": c.get("balanced_accuracy_drop"),
+                  "agreement": c["agreement"], "confident": c.get("agreement_confident"),
+                  "near_ties": c.get("near_tie_n"), "p50_ms": c["latency_ms"]["p50"],
                   "speedup": r["speedup"], "passed": r["passed"],
                   "layers": (c.get("precision_state") or {}).get("label", c["precision"]),
                   "reliable": r["timing_reliable"], "host": r["host"]}
@@ -84,15 +86,18 @@ def main() -> None:
             row["targets"] = _bench(args.out / f"{s}-{arch}-partial")
             rows.append(row)
     lines = ["| set | backbone | linear top-1 / bal. | partial top-1 / bal. | partial train s | target | drop (pts) "
-             "| agreement | layers | p50 ms | × torch fp32 |", "|" + "---|" * 11]
+             "| bal. drop | agreement (confident) | near-ties | layers | p50 ms | × torch fp32 | passed |",
+             "|" + "---|" * 14]
     for r in rows:
         for i, (t, b) in enumerate(r["targets"].items()):
             head = (f"| {r['set']} | {r['arch']} | {r['linear']['top1']:.3f} / {r['linear']['balanced']:.3f} | "
                     f"{r['partial']['top1']:.3f} / {r['partial']['balanced']:.3f} | {r['partial']['train_s']:.0f} |"
                     if i == 0 else "| | | | | |")
             flag = "" if b["reliable"] else " (unreliable)"
-            lines.append(f"{head} {t} | {b['drop']:.2f} | {b['agreement']:.4f} | {b['layers']} | {b['p50_ms']:.2f} | "
-                         f"{b['speedup']:.2f}{flag} |")
+            conf = "–" if b["confident"] is None else f"{b['confident']:.4f}"
+            bal = "–" if b["balanced_drop"] is None else f"{b['balanced_drop']:.2f}"
+            lines.append(f"{head} {t} | {b['drop']:.2f} | {bal} | {b['agreement']:.4f} ({conf}) | {b['near_ties']} | "
+                         f"{b['layers']} | {b['p50_ms']:.2f} | {b['speedup']:.2f}{flag} | {b['passed']} |")
     host = rows[0]["targets"][TARGETS[0]]["host"] if rows else {}
     lines.append(f"\nHost: {host.get('cpu')}, flags {' '.join(host.get('cpu_flags', []))}; figures on each set's "
                  "validation split (20 % per class, seed 0).")
