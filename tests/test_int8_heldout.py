@@ -75,6 +75,10 @@ def test_selection_is_disjoint_and_the_verdict_is_measured_on_validation(run_cop
     gate = next(g for g in report["gates"] if g["name"] == "min_agreement")
     assert gate["value"] == held["agreement_confident"] and "confident answers" in gate["on"]
     assert cand["agreement_curve"] and cand["agreement_curve"][0]["margin"] == 0.0
+    # The drop this graph's noise gives on random images, beside the measured one (the same drop).
+    chance = cand["top1_drop_from_noise"]
+    assert chance["measured"] == pytest.approx(cand["top1_drop"]) and chance["interval"][0] <= chance["mean"]
+    assert chance["mean"] <= chance["interval"][1] and 0.0 <= chance["p_value"] <= 1.0
 
 
 def test_a_training_split_too_small_for_a_disjoint_set_selects_on_calibration_images(

@@ -9,7 +9,7 @@ import pytest
 
 from edge_tl.bench.run import target_gates
 from edge_tl.evalset import EvalSet
-from edge_tl.metrics import answer_noise, margin_agreement, margin_fields, wilson_interval
+from edge_tl.metrics import answer_noise, drop_from_noise, margin_agreement, margin_fields, wilson_interval
 from edge_tl.stages.quantize.fallback import NOT_ENOUGH, gate_margin, gate_values, images_to_show
 from edge_tl.targets import Gates, get_target
 
@@ -174,3 +174,30 @@ def test_when_int8_cannot_pass_the_best_measured_graph_ships_and_says_it_still_f
     # the message names, and calibrating on other images (activation ranges) is not offered as the way out
     assert fallback["weights_alone"] is True
     assert "int8 weights alone miss it" in fallback["message"] and "--calibration" not in fallback["message"]
+
+
+def test_drop_from_noise_tells_coin_tosses_from_a_systematic_drop() -> None:
+    """The same number of changed answers: dealt at random over the near-ties (half of them right) the
+    measured drop sits inside the permutation range; all on right answers it does not."""
+    gen = np.random.default_rng(1)
+    n = 500
+    margin = np.where(np.arange(n) < 100, 0.05, 3.0)  # 100 near-ties, 400 confident answers
+    ref = np.stack([np.zeros(n), margin], axis=1)
+    labels = np.ones(n, int)
+    labels[gen.permutation(100)[:50]] = 0  # half the near-ties are wrong answers of the reference
+    change = gen.normal(0, 0.06, n)
+    coin = ref + np.stack([np.zeros(n), change], axis=1)
+    fair = drop_from_noise(coin, ref, labels)
+    assert fair is not None and fair["interval"][0] <= fair["measured"] <= fair["interval"][1]
+    assert fair["p_value"] > 0.05 and abs(fair["mean"]) < 2.0
+    # The same margin changes, but the largest falls go to the reference's right near-ties.
+    right = np.flatnonzero((np.arange(n) < 100) & (labels == 1))
+    sorted_change = np.sort(change[:100])
+    aimed = np.zeros(n)
+    aimed[:100] = sorted_change[::-1]  # the mildest first
+    aimed[right] = sorted_change[:len(right)]
+    aimed[100:] = change[100:]
+    systematic = ref + np.stack([np.zeros(n), aimed], axis=1)
+    biased = drop_from_noise(systematic, ref, labels)
+    assert biased is not None and biased["measured"] > biased["interval"][1] and biased["p_value"] < 0.01
+    assert drop_from_noise(ref[:, :1], ref[:, :1], labels) is None  # one class: nothing to deal

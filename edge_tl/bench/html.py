@@ -117,6 +117,17 @@ def _points(reports: list[dict[str, Any]], key: str = "top1") -> tuple[list[dict
     return pts, ref_top1
 
 
+def _chance_rows(cand: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The top-1 drop this graph's answer noise gives on random images (``metrics.drop_from_noise``)."""
+    chance = cand.get("top1_drop_from_noise")
+    if not chance:
+        return []
+    lo, hi = chance["interval"]
+    return [("top-1 drop from noise alone (its margin changes dealt to random images)", "",
+             f"{num(chance['mean'], 2, ' points')} (95 %: {num(lo, 2)} to {num(hi, 2)}); "
+             f"p = {num(chance['p_value'], 2)}")]
+
+
 def _split_rows(cand: dict[str, Any]) -> list[tuple[str, str, str]]:
     """The agreement split by the reference's margin (bench's ``agreement_confident`` and near-tie fields)."""
     if "agreement_confident" not in cand:
@@ -220,6 +231,8 @@ def render_html(report: dict[str, Any]) -> str:
             ("top-1", pct(ref.get("top1"), 2), pct(cand.get("top1"), 2)),
             ("balanced accuracy", pct(ref.get("balanced_accuracy"), 2), pct(cand.get("balanced_accuracy"), 2)),
             ("top-1 drop", "", num(cand.get("top1_drop"), 2, " points")),
+            ("balanced accuracy drop", "", num(cand.get("balanced_accuracy_drop"), 2, " points")),
+            *_chance_rows(cand),
             ("agreement with reference", "", pct(cand.get("agreement"), 2)),
             *_split_rows(cand)]
         rows = [("format / precision", f'{esc(ref.get("format"))} / {esc(ref.get("precision"))}',

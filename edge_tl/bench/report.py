@@ -153,6 +153,11 @@ def markdown(report: dict[str, Any]) -> str:
                     ("near-ties: share / agreement", "",
                      f"{_fmt(cand.get('near_tie_share'), 4)} / {_fmt(cand.get('near_tie_agreement'), 4)}"),
                     ("answer noise", "", _fmt(cand.get("answer_noise"), 4))]
+    chance = cand.get("top1_drop_from_noise")
+    if chance:
+        lo, hi = chance["interval"]
+        figures.append(("top-1 drop from noise alone (random images)", "",
+                        f"{chance['mean']:.2f} ({lo:.2f} to {hi:.2f}); p = {chance['p_value']:.2f}"))
     rows = [
         ("format / precision", f"{ref['format']} / {ref['precision']}", f"{cand['format']} / {precision_text(cand)}"),
         *figures,
