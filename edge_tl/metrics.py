@@ -282,32 +282,42 @@ NOISE_ROUNDS = 2000  # permutations: the 95 % range's ends move by < 0.1 point b
 
 
 def drop_from_noise(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray,
-                    rounds: int = NOISE_ROUNDS, seed: int = 0) -> dict[str, Any] | None:
-    """Whether a classifier's top-1 drop is more than its answer noise gives: a permutation test.
+                    rounds: int = NOISE_ROUNDS, seed: int = 0,
+                    onto: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any] | None:
+    """Whether a classifier's top-1 drop is more than its answer noise gives: a resampling test.
 
     The candidate's per-image change of the reference answer's margin (:func:`answer_margins`) is dealt
-    to the images at random ``rounds`` times; an image whose margin then falls below 0 takes the
-    reference's runner-up class (the candidate's answer exactly where there are two classes). The drop of
-    each deal (reference top-1 minus the dealt top-1, points) is what a graph with the same noise but no
-    preference for the answers that matter would lose. Returns ``measured`` (the candidate's own drop),
-    ``mean``, ``interval`` (2.5th and 97.5th percentiles of the dealt drops), ``p_value`` (share of deals
-    losing at least ``measured``; small: the candidate's changes hit right answers more than chance) and
-    ``rounds``; None with fewer than two classes or no image. A drop inside the interval is the near-ties'
-    coin tosses, not a systematic error; the drop gate still judges the measured value.
+    to the images at random (drawn with replacement) ``rounds`` times; an image whose margin then falls
+    below 0 takes the reference's runner-up class (the candidate's answer exactly where there are two
+    classes). The drop of each deal (reference top-1 minus the dealt top-1, points) is what a graph with
+    the same noise but no preference for the answers that matter would lose. ``onto``: (reference logits,
+    labels) of other images to deal the changes onto (the fallback: changes measured on the selection
+    images, dealt onto validation's float answers, whose near-ties are the ones the verdict counts).
+
+    Returns ``measured`` (the candidate's own drop on its images), ``mean``, ``interval`` (2.5th and 97.5th
+    percentiles of the dealt drops), ``p_value`` (share of deals losing at least ``measured``; small: the
+    candidate's changes hit right answers more than chance; meaningful without ``onto``) and ``rounds``;
+    None with fewer than two classes or no image. A drop inside the interval is the near-ties' coin
+    tosses, not a systematic error; the drop gate still judges the measured value.
     """
     ref = np.asarray(reference, np.float64)
     if ref.ndim != 2 or ref.shape[1] < 2 or not len(ref):
         return None
     ref_m, cand_m = answer_margins(candidate, reference)
+    measured = ((ref.argmax(axis=1) == labels).mean() - (np.asarray(candidate).argmax(axis=1) == labels).mean()) * 100
+    change = cand_m - ref_m
+    if onto is not None:
+        ref, labels = np.asarray(onto[0], np.float64), onto[1]
+        if not len(ref):
+            return None
+        ref_m = answer_margins(ref, ref)[0]
     order = np.argsort(ref, axis=1)
     ref_ok = order[:, -1] == labels
     alt_ok = order[:, -2] == labels
-    measured = (ref_ok.mean() - (np.asarray(candidate).argmax(axis=1) == labels).mean()) * 100.0
-    change = cand_m - ref_m
     rng = np.random.default_rng(seed)
     drops = np.empty(rounds)
     for i in range(rounds):
-        flipped = ref_m + rng.permutation(change) < 0
+        flipped = ref_m + rng.choice(change, size=len(ref_m)) < 0
         drops[i] = (ref_ok.mean() - np.where(flipped, alt_ok, ref_ok).mean()) * 100.0
     low, high = np.quantile(drops, [0.025, 0.975])
     return {"measured": float(measured), "mean": float(drops.mean()), "interval": [float(low), float(high)],

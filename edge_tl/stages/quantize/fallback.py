@@ -49,7 +49,8 @@ SENSITIVITY_IMAGES = 64  # calibration images the per-layer sensitivity is measu
 
 
 def gate_values(logits: np.ndarray, evalset: EvalSet, gates: Gates, noise: float = 0.0,
-                anomaly: bool = False, selection: bool = False) -> dict[str, Any]:
+                anomaly: bool = False, selection: bool = False, expected_on: EvalSet | None = None,
+                ) -> dict[str, Any]:
     """The gate figures of ``logits`` against the reference ``evalset.logits`` and the verdict: one gate
     definition per task, judged by ``gates.verdicts`` as bench judges them.
 
@@ -74,8 +75,11 @@ def gate_values(logits: np.ndarray, evalset: EvalSet, gates: Gates, noise: float
     The top-1 drop carries a 95 % interval (Wald, of the paired per-image differences) but is called on its
     value: at 0 or 1 changed answers that interval is degenerate, and the drop's limit spans one image or
     more of a 300-image selection set. On the selection set the value called is the larger of the drop and
-    ``top1_drop_expected``, the drop the graph's own margin changes give on random images
-    (``metrics.drop_from_noise``'s mean): the choice must not rest on which near-ties happened to flip.
+    ``top1_drop_expected``, the drop the graph's margin changes on these images give when dealt at random
+    onto ``expected_on``'s reference answers (the validation set's float logits and labels; no candidate
+    answer there is looked at) or, without it, onto these images (``metrics.drop_from_noise``'s mean): the
+    choice must not rest on which near-ties happened to flip, nor on training images, whose near-ties a
+    fitted model gets right more often than new images'.
     """
     split = margin_agreement(logits, evalset.logits, noise, anomaly)
     conf = split["confident"]
@@ -111,7 +115,8 @@ def gate_values(logits: np.ndarray, evalset: EvalSet, gates: Gates, noise: float
             # near-ties flip, and the search keeps the first graph that got lucky: it then failed held out
             # (demo, elpv: 0.0 chosen, 0.95 held out). Where it is chosen, a graph must also pass in
             # expectation: the drop its own margin changes give on random images (the bench's figure).
-            chance = drop_from_noise(logits, evalset.logits, labels)
+            onto = (expected_on.logits, expected_on.labels) if expected_on is not None else None
+            chance = drop_from_noise(logits, evalset.logits, labels, onto=onto)
             if chance is not None:
                 values["top1_drop_expected"] = chance["mean"]
                 measured["max_top1_drop"] = max(drop, chance["mean"])
@@ -331,7 +336,8 @@ class Judge:
         got = int8_logits(self.select.inputs).astype(np.float64)
         scaled = (ref + self.error_scale * (got - ref)).astype(np.float32)
         noise = answer_noise(scaled, self.select.logits, self.anomaly)
-        return gate_values(scaled, self.select, self.gates, noise, self.anomaly, selection=True)
+        return gate_values(scaled, self.select, self.gates, noise, self.anomaly, selection=True,
+                           expected_on=self.held_out)
 
     def noise(self, int8_logits: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any] | None:
         """The answer noise of the graph ``int8_logits`` against the reference on the selection images
@@ -411,7 +417,9 @@ def make_judge(target: Target, run: RunDir, src: Path, evalset: EvalSet, src_log
         "rule": (f"float layers are chosen on these {len(sel.images)} images, never on validation; there the INT8 "
                  f"logit error is scaled ×{scale:.3g} around the float logits (the float model's median margin "
                  "on them over its median margin on validation, at least 1: training images may sit farther from "
-                 "the boundary than new ones); the verdict is measured afterwards on the "
+                 "the boundary than new ones); a classifier's top-1 drop must also pass in expectation: the INT8 "
+                 "margin changes on these images dealt at random onto the validation images' float answers and "
+                 "labels (no INT8 answer on validation is looked at); the verdict is measured afterwards on the "
                  f"{len(evalset.labels)} validation images (held_out)")}
     return Judge(evalset, target.gates, select, float_sel, scale, record, anomaly), sel
 
