@@ -363,3 +363,21 @@ def test_feature_taps_are_found_at_input_sizes_that_are_not_a_multiple_of_32(arc
     stages = backbone_stages(build_backbone(arch), arch)
     taps = stride_taps(stages, 260, (8, 16, 32))  # the anomaly models' and the detector's
     assert taps is not None and taps == stride_taps(stages, 256, (8, 16, 32))
+
+
+def test_a_reported_half_of_a_few_images_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """2 good and 2 defect images left to report on: the run goes on, but says its rates rest on them."""
+    from edge_tl.anomaly.fit import MIN_FIGURE_IMAGES, split_images
+
+    data = write_anomaly_set(tmp_path / "small", n_train=12, n_good_val=4, n_defect=4)
+    with caplog.at_level("WARNING", logger="edge_tl"):
+        split = split_images(data / "train" / "good", data / "test", None, None, 1, seed=0)
+    assert sorted(s.label for s in split.val) == [0, 0, 1, 1]
+    said = [r.getMessage() for r in caplog.records if "reported half" in r.getMessage()]
+    assert len(said) == 1 and "2 good and 2 defect" in said[0] and f"fewer than {MIN_FIGURE_IMAGES}" in said[0]
+    caplog.clear()
+    big = write_anomaly_set(tmp_path / "big", n_train=12, n_good_val=2 * MIN_FIGURE_IMAGES,
+                            n_defect=2 * MIN_FIGURE_IMAGES)
+    with caplog.at_level("WARNING", logger="edge_tl"):
+        split_images(big / "train" / "good", big / "test", None, None, 1, seed=0)
+    assert not [r for r in caplog.records if "reported half" in r.getMessage()]

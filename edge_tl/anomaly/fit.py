@@ -64,6 +64,7 @@ DEFAULT_RESIZE = "full"
 MODE_CHOICES = (1, 2, 3)
 MODE_TOLERANCE = 0.005  # AUROC on the threshold images: a smaller model within this of the best wins
 MIN_MODE_IMAGES = 10  # a mode's Gaussians need this many good images
+MIN_FIGURE_IMAGES = 10  # of a class in the reported half, below which its rates are warned about
 
 
 def _good_class(folder: Path, classes: list[str], ok_class: str | None, flag: str) -> str:
@@ -381,6 +382,14 @@ def split_images(good_dir: Path, val_dir: Path | None, ok_class: str | None, hol
     if np.bincount([s.label for s in lab_samples], minlength=2)[1] == 1:
         raise DataError("a single defect image cannot be split between the threshold and the figures")
     thr_samples, val_samples = stratified_split(lab_samples, 0.5, seed)
+    per_class = np.bincount([s.label for s in val_samples], minlength=2)
+    few = [f"{int(per_class[y])} {name}" for y, name in ((0, "good"), (1, "defect"))
+           if 0 < per_class[y] < MIN_FIGURE_IMAGES]
+    if few:
+        # The run goes on (a first try on a handful of images is legitimate), but its figures are anecdotes.
+        log.warning("the reported half holds only %s image(s): its AUROC, false-reject and escape rates rest on "
+                    "them (fewer than %d of a class); hold out more good images (--holdout) or give --val DIR "
+                    "with more", " and ".join(few), MIN_FIGURE_IMAGES)
     return LabelledSplit(train, thr_samples, val_samples, [p for p, _ in labelled], skipped)
 
 
