@@ -278,7 +278,8 @@ def agreement_curve(candidate: np.ndarray, reference: np.ndarray, anomaly: bool 
     return out
 
 
-NOISE_ROUNDS = 2000  # permutations: the 95 % range's ends move by < 0.1 point between seeds at this count
+NOISE_ROUNDS = 2000  # deals: the 95 % range's ends move by < 0.1 point between seeds at this count
+NOISE_NEIGHBOURS = 0.1  # share of the images, nearest in reference margin, an image's change is drawn from
 
 
 def drop_from_noise(candidate: np.ndarray, reference: np.ndarray, labels: np.ndarray,
@@ -286,13 +287,16 @@ def drop_from_noise(candidate: np.ndarray, reference: np.ndarray, labels: np.nda
                     onto: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any] | None:
     """Whether a classifier's top-1 drop is more than its answer noise gives: a resampling test.
 
-    The candidate's per-image change of the reference answer's margin (:func:`answer_margins`) is dealt
-    to the images at random (drawn with replacement) ``rounds`` times; an image whose margin then falls
-    below 0 takes the reference's runner-up class (the candidate's answer exactly where there are two
-    classes). The drop of each deal (reference top-1 minus the dealt top-1, points) is what a graph with
-    the same noise but no preference for the answers that matter would lose. ``onto``: (reference logits,
-    labels) of other images to deal the changes onto (the fallback: changes measured on the selection
-    images, dealt onto validation's float answers, whose near-ties are the ones the verdict counts).
+    Each image gets a change of its reference answer's margin (:func:`answer_margins`) drawn at random
+    from the candidate's changes on the images nearest to it in reference margin (``NOISE_NEIGHBOURS`` of
+    them): a graph's error depends on the margin (large margins shrink more, in logits), and a large
+    margin's shrink dealt to a near-tie would flip it where no such change happens. An image whose
+    margin then falls below 0 takes the reference's runner-up class (the candidate's answer exactly
+    where there are two classes). The drop of each of ``rounds`` deals (reference top-1 minus the dealt
+    top-1, points) is what a graph with the same noise but no preference among the answers of a margin
+    would lose. ``onto``: (reference logits, labels) of other images to deal the changes onto (the
+    fallback: changes measured on the selection images, dealt onto validation's float answers, whose
+    near-ties are the ones the verdict counts).
 
     Returns ``measured`` (the candidate's own drop on its images), ``mean``, ``interval`` (2.5th and 97.5th
     percentiles of the dealt drops), ``p_value`` (share of deals losing at least ``measured``; small: the
@@ -305,7 +309,8 @@ def drop_from_noise(candidate: np.ndarray, reference: np.ndarray, labels: np.nda
         return None
     ref_m, cand_m = answer_margins(candidate, reference)
     measured = ((ref.argmax(axis=1) == labels).mean() - (np.asarray(candidate).argmax(axis=1) == labels).mean()) * 100
-    change = cand_m - ref_m
+    by_margin = np.argsort(ref_m, kind="stable")
+    src_m, change = ref_m[by_margin], (cand_m - ref_m)[by_margin]
     if onto is not None:
         ref, labels = np.asarray(onto[0], np.float64), onto[1]
         if not len(ref):
@@ -314,10 +319,14 @@ def drop_from_noise(candidate: np.ndarray, reference: np.ndarray, labels: np.nda
     order = np.argsort(ref, axis=1)
     ref_ok = order[:, -1] == labels
     alt_ok = order[:, -2] == labels
+    # each image's window of source images nearest in margin (sorted order), clipped at the ends
+    half = max(2, round(NOISE_NEIGHBOURS * len(src_m) / 2))
+    centre = np.clip(np.searchsorted(src_m, ref_m), half, max(half, len(src_m) - 1 - half))
     rng = np.random.default_rng(seed)
     drops = np.empty(rounds)
     for i in range(rounds):
-        flipped = ref_m + rng.choice(change, size=len(ref_m)) < 0
+        pick = np.clip(centre + rng.integers(-half, half + 1, len(ref_m)), 0, len(src_m) - 1)
+        flipped = ref_m + change[pick] < 0
         drops[i] = (ref_ok.mean() - np.where(flipped, alt_ok, ref_ok).mean()) * 100.0
     low, high = np.quantile(drops, [0.025, 0.975])
     return {"measured": float(measured), "mean": float(drops.mean()), "interval": [float(low), float(high)],
