@@ -224,3 +224,17 @@ def test_where_it_is_chosen_a_graph_must_pass_in_expectation_not_by_luck() -> No
     assert chosen["top1_drop"] == pytest.approx(0.0) and chosen["top1_drop_expected"] > 0.5
     assert not chosen["passed"] and "expected from its answer noise" in chosen["failed"][0]
     assert gate_margin(chosen, gates) < 0 <= gate_margin(held, gates)
+
+
+def test_a_large_margins_shrink_is_not_dealt_to_a_near_tie() -> None:
+    """Confident answers lose 1 logit of margin, near-ties none: nothing flips, and nothing is expected to
+    (drawn from all images alike, a near-tie would get a confident answer's shrink and flip)."""
+    n = 400
+    near = np.arange(n) < 100
+    margin = np.where(near, 0.05, 4.0)
+    ref = np.stack([np.zeros(n), margin], axis=1)
+    cand = np.stack([np.zeros(n), margin - np.where(near, 0.0, 1.0)], axis=1)
+    labels = np.ones(n, int)
+    labels[:25] = 0  # three in four near-ties right
+    chance = drop_from_noise(cand, ref, labels)
+    assert chance is not None and chance["measured"] == 0.0 and chance["mean"] == pytest.approx(0.0, abs=0.05)
