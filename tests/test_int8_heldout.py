@@ -110,7 +110,7 @@ def test_selection_passes_but_held_out_fails_is_reported_not_searched_again(
     held_out = EvalSet(pool[held], want[held], pool_logits[held], classes, [], "near-ties")
     chosen_on = steady[:len(steady) // 2]
     # 10 points: above what the selection images' tiny margin changes are expected to lose on validation
-    # (judged where the layers are chosen; under 4 points measured), below the 4 of 12 flips held out (33).
+    # (judged where the layers are chosen), below the 4 of 12 flips held out (33 points).
     tight = profile(tmp_path, "cpu-onnxruntime-int8", quantizer=QDQ,
                     gates={"max_top1_drop": 10.0, "max_balanced_accuracy_drop": 100.0, "min_agreement": 1.0})
     out = tmp_path / "target"
