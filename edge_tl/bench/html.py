@@ -118,12 +118,12 @@ def _points(reports: list[dict[str, Any]], key: str = "top1") -> tuple[list[dict
 
 
 def _chance_rows(cand: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """The top-1 drop this graph's answer noise gives on random images (``metrics.drop_from_noise``)."""
+    """The top-1 drop this graph's answer noise gives at random (``metrics.drop_from_noise``)."""
     chance = cand.get("top1_drop_from_noise")
     if not chance:
         return []
     lo, hi = chance["interval"]
-    return [("top-1 drop from noise alone (its margin changes dealt to random images)", "",
+    return [("top-1 drop from noise alone (its margin changes redealt among images of like margin)", "",
              f"{num(chance['mean'], 2, ' points')} (95 %: {num(lo, 2)} to {num(hi, 2)}); "
              f"p = {num(chance['p_value'], 2)}")]
 

@@ -156,7 +156,7 @@ def markdown(report: dict[str, Any]) -> str:
     chance = cand.get("top1_drop_from_noise")
     if chance:
         lo, hi = chance["interval"]
-        figures.append(("top-1 drop from noise alone (random images)", "",
+        figures.append(("top-1 drop from noise alone (redealt at random)", "",
                         f"{chance['mean']:.2f} ({lo:.2f} to {hi:.2f}); p = {chance['p_value']:.2f}"))
     rows = [
         ("format / precision", f"{ref['format']} / {ref['precision']}", f"{cand['format']} / {precision_text(cand)}"),

@@ -553,8 +553,9 @@ def bench_target(run: RunDir, target: Target, evalset: EvalSet, quiet: bool = Tr
         lo, hi = chance["interval"]
         base["notes"].append(
             f"the top-1 drop {candidate['top1_drop']:.2f} is within what this graph's answer noise loses when its "
-            f"margin changes fall on random images ({lo:.2f} to {hi:.2f} points, p = {chance['p_value']:.2f}): its "
-            "changed answers are near-tie coin tosses, not a systematic error; the gate judges the drop all the same")
+            f"margin changes are redealt among images of like margin ({lo:.2f} to {hi:.2f} points, p = "
+            f"{chance['p_value']:.2f}): its changed answers are near-tie coin tosses, not a systematic error; the "
+            "gate judges the drop all the same")
     if state is not None and state["precision"] != "int8":
         base["notes"].append(f"an INT8 profile whose graph is {state['label']}: it runs as a float model "
                              "with quantise/dequantise hops; compare with the float target")

@@ -180,7 +180,7 @@ class Candidate(_Accuracy):
         None, description="95th percentile of |Δ margin| (logits; anomaly: |Δ score| in threshold units)")
     answer_noise_source: str | None = Field(None, description="where the noise was measured, in words")
     top1_drop_from_noise: dict[str, Any] | None = Field(
-        None, description="metrics.drop_from_noise: the drop this graph's margin changes give dealt to random images "
+        None, description="metrics.drop_from_noise: the drop this graph's margin changes give redealt at random "
         "(mean, 95 % interval, p_value of the measured drop; points)")
     agreement_curve: list[dict[str, float]] | None = Field(
         None, description="[{margin, n, agreement}]: agreement of the answers with reference margin ≥ margin")

@@ -114,7 +114,7 @@ def gate_values(logits: np.ndarray, evalset: EvalSet, gates: Gates, noise: float
             # The drop realised on a few hundred images swings by a point or more with the luck of which
             # near-ties flip, and the search keeps the first graph that got lucky: it then failed held out
             # (demo, elpv: 0.0 chosen, 0.95 held out). Where it is chosen, a graph must also pass in
-            # expectation: the drop its own margin changes give on random images (the bench's figure).
+            # expectation: the drop its own margin changes give redealt at random (the bench's figure).
             onto = (expected_on.logits, expected_on.labels) if expected_on is not None else None
             chance = drop_from_noise(logits, evalset.logits, labels, onto=onto)
             if chance is not None:
