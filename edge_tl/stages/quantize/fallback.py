@@ -75,11 +75,11 @@ def gate_values(logits: np.ndarray, evalset: EvalSet, gates: Gates, noise: float
     The top-1 drop carries a 95 % interval (Wald, of the paired per-image differences) but is called on its
     value: at 0 or 1 changed answers that interval is degenerate, and the drop's limit spans one image or
     more of a 300-image selection set. On the selection set the value called is the larger of the drop and
-    ``top1_drop_expected``, the drop the graph's margin changes on these images give when dealt at random
-    onto ``expected_on``'s reference answers (the validation set's float logits and labels; no candidate
-    answer there is looked at) or, without it, onto these images (``metrics.drop_from_noise``'s mean): the
-    choice must not rest on which near-ties happened to flip, nor on training images, whose near-ties a
-    fitted model gets right more often than new images'.
+    ``top1_drop_expected``, the drop the graph's margin changes on these images give when redealt at random
+    (among images of like margin) onto ``expected_on``'s reference answers (the validation set's float
+    logits and labels; no candidate answer there is looked at) or, without it, onto these images
+    (``metrics.drop_from_noise``'s mean): the choice must not rest on which near-ties happened to flip, nor
+    on training images, whose near-ties a fitted model gets right more often than it gets new images'.
     """
     split = margin_agreement(logits, evalset.logits, noise, anomaly)
     conf = split["confident"]
@@ -112,9 +112,9 @@ def gate_values(logits: np.ndarray, evalset: EvalSet, gates: Gates, noise: float
         agreement_gate = "min_agreement"
         if selection:
             # The drop realised on a few hundred images swings by a point or more with the luck of which
-            # near-ties flip, and the search keeps the first graph that got lucky: it then failed held out
-            # (demo, elpv: 0.0 chosen, 0.95 held out). Where it is chosen, a graph must also pass in
-            # expectation: the drop its own margin changes give redealt at random (the bench's figure).
+            # near-ties flip, and the search keeps the first graph that got lucky (the demo's OpenVINO INT8:
+            # 0.00 where chosen, 0.95 held out). Where it is chosen, a graph must also pass in expectation:
+            # the drop its own margin changes give redealt at random (the bench's figure).
             onto = (expected_on.logits, expected_on.labels) if expected_on is not None else None
             chance = drop_from_noise(logits, evalset.logits, labels, onto=onto)
             if chance is not None:
@@ -418,7 +418,7 @@ def make_judge(target: Target, run: RunDir, src: Path, evalset: EvalSet, src_log
                  f"logit error is scaled ×{scale:.3g} around the float logits (the float model's median margin "
                  "on them over its median margin on validation, at least 1: training images may sit farther from "
                  "the boundary than new ones); a classifier's top-1 drop must also pass in expectation: the INT8 "
-                 "margin changes on these images dealt at random onto the validation images' float answers and "
+                 "margin changes on these images redealt at random onto the validation images' float answers and "
                  "labels (no INT8 answer on validation is looked at); the verdict is measured afterwards on the "
                  f"{len(evalset.labels)} validation images (held_out)")}
     return Judge(evalset, target.gates, select, float_sel, scale, record, anomaly), sel
