@@ -56,6 +56,16 @@ def _split(src: Path, dest: Path, keep: dict[str, int] | None = None) -> Path:
     return dest
 
 
+def split_set(name: str, neu: Path, out: Path) -> tuple[Path, list[str]]:
+    """The split folder of set ``name`` (neu, neu-imbalanced, elpv) under OUT/data and its finetune options."""
+    if name == "elpv":
+        src = out / "data" / "elpv-src"
+        if not src.is_dir() and _cli("dataset", "elpv", "--out", str(src)) != 0:
+            raise SystemExit("could not import elpv (pip install elpv-dataset)")
+        return _split(src, out / "data" / "elpv"), ["--resize", "full"]
+    return _split(neu, out / "data" / name, IMBALANCED if name == "neu-imbalanced" else None), []
+
+
 def _one(data: Path, run: Path, recipe: list[str], extra: list[str]) -> dict[str, Any]:
     manifest = run / "finetune" / "manifest.json"
     if not manifest.is_file():
@@ -83,14 +93,7 @@ def main() -> None:
     args = ap.parse_args()
     rows: list[dict[str, Any]] = []
     for s in args.sets:
-        if s == "elpv":
-            src = args.out / "data" / "elpv-src"
-            if not src.is_dir() and _cli("dataset", "elpv", "--out", str(src)) != 0:
-                raise SystemExit("could not import elpv (pip install elpv-dataset)")
-            data, extra = _split(src, args.out / "data" / "elpv"), ["--resize", "full"]
-        else:
-            data = _split(args.neu, args.out / "data" / s, IMBALANCED if s == "neu-imbalanced" else None)
-            extra = []
+        data, extra = split_set(s, args.neu, args.out)
         for name in args.recipes:
             row = {"set": s, "recipe": name} | _one(data, args.out / f"{s}-{name}", RECIPES[name], extra)
             rows.append(row)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from default_recipe import IMBALANCED, RECIPES, _cli, _split
+from default_recipe import RECIPES, _cli, split_set
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("cpu-onnxruntime-int8", "cpu-openvino-int8")
@@ -62,14 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     rows: list[dict[str, Any]] = []
     for s in args.sets:
-        if s == "elpv":
-            src = args.out / "data" / "elpv-src"
-            if not src.is_dir() and _cli("dataset", "elpv", "--out", str(src)) != 0:
-                raise SystemExit("could not import elpv (pip install elpv-dataset)")
-            data, extra = _split(src, args.out / "data" / "elpv"), ["--resize", "full"]
-        else:
-            data = _split(args.neu, args.out / "data" / s, IMBALANCED if s == "neu-imbalanced" else None)
-            extra = []
+        data, extra = split_set(s, args.neu, args.out)
         rows.append({"set": s} | _run(data, args.out / s, extra))
     lines = ["| set | val top-1 / bal. | target | test images | test top-1 / bal. (fp32) | drop (pts) | bal. drop | "
              "drop from noise alone | confident agreement (n) | near-ties | layers | fallback (val drop) | "
