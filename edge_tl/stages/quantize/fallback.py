@@ -112,7 +112,7 @@ def gate_values(logits: np.ndarray, evalset: EvalSet, gates: Gates, noise: float
         agreement_gate = "min_agreement"
         if selection:
             # The drop realised on a few hundred images swings by a point or more with the luck of which
-            # near-ties flip, and the search keeps the first graph that got lucky (the demo's OpenVINO INT8:
+            # near-ties flip, and the search keeps the first graph that got lucky (mobilenet_v2's elpv OpenVINO INT8:
             # 0.00 where chosen, 0.95 held out). Where it is chosen, a graph must also pass in expectation:
             # the drop its own margin changes give redealt at random (the bench's figure).
             onto = (expected_on.logits, expected_on.labels) if expected_on is not None else None
