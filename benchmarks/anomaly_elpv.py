@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 
 
-def main() -> None:
+def score_cells(run: Path, test: Path, targets: list[str]) -> dict[str, object]:
+    """AUROC all / mono / poly of ``run`` on every cell under ``test`` (torch, then each exported target),
+    with false-reject and escape at the shipped threshold and, per target, decision agreement with torch."""
     import torch
 
     from edge_tl.backends import RunnerSpec, open_runner
@@ -29,7 +31,6 @@ def main() -> None:
     from edge_tl.targets import get_target
 
     torch.set_num_threads(2)
-    run, test, targets = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
     model, man = load_model(run / "finetune")
     pre = Preprocess.from_dict(man["preprocessing"])
     paths = sorted(p for p in test.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
@@ -56,7 +57,11 @@ def main() -> None:
         sr, sg = scores_from_logits(ref), scores_from_logits(got)
         out[name] = figures(got) | {"decision_agreement": round(float(((sr > 1) == (sg > 1)).mean()), 4),
                                     "max_score_drift": round(float(np.abs(sr - sg).max()), 4)}
-    print(json.dumps(out, indent=1))
+    return out
+
+
+def main() -> None:
+    print(json.dumps(score_cells(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]), indent=1))
 
 
 if __name__ == "__main__":
