@@ -51,10 +51,8 @@ def build(name: str) -> nn.Module:
     same = _same_pad_conv()
     for path, module in list(model.named_modules()):
         if isinstance(module, timm.layers.Conv2dSame):
-            parent, _, attr = path.rpartition(".")
-            setattr(model.get_submodule(parent), attr, same(
-                module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                dilation=module.dilation, groups=module.groups, bias=module.bias is not None))
+            _replace(model, path, same(module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                                       dilation=module.dilation, groups=module.groups, bias=module.bias is not None))
     return model
 
 
@@ -107,6 +105,55 @@ def _same_pad_conv() -> type:
             return self._conv_forward(F.pad(x, pads), self.weight, self.bias)
 
     return SamePadConv2d
+
+
+def traceable(model: nn.Module, crop: int) -> nn.Module:
+    """A copy of ``model`` (eval mode, CPU) that ``torch.fx`` can trace and fold, for (N, 3, ``crop``, ``crop``)
+    inputs, computing the same numbers: each "same"-padding convolution gets the pads of the size it sees
+    fixed (symmetric ones as the convolution's own padding, TensorFlow's asymmetric stride-2 ones as a
+    ``ZeroPad2d`` before a plain ``Conv2d``), and each timm ``BatchNormAct2d`` becomes a plain
+    ``BatchNorm2d`` followed by its activation, the (Conv2d, BatchNorm2d) pair FX's ``fuse`` folds. A model
+    with neither comes back as a plain copy.
+
+    For quantisation-aware training (``stages.qat``): FX traces with symbolic shapes, which the padding's size
+    arithmetic cannot take, and folds only exact ``BatchNorm2d`` modules.
+    """
+    import copy
+
+    import torch
+    import torch.nn as nn
+
+    out = copy.deepcopy(model).cpu().eval()
+    same = _same_pad_conv()
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [m.register_forward_pre_hook(
+        lambda _m, inputs, name=name: sizes.__setitem__(name, (int(inputs[0].shape[-2]), int(inputs[0].shape[-1]))))
+        for name, m in out.named_modules() if isinstance(m, same)]
+    if hooks:
+        with torch.no_grad():
+            out(torch.zeros(1, 3, crop, crop))
+        for h in hooks:
+            h.remove()
+    for name, (height, width) in sizes.items():
+        conv: Any = out.get_submodule(name)
+        left, right, top, bottom = conv.same_pads(height, width)
+        symmetric = left == right and top == bottom
+        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                          padding=(top, left) if symmetric else 0, dilation=conv.dilation, groups=conv.groups,
+                          bias=conv.bias is not None)
+        plain.load_state_dict(conv.state_dict())
+        _replace(out, name, plain if symmetric else nn.Sequential(nn.ZeroPad2d((left, right, top, bottom)), plain))
+    for name, m in list(out.named_modules()):
+        if type(m).__name__ == "BatchNormAct2d":
+            bn = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+            bn.load_state_dict(m.state_dict())
+            _replace(out, name, nn.Sequential(bn, m.drop, m.act))
+    return out.eval()
+
+
+def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent), attr, module)
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:

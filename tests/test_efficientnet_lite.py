@@ -126,6 +126,33 @@ def test_anomaly_taps_the_lite_backbone(tmp_path: Path) -> None:
     assert export(tmp_path / "run", "cpu-onnxruntime-fp32")["validation"]["agreement"] == 1.0
 
 
+def test_lite_takes_quantisation_aware_training() -> None:
+    """``export --qat`` on a Lite model: FX must trace TensorFlow's padding (sizes, asymmetric on stride 2)
+    and fold timm's BatchNorm+activation modules, and the QDQ graph must compute what was trained."""
+    import onnx
+
+    from edge_tl.backends.onnxruntime_.onnx_graph import logits as ort_logits
+    from edge_tl.efficientnet_lite import build, traceable
+    from edge_tl.stages import qat
+
+    torch.manual_seed(0)
+    model = build("efficientnet_lite0").eval()
+    x = torch.rand(8, 3, 96, 96)
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.equal(traceable(model, 96)(x), ref)  # same numbers: pads fixed, not changed
+    qm = qat.prepare(model, 96, qat.qconfig_mapping("uint8", False, reduce_range=True), x.numpy())
+    qdq = qat.to_onnx(qm, 96, 17)
+    ops = [n.op_type for n in onnx.load_from_string(qdq).graph.node]
+    assert "BatchNormalization" not in ops and ops.count("QuantizeLinear") >= ops.count("Conv") > 40
+    fq = qat.logits_of(qm, x.numpy())
+    got = ort_logits(qdq, x.numpy(), 2, 8)
+    assert np.abs(got - fq).max() <= 0.25 * np.abs(fq).max()
+    assert np.abs(fq - ref.numpy()).max() <= 0.25 * np.abs(ref.numpy()).max()
+    with torch.no_grad():
+        assert torch.equal(model(x), ref)  # the float model is left untouched
+
+
 def test_torch_free_import_stays_light() -> None:
     """Registering the Lite family must not import timm or torch when edge_tl is imported."""
     import subprocess

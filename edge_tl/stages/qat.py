@@ -19,7 +19,6 @@ are neither calibration nor validation images); validation only judges it (``qua
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..data import Sample
+from ..efficientnet_lite import traceable
 from ..preprocess import Preprocess
 
 log = logging.getLogger("edge_tl")
@@ -66,8 +66,9 @@ def prepare(model: Any, crop: int, mapping: Any, calibration: np.ndarray, batch:
     ((N, 3, crop, crop) float32), observers then frozen: training moves weights, not ranges.
 
     BatchNorm is folded into the convolutions first (``torch.fx.experimental.optimization.fuse``, as
-    the runtimes fold it): the exported graph is then plain Conv with QDQ weights, and training
-    keeps the float model's BatchNorm statistics."""
+    the runtimes fold it; ``efficientnet_lite.traceable`` first fixes the Lite models' "same" padding and
+    splits timm's BatchNorm+activation modules, which FX could neither trace nor fold): the exported graph
+    is then plain Conv with QDQ weights, and training keeps the float model's BatchNorm statistics."""
     import torch
     from torch.ao.quantization import disable_fake_quant, disable_observer, enable_fake_quant, enable_observer
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
@@ -75,7 +76,7 @@ def prepare(model: Any, crop: int, mapping: Any, calibration: np.ndarray, batch:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notice (torchao is its successor)
-        folded = fuse(copy.deepcopy(model).cpu().eval())
+        folded = fuse(traceable(model, crop))
         qm = prepare_qat_fx(folded.train(), mapping, (torch.zeros(1, 3, crop, crop),))
     qm.eval()
     qm.apply(disable_fake_quant)
