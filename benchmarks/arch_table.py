@@ -11,7 +11,7 @@ INT8 in one process per run: held-out drop and agreement on that validation spli
 the speed-up over torch fp32 (a ratio measured in the same process, batch 1). Print the CPU flags beside
 it (the bench's host line). ``elpv-anomaly``: ``edge-tl dataset elpv --anomaly`` (good cells only to fit),
 the default PaDiM fit per backbone, its image AUROC on every labelled test cell (all / mono / poly, torch),
-then the same bench, whose drop is AUROC points and whose agreement is ok/defect decisions on the held-out
+then the same bench: AUROC drop, and the ok/defect decisions' accuracy drop and agreement on the held-out
 half of the labelled cells. Writes OUT/arch_table.md and .json after every row. Run it on a quiet machine.
 """
 
@@ -78,8 +78,8 @@ def _bench(run: Path) -> dict[str, Any]:
     for t in TARGETS:
         r = json.loads((run / "reports" / f"{t}.json").read_text())
         c = r["candidate"]
-        drop = c["top1_drop"] if c.get("top1_drop") is not None else c.get("auroc_drop")
-        out[t] = {"drop": drop, "balanced_drop": c.get("balanced_accuracy_drop"),
+        out[t] = {"drop": c["top1_drop"], "auroc_drop": c.get("auroc_drop"),
+                  "balanced_drop": c.get("balanced_accuracy_drop"),
                   "agreement": c["agreement"] if c.get("agreement") is not None
                   else c.get("decision_agreement"), "confident": c.get("agreement_confident"),
                   "near_ties": c.get("near_tie_n"), "p50_ms": c["latency_ms"]["p50"],
@@ -127,25 +127,27 @@ def _write(rows: list[dict[str, Any]], out: Path) -> None:
     print(text, flush=True)
 
 
-def _target_cells(t: str, b: dict[str, Any]) -> str:
+def _target_cells(t: str, b: dict[str, Any], anomaly: bool) -> str:
     flag = "" if b["reliable"] else " (unreliable)"
     conf = "–" if b["confident"] is None else f"{b['confident']:.4f}"
     bal = "–" if b["balanced_drop"] is None else f"{b['balanced_drop']:.2f}"
-    return (f"{t} | {b['drop']:.3f} | {bal} | {b['agreement']:.4f} ({conf}) | {b['near_ties']} | {b['layers']} | "
+    drop = f"{b['auroc_drop']:.4f} | {b['drop']:.2f}" if anomaly else f"{b['drop']:.2f} | {bal}"
+    return (f"{t} | {drop} | {b['agreement']:.4f} ({conf}) | {b['near_ties']} | {b['layers']} | "
             f"{b['p50_ms']:.2f} | {b['speedup']:.2f}{flag} | {b['passed']} |")
 
 
 def _anomaly_lines(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
-    lines = ["| set | backbone | AUROC all / mono / poly (torch) | fit s | target | AUROC drop | – | decision "
-             "agreement (confident) | near-ties | layers | p50 ms | × torch fp32 | passed |", "|" + "---|" * 13]
+    lines = ["| set | backbone | AUROC all / mono / poly (torch) | fit s | target | AUROC drop | decision "
+             "accuracy drop (pts) | decision agreement (confident) | near-ties | layers | p50 ms | × torch fp32 "
+             "| passed |", "|" + "---|" * 13]
     for r in rows:
         a = r["anomaly"]
         for i, (t, b) in enumerate(r["targets"].items()):
             head = (f"| {r['set']} | {r['arch']} | {a['auroc_all']:.3f} / {a['auroc_mono']:.3f} / "
                     f"{a['auroc_poly']:.3f} | {a['train_s']:.0f} |" if i == 0 else "| | | | |")
-            lines.append(f"{head} {_target_cells(t, b)}")
+            lines.append(f"{head} {_target_cells(t, b, True)}")
     return lines
 
 
@@ -160,7 +162,7 @@ def _classify_lines(rows: list[dict[str, Any]]) -> list[str]:
             head = (f"| {r['set']} | {r['arch']} | {r['linear']['top1']:.3f} / {r['linear']['balanced']:.3f} | "
                     f"{r['partial']['top1']:.3f} / {r['partial']['balanced']:.3f} | {r['partial']['train_s']:.0f} |"
                     if i == 0 else "| | | | | |")
-            lines.append(f"{head} {_target_cells(t, b)}")
+            lines.append(f"{head} {_target_cells(t, b, False)}")
     return lines
 
 
