@@ -116,3 +116,14 @@ def test_qat_reports_the_epoch_it_ships(finetuned_run: Path) -> None:
     teacher, _ = load_model(run.finetune)  # train() freezes its teacher: a fresh one to prepare from
     qm, history, shipped = qat.train(prepared(teacher), teacher, root, train[:8], pre, 2, score=None)
     assert shipped == 2 == len(history)
+
+
+def test_qat_with_no_training_image_left_stops_with_one_line(run_copy: Path, tmp_path: Path, capsys) -> None:
+    """A calibration set that takes the whole training split leaves it as the selection set too: QAT would
+    train on nothing (a DataLoader traceback before), so it stops with one line, exit 2, the target untouched."""
+    target = profile(tmp_path, "cpu-onnxruntime-int8", quantizer={"calibration_size": 100000}, gates=LOOSE)
+    folder = RunDir(run_copy).target("cpu-onnxruntime-int8")
+    assert main(["export", str(run_copy), "--target", target, "--qat", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--qat: none of the training split" in err and "Traceback" not in err
+    assert not (folder / "manifest.json").exists()

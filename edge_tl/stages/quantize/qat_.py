@@ -14,7 +14,7 @@ import numpy as np
 
 from ...backends.int8 import Quantizer
 from ...calibration import CalibrationSet, SelectionSet
-from ...errors import require
+from ...errors import DataError, require
 from ...preprocess import Preprocess
 from ...rundir import RunDir
 from ...targets import Target
@@ -43,10 +43,15 @@ def quantize_qat(backend: Quantizer, target: Target, run: RunDir, model: Any, ou
                                   # answers in OpenVINO. 7 bits are safe on every x86 CPU the graph may meet.
                                   reduce_range=True)
     t0 = time.perf_counter()
-    qm = qat.prepare(model, pre.crop, mapping, cset.inputs)
     root, train, val = run.split()
     held = {im["path"] for im in sel.images} if sel is not None else set()
     samples = [s for s in train if s.path not in held and s.path not in {v.path for v in val}]
+    if not samples:
+        # Caught before any training: the epoch is chosen on the selection images, so they may not train it.
+        raise DataError(f"--qat: none of the training split's {len(train)} image(s) is left to train on (the INT8 "
+                        f"selection set holds {len(held)} of them, to choose the epoch, and validation judges): "
+                        "fine-tune on more images, or export without --qat (post-training INT8)")
+    qm = qat.prepare(model, pre.crop, mapping, cset.inputs)
 
     def score(m: Any) -> float:
         values = judge.on_selection(lambda inputs: qat.logits_of(m, inputs))
