@@ -8,6 +8,8 @@ Both halves of the labelled set (the threshold's and the reported one) are score
 threshold, so this is the figure the issue's acceptance names. False-reject and escape rates at the
 shipped threshold are printed too, but the threshold was chosen on half of these images (see the run's
 manifest for the held-out half alone). Cell type comes from the importer's file names (mono_/poly_).
+``torch_by_defect_probability``: good cells against the defects the annotators marked 2/3 ("probably")
+and 1 (certain) separately, from the elpv package's labels.csv.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def score_cells(run: Path, test: Path, targets: list[str]) -> dict[str, object]:
             "false_reject": round(float((s[labels == 0] > 1).mean()), 4),
             "escape": round(float((s[labels == 1] <= 1).mean()), 4)}
 
-    out: dict[str, object] = {"n": len(paths), "n_defect": int(labels.sum()), "torch": figures(ref)}
+    out: dict[str, object] = {"n": len(paths), "n_defect": int(labels.sum()), "torch": figures(ref),
+                              "torch_by_defect_probability": _by_probability(paths, types, scores_from_logits(ref))}
     for name in targets:
         t = get_target(name)
         r = open_runner(RunnerSpec(run / "targets" / t.name / t.model_file, t.backend, t.device, t.precision,
@@ -57,6 +60,32 @@ def score_cells(run: Path, test: Path, targets: list[str]) -> dict[str, object]:
         sr, sg = scores_from_logits(ref), scores_from_logits(got)
         out[name] = figures(got) | {"decision_agreement": round(float(((sr > 1) == (sg > 1)).mean()), 4),
                                     "max_score_drift": round(float(np.abs(sr - sg).max()), 4)}
+    return out
+
+
+def _by_probability(paths: list[Path], types: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """AUROC of good cells (annotated defect probability 0) against the defects of each annotated probability
+    (2/3: "probably defective", 1: certain), per cell type, from the installed elpv set's labels.csv."""
+    import csv
+    import importlib.util
+
+    from edge_tl.metrics import auroc
+
+    spec = importlib.util.find_spec("elpv_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    with open(Path(next(iter(spec.submodule_search_locations))) / "data" / "labels.csv") as f:
+        prob = {Path(r[0]).name: float(r[1]) for r in csv.reader(f, delimiter=" ", skipinitialspace=True) if r}
+    # The importer names a cell "<type>_<elpv file name>".
+    pr = np.array([prob.get(p.name.split("_", 1)[-1], np.nan) for p in paths])
+    out: dict[str, float] = {}
+    for kind in ("mono", "poly", "all"):
+        cells = types == kind if kind != "all" else np.ones(len(paths), bool)
+        good = cells & (pr == 0)
+        for name, level in (("2/3", 2 / 3), ("1", 1.0)):
+            sel = good | (cells & np.isclose(pr, level))
+            if good.any() and (sel & ~good).any():
+                out[f"auroc_{kind}_p{name}"] = round(auroc((pr[sel] > 0).astype(int), scores[sel]), 4)
     return out
 
 
