@@ -9,7 +9,7 @@ threshold, so this is the figure the issue's acceptance names. False-reject and 
 shipped threshold are printed too, but the threshold was chosen on half of these images (see the run's
 manifest for the held-out half alone). Cell type comes from the importer's file names (mono_/poly_).
 ``torch_by_defect_probability``: good cells against the defects the annotators marked 2/3 ("probably")
-and 1 (certain) separately, from the elpv package's labels.csv.
+and 1 (certain) separately, from the elpv package's labels.
 """
 
 from __future__ import annotations
@@ -65,17 +65,11 @@ def score_cells(run: Path, test: Path, targets: list[str]) -> dict[str, object]:
 
 def _by_probability(paths: list[Path], types: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """AUROC of good cells (annotated defect probability 0) against the defects of each annotated probability
-    (2/3: "probably defective", 1: certain), per cell type, from the installed elpv set's labels.csv."""
-    import csv
-    import importlib.util
-
+    (2/3: "probably defective", 1: certain), per cell type, from the installed elpv set's labels."""
+    from edge_tl.datasets import elpv_rows
     from edge_tl.metrics import auroc
 
-    spec = importlib.util.find_spec("elpv_dataset")
-    if spec is None or not spec.submodule_search_locations:
-        return {}
-    with open(Path(next(iter(spec.submodule_search_locations))) / "data" / "labels.csv") as f:
-        prob = {Path(r[0]).name: float(r[1]) for r in csv.reader(f, delimiter=" ", skipinitialspace=True) if r}
+    prob = {Path(rel).name: p for rel, p, _kind in elpv_rows()[1]}
     # The importer names a cell "<type>_<elpv file name>".
     pr = np.array([prob.get(p.name.split("_", 1)[-1], np.nan) for p in paths])
     out: dict[str, float] = {}

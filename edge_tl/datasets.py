@@ -19,7 +19,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _elpv_rows() -> tuple[Path, list[tuple[str, float, str]]]:
+def elpv_rows() -> tuple[Path, list[tuple[str, float, str]]]:
     """(data folder, [(relative image path, defect probability, cell type)]) of the installed elpv set."""
     spec = importlib.util.find_spec("elpv_dataset")
     if spec is None or not spec.submodule_search_locations:
@@ -38,7 +38,7 @@ def import_elpv(dest: str | Path, threshold: float = 0.5) -> dict[str, int]:
 
     A cell whose annotated defect probability is ≥ ``threshold`` is ``defect``, else ``ok``.
     """
-    data, rows = _elpv_rows()
+    data, rows = elpv_rows()
     counts = {"defect": 0, "ok": 0}
     with staged_folder(Path(dest)) as tmp:
         for name in counts:
@@ -62,7 +62,7 @@ def import_elpv_anomaly(dest: str | Path, threshold: float = 0.5, train_share: f
     """
     import random
 
-    data, rows = _elpv_rows()
+    data, rows = elpv_rows()
     good = [r for r in rows if r[1] == 0.0]
     random.Random(seed).shuffle(good)
     n_train = round(train_share * len(good))
