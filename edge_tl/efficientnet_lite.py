@@ -51,8 +51,9 @@ def build(name: str) -> nn.Module:
     same = _same_pad_conv()
     for path, module in list(model.named_modules()):
         if isinstance(module, timm.layers.Conv2dSame):
-            _replace(model, path, same(module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                                       dilation=module.dilation, groups=module.groups, bias=module.bias is not None))
+            model.set_submodule(path, same(
+                module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                dilation=module.dilation, groups=module.groups, bias=module.bias is not None))
     return model
 
 
@@ -142,18 +143,13 @@ def traceable(model: nn.Module, crop: int) -> nn.Module:
                           padding=(top, left) if symmetric else 0, dilation=conv.dilation, groups=conv.groups,
                           bias=conv.bias is not None)
         plain.load_state_dict(conv.state_dict())
-        _replace(out, name, plain if symmetric else nn.Sequential(nn.ZeroPad2d((left, right, top, bottom)), plain))
+        out.set_submodule(name, plain if symmetric else nn.Sequential(nn.ZeroPad2d((left, right, top, bottom)), plain))
     for name, m in list(out.named_modules()):
         if type(m).__name__ == "BatchNormAct2d":
             bn = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
             bn.load_state_dict(m.state_dict())
-            _replace(out, name, nn.Sequential(bn, m.drop, m.act))
+            out.set_submodule(name, nn.Sequential(bn, m.drop, m.act))
     return out.eval()
-
-
-def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, attr = path.rpartition(".")
-    setattr(model.get_submodule(parent), attr, module)
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
